@@ -1,0 +1,253 @@
+"""edgerec command line. Run `edgerec --help`, or `edgerec COMMAND --help` for one command.
+
+Errors caused by input (bad file, bad config, unknown dataset) print one clear message and exit
+with status 2; they never show a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import runpy
+import sys
+import time
+from pathlib import Path
+
+from edgerec.errors import EdgerecError
+
+DESCRIPTION = """\
+edgerec: edge-cloud recommendation for local-services feeds.
+
+Typical session:
+  edgerec data list                                  what datasets exist
+  edgerec data describe ml-100k                      sizes, time span, columns
+  edgerec train --config configs/ctr.yaml --expid DIN_ml100k
+  edgerec train --config configs/ctr.yaml --expid DIN_ml100k --set train.lr=5e-4 --seed 1 --seed 2
+  edgerec eval --run runs/DIN_ml100k/<stamp>-seed2024 --split test
+  edgerec results                                    the results ledger as a table
+  edgerec bench ctr                                  the baseline benchmark (bench/ctr.py)
+  edgerec demo                                       the main job on real data (what `make demo` runs)
+"""
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from edgerec.data import registry
+
+    if args.action == "list":
+        for info in registry.REGISTRY.values():
+            variants = f"  variants: {', '.join(info.variants)} (default {info.default_variant})" if info.variants else ""
+            prepared = "prepared" if any((registry.data_dir()).glob(f"{info.name}*/meta.json")) else "not prepared"
+            print(f"{info.name:<10} {info.summary}\n{'':<10} source: {info.source}; {prepared}{variants}")
+        print(f"\ncache: {registry.data_dir()}  (set EDGEREC_DATA_DIR to move it)")
+        return 0
+    if not args.ids:
+        raise EdgerecError(f"edgerec data {args.action}: name at least one dataset, e.g. ml-100k")
+    for dataset_id in args.ids:
+        if args.action == "prepare":
+            t0 = time.time()
+            path = registry.prepare(dataset_id, force=args.force)
+            print(f"{dataset_id}: ready at {path} ({time.time() - t0:.1f}s)")
+        else:
+            d = registry.describe(dataset_id)
+            if args.json:
+                print(json.dumps(d, indent=2))
+                continue
+            print(f"{d['id']}  ({d['source']})")
+            print(f"  license   {d['license']}")
+            print(f"  events    {d['events']:,}   users {d['users']:,}   items {d['items']:,}")
+            print(f"  time      {d['time_range_utc'][0]} .. {d['time_range_utc'][1]} UTC")
+            print(f"  label=1   {d['label_rate']:.4f} of events")
+            if "positions" in d:
+                print("  position  " + "  ".join(f"{p}: {v['share']:.2f} (ctr {v['ctr']:.3f})" for p, v in d["positions"].items()))
+            print("  columns")
+            for name, doc in d["columns"].items():
+                print(f"    {name:<24} {doc}")
+            for key in ("notes", "timestamp_reconstruction", "release_year_unparsed"):
+                if key in d:
+                    print(f"  {key}: {d[key]}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from edgerec.train.config import load_experiment
+    from edgerec.train.experiment import run_experiment
+
+    seeds = args.seed or [None]
+    results, cache = [], {}
+    for seed in seeds:
+        overrides = list(args.set or [])
+        if seed is not None:
+            overrides.append(f"train.seed={seed}")
+        if args.no_progress:
+            overrides.append("train.progress=false")
+        cfg = load_experiment(args.config, args.expid, overrides)
+        results.append(run_experiment(cfg, sample_cache=cache))
+    _print_results(results)
+    return 0
+
+
+def _print_results(results) -> None:
+    from edgerec.train.report import aggregate, fmt_ms, text_table
+
+    rows = [{"expid": r.expid, "model": r.model, "dataset": r.dataset, "seed": r.seed,
+             **{f"test {k}": v for k, v in r.test.items()}, "epochs": r.epochs_run,
+             "train s": f"{r.train_seconds:.1f}"} for r in results]
+    metric_cols = [c for c in rows[0] if c.startswith("test ")]
+    print("\nResults (best epoch on validation, evaluated on test):")
+    print(text_table(rows, ["expid", "model", "dataset", "seed", *metric_cols, "epochs", "train s"]))
+    if len(results) > 1:
+        agg = aggregate(rows, ["expid"], metric_cols)
+        for a in agg:
+            print(f"mean ± std over {a['n']} seeds: " + "  ".join(f"{m[5:]} {fmt_ms(a[m], a[m + '_std'])}" for m in metric_cols))
+    print(f"checkpoints: {', '.join(r.run_dir for r in results)}")
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from edgerec.train.experiment import load_run
+    from edgerec.train.trainer import evaluate_split
+
+    cfg, model, samples = load_run(args.run)
+    metrics = args.metrics.split(",") if args.metrics else cfg.train.metrics
+    from edgerec.train.metrics import parse_metric
+
+    for m in metrics:
+        try:
+            parse_metric(m)
+        except ValueError as exc:
+            raise EdgerecError(f"--metrics: {exc}") from None
+    res = evaluate_split(model, samples, args.split, metrics, cfg.train.eval_batch_size)
+    print(f"{cfg.model} on {cfg.dataset} [{args.split}, {len(samples.splits[args.split]):,} samples]")
+    for k, v in res.items():
+        print(f"  {k:<10} {v:.4f}")
+    return 0
+
+
+def _cmd_results(args: argparse.Namespace) -> int:
+    from edgerec.train.ledger import read_ledger
+    from edgerec.train.report import text_table
+
+    rows = read_ledger(args.ledger)[-args.last:]
+    if not rows:
+        print(f"no runs in {args.ledger} yet; run `edgerec train ...` first.")
+        return 0
+    flat = [{"time": r["time"], "expid": r["expid"], "model": r["model"], "dataset": r["dataset"],
+             "seed": r["seed"], "hash": r["config_hash"], **{f"test {k}": v for k, v in r["test"].items()},
+             "wall s": r["wall_seconds"]} for r in rows]
+    cols = list(dict.fromkeys(c for r in flat for c in r))
+    print(text_table(flat, cols))
+    return 0
+
+
+def _find_repo_file(rel: str) -> Path | None:
+    for root in (Path.cwd(), Path(__file__).resolve().parents[1]):
+        if (root / rel).is_file():
+            return root / rel
+    return None
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    script = _find_repo_file(f"bench/{args.name}.py")
+    if script is None:
+        raise EdgerecError(f"no benchmark bench/{args.name}.py (run from the edgerec checkout).")
+    sys.argv = [str(script), *args.args]
+    runpy.run_path(str(script), run_name="__main__")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from edgerec.data import registry
+    from edgerec.train.config import load_experiment
+    from edgerec.train.experiment import run_experiment
+
+    config = _find_repo_file("configs/ctr.yaml")
+    if config is None:
+        raise EdgerecError("configs/ctr.yaml not found; run the demo from the edgerec checkout.")
+    print("== 1/3 data: MovieLens-100K from the recbole==1.2.1 package ==")
+    registry.prepare("ml-100k")
+    d = registry.describe("ml-100k")
+    print(f"   {d['events']:,} ratings, {d['users']} users, {d['items']} items, "
+          f"{d['time_range_utc'][0]} .. {d['time_range_utc'][1]} UTC")
+    print("== 2/3 train LR, DNN, DIN (DiCycle protocol: leave-last-out, 1 random negative, L=50) ==")
+    results, cache = [], {}
+    extra = ["train.progress=false"] if not sys.stderr.isatty() else []
+    for expid in ("LR_ml100k", "DNN_ml100k", "DIN_ml100k"):
+        cfg = load_experiment(config, expid, [*extra, *(args.set or [])])
+        results.append(run_experiment(cfg, sample_cache=cache))
+    print("== 3/3 results ==")
+    _print_results(results)
+    print("ledger: results/ledger.jsonl   (edgerec results)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edgerec", description=DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    d = sub.add_parser("data", help="list, prepare or describe datasets",
+                       description="Datasets come from pinned packages (see docs/data.md) or the O2O simulator; "
+                                   "prepared copies are cached as Parquet.")
+    d.add_argument("action", choices=["list", "prepare", "describe"],
+                   help="list: what exists; prepare: build the Parquet cache; describe: statistics and columns")
+    d.add_argument("ids", nargs="*", help="dataset ids: ml-100k, obd, instacart, o2o-sim[:tiny|small|medium|large]")
+    d.add_argument("--force", action="store_true", help="prepare: rebuild even if cached")
+    d.add_argument("--json", action="store_true", help="describe: print JSON")
+    d.set_defaults(func=_cmd_data)
+
+    t = sub.add_parser("train", help="train one experiment of a YAML config",
+                       description="Train the experiment EXPID of a YAML config (Base block + named experiments). "
+                                   "The best epoch on validation is evaluated on test, saved under output_dir, "
+                                   "and appended to the results ledger.")
+    t.add_argument("--config", required=True, help="YAML file, e.g. configs/ctr.yaml")
+    t.add_argument("--expid", required=True, help="experiment id in that file, e.g. DIN_ml100k")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set train.lr=5e-4 --set model_args.embedding_dim=64 (repeatable)")
+    t.add_argument("--seed", action="append", type=int, help="run with this seed (repeat for several; mean ± std is printed)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a saved run on a split",
+                       description="Rebuild the run's samples from its config (deterministic from its seed), "
+                                   "load model.safetensors and evaluate.")
+    e.add_argument("--run", required=True, help="run directory (contains config.json and model.safetensors)")
+    e.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    e.add_argument("--metrics", help="comma-separated, e.g. AUC,GAUC,logloss,NDCG@10,HR@10")
+    e.set_defaults(func=_cmd_eval)
+
+    r = sub.add_parser("results", help="show the results ledger", description="One row per run in the ledger.")
+    r.add_argument("--ledger", default="results/ledger.jsonl")
+    r.add_argument("--last", type=int, default=20, help="show the last N runs")
+    r.set_defaults(func=_cmd_results)
+
+    b = sub.add_parser("bench", help="run a benchmark from bench/",
+                       description="Run bench/NAME.py; results go to bench/results/NAME*.json. "
+                                   "Arguments after NAME are passed to the script (try: edgerec bench ctr --help).")
+    b.add_argument("name", help="benchmark name, e.g. ctr")
+    b.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the benchmark script")
+    b.set_defaults(func=_cmd_bench)
+
+    m = sub.add_parser("demo", help="the main job: real data -> train -> evaluate -> results table",
+                       description="Prepare MovieLens-100K from its package, train LR, DNN and DIN, print the table.")
+    m.add_argument("--set", action="append", metavar="KEY=VALUE", help="override config keys for all three runs")
+    m.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args)
+    except EdgerecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,290 @@
+"""Sample builders: turn an EventDataset into train/validation/test CTR samples.
+
+Two protocols:
+  * `dicycle` (dicycle.md section 5.3): per user, interactions sorted by time; the last one is the
+    test positive, the second-to-last the validation positive, every earlier one (with a non-empty
+    history) a training positive. Each positive gets one random negative: an item the user never
+    interacted with, with the same timestamp and history (so time features cannot leak the label).
+    Negatives are seeded; validation/test negatives are frozen, training negatives are either frozen
+    (`train_negatives: fixed`) or redrawn every epoch (`resample`).
+  * `impression`: for logs with exposures (Open Bandit, o2o-sim) every exposure is a sample with
+    its click label and display position; history = the user's clicks strictly before it; split by
+    time (first 80% of the time span for training, next 10% validation, last 10% test by default).
+
+Memory: behaviour sequences are stored once, concatenated and sorted by (user, ts); a sample
+stores only [hist_start, hist_end) into that store and `batches()` gathers the last L behaviours
+(left-padded with 0) per batch, vectorized. Item and user ids are re-indexed to 1..V (0 = padding
+or unknown).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from edgerec.data.schema import EventDataset
+from edgerec.errors import ConfigError
+from edgerec.features.spec import FeatureSpec
+
+
+@dataclass
+class Split:
+    """One split's samples; every array has one entry per sample."""
+
+    user: np.ndarray  # int64 user index (1..n_users)
+    item: np.ndarray  # int64 target item index
+    ts: np.ndarray  # int64 unix seconds of the target
+    label: np.ndarray  # float32 0/1
+    hist_start: np.ndarray  # int64: first behaviour of this user in the store
+    hist_end: np.ndarray  # int64: one past the last behaviour before the target
+    position: np.ndarray | None = None  # int64 1-based display position (impression protocol)
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+    def subset(self, idx: np.ndarray) -> "Split":
+        return Split(**{k: (v[idx] if v is not None else None) for k, v in self.__dict__.items()})
+
+
+@dataclass
+class SampleSet:
+    """Samples for all splits plus the shared behaviour store and feature encodings."""
+
+    spec: FeatureSpec
+    store_item: np.ndarray  # (S,) item index of each stored behaviour, sorted by (user, ts)
+    store_ts: np.ndarray  # (S,) its timestamp
+    splits: dict[str, Split]
+    item_feats: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (n_items+1,) codes
+    user_feats: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (n_users+1,) codes
+    protocol: str = ""
+    info: dict = field(default_factory=dict)
+    _neg_sampler: "NegativeSampler | None" = None
+    _train_positive: Split | None = None
+    resample_negatives: bool = False
+    seed: int = 0
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Redraw training negatives when train_negatives = resample (dicycle protocol)."""
+        if self.resample_negatives and epoch > 0 and self._train_positive is not None:
+            rng = np.random.default_rng([self.seed, 7919, epoch])
+            self.splits["train"] = _with_negatives(self._train_positive, self._neg_sampler, rng)
+
+    def batches(self, split: str, batch_size: int, shuffle: bool = False, seed: int = 0,
+                max_len: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
+        s = self.splits[split]
+        order = np.random.default_rng(seed).permutation(len(s)) if shuffle else np.arange(len(s))
+        for lo in range(0, len(s), batch_size):
+            yield self.make_batch(s, order[lo: lo + batch_size], max_len)
+
+    def make_batch(self, s: Split, idx: np.ndarray, max_len: int | None = None) -> dict[str, torch.Tensor]:
+        L = max_len or self.spec.max_len
+        end = s.hist_end[idx]
+        start = np.maximum(s.hist_start[idx], end - L)
+        pos = end[:, None] - L + np.arange(L)[None, :]  # (B, L), most recent behaviour last
+        valid = pos >= start[:, None]
+        pos = np.where(valid, pos, 0)
+        hist_item = np.where(valid, self.store_item[pos], 0)
+        hist_ts = np.where(valid, self.store_ts[pos], 0)
+        item = s.item[idx]
+        user = s.user[idx]
+        batch = {
+            "user": torch.from_numpy(user),
+            "item": torch.from_numpy(item),
+            "ts": torch.from_numpy(s.ts[idx]),
+            "hist_item": torch.from_numpy(hist_item),  # (B, L)
+            "hist_ts": torch.from_numpy(hist_ts),  # (B, L)
+            "hist_mask": torch.from_numpy(valid),  # (B, L) True = real behaviour
+            "label": torch.from_numpy(s.label[idx]),
+        }
+        for name, codes in self.item_feats.items():
+            batch[f"item_{name}"] = torch.from_numpy(codes[item])
+            batch[f"hist_{name}"] = torch.from_numpy(np.where(valid, codes[hist_item], 0))
+        for name, codes in self.user_feats.items():
+            batch[f"user_{name}"] = torch.from_numpy(codes[user])
+        if s.position is not None:
+            batch["position"] = torch.from_numpy(s.position[idx])
+        return batch
+
+
+# --------------------------------------------------------------------------------------------
+# encoding helpers
+
+
+def _index(values: np.ndarray, vocab: np.ndarray) -> np.ndarray:
+    """1-based index of each value in the sorted unique array `vocab` (all values must be present)."""
+    return np.searchsorted(vocab, values).astype(np.int64) + 1
+
+
+def _encode_side(table: pa.Table | None, key: str, vocab: np.ndarray, names: list[str],
+                 kind: str) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """Categorical side features as codes aligned with the 1-based entity index (0 = unknown)."""
+    feats, sizes = {}, {}
+    if not names:
+        return feats, sizes
+    if table is None:
+        raise ConfigError(f"{kind}_features {names} requested but the dataset has no {kind} table.")
+    for name in names:
+        if name not in table.column_names:
+            raise ConfigError(f"{kind}_features: unknown column {name!r}; available: "
+                              f"{[c for c in table.column_names if c != key]}")
+        keys = table.column(key).to_numpy()
+        col = pc.cast(table.column(name), pa.string()).to_numpy(zero_copy_only=False)
+        cats, codes = np.unique(col.astype(str), return_inverse=True)
+        out = np.zeros(len(vocab) + 1, dtype=np.int64)
+        present = np.isin(keys, vocab)
+        out[_index(keys[present], vocab)] = codes[present] + 1
+        feats[name], sizes[name] = out, len(cats) + 1
+    return feats, sizes
+
+
+class NegativeSampler:
+    """Uniform negatives among items a user never interacted with (vectorized rejection)."""
+
+    def __init__(self, user: np.ndarray, item: np.ndarray, n_items: int):
+        self.n_items = n_items
+        self.seen = np.unique(user * (n_items + 1) + item)  # sorted keys of (user, item) pairs
+
+    def sample(self, user: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        out = rng.integers(1, self.n_items + 1, len(user))
+        for _ in range(1000):
+            keys = user * (self.n_items + 1) + out
+            pos = np.minimum(np.searchsorted(self.seen, keys), len(self.seen) - 1)
+            clash = self.seen[pos] == keys
+            if not clash.any():
+                return out
+            out[clash] = rng.integers(1, self.n_items + 1, int(clash.sum()))
+        raise RuntimeError("could not draw negatives: some user has interacted with almost every item")
+
+
+def _with_negatives(pos: Split, sampler: NegativeSampler, rng: np.random.Generator) -> Split:
+    neg_item = sampler.sample(pos.user, rng)
+    n = len(pos)
+    both = Split(
+        user=np.concatenate([pos.user, pos.user]), item=np.concatenate([pos.item, neg_item]),
+        ts=np.concatenate([pos.ts, pos.ts]),
+        label=np.concatenate([np.ones(n, np.float32), np.zeros(n, np.float32)]),
+        hist_start=np.concatenate([pos.hist_start, pos.hist_start]),
+        hist_end=np.concatenate([pos.hist_end, pos.hist_end]),
+    )
+    # interleave so each positive sits next to its negative (stable order, nice for debugging)
+    order = np.arange(2 * n).reshape(2, n).T.ravel()
+    return both.subset(order)
+
+
+# --------------------------------------------------------------------------------------------
+# protocols
+
+
+def build_dicycle(ds: EventDataset, max_len: int = 50, seed: int = 0, min_events: int = 3,
+                  item_features: list[str] | None = None, user_features: list[str] | None = None,
+                  train_negatives: str = "fixed") -> SampleSet:
+    """Leave-last-out CTR samples with 1 random negative per positive (see module docstring)."""
+    if train_negatives not in ("fixed", "resample"):
+        raise ConfigError(f"train_negatives must be 'fixed' or 'resample', got {train_negatives!r}")
+    if min_events < 3:
+        raise ConfigError("min_events must be >= 3 (one test, one validation, one training target)")
+    e = ds.events.filter(pc.equal(ds.events.column("label"), 1))
+    raw_user = e.column("user_id").to_numpy()
+    raw_item = e.column("item_id").to_numpy()
+    ts = e.column("ts").to_numpy()
+    order = np.lexsort((np.arange(len(ts)), ts, raw_user))  # stable: ties keep file order
+    raw_user, raw_item, ts = raw_user[order], raw_item[order], ts[order]
+    counts = np.bincount(np.unique(raw_user, return_inverse=True)[1])
+    keep_user = np.unique(raw_user)[counts >= min_events]
+    keep = np.isin(raw_user, keep_user)
+    raw_user, raw_item, ts = raw_user[keep], raw_item[keep], ts[keep]
+
+    user_vocab = np.unique(raw_user)
+    item_vocab = np.unique(raw_item)
+    if ds.items is not None:  # negatives may be any catalogue item, not only interacted ones
+        item_vocab = np.union1d(item_vocab, ds.items.column("item_id").to_numpy())
+    user = _index(raw_user, user_vocab)
+    item = _index(raw_item, item_vocab)
+    n_users, n_items = len(user_vocab), len(item_vocab)
+
+    # per-event rank k within its user and the user's first index in the store
+    first = np.flatnonzero(np.r_[True, user[1:] != user[:-1]])
+    n_per = np.diff(np.r_[first, len(user)])
+    start = np.repeat(first, n_per)
+    k = np.arange(len(user)) - start
+    n_u = np.repeat(n_per, n_per)
+    pos_split = np.where(k == n_u - 1, "test", np.where(k == n_u - 2, "valid", "train"))
+    pos_split[k == 0] = "none"  # first behaviour has no history: it is only history
+
+    sampler = NegativeSampler(user, item, n_items)
+    rng = np.random.default_rng([seed, 104729])
+    splits, train_pos = {}, None
+    for name in ("train", "valid", "test"):
+        m = pos_split == name
+        positive = Split(user=user[m], item=item[m], ts=ts[m], label=np.ones(int(m.sum()), np.float32),
+                         hist_start=start[m], hist_end=np.flatnonzero(m))
+        if name == "train":
+            train_pos = positive
+        splits[name] = _with_negatives(positive, sampler, rng)
+
+    item_feats, item_sizes = _encode_side(ds.items, "item_id", item_vocab, list(item_features or []), "item")
+    user_feats, user_sizes = _encode_side(ds.users, "user_id", user_vocab, list(user_features or []), "user")
+    spec = FeatureSpec(n_users=n_users + 1, n_items=n_items + 1, max_len=max_len,
+                       item_features=item_sizes, user_features=user_sizes, n_positions=0)
+    info = {"protocol": "dicycle", "users": n_users, "items": n_items, "behaviours": len(item),
+            "dropped_users_lt_min_events": int((counts < min_events).sum()),
+            **{f"{k}_samples": len(v) for k, v in splits.items()}}
+    return SampleSet(spec, item, ts, splits, item_feats, user_feats, "dicycle", info,
+                     _neg_sampler=sampler, _train_positive=train_pos,
+                     resample_negatives=train_negatives == "resample", seed=seed)
+
+
+def build_impressions(ds: EventDataset, max_len: int = 50, split_fractions=(0.8, 0.1, 0.1),
+                      item_features: list[str] | None = None, user_features: list[str] | None = None,
+                      max_position: int | None = None, seed: int = 0) -> SampleSet:
+    """Every exposure is a sample; history = the user's clicks strictly before it; split by time."""
+    e = ds.events
+    if e.column("position").null_count == e.num_rows:
+        raise ConfigError(f"dataset {ds.name!r} has no display positions; use protocol 'dicycle'.")
+    if len(split_fractions) != 3 or abs(sum(split_fractions) - 1) > 1e-6 or min(split_fractions) <= 0:
+        raise ConfigError(f"split_fractions must be 3 positive numbers summing to 1, got {split_fractions}")
+    raw_user = e.column("user_id").to_numpy()
+    raw_item = e.column("item_id").to_numpy()
+    ts = e.column("ts").to_numpy()
+    label = e.column("label").to_numpy().astype(np.float32)
+    position = pc.fill_null(e.column("position"), 0).to_numpy().astype(np.int64)
+    user_vocab, item_vocab = np.unique(raw_user), np.unique(raw_item)
+    if ds.items is not None:
+        item_vocab = np.union1d(item_vocab, ds.items.column("item_id").to_numpy())
+    user, item = _index(raw_user, user_vocab), _index(raw_item, item_vocab)
+
+    clicks = np.flatnonzero(label == 1)
+    c_order = clicks[np.lexsort((clicks, ts[clicks], user[clicks]))]
+    s_user, s_item, s_ts = user[c_order], item[c_order], ts[c_order]
+    big = np.int64(1) << 36  # > any unix-second timestamp until year 4147
+    store_key = s_user * big + s_ts
+    hist_end = np.searchsorted(store_key, user * big + ts, side="left")  # strictly earlier clicks
+    hist_start = np.searchsorted(store_key, user * big, side="left")
+
+    lo, hi = ts.min(), ts.max()
+    t1 = lo + (hi - lo) * split_fractions[0]
+    t2 = lo + (hi - lo) * (split_fractions[0] + split_fractions[1])
+    which = np.where(ts < t1, 0, np.where(ts < t2, 1, 2))
+    n_pos = int(max_position or position.max())
+    position = np.minimum(position, n_pos)
+    splits = {}
+    for i, name in enumerate(("train", "valid", "test")):
+        m = np.flatnonzero(which == i)
+        splits[name] = Split(user=user[m], item=item[m], ts=ts[m], label=label[m],
+                             hist_start=hist_start[m], hist_end=hist_end[m], position=position[m])
+    item_feats, item_sizes = _encode_side(ds.items, "item_id", item_vocab, list(item_features or []), "item")
+    user_feats, user_sizes = _encode_side(ds.users, "user_id", user_vocab, list(user_features or []), "user")
+    spec = FeatureSpec(n_users=len(user_vocab) + 1, n_items=len(item_vocab) + 1, max_len=max_len,
+                       item_features=item_sizes, user_features=user_sizes, n_positions=n_pos + 1)
+    info = {"protocol": "impression", "users": len(user_vocab), "items": len(item_vocab),
+            "split_time_cuts": [int(t1), int(t2)], **{f"{k}_samples": len(v) for k, v in splits.items()},
+            **{f"{k}_ctr": round(float(v.label.mean()), 5) if len(v) else None for k, v in splits.items()}}
+    return SampleSet(spec, s_item, s_ts, splits, item_feats, user_feats, "impression", info, seed=seed)
+
+
+PROTOCOLS = {"dicycle": build_dicycle, "impression": build_impressions}

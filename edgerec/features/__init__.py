@@ -1,0 +1,1 @@
+"""Feature definitions shared by training and (later) batch, streaming and serving."""

@@ -1,0 +1,1 @@
+"""Training: metrics, experiment configs, the trainer and the results ledger."""

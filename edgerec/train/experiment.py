@@ -1,0 +1,105 @@
+"""One experiment run, end to end: config -> samples -> model -> fit -> test -> checkpoint -> ledger."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from edgerec.data import registry
+from edgerec.data.samples import PROTOCOLS, SampleSet
+from edgerec.errors import EdgerecError
+from edgerec.features.spec import FeatureSpec
+from edgerec.models import MODELS, CTRModel
+from edgerec.train.config import ExperimentConfig, experiment_from_dict
+from edgerec.train.ledger import append_run, machine_info
+from edgerec.train.trainer import Trainer, evaluate_split, load_state, save_checkpoint, seed_everything
+
+
+@dataclass
+class RunResult:
+    expid: str
+    model: str
+    dataset: str
+    seed: int
+    valid: dict
+    test: dict
+    best_epoch: int
+    epochs_run: int
+    train_seconds: float
+    wall_seconds: float
+    run_dir: str
+    config_hash: str
+
+
+def build_samples(cfg: ExperimentConfig) -> SampleSet:
+    ds = registry.load(cfg.dataset)
+    d = cfg.data
+    common = dict(max_len=d.max_len, item_features=d.item_features, user_features=d.user_features,
+                  seed=cfg.train.seed)
+    if cfg.protocol == "dicycle":
+        return PROTOCOLS["dicycle"](ds, min_events=d.min_events, train_negatives=d.train_negatives, **common)
+    return PROTOCOLS["impression"](ds, split_fractions=tuple(d.split_fractions), max_position=d.max_position, **common)
+
+
+def build_model(cfg: ExperimentConfig, spec: FeatureSpec) -> CTRModel:
+    seed_everything(cfg.train.seed, cfg.train.deterministic)  # same init for the same seed
+    return MODELS[cfg.model](spec, **cfg.model_args)
+
+
+def _samples_key(cfg: ExperimentConfig) -> tuple:
+    return (cfg.dataset, cfg.protocol, repr(cfg.data), cfg.train.seed)
+
+
+def run_experiment(cfg: ExperimentConfig, log=print, sample_cache: dict | None = None,
+                   write_ledger: bool = True) -> RunResult:
+    """Train, pick the best epoch on validation, evaluate it on test, save, and log to the ledger."""
+    t_start = time.perf_counter()
+    key = _samples_key(cfg)
+    if sample_cache is not None and key in sample_cache:
+        samples = sample_cache[key]
+    else:
+        samples = build_samples(cfg)
+        if sample_cache is not None:
+            sample_cache[key] = samples
+    model = build_model(cfg, samples.spec)
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"[{cfg.expid}] {cfg.model} on {cfg.dataset} ({cfg.protocol}, L={cfg.data.max_len}, seed {cfg.train.seed}): "
+        f"{len(samples.splits['train']):,} train / {len(samples.splits['valid']):,} valid / "
+        f"{len(samples.splits['test']):,} test samples, {n_params:,} parameters")
+    fit = Trainer(cfg.train, log=log).fit(model, samples)
+    test = evaluate_split(model, samples, "test", cfg.train.metrics, cfg.train.eval_batch_size)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    run_dir = Path(cfg.output_dir) / cfg.expid / f"{stamp}-seed{cfg.train.seed}"
+    save_checkpoint(run_dir, model, {"experiment": cfg.to_dict(), "feature_spec": samples.spec.to_dict(),
+                                     "model": cfg.model, "samples": samples.info})
+    wall = time.perf_counter() - t_start
+    result = RunResult(cfg.expid, cfg.model, cfg.dataset, cfg.train.seed, fit.valid, test, fit.best_epoch,
+                       len(fit.history), round(fit.train_seconds, 2), round(wall, 2), str(run_dir), cfg.hash())
+    if write_ledger:
+        append_run(cfg.ledger, {
+            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "expid": cfg.expid,
+            "dataset": cfg.dataset, "protocol": cfg.protocol, "model": cfg.model, "config_hash": cfg.hash(),
+            "seed": cfg.train.seed, "valid": fit.valid, "test": test, "best_epoch": fit.best_epoch,
+            "epochs_run": len(fit.history), "train_seconds": result.train_seconds, "wall_seconds": result.wall_seconds,
+            "train_samples_per_second": round(fit.samples_per_second, 1), "n_params": n_params,
+            "run_dir": str(run_dir), "machine": machine_info(cfg.train.threads), "config": cfg.to_dict(),
+        })
+    return result
+
+
+def load_run(run_dir: str | Path) -> tuple[ExperimentConfig, CTRModel, SampleSet]:
+    """Rebuild config, samples (deterministic from the seed) and the trained model of a run."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").exists() or not (run_dir / "model.safetensors").exists():
+        raise EdgerecError(f"{run_dir} is not a run directory (needs config.json and model.safetensors).")
+    meta, state = load_state(run_dir)
+    cfg = experiment_from_dict(meta["experiment"], where=str(run_dir / "config.json"))
+    samples = build_samples(cfg)
+    spec = FeatureSpec.from_dict(meta["feature_spec"])
+    if spec != samples.spec:
+        raise EdgerecError(f"{run_dir}: the data changed since training (feature spec differs); retrain.")
+    model = MODELS[cfg.model](spec, **cfg.model_args)
+    model.load_state_dict(state)
+    return cfg, model, samples

@@ -1,0 +1,153 @@
+"""Trainer: seeded, deterministic mini-batch training with early stopping on validation.
+
+Same config + seed -> same metrics on CPU (tests/test_trainer.py checks this bit for bit).
+The best epoch's weights (by `monitor` on the validation split) are kept in memory and restored
+at the end; `save_checkpoint` writes them as safetensors next to a JSON config, atomically.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from edgerec.data.samples import SampleSet
+from edgerec.io import atomic_path, write_json_atomic
+from edgerec.models.base import CTRModel
+from edgerec.train.config import TrainConfig
+from edgerec.train.metrics import LOWER_IS_BETTER, evaluate
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(deterministic)
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    valid: dict[str, float]
+    history: list[dict] = field(default_factory=list)
+    train_seconds: float = 0.0
+    samples_per_second: float = 0.0
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+@torch.no_grad()
+def predict(model: CTRModel, samples: SampleSet, split: str, batch_size: int = 8192,
+            max_len: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(y_true, y_pred, user) for every sample of `split`, in split order."""
+    model.eval()
+    preds, labels, users = [], [], []
+    for batch in samples.batches(split, batch_size, shuffle=False, max_len=max_len):
+        preds.append(model(batch)["y_pred"].float().numpy())
+        labels.append(batch["label"].numpy())
+        users.append(batch["user"].numpy())
+    if not preds:
+        return np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.int64)
+    return np.concatenate(labels), np.concatenate(preds), np.concatenate(users)
+
+
+def evaluate_split(model: CTRModel, samples: SampleSet, split: str, metrics: list[str],
+                   batch_size: int = 8192) -> dict[str, float]:
+    y, p, user = predict(model, samples, split, batch_size)
+    return evaluate(metrics, y, p, user)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, log=print):
+        self.cfg = cfg
+        self.log = log
+
+    def fit(self, model: CTRModel, samples: SampleSet) -> FitResult:
+        cfg = self.cfg
+        torch.set_num_threads(cfg.threads)
+        seed_everything(cfg.seed, cfg.deterministic)
+        opt = make_optimizer(model, cfg)
+        sign = -1.0 if cfg.monitor in LOWER_IS_BETTER else 1.0
+        best, best_state, best_epoch, bad_epochs = -math.inf, None, -1, 0
+        history: list[dict] = []
+        n_seen, t_train = 0, 0.0
+        for epoch in range(cfg.epochs):
+            samples.on_epoch_start(epoch)
+            model.train()
+            n_train = len(samples.splits["train"])
+            steps = math.ceil(n_train / cfg.batch_size)
+            if cfg.max_steps_per_epoch:
+                steps = min(steps, cfg.max_steps_per_epoch)
+            bar = tqdm(samples.batches("train", cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch),
+                       total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                       disable=not cfg.progress, mininterval=1.0)
+            t0, loss_sum, n_batches = time.perf_counter(), 0.0, 0
+            for step, batch in enumerate(bar):
+                if step >= steps:
+                    break
+                out = model(batch)
+                loss = model.loss(batch, out)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1} step {step}; "
+                                             f"lower train.lr (now {cfg.lr}) or set train.grad_clip.")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                opt.step()
+                loss_sum += loss.item()
+                n_batches += 1
+                n_seen += len(batch["label"])
+                if step % 20 == 0:
+                    bar.set_postfix(loss=f"{loss_sum / n_batches:.4f}")
+            bar.close()
+            t_train += time.perf_counter() - t0
+            valid = evaluate_split(model, samples, "valid", cfg.metrics, cfg.eval_batch_size)
+            record = {"epoch": epoch + 1, "train_loss": loss_sum / max(n_batches, 1), **{f"valid_{k}": v for k, v in valid.items()}}
+            history.append(record)
+            score = sign * valid[cfg.monitor]
+            improved = score > best
+            self.log(f"  epoch {epoch + 1:>2}  loss {record['train_loss']:.4f}  "
+                     + "  ".join(f"{k} {v:.4f}" for k, v in valid.items()) + ("  *" if improved else ""))
+            if improved:
+                best, best_epoch, bad_epochs = score, epoch + 1, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                bad_epochs += 1
+                if bad_epochs >= cfg.patience:
+                    break
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        valid_best = {k[len("valid_"):]: v for k, v in history[best_epoch - 1].items() if k.startswith("valid_")}
+        return FitResult(best_epoch, valid_best, history, t_train, n_seen / max(t_train, 1e-9))
+
+
+def save_checkpoint(run_dir: str | Path, model: CTRModel, config: dict) -> None:
+    """model.safetensors + config.json, each written to a temp file and renamed."""
+    run_dir = Path(run_dir)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(run_dir / "model.safetensors") as tmp:
+        save_file(state, str(tmp), metadata={"model": type(model).__name__})
+    write_json_atomic(run_dir / "config.json", config)
+
+
+def load_state(run_dir: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    run_dir = Path(run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    return config, load_file(str(run_dir / "model.safetensors"))
