@@ -1,0 +1,126 @@
+"""CTR baseline benchmark: LR, DNN, DIN on MovieLens-100K (DiCycle protocol) at L = 50 and 200.
+
+    python bench/ctr.py                      # full run: 3 models x 2 lengths x 3 seeds
+    python bench/ctr.py --quick              # smoke run: tiny simulator, 1 seed, 1 epoch
+    edgerec bench ctr --models DIN --lens 50 --seeds 1
+
+Writes bench/results/ctr_<dataset>.json (every run plus mean and std over seeds, the machine, the
+git commit) after each run, so an interrupted benchmark keeps what it finished, and rewrites the
+table between the markers in docs/results.md. Hyper-parameters come from configs/ctr.yaml
+(<MODEL>_ml100k experiments); nothing is tuned on the test split: the epoch is chosen on validation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from edgerec.io import write_json_atomic, write_text_atomic  # noqa: E402
+from edgerec.train.config import load_experiment  # noqa: E402
+from edgerec.train.experiment import run_experiment  # noqa: E402
+from edgerec.train.ledger import git_commit, machine_info  # noqa: E402
+from edgerec.train.report import aggregate, markdown_table  # noqa: E402
+
+METRICS = ["AUC", "GAUC", "logloss"]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="ml-100k", help="dataset id (experiments <MODEL>_<suffix> in the config)")
+    p.add_argument("--suffix", default="ml100k", help="experiment id suffix in configs/ctr.yaml")
+    p.add_argument("--models", default="LR,DNN,DIN")
+    p.add_argument("--lens", default="50,200", help="history lengths L")
+    p.add_argument("--seeds", default="1,2,3")
+    p.add_argument("--config", default=str(ROOT / "configs" / "ctr.yaml"))
+    p.add_argument("--out", help="result JSON (default bench/results/ctr_<dataset>.json)")
+    p.add_argument("--no-docs", action="store_true", help="do not rewrite the table in docs/results.md")
+    p.add_argument("--quick", action="store_true", help="smoke run: o2o-sim:tiny, 1 seed, 1 epoch, L=10")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config overrides")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    a = parse_args(argv)
+    models, lens, seeds = a.models.split(","), [int(x) for x in a.lens.split(",")], [int(x) for x in a.seeds.split(",")]
+    overrides = list(a.set)
+    if a.quick:
+        a.suffix, lens, seeds = "test", [10], [1]
+        overrides += ["train.epochs=1"]
+    name = "tiny" if a.quick else a.dataset.replace("-", "").replace(":", "_")
+    default_out = (ROOT / "runs" / "bench" / "ctr_quick.json") if a.quick else ROOT / "bench" / "results" / f"ctr_{name}.json"
+    out = Path(a.out) if a.out else default_out
+    runs_dir = ROOT / "runs" / "bench"
+    report = {
+        "benchmark": "ctr", "dataset": "o2o-sim:tiny" if a.quick else a.dataset, "protocol": "dicycle",
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "git": git_commit(),
+        "machine": machine_info(), "seeds": seeds, "lens": lens, "models": models, "config": a.config,
+        "overrides": overrides, "complete": False, "runs": [], "summary": [],
+    }
+    cache: dict = {}
+    t0 = time.time()
+    for L in lens:
+        for model in models:
+            for seed in seeds:
+                cfg = load_experiment(a.config, f"{model}_{a.suffix}", [
+                    *overrides, f"data.max_len={L}", f"train.seed={seed}", "train.progress=false",
+                    f"output_dir={runs_dir}", f"ledger={ROOT / 'results' / 'ledger.jsonl'}"])
+                r = run_experiment(cfg, sample_cache=cache)
+                report["runs"].append({"model": model, "L": L, "seed": seed, "best_epoch": r.best_epoch,
+                                       "epochs_run": r.epochs_run, "train_seconds": r.train_seconds,
+                                       "valid": r.valid, "test": r.test, "config_hash": r.config_hash})
+                report["summary"] = summarize(report["runs"])
+                write_json_atomic(out, report)
+            # samples depend on (L, seed) only; keep the cache small
+        cache.clear()
+    report["complete"] = True
+    report["wall_seconds"] = round(time.time() - t0, 1)
+    write_json_atomic(out, report)
+    table = markdown(report)
+    print(table)
+    if not a.no_docs and not a.quick:
+        update_docs(ROOT / "docs" / "results.md", f"ctr_{name}", table, report)
+    return report
+
+
+def summarize(runs: list[dict]) -> list[dict]:
+    flat = [{"model": r["model"], "L": r["L"], **{m: r["test"][m] for m in METRICS},
+             "train_seconds": r["train_seconds"], "epochs_run": r["epochs_run"]} for r in runs]
+    return aggregate(flat, ["model", "L"], [*METRICS, "train_seconds", "epochs_run"])
+
+
+def markdown(report: dict) -> str:
+    rows = []
+    for s in report["summary"]:
+        row = {"model": s["model"], "L": s["L"], "seeds": s["n"]}
+        for m in METRICS:
+            row[m] = f"{s[m]:.4f} ± {s[m + '_std']:.4f}"
+        row["epochs"] = f"{s['epochs_run']:.1f}"
+        row["train s"] = f"{s['train_seconds']:.0f} ± {s['train_seconds_std']:.0f}"
+        rows.append(row)
+    cols = ["model", "L", "seeds", *METRICS, "epochs", "train s"]
+    return markdown_table(rows, cols, ["model", "L", "seeds", "test AUC", "test GAUC", "test logloss",
+                                       "epochs run", "train time (s)"])
+
+
+def update_docs(path: Path, key: str, table: str, report: dict) -> None:
+    m = report["machine"]
+    block = (f"<!-- {key}:start -->\n{table}\n\n"
+             f"Measured {report['started'][:10]} on {m['cpu_count']} CPU cores ({m['processor']}), "
+             f"{m['torch_threads']} torch threads, torch {m['torch']}; git {report['git']}; "
+             f"seeds {report['seeds']}; mean ± sample std over seeds; raw runs in bench/results/{key}.json.\n"
+             f"<!-- {key}:end -->")
+    text = path.read_text() if path.exists() else ""
+    pattern = re.compile(rf"<!-- {key}:start -->.*?<!-- {key}:end -->", re.S)
+    text = pattern.sub(block, text) if pattern.search(text) else text + "\n" + block + "\n"
+    write_text_atomic(path, text)
+
+
+if __name__ == "__main__":
+    main()
