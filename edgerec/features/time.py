@@ -1,10 +1,15 @@
-"""Semantic time slots from unix seconds (UTC), vectorized.
+"""Semantic time slots from unix seconds (UTC), vectorized, for numpy arrays AND torch tensors.
 
-One definition used everywhere (simulator, sample builders, models, serving), so that an hour
-slot means the same thing in training and at serving. All times are UTC; see docs/design.md.
+One definition used everywhere (simulator, sample builders, models inside forward, serving), so
+an hour slot means the same thing in training and at serving. Only integer floor-division,
+modulo and comparisons are used, so the same code runs on numpy and torch. Month and day of month
+come from Howard Hinnant's civil-from-days algorithm (exact for the proleptic Gregorian calendar).
+All times are UTC; see docs/design.md.
 """
 
 from __future__ import annotations
+
+from typing import TypeVar
 
 import numpy as np
 
@@ -13,26 +18,29 @@ SECONDS_PER_DAY = 86400
 # Number of slots per granularity; slot values are 0-based.
 SLOT_SIZES = {"hour": 24, "weekday": 7, "month": 12, "dom": 31}
 
+T = TypeVar("T")  # np.ndarray or torch.Tensor of int64 unix seconds
 
-def time_slots(ts: np.ndarray) -> dict[str, np.ndarray]:
+
+def time_slots(ts: T) -> dict[str, T]:
     """hour 0-23, weekday 0-6 (Monday = 0), month 0-11, day-of-month 0-30 for unix seconds `ts`."""
-    ts = np.asarray(ts, dtype=np.int64)
-    days = np.floor_divide(ts, SECONDS_PER_DAY)
-    hour = np.floor_divide(ts - days * SECONDS_PER_DAY, SECONDS_PER_HOUR)
+    if not hasattr(ts, "dtype"):
+        ts = np.asarray(ts, dtype=np.int64)
+    days = ts // SECONDS_PER_DAY  # floor division: correct before 1970 too
+    hour = (ts - days * SECONDS_PER_DAY) // SECONDS_PER_HOUR
     weekday = (days + 3) % 7  # 1970-01-01 was a Thursday
-    dt_day = days.astype("datetime64[D]")
-    month_start = dt_day.astype("datetime64[M]")
-    month = month_start.astype(np.int64) % 12
-    dom = (dt_day - month_start.astype("datetime64[D]")).astype(np.int64)
-    return {
-        "hour": hour.astype(np.int64),
-        "weekday": weekday.astype(np.int64),
-        "month": month.astype(np.int64),
-        "dom": dom,
-    }
+    # civil_from_days (H. Hinnant): day count -> (year, month, day)
+    z = days + 719468
+    era = z // 146097
+    doe = z - era * 146097  # day of era [0, 146096]
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365  # year of era [0, 399]
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)  # day of year, March-based [0, 365]
+    mp = (5 * doy + 2) // 153  # March-based month [0, 11]
+    dom = doy - (153 * mp + 2) // 5  # [0, 30]
+    month = (mp + 2) % 12  # January = 0
+    return {"hour": hour, "weekday": weekday, "month": month, "dom": dom}
 
 
-def hour_of_week(ts: np.ndarray) -> np.ndarray:
+def hour_of_week(ts: T) -> T:
     """0..167, Monday 00:00 = 0."""
     s = time_slots(ts)
     return s["weekday"] * 24 + s["hour"]
