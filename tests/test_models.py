@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from edgerec.data.samples import build_dicycle
-from edgerec.models import DIN, DNN, LR, MODELS
+from edgerec.models import DIN, DNN, LR, MODELS, DiCycle
 from edgerec.models.layers import Dice, TargetAttention
 
 
@@ -29,7 +29,7 @@ def test_forward_returns_logit_and_probability(samples, name):
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad and p.ndim > 1)
 
 
-@pytest.mark.parametrize("cls", [LR, DNN, DIN])
+@pytest.mark.parametrize("cls", [LR, DNN, DIN, DiCycle])
 def test_extra_padding_does_not_change_scores(samples, cls):
     """The same history padded to L=30 or L=500 gives the same score (padding is fully masked)."""
     torch.manual_seed(0)

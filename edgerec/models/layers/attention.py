@@ -57,3 +57,28 @@ class TargetAttention(nn.Module):
             weights = score * mask.to(score.dtype)  # (B, L)
         pooled = torch.einsum("bl,bld->bd", weights, keys)  # (B, d)
         return pooled, weights
+
+
+class QueryAttention(nn.Module):
+    """Single-head scaled dot-product attention of one query over a sequence, with W_Q, W_K, W_V.
+
+    softmax((q W_Q)(X W_K)^T / sqrt(d)) (X W_V) over the positions where mask is True; a row with
+    no valid position returns zeros (not NaN).
+    """
+
+    def __init__(self, dim: int, bias: bool = False):
+        super().__init__()
+        self.w_q = nn.Linear(dim, dim, bias=bias)
+        self.w_k = nn.Linear(dim, dim, bias=bias)
+        self.w_v = nn.Linear(dim, dim, bias=bias)
+        self.scale = dim ** -0.5
+
+    def forward(self, query: torch.Tensor, seq: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """query (B, d), seq (B, L, d), mask (B, L) -> (B, d), weights (B, L)."""
+        q = self.w_q(query)  # (B, d)
+        k = self.w_k(seq)  # (B, L, d)
+        v = self.w_v(seq)  # (B, L, d)
+        logits = torch.einsum("bd,bld->bl", q, k) * self.scale  # (B, L)
+        logits = logits.masked_fill(~mask, float("-inf"))
+        weights = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # all-masked rows -> 0
+        return torch.einsum("bl,bld->bd", weights, v), weights  # (B, d), (B, L)

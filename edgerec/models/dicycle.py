@@ -1,0 +1,88 @@
+"""DiCycle: Denoising Time Cycle Modeling for Recommendation (Xie et al., SIGIR 2022).
+Spec: shared/specs/dicycle.md; every open choice is in docs/design.md.
+
+    q_k = Λ(t_k) + Φ(t - t_k)          time embedding of behaviour k (ATC + RTC)
+    q_a = Λ(t) + Φ(0)                  time embedding of the target
+    r   = DIN-attention(e_a + q_a, {e_k + q_k})            user interest module
+    f_k = cos(e_a, e_k) if >= δ else 0                     gated filter (item embeddings only)
+    h   = softmax((q_a W_Q)(f q W_K)^T / sqrt(d)) (f q W_V) time-cycle attention, query = target time
+    p   = sigmoid(MLP([r ; h]))
+
+Ablation flags: use_absolute_time, use_relative_time, use_time_cycle, gate_threshold = -1 (no gate:
+cos >= -1 always holds), surrounding_range = 0 (no neighbouring slots).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+from edgerec.features.spec import FeatureSpec
+from edgerec.features.time import SECONDS_PER_HOUR
+from edgerec.models.base import CTRModel, register_model
+from edgerec.models.layers import (MLP, AbsoluteTimeEncoding, FeatureEmbedding, FourierTimeEncoding,
+                                   QueryAttention, TargetAttention)
+
+
+@register_model
+class DiCycle(CTRModel):
+    def __init__(self, spec: FeatureSpec, embedding_dim: int = 32,
+                 granularities: tuple[str, ...] = ("hour", "weekday", "month"), surrounding_range: int = 2,
+                 kernel_size: int = 3, use_absolute_time: bool = True, use_relative_time: bool = True,
+                 use_time_cycle: bool = True, gate_threshold: float = 0.0, mask_filtered: bool = False,
+                 attention_units: tuple[int, ...] = (80, 40), attention_activation: str = "prelu",
+                 mlp_units: tuple[int, ...] = (200, 80), activation: str = "relu", dropout: float = 0.0,
+                 feed_target: bool = False, use_user_id: bool = False):
+        super().__init__(spec)
+        self.emb = FeatureEmbedding(spec, embedding_dim, use_user_id=use_user_id)
+        d = self.emb.item_dim  # time embeddings are added to item embeddings, so they share its size
+        self.absolute = AbsoluteTimeEncoding(d, granularities, surrounding_range, kernel_size) if use_absolute_time else None
+        self.relative = FourierTimeEncoding(d) if use_relative_time else None
+        self.interest = TargetAttention(d, attention_units, attention_activation)
+        self.time_cycle = QueryAttention(d) if use_time_cycle else None
+        self.gate_threshold = gate_threshold
+        self.mask_filtered = mask_filtered
+        self.feed_target = feed_target
+        in_dim = d * (1 + int(use_time_cycle) + int(feed_target)) + self.emb.user_dim
+        self.mlp = MLP(in_dim, mlp_units, activation=activation, dropout=dropout)
+
+    def time_embeddings(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """q_a (B, d) for the target and q_k (B, L, d) for the history."""
+        ts, hist_ts, mask = batch["ts"], batch["hist_ts"], batch["hist_mask"]
+        B, L = hist_ts.shape
+        d = self.emb.item_dim
+        q_a = torch.zeros(B, d)
+        q_k = torch.zeros(B, L, d)
+        if self.absolute is not None:
+            tables = self.absolute.tables()  # (P_g, d) per granularity, once per step
+            q_a = q_a + self.absolute(ts, tables)  # (B, d)
+            q_k = q_k + self.absolute(hist_ts, tables)  # (B, L, d)
+        if self.relative is not None:
+            gap_h = (ts.unsqueeze(1) - hist_ts).clamp_min(0).float() / SECONDS_PER_HOUR  # (B, L)
+            q_k = q_k + self.relative(gap_h)  # (B, L, d)
+            q_a = q_a + self.relative(torch.zeros(B))  # (B, d): Φ(0)
+        return q_a, q_k * mask.unsqueeze(-1)  # padding stays zero
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        mask = batch["hist_mask"]  # (B, L)
+        e_a = self.emb.target(batch)  # (B, d)
+        e_k = self.emb.history(batch)  # (B, L, d)
+        q_a, q_k = self.time_embeddings(batch)  # (B, d), (B, L, d)
+        r, interest_w = self.interest(e_a + q_a, e_k + q_k, mask)  # (B, d), (B, L)
+        parts, extra = [r], {"interest_attention": interest_w}
+        if self.time_cycle is not None:
+            cos = F.cosine_similarity(e_k, e_a.unsqueeze(1), dim=-1, eps=1e-8)  # (B, L)
+            keep = (cos >= self.gate_threshold) & mask  # (B, L)
+            gate = cos * keep  # (B, L): soft weight, hard cut-off
+            attend = keep if self.mask_filtered else mask  # literal reading: filtered keys stay (zero)
+            h, cycle_w = self.time_cycle(q_a, gate.unsqueeze(-1) * q_k, attend)  # (B, d), (B, L)
+            parts.append(h)
+            extra.update(gate=gate, cycle_attention=cycle_w,
+                         filtered_fraction=1 - keep.sum() / mask.sum().clamp_min(1))
+        if self.feed_target:
+            parts.append(e_a)
+        user = self.emb.user(batch)
+        if user is not None:
+            parts.append(user)
+        logit = self.mlp(torch.cat(parts, dim=-1)).squeeze(-1)  # (B,)
+        return self.output(logit, **extra)
