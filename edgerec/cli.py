@@ -24,6 +24,7 @@ Typical session:
   edgerec train --config configs/ctr.yaml --expid DIN_ml100k
   edgerec train --config configs/ctr.yaml --expid DIN_ml100k --set train.lr=5e-4 --seed 1 --seed 2
   edgerec eval --run runs/DIN_ml100k/<stamp>-seed2024 --split test
+  edgerec explain --run runs/DiCycle_ml100k/<stamp>-seed1   PNGs of learned time cycles
   edgerec results                                    the results ledger as a table
   edgerec bench ctr                                  the baseline benchmark (bench/ctr.py)
   edgerec demo                                       the main job on real data (what `make demo` runs)
@@ -138,6 +139,14 @@ def _cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from edgerec.train.explain import explain_run
+
+    for path in explain_run(args.run, args.out):
+        print(f"wrote {path}")
+    return 0
+
+
 def _find_repo_file(rel: str) -> Path | None:
     for root in (Path.cwd(), Path(__file__).resolve().parents[1]):
         if (root / rel).is_file():
@@ -213,6 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="test", choices=["train", "valid", "test"])
     e.add_argument("--metrics", help="comma-separated, e.g. AUC,GAUC,logloss,NDCG@10,HR@10")
     e.set_defaults(func=_cmd_eval)
+
+    x = sub.add_parser("explain", help="plot what a time-aware model learned (PNG)",
+                       description="For a DiCycle run: the learned hour/weekday preference (target-time sweep over "
+                                   "test samples) and the relative-time kernel over 0-14 days, as PNG + JSON.")
+    x.add_argument("--run", required=True, help="run directory")
+    x.add_argument("--out", help="output folder (default <run>/explain)")
+    x.set_defaults(func=_cmd_explain)
 
     r = sub.add_parser("results", help="show the results ledger", description="One row per run in the ledger.")
     r.add_argument("--ledger", default="results/ledger.jsonl")

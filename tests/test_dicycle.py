@@ -111,3 +111,23 @@ def test_score_depends_on_target_time_unlike_din(samples):
     with torch.no_grad():
         assert not torch.allclose(dc(batch)["logit"], dc(later)["logit"])
         torch.testing.assert_close(din(batch)["logit"], din(later)["logit"])
+
+
+def test_explain_writes_plots(config_dir):
+    import json
+
+    from edgerec.cli import main
+    from edgerec.train.config import load_experiment
+    from edgerec.train.experiment import run_experiment
+
+    cfg = load_experiment(config_dir / "ctr.yaml", "DiCycle_test", [
+        f"output_dir={config_dir / 'runs'}", f"ledger={config_dir / 'l.jsonl'}", "train.epochs=1"])
+    r = run_experiment(cfg, log=lambda *_: None)
+    assert main(["explain", "--run", r.run_dir]) == 0
+    out = __import__("pathlib").Path(r.run_dir) / "explain"
+    for name in ("time_preference.png", "relative_kernel.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    k = json.loads((out / "relative_kernel.json").read_text())
+    assert abs(k["kernel"][0] - 0.5) < 1e-6  # <Φ(0), Φ(0)> = (1/d) * d/2
+    sweep = json.loads((out / "time_preference.json").read_text())
+    assert len(sweep["by_hour"]) == 24 and len(sweep["by_weekday"]) == 7
