@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from edgerec.data.samples import build_dicycle
-from edgerec.models import DIN, DNN, LR, MODELS, DiCycle
+from edgerec.models import DIN, DNN, LR, MODELS, DiCycle, GRU4Rec, SASRec, TiSASRec, TimeLSTM
 from edgerec.models.layers import Dice, TargetAttention
 
 
@@ -29,7 +29,7 @@ def test_forward_returns_logit_and_probability(samples, name):
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad and p.ndim > 1)
 
 
-@pytest.mark.parametrize("cls", [LR, DNN, DIN, DiCycle])
+@pytest.mark.parametrize("cls", [LR, DNN, DIN, DiCycle, GRU4Rec, SASRec, TiSASRec, TimeLSTM])
 def test_extra_padding_does_not_change_scores(samples, cls):
     """The same history padded to L=30 or L=500 gives the same score (padding is fully masked)."""
     torch.manual_seed(0)
@@ -65,3 +65,24 @@ def test_dice_matches_its_definition():
     x = torch.randn(50, 4)
     p = torch.sigmoid(dice.bn(x))
     torch.testing.assert_close(dice(x), p * x + (1 - p) * dice.alpha * x)
+
+
+def test_tisasrec_relative_terms_equal_the_naive_formula():
+    """Gather/scatter relative attention == building R_K[r_ij], R_V[r_ij] explicitly."""
+    from edgerec.models.tisasrec import interval_buckets
+
+    torch.manual_seed(0)
+    B, L, d, K = 2, 5, 4, 6
+    ts = torch.tensor([[0, 0, 100, 250, 400], [0, 10, 20, 50, 90]])
+    mask = torch.tensor([[False, False, True, True, True], [True] * 5])
+    r = interval_buckets(ts, mask, K - 1)
+    assert r[0, 2, 3] == 1 and r[0, 2, 4] == 2  # row 0: smallest valid gap 150 -> 100/150 and 300/150
+    assert r[1, 0, 4] == 5  # 90 / 10 = 9, clipped at K - 1 = 5
+    q, w = torch.randn(B, 1, L, d), torch.softmax(torch.randn(B, 1, L, L), -1)
+    RK, RV = torch.randn(K, d), torch.randn(K, d)
+    fast_bias = (q @ RK.T).gather(-1, r.unsqueeze(1))
+    fast_val = w.new_zeros(B, 1, L, K).scatter_add(-1, r.unsqueeze(1), w) @ RV
+    naive_bias = torch.einsum("bhid,bijd->bhij", q, RK[r])
+    naive_val = torch.einsum("bhij,bijd->bhid", w, RV[r])
+    torch.testing.assert_close(fast_bias, naive_bias)
+    torch.testing.assert_close(fast_val, naive_val)

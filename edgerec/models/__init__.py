@@ -4,6 +4,10 @@ from edgerec.models.base import MODELS, CTRModel, model_arg_defaults, register_m
 from edgerec.models.dicycle import DiCycle
 from edgerec.models.din import DIN
 from edgerec.models.dnn import DNN
+from edgerec.models.gru4rec import GRU4Rec
 from edgerec.models.lr import LR
+from edgerec.models.sasrec import SASRec
+from edgerec.models.timelstm import TimeLSTM
+from edgerec.models.tisasrec import TiSASRec
 
-__all__ = ["MODELS", "CTRModel", "DIN", "DiCycle", "DNN", "LR", "model_arg_defaults", "register_model"]
+__all__ = ["MODELS", "CTRModel", "DIN", "DiCycle", "DNN", "GRU4Rec", "LR", "SASRec", "TiSASRec", "TimeLSTM", "model_arg_defaults", "register_model"]
