@@ -110,3 +110,15 @@ def test_impression_protocol(tiny_sim):
 def test_impression_protocol_needs_positions(ml100k):
     with pytest.raises(ConfigError, match="has no display positions"):
         build_impressions(ml100k)
+
+
+def test_popularity_eval_negatives(ml100k):
+    uni = build_dicycle(ml100k, max_len=5, seed=1)
+    pop = build_dicycle(ml100k, max_len=5, seed=1, eval_negatives="popularity")
+    counts = np.bincount(uni.store_item, minlength=uni.spec.n_items)
+    neg_u = uni.splits["test"].item[uni.splits["test"].label == 0]
+    neg_p = pop.splits["test"].item[pop.splits["test"].label == 0]
+    assert counts[neg_p].mean() > 2 * counts[neg_u].mean()  # popular items drawn far more often
+    np.testing.assert_array_equal(uni.splits["train"].item, pop.splits["train"].item)  # training unchanged
+    with pytest.raises(ConfigError, match="eval_negatives must be"):
+        build_dicycle(ml100k, eval_negatives="hard")

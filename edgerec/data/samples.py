@@ -145,19 +145,28 @@ def _encode_side(table: pa.Table | None, key: str, vocab: np.ndarray, names: lis
 class NegativeSampler:
     """Uniform negatives among items a user never interacted with (vectorized rejection)."""
 
-    def __init__(self, user: np.ndarray, item: np.ndarray, n_items: int):
+    def __init__(self, user: np.ndarray, item: np.ndarray, n_items: int, popularity: bool = False):
         self.n_items = n_items
         self.seen = np.unique(user * (n_items + 1) + item)  # sorted keys of (user, item) pairs
+        # popularity = True: draw items in proportion to their interaction count (hard negatives that
+        # remove the "popular vs random item" shortcut); items never interacted with are never drawn.
+        counts = np.bincount(item, minlength=n_items + 1)[1:].astype(np.float64)
+        self.p = counts / counts.sum() if popularity else None
+
+    def _draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        if self.p is None:
+            return rng.integers(1, self.n_items + 1, n)
+        return rng.choice(self.n_items, size=n, p=self.p) + 1
 
     def sample(self, user: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        out = rng.integers(1, self.n_items + 1, len(user))
+        out = self._draw(len(user), rng)
         for _ in range(1000):
             keys = user * (self.n_items + 1) + out
             pos = np.minimum(np.searchsorted(self.seen, keys), len(self.seen) - 1)
             clash = self.seen[pos] == keys
             if not clash.any():
                 return out
-            out[clash] = rng.integers(1, self.n_items + 1, int(clash.sum()))
+            out[clash] = self._draw(int(clash.sum()), rng)
         raise RuntimeError("could not draw negatives: some user has interacted with almost every item")
 
 
@@ -182,10 +191,16 @@ def _with_negatives(pos: Split, sampler: NegativeSampler, rng: np.random.Generat
 
 def build_dicycle(ds: EventDataset, max_len: int = 50, seed: int = 0, min_events: int = 3,
                   item_features: list[str] | None = None, user_features: list[str] | None = None,
-                  train_negatives: str = "fixed") -> SampleSet:
-    """Leave-last-out CTR samples with 1 random negative per positive (see module docstring)."""
+                  train_negatives: str = "fixed", eval_negatives: str = "uniform") -> SampleSet:
+    """Leave-last-out CTR samples with 1 random negative per positive (see module docstring).
+
+    eval_negatives: 'uniform' (the paper's protocol) or 'popularity' (validation/test negatives drawn
+    in proportion to item popularity: a diagnostic that removes the popularity shortcut).
+    """
     if train_negatives not in ("fixed", "resample"):
         raise ConfigError(f"train_negatives must be 'fixed' or 'resample', got {train_negatives!r}")
+    if eval_negatives not in ("uniform", "popularity"):
+        raise ConfigError(f"eval_negatives must be 'uniform' or 'popularity', got {eval_negatives!r}")
     if min_events < 3:
         raise ConfigError("min_events must be >= 3 (one test, one validation, one training target)")
     e = ds.events.filter(pc.equal(ds.events.column("label"), 1))
@@ -217,6 +232,7 @@ def build_dicycle(ds: EventDataset, max_len: int = 50, seed: int = 0, min_events
     pos_split[k == 0] = "none"  # first behaviour has no history: it is only history
 
     sampler = NegativeSampler(user, item, n_items)
+    eval_sampler = NegativeSampler(user, item, n_items, popularity=eval_negatives == "popularity")
     rng = np.random.default_rng([seed, 104729])
     splits, train_pos = {}, None
     for name in ("train", "valid", "test"):
@@ -225,7 +241,7 @@ def build_dicycle(ds: EventDataset, max_len: int = 50, seed: int = 0, min_events
                          hist_start=start[m], hist_end=np.flatnonzero(m))
         if name == "train":
             train_pos = positive
-        splits[name] = _with_negatives(positive, sampler, rng)
+        splits[name] = _with_negatives(positive, sampler if name == "train" else eval_sampler, rng)
 
     item_feats, item_sizes = _encode_side(ds.items, "item_id", item_vocab, list(item_features or []), "item")
     user_feats, user_sizes = _encode_side(ds.users, "user_id", user_vocab, list(user_features or []), "user")

@@ -39,7 +39,8 @@ def build_samples(cfg: ExperimentConfig) -> SampleSet:
     common = dict(max_len=d.max_len, item_features=d.item_features, user_features=d.user_features,
                   seed=cfg.train.seed)
     if cfg.protocol == "dicycle":
-        return PROTOCOLS["dicycle"](ds, min_events=d.min_events, train_negatives=d.train_negatives, **common)
+        return PROTOCOLS["dicycle"](ds, min_events=d.min_events, train_negatives=d.train_negatives,
+                                    eval_negatives=d.eval_negatives, **common)
     return PROTOCOLS["impression"](ds, split_fractions=tuple(d.split_fractions), max_position=d.max_position, **common)
 
 
