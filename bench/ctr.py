@@ -74,7 +74,8 @@ def main(argv=None) -> dict:
                 r = run_experiment(cfg, sample_cache=cache)
                 report["runs"].append({"model": model, "L": L, "seed": seed, "best_epoch": r.best_epoch,
                                        "epochs_run": r.epochs_run, "train_seconds": r.train_seconds,
-                                       "valid": r.valid, "test": r.test, "config_hash": r.config_hash})
+                                       "valid": r.valid, "test": r.test, "config_hash": r.config_hash,
+                                       "run_dir": r.run_dir})
                 report["summary"] = summarize(report["runs"])
                 write_json_atomic(out, report)
             # samples depend on (L, seed) only; keep the cache small
