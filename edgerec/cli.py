@@ -96,10 +96,10 @@ def _print_results(results) -> None:
     metric_cols = [c for c in rows[0] if c.startswith("test ")]
     print("\nResults (best epoch on validation, evaluated on test):")
     print(text_table(rows, ["expid", "model", "dataset", "seed", *metric_cols, "epochs", "train s"]))
-    if len(results) > 1:
-        agg = aggregate(rows, ["expid"], metric_cols)
-        for a in agg:
-            print(f"mean ± std over {a['n']} seeds: " + "  ".join(f"{m[5:]} {fmt_ms(a[m], a[m + '_std'])}" for m in metric_cols))
+    for a in aggregate(rows, ["expid"], metric_cols):
+        if a["n"] > 1:  # only experiments that ran with several seeds
+            print(f"{a['expid']}: mean ± std over {a['n']} seeds: "
+                  + "  ".join(f"{m[5:]} {fmt_ms(a[m], a[m + '_std'])}" for m in metric_cols))
     print(f"checkpoints: {', '.join(r.run_dir for r in results)}")
 
 

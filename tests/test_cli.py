@@ -42,7 +42,7 @@ def test_train_then_eval(config_dir, capsys):
             "--seed", "1", "--seed", "2"]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "mean ± std over 2 seeds" in out
+    assert "LR_test: mean ± std over 2 seeds" in out
     run = next((config_dir / "runs" / "LR_test").iterdir())
     assert main(["eval", "--run", str(run), "--metrics", "AUC,NDCG@5"]) == 0
     assert "NDCG@5" in capsys.readouterr().out
