@@ -131,3 +131,30 @@ def test_explain_writes_plots(config_dir):
     assert abs(k["kernel"][0] - 0.5) < 1e-6  # <Φ(0), Φ(0)> = (1/d) * d/2
     sweep = json.loads((out / "time_preference.json").read_text())
     assert len(sweep["by_hour"]) == 24 and len(sweep["by_weekday"]) == 7
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_query_attention_equals_projected_textbook_form(bias):
+    torch.manual_seed(0)
+    att = QueryAttention(6, bias=bias)
+    q, x = torch.randn(3, 6), torch.randn(3, 4, 6)
+    mask = torch.tensor([[True, True, True, False], [False, True, True, True], [False] * 4])
+    out, w = att(q, x, mask)
+    logits = torch.einsum("bd,bld->bl", att.w_q(q), att.w_k(x)) / 6 ** 0.5
+    ref_w = torch.softmax(logits.masked_fill(~mask, float("-inf")), -1).nan_to_num(0.0)
+    torch.testing.assert_close(w, ref_w)
+    torch.testing.assert_close(out, torch.einsum("bl,bld->bd", ref_w, att.w_v(x)))
+
+
+def test_packed_slots_round_trip_and_batch_gather(samples):
+    from edgerec.features.time import pack_slots, time_slots, unpack_slots
+
+    ts = np.random.default_rng(1).integers(0, 4_000_000_000, 1000)
+    back, direct = unpack_slots(pack_slots(ts)), time_slots(ts)
+    for g in direct:
+        np.testing.assert_array_equal(back[g], direct[g])
+    b = samples.make_batch(samples.splits["test"], np.arange(64))
+    m = b["hist_mask"]
+    np.testing.assert_array_equal(b["hist_slots"][m].numpy(), pack_slots(b["hist_ts"][m].numpy()))
+    enc = AbsoluteTimeEncoding(8)
+    torch.testing.assert_close(enc(b["hist_ts"])[m], enc(packed=b["hist_slots"])[m])  # padding is masked later

@@ -30,6 +30,7 @@ import torch
 from edgerec.data.schema import EventDataset
 from edgerec.errors import ConfigError
 from edgerec.features.spec import FeatureSpec
+from edgerec.features.time import pack_slots
 
 
 @dataclass
@@ -67,6 +68,11 @@ class SampleSet:
     _train_positive: Split | None = None
     resample_negatives: bool = False
     seed: int = 0
+    store_slots: np.ndarray | None = None  # (S,) packed calendar slots of each stored behaviour
+
+    def __post_init__(self) -> None:
+        if self.store_slots is None:
+            self.store_slots = pack_slots(self.store_ts)  # once per dataset, gathered per batch
 
     def on_epoch_start(self, epoch: int) -> None:
         """Redraw training negatives when train_negatives = resample (dicycle protocol)."""
@@ -98,6 +104,7 @@ class SampleSet:
             "ts": torch.from_numpy(s.ts[idx]),
             "hist_item": torch.from_numpy(hist_item),  # (B, L)
             "hist_ts": torch.from_numpy(hist_ts),  # (B, L)
+            "hist_slots": torch.from_numpy(np.where(valid, self.store_slots[pos], 0)),  # (B, L) packed slots
             "hist_mask": torch.from_numpy(valid),  # (B, L) True = real behaviour
             "label": torch.from_numpy(s.label[idx]),
         }

@@ -44,3 +44,20 @@ def hour_of_week(ts: T) -> T:
     """0..167, Monday 00:00 = 0."""
     s = time_slots(ts)
     return s["weekday"] * 24 + s["hour"]
+
+
+# Packed slots: one int per timestamp, so a behaviour's calendar slots are computed once per
+# dataset and gathered per batch instead of redoing civil-from-days on every (B, L) step.
+_SHIFTS = {"hour": 0, "weekday": 5, "month": 8, "dom": 12}
+_MASKS = {"hour": 31, "weekday": 7, "month": 15, "dom": 31}
+
+
+def pack_slots(ts: T) -> T:
+    """hour | weekday << 5 | month << 8 | dom << 12 (17 bits)."""
+    s = time_slots(ts)
+    return s["hour"] + s["weekday"] * 32 + s["month"] * 256 + s["dom"] * 4096
+
+
+def unpack_slots(code: T) -> dict[str, T]:
+    """Inverse of pack_slots; works on numpy and torch integer arrays."""
+    return {g: (code >> _SHIFTS[g]) & _MASKS[g] for g in _SHIFTS}

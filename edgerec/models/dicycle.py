@@ -49,19 +49,20 @@ class DiCycle(CTRModel):
     def time_embeddings(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """q_a (B, d) for the target and q_k (B, L, d) for the history."""
         ts, hist_ts, mask = batch["ts"], batch["hist_ts"], batch["hist_mask"]
-        B, L = hist_ts.shape
-        d = self.emb.item_dim
-        q_a = torch.zeros(B, d)
-        q_k = torch.zeros(B, L, d)
+        q_a, q_k = [], []
         if self.absolute is not None:
-            tables = self.absolute.tables()  # (P_g, d) per granularity, once per step
-            q_a = q_a + self.absolute(ts, tables)  # (B, d)
-            q_k = q_k + self.absolute(hist_ts, tables)  # (B, L, d)
+            table = self.absolute.table()  # (Σ P_g, d): computed once per step, then gathered
+            q_a.append(self.absolute(ts, table))  # (B, d)
+            q_k.append(self.absolute(table=table, packed=batch["hist_slots"]) if "hist_slots" in batch
+                       else self.absolute(hist_ts, table))  # (B, L, d)
         if self.relative is not None:
             gap_h = (ts.unsqueeze(1) - hist_ts).clamp_min(0).float() / SECONDS_PER_HOUR  # (B, L)
-            q_k = q_k + self.relative(gap_h)  # (B, L, d)
-            q_a = q_a + self.relative(torch.zeros(B))  # (B, d): Φ(0)
-        return q_a, q_k * mask.unsqueeze(-1)  # padding stays zero
+            q_k.append(self.relative(gap_h))  # (B, L, d)
+            q_a.append(self.relative(torch.zeros_like(gap_h[:, 0])))  # (B, d): Φ(0)
+        if not q_a:  # both encodings ablated
+            return torch.zeros_like(self.emb.target(batch)), torch.zeros_like(self.emb.history(batch))
+        q_k_sum = q_k[0] if len(q_k) == 1 else q_k[0] + q_k[1]
+        return sum(q_a), q_k_sum * mask.unsqueeze(-1)  # padding stays zero
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         mask = batch["hist_mask"]  # (B, L)

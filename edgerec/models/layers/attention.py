@@ -75,10 +75,15 @@ class QueryAttention(nn.Module):
 
     def forward(self, query: torch.Tensor, seq: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """query (B, d), seq (B, L, d), mask (B, L) -> (B, d), weights (B, L)."""
-        q = self.w_q(query)  # (B, d)
-        k = self.w_k(seq)  # (B, L, d)
-        v = self.w_v(seq)  # (B, L, d)
-        logits = torch.einsum("bd,bld->bl", q, k) * self.scale  # (B, L)
+        # Exact rewrite that never projects the (B, L, d) sequence:
+        #   (q W_Q^T + b_q)·(x W_K^T + b_K) = ((q W_Q^T + b_q) W_K)·x + const  (const cancels in softmax)
+        #   Σ_k w_k (x_k W_V^T + b_V) = (Σ_k w_k x_k) W_V^T + b_V Σ_k w_k
+        qk = self.w_q(query) @ self.w_k.weight  # (B, d)
+        logits = torch.einsum("bd,bld->bl", qk, seq) * self.scale  # (B, L)
         logits = logits.masked_fill(~mask, float("-inf"))
         weights = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # all-masked rows -> 0
-        return torch.einsum("bl,bld->bd", weights, v), weights  # (B, d), (B, L)
+        pooled = torch.einsum("bl,bld->bd", weights, seq)  # (B, d)
+        out = pooled @ self.w_v.weight.T  # (B, d)
+        if self.w_v.bias is not None:
+            out = out + weights.sum(-1, keepdim=True) * self.w_v.bias
+        return out, weights  # (B, d), (B, L)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from edgerec.features.time import SLOT_SIZES, time_slots
+from edgerec.features.time import SLOT_SIZES, pack_slots, unpack_slots
 
 
 class AbsoluteTimeEncoding(nn.Module):
@@ -59,11 +59,27 @@ class AbsoluteTimeEncoding(nn.Module):
     def tables(self) -> dict[str, torch.Tensor]:
         return {g: self.slot_table(g) for g in self.granularities}
 
-    def forward(self, ts: torch.Tensor, tables: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """ts: int64 unix seconds, any shape (...) -> (..., d). Pass `tables` to reuse one step's tables."""
-        tables = tables or self.tables()
-        slots = time_slots(ts)
-        return sum(tables[g][slots[g]] for g in self.granularities)  # (..., d)
+    def table(self) -> torch.Tensor:
+        """All granularities' slot tables stacked: (Σ_g P_g, d), row offset of g = sum of earlier P."""
+        return torch.cat([self.slot_table(g) for g in self.granularities], dim=0)
+
+    def forward(self, ts: torch.Tensor | None = None, table: torch.Tensor | None = None,
+                packed: torch.Tensor | None = None) -> torch.Tensor:
+        """Λ for unix seconds `ts` (...) or packed slots `packed` (...) -> (..., d).
+
+        Pass `table` (from .table()) to reuse one step's tables; one embedding_bag(sum) gathers and
+        sums the granularities in a single pass.
+        """
+        table = self.table() if table is None else table
+        slots = unpack_slots(pack_slots(ts) if packed is None else packed)
+        offset, idx = 0, []
+        for g in self.granularities:
+            idx.append(slots[g] + offset)
+            offset += SLOT_SIZES[g]
+        idx = torch.stack(idx, dim=-1)  # (..., G)
+        shape = idx.shape[:-1]
+        out = F.embedding_bag(idx.reshape(-1, len(self.granularities)), table, mode="sum")  # (N, d)
+        return out.view(*shape, -1)
 
 
 def default_periods_hours(n: int) -> torch.Tensor:
