@@ -22,6 +22,7 @@ from edgerec.features.time import SECONDS_PER_HOUR
 from edgerec.models.base import CTRModel, register_model
 from edgerec.models.layers import (MLP, AbsoluteTimeEncoding, FeatureEmbedding, FourierTimeEncoding,
                                    QueryAttention, TargetAttention)
+from edgerec.models.layers.sequence import PackedHistory
 
 
 @register_model
@@ -46,40 +47,40 @@ class DiCycle(CTRModel):
         in_dim = d * (1 + int(use_time_cycle) + int(feed_target)) + self.emb.user_dim
         self.mlp = MLP(in_dim, mlp_units, activation=activation, dropout=dropout)
 
-    def time_embeddings(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """q_a (B, d) for the target and q_k (B, L, d) for the history."""
-        ts, hist_ts, mask = batch["ts"], batch["hist_ts"], batch["hist_mask"]
-        q_a, q_k = [], []
+    def time_embeddings(self, batch: dict[str, torch.Tensor], packed: PackedHistory) -> tuple[torch.Tensor, torch.Tensor]:
+        """q_a (B, d) for the target and q_k (N, d) for the real behaviours of the history."""
+        ts = batch["ts"]  # (B,)
+        d = self.emb.item_dim
+        q_a = ts.new_zeros(ts.shape[0], d, dtype=torch.float32)
+        q_k = q_a.new_zeros(len(packed.b_idx), d)
         if self.absolute is not None:
             table = self.absolute.table()  # (Σ P_g, d): computed once per step, then gathered
-            q_a.append(self.absolute(ts, table))  # (B, d)
-            q_k.append(self.absolute(table=table, packed=batch["hist_slots"]) if "hist_slots" in batch
-                       else self.absolute(hist_ts, table))  # (B, L, d)
+            q_a = q_a + self.absolute(ts, table)  # (B, d)
+            slots = packed.pack(batch["hist_slots"]) if "hist_slots" in batch else None
+            q_k = q_k + (self.absolute(table=table, packed=slots) if slots is not None
+                         else self.absolute(packed.pack(batch["hist_ts"]), table))  # (N, d)
         if self.relative is not None:
-            gap_h = (ts.unsqueeze(1) - hist_ts).clamp_min(0).float() / SECONDS_PER_HOUR  # (B, L)
-            q_k.append(self.relative(gap_h))  # (B, L, d)
-            q_a.append(self.relative(torch.zeros_like(gap_h[:, 0])))  # (B, d): Φ(0)
-        if not q_a:  # both encodings ablated
-            return torch.zeros_like(self.emb.target(batch)), torch.zeros_like(self.emb.history(batch))
-        q_k_sum = q_k[0] if len(q_k) == 1 else q_k[0] + q_k[1]
-        return sum(q_a), q_k_sum * mask.unsqueeze(-1)  # padding stays zero
+            gap_h = (packed.rows(ts) - packed.pack(batch["hist_ts"])).clamp_min(0).float() / SECONDS_PER_HOUR  # (N,)
+            q_k = q_k + self.relative(gap_h)  # (N, d)
+            q_a = q_a + self.relative(q_a.new_zeros(ts.shape[0]))  # (B, d): Φ(0)
+        return q_a, q_k
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        mask = batch["hist_mask"]  # (B, L)
+        packed = PackedHistory(batch["hist_mask"])  # every per-behaviour term runs on real behaviours only
         e_a = self.emb.target(batch)  # (B, d)
-        e_k = self.emb.history(batch)  # (B, L, d)
-        q_a, q_k = self.time_embeddings(batch)  # (B, d), (B, L, d)
-        r, interest_w = self.interest(e_a + q_a, e_k + q_k, mask)  # (B, d), (B, L)
+        e_k = self.emb.history(batch, packed)  # (N, d)
+        q_a, q_k = self.time_embeddings(batch, packed)  # (B, d), (N, d)
+        r, interest_w = self.interest.forward_packed(e_a + q_a, e_k + q_k, packed)  # (B, d), (B, L)
         parts, extra = [r], {"interest_attention": interest_w}
         if self.time_cycle is not None:
-            cos = F.cosine_similarity(e_k, e_a.unsqueeze(1), dim=-1, eps=1e-8)  # (B, L)
-            keep = (cos >= self.gate_threshold) & mask  # (B, L)
-            gate = cos * keep  # (B, L): soft weight, hard cut-off
-            attend = keep if self.mask_filtered else mask  # literal reading: filtered keys stay (zero)
-            h, cycle_w = self.time_cycle(q_a, gate.unsqueeze(-1) * q_k, attend)  # (B, d), (B, L)
+            cos = F.cosine_similarity(e_k, packed.rows(e_a), dim=-1, eps=1e-8)  # (N,)
+            keep = cos >= self.gate_threshold  # (N,)
+            gate = cos * keep  # soft weight, hard cut-off
+            attend = keep if self.mask_filtered else None  # literal reading: filtered keys stay (as zeros)
+            h, cycle_w = self.time_cycle.forward_packed(q_a, gate.unsqueeze(-1) * q_k, packed, attend)  # (B, d), (B, L)
             parts.append(h)
-            extra.update(gate=gate, cycle_attention=cycle_w,
-                         filtered_fraction=1 - keep.sum() / mask.sum().clamp_min(1))
+            extra.update(gate=packed.unpack(gate), cycle_attention=cycle_w,
+                         filtered_fraction=1 - keep.float().mean() if len(keep) else torch.tensor(0.0))
         if self.feed_target:
             parts.append(e_a)
         user = self.emb.user(batch)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from edgerec.models.layers.mlp import MLP
+from edgerec.models.layers.sequence import PackedHistory
 
 
 class Dice(nn.Module):
@@ -39,24 +40,24 @@ class TargetAttention(nn.Module):
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """query (B, d), keys (B, L, d), mask (B, L) -> pooled (B, d), weights (B, L)."""
-        # The unit runs on real behaviours only (history is often mostly padding at large L):
-        # gather valid (row, step) pairs, score them, scatter back; padding keeps score 0.
-        b_idx, l_idx = mask.nonzero(as_tuple=True)  # (N,), (N,)
-        k = keys[b_idx, l_idx]  # (N, d)
-        # First layer on [k, q, k-q, k*q] without building the 4d-wide concat:
-        # W [k; q; k-q; k*q] = (Wk + Wd) k + (Wq - Wd) q + Wp (k*q); the q term is computed per row.
+        packed = PackedHistory(mask)
+        return self.forward_packed(query, packed.pack(keys), packed)
+
+    def forward_packed(self, query: torch.Tensor, keys: torch.Tensor, packed: PackedHistory) -> tuple[torch.Tensor, torch.Tensor]:
+        """query (B, d), keys (N, d) of the real behaviours -> pooled (B, d), weights (B, L).
+
+        The unit runs on real behaviours only; padding keeps weight 0. Its first layer on
+        [k, q, k-q, k*q] is factorized so the 4d-wide concat is never built:
+        W [k; q; k-q; k*q] = (Wk + Wd) k + (Wq - Wd) q + Wp (k*q), with the q term computed per row.
+        """
         first, rest = self.unit.net[0], self.unit.net[1:]
         w_k, w_q, w_d, w_p = first.weight.split(keys.shape[-1], dim=1)  # each (h, d)
         q_term = query @ (w_q - w_d).T + first.bias  # (B, h)
-        hidden = k @ (w_k + w_d).T + (k * query[b_idx]) @ w_p.T + q_term[b_idx]  # (N, h)
-        score = keys.new_zeros(mask.shape).index_put((b_idx, l_idx), rest(hidden).squeeze(-1))  # (B, L)
-        if self.normalize:
-            score = score.masked_fill(~mask, float("-inf"))
-            weights = torch.softmax(score, dim=-1).nan_to_num(0.0)  # all-padding rows -> 0
-        else:
-            weights = score * mask.to(score.dtype)  # (B, L)
-        pooled = torch.einsum("bl,bld->bd", weights, keys)  # (B, d)
-        return pooled, weights
+        q = packed.rows(query)  # (N, d)
+        hidden = keys @ (w_k + w_d).T + (keys * q) @ w_p.T + packed.rows(q_term)  # (N, h)
+        score = rest(hidden).squeeze(-1)  # (N,)
+        weights = packed.softmax(score) if self.normalize else score  # (N,)
+        return packed.pool(weights, keys), packed.unpack(weights)  # (B, d), (B, L)
 
 
 class QueryAttention(nn.Module):
@@ -75,15 +76,21 @@ class QueryAttention(nn.Module):
 
     def forward(self, query: torch.Tensor, seq: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """query (B, d), seq (B, L, d), mask (B, L) -> (B, d), weights (B, L)."""
-        # Exact rewrite that never projects the (B, L, d) sequence:
-        #   (q W_Q^T + b_q)·(x W_K^T + b_K) = ((q W_Q^T + b_q) W_K)·x + const  (const cancels in softmax)
-        #   Σ_k w_k (x_k W_V^T + b_V) = (Σ_k w_k x_k) W_V^T + b_V Σ_k w_k
+        packed = PackedHistory(mask)
+        return self.forward_packed(query, packed.pack(seq), packed)
+
+    def forward_packed(self, query: torch.Tensor, seq: torch.Tensor, packed: PackedHistory,
+                       keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """query (B, d), seq (N, d) real behaviours, keep (N,) which of them may be attended.
+
+        Exact rewrite that never projects the sequence:
+          (q W_Q^T + b_q)·(x W_K^T + b_K) = ((q W_Q^T + b_q) W_K)·x + const  (const cancels in softmax)
+          Σ_k w_k (x_k W_V^T + b_V) = (Σ_k w_k x_k) W_V^T + b_V Σ_k w_k
+        """
         qk = self.w_q(query) @ self.w_k.weight  # (B, d)
-        logits = torch.einsum("bd,bld->bl", qk, seq) * self.scale  # (B, L)
-        logits = logits.masked_fill(~mask, float("-inf"))
-        weights = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # all-masked rows -> 0
-        pooled = torch.einsum("bl,bld->bd", weights, seq)  # (B, d)
-        out = pooled @ self.w_v.weight.T  # (B, d)
+        logits = (packed.rows(qk) * seq).sum(-1) * self.scale  # (N,)
+        weights = packed.softmax(logits, keep)  # (N,)
+        out = packed.pool(weights, seq) @ self.w_v.weight.T  # (B, d)
         if self.w_v.bias is not None:
-            out = out + weights.sum(-1, keepdim=True) * self.w_v.bias
-        return out, weights  # (B, d), (B, L)
+            out = out + packed.pool(weights, torch.ones_like(seq[:, :1])) * self.w_v.bias
+        return out, packed.unpack(weights)  # (B, d), (B, L)

@@ -36,10 +36,12 @@ class FeatureEmbedding(nn.Module):
         parts += [emb(batch[f"item_{n}"]) for n, emb in self.item_side.items()]
         return torch.cat(parts, dim=-1)
 
-    def history(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(B, L, item_dim); padded positions are zero vectors (padding_idx 0)."""
-        parts = [self.item(batch["hist_item"])]
-        parts += [emb(batch[f"hist_{n}"]) for n, emb in self.item_side.items()]
+    def history(self, batch: dict[str, torch.Tensor], packed=None) -> torch.Tensor:
+        """(B, L, item_dim) with zero vectors at padding; or (N, item_dim) for the real behaviours
+        of a PackedHistory `packed`."""
+        take = (lambda t: t) if packed is None else packed.pack
+        parts = [self.item(take(batch["hist_item"]))]
+        parts += [emb(take(batch[f"hist_{n}"])) for n, emb in self.item_side.items()]
         return torch.cat(parts, dim=-1)
 
     def user(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:

@@ -14,3 +14,42 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     total = (x * m).sum(dim=1)  # (B, d)
     count = m.sum(dim=1).clamp_min(1.0)  # (B, 1)
     return total / count
+
+
+class PackedHistory:
+    """The real behaviours of a padded (B, L) history as a flat list of N (row, slot) pairs.
+
+    Why: at L = 200 more than half of the slots are padding on ml-100k; computing per-behaviour
+    quantities (attention units, time encodings, gates) on the N real behaviours only, and
+    scattering just the (B, L) weights back, makes the cost follow the data, not the padding.
+    """
+
+    def __init__(self, mask: torch.Tensor):
+        self.shape = mask.shape  # (B, L)
+        self.b_idx, self.l_idx = mask.nonzero(as_tuple=True)  # (N,), (N,)
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, L, ...) -> (N, ...)"""
+        return x[self.b_idx, self.l_idx]
+
+    def unpack(self, v: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+        """(N, ...) -> (B, L, ...), `fill` at padding."""
+        out = v.new_full((*self.shape, *v.shape[1:]), fill)
+        return out.index_put((self.b_idx, self.l_idx), v)
+
+    def rows(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-row tensor (B, ...) repeated for each behaviour: (N, ...)."""
+        return x[self.b_idx]
+
+    def pool(self, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Σ over each row's behaviours of w * x: (N,), (N, d) -> (B, d)."""
+        out = x.new_zeros(self.shape[0], x.shape[-1])
+        return out.index_add(0, self.b_idx, w.unsqueeze(-1) * x)
+
+    def softmax(self, logits: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Softmax over each row's behaviours (only those with keep=True): (N,) -> (N,).
+        A row with nothing to attend gives zeros, not NaN."""
+        if keep is not None:
+            logits = logits.masked_fill(~keep, float("-inf"))
+        full = self.unpack(logits, fill=float("-inf"))  # (B, L)
+        return torch.softmax(full, dim=-1).nan_to_num(0.0)[self.b_idx, self.l_idx]
