@@ -56,9 +56,6 @@ class AbsoluteTimeEncoding(nn.Module):
             out = out + conv.max(dim=-1).values  # (P, d)
         return out
 
-    def tables(self) -> dict[str, torch.Tensor]:
-        return {g: self.slot_table(g) for g in self.granularities}
-
     def table(self) -> torch.Tensor:
         """All granularities' slot tables stacked: (Σ_g P_g, d), row offset of g = sum of earlier P."""
         return torch.cat([self.slot_table(g) for g in self.granularities], dim=0)
