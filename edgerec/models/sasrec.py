@@ -38,7 +38,11 @@ class SASRec(CTRModel):
             x = block(x, mask, visible, relative)
         return last_valid(self.ln(x), mask)  # (B, d)
 
+    def relative_attention(self, batch: dict[str, torch.Tensor]):
+        """Extra attention terms for every block (None here; TiSASRec adds time intervals)."""
+        return None
+
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        user = self.encode(batch)  # (B, d)
+        user = self.encode(batch, self.relative_attention(batch))  # (B, d)
         logit = self.mlp(head_input(user, self.emb.target(batch), self.emb.user(batch))).squeeze(-1)  # (B,)
         return self.output(logit)

@@ -16,7 +16,6 @@ from torch import nn
 
 from edgerec.features.spec import FeatureSpec
 from edgerec.models.base import register_model
-from edgerec.models.layers.interaction import head_input
 from edgerec.models.sasrec import SASRec
 
 
@@ -43,7 +42,8 @@ class TiSASRec(SASRec):
         self.interval_v = nn.Embedding(max_interval + 1, d)
         self.heads = heads
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def relative_attention(self, batch: dict[str, torch.Tensor]):
+        """Interval terms for SelfAttentionBlock: logit bias q_i . R_K[r_ij] and value Σ_j a_ij R_V[r_ij]."""
         mask = batch["hist_mask"]
         r = interval_buckets(batch["hist_ts"], mask, self.max_interval)  # (B, L, L)
         K = self.max_interval + 1
@@ -61,6 +61,4 @@ class TiSASRec(SASRec):
 
             return bias, value
 
-        user = self.encode(batch, relative)  # (B, d)
-        logit = self.mlp(head_input(user, self.emb.target(batch), self.emb.user(batch))).squeeze(-1)  # (B,)
-        return self.output(logit)
+        return relative

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from edgerec.features.time import SLOT_SIZES, pack_slots, unpack_slots
+from edgerec.features.time import SLOT_SIZES, time_slots, unpack_slots
 
 
 class AbsoluteTimeEncoding(nn.Module):
@@ -68,7 +68,7 @@ class AbsoluteTimeEncoding(nn.Module):
         sums the granularities in a single pass.
         """
         table = self.table() if table is None else table
-        slots = unpack_slots(pack_slots(ts) if packed is None else packed)
+        slots = time_slots(ts) if packed is None else unpack_slots(packed)
         offset, idx = 0, []
         for g in self.granularities:
             idx.append(slots[g] + offset)
