@@ -13,7 +13,6 @@ table between the markers in docs/results.md. Hyper-parameters come from configs
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from datetime import datetime, timezone
@@ -22,7 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edgerec.io import write_json_atomic, write_text_atomic  # noqa: E402
+from bench.docs_tables import replace_block  # noqa: E402
+from edgerec.io import write_json_atomic  # noqa: E402
 from edgerec.train.config import load_experiment  # noqa: E402
 from edgerec.train.experiment import run_experiment  # noqa: E402
 from edgerec.train.ledger import git_commit, machine_info  # noqa: E402
@@ -86,7 +86,7 @@ def main(argv=None) -> dict:
     table = markdown(report)
     print(table)
     if not a.no_docs and not a.quick:
-        update_docs(ROOT / "docs" / "results.md", f"ctr_{name}", table, report)
+        update_docs(f"ctr_{name}", table, report)
     return report
 
 
@@ -110,17 +110,12 @@ def markdown(report: dict) -> str:
                                        "epochs run", "train time (s)"])
 
 
-def update_docs(path: Path, key: str, table: str, report: dict) -> None:
+def update_docs(key: str, table: str, report: dict) -> None:
     m = report["machine"]
-    block = (f"<!-- {key}:start -->\n{table}\n\n"
-             f"Measured {report['started'][:10]} on {m['cpu_count']} CPU cores ({m['processor']}), "
-             f"{m['torch_threads']} torch threads, torch {m['torch']}; git {report['git']}; "
-             f"seeds {report['seeds']}; mean ± sample std over seeds; raw runs in bench/results/{key}.json.\n"
-             f"<!-- {key}:end -->")
-    text = path.read_text() if path.exists() else ""
-    pattern = re.compile(rf"<!-- {key}:start -->.*?<!-- {key}:end -->", re.S)
-    text = pattern.sub(block, text) if pattern.search(text) else text + "\n" + block + "\n"
-    write_text_atomic(path, text)
+    replace_block(key, f"{table}\n\n"
+                  f"Measured {report['started'][:10]} on {m['cpu_count']} CPU cores ({m['processor']}), "
+                  f"{m['torch_threads']} torch threads, torch {m['torch']}; git {report['git']}; "
+                  f"seeds {report['seeds']}; mean ± sample std over seeds; raw runs in bench/results/{key}.json.")
 
 
 if __name__ == "__main__":

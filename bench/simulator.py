@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from edgerec.data.simulator import preset, simulate  # noqa: E402
+from bench.docs_tables import render_simulator  # noqa: E402
 from edgerec.io import write_json_atomic  # noqa: E402
 from edgerec.train.ledger import git_commit, machine_info  # noqa: E402
 
@@ -43,6 +44,7 @@ def main(argv=None) -> dict:
     report = {"benchmark": "simulator", "git": git_commit(), "machine": machine_info(), "repeat": a.repeat,
               "rows": rows}
     write_json_atomic(a.out, report)
+    render_simulator(report)
     return report
 
 

@@ -107,6 +107,9 @@ def main(argv=None) -> dict:
     report = {"benchmark": "throughput", "dataset": "ml-100k", "git": git_commit(), "machine": machine_info(a.threads),
               "rows": rows, "checks": checks}
     write_json_atomic(a.out, report)
+    from bench.docs_tables import render_throughput
+
+    render_throughput(report)
     print(json.dumps(checks, indent=1))
     return report
 

@@ -17,6 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.docs_tables import render_lr_sweep  # noqa: E402
 from edgerec.io import write_json_atomic  # noqa: E402
 from edgerec.train.config import load_experiment  # noqa: E402
 from edgerec.train.experiment import run_experiment  # noqa: E402
@@ -50,6 +51,7 @@ def main(argv=None) -> dict:
         best = max((r for r in report["runs"] if r["model"] == model), key=lambda r: r["valid"]["AUC"])
         report["chosen"][model] = best["lr"]
     write_json_atomic(a.out, report)
+    render_lr_sweep(report)
     return report
 
 

@@ -1,0 +1,73 @@
+"""Tables in docs/results.md, rendered from bench/results/*.json.
+
+Each table sits between `<!-- KEY:start -->` and `<!-- KEY:end -->`; `replace_block` rewrites only
+that block (or appends it). The bench scripts call their renderer after writing their JSON;
+`python bench/docs_tables.py` re-renders every table from the JSON files that exist.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from edgerec.io import write_text_atomic  # noqa: E402
+
+DOCS = ROOT / "docs" / "results.md"
+RESULTS = ROOT / "bench" / "results"
+
+
+def replace_block(key: str, block: str, path: Path = DOCS) -> None:
+    text = path.read_text() if path.exists() else ""
+    new = f"<!-- {key}:start -->\n{block}\n<!-- {key}:end -->"
+    pattern = re.compile(rf"<!-- {key}:start -->.*?<!-- {key}:end -->", re.S)
+    text = pattern.sub(lambda _: new, text) if pattern.search(text) else text.rstrip() + "\n\n" + new + "\n"
+    write_text_atomic(path, text)
+
+
+def render_lr_sweep(r: dict) -> None:
+    rows = ["| model | lr | best epoch / run | valid AUC | valid GAUC | valid logloss | chosen |",
+            "|---|---|---|---|---|---|---|"]
+    for x in r["runs"]:
+        v = x["valid"]
+        chosen = "✓" if r["chosen"].get(x["model"]) == x["lr"] else ""
+        rows.append(f"| {x['model']} | {x['lr']:g} | {x['best_epoch']} / {x['epochs_run']} | {v['AUC']:.4f} | "
+                    f"{v['GAUC']:.4f} | {v['logloss']:.4f} | {chosen} |")
+    replace_block("lr_sweep", "\n".join(rows) + f"\n\nMeasured {r['started'][:10]}, git {r['git']}, seed {r['seed']}, L = {r['L']}.")
+
+
+def render_simulator(s: dict) -> None:
+    rows = [f"| size | users | items | days | exposures | clicks | CTR | seconds (best of {s['repeat']}) | events/s |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for x in s["rows"]:
+        rows.append(f"| {x['size']} | {x['users']:,} | {x['items']:,} | {x['days']} | {x['exposures']:,} | "
+                    f"{x['clicks']:,} | {x['ctr']:.4f} | {x['seconds_best']:.2f} | {x['events_per_second']:,} |")
+    replace_block("simulator", "\n".join(rows) + f"\n\n`python bench/simulator.py`, seed 0, "
+                  f"{s['machine']['cpu_count']} cores, git {s['git']}.")
+
+
+def render_throughput(t: dict) -> None:
+    rows = ["| model | L | train samples/s | train ms/step | inference samples/s | peak RSS (MB) | params |",
+            "|---|---|---|---|---|---|---|"]
+    for x in t["rows"]:
+        rows.append(f"| {x['model']} | {x['L']} | {x['train_samples_per_s']:,} | {x['train_ms_per_step']} | "
+                    f"{x['infer_samples_per_s']:,} | {x['peak_rss_mb']:,} | {x['params']:,} |")
+    m = t["machine"]
+    checks = "; ".join(f"{k}: {v}" for k, v in t["checks"].items())
+    replace_block("throughput", "\n".join(rows) + f"\n\n`python bench/throughput.py`: batch 1024, {m['torch_threads']} "
+                  f"torch threads, {m['cpu_count']} cores, 15 timed steps after 3 warm-up steps, ml-100k batches; "
+                  f"git {t['git']}. {checks}.")
+
+
+RENDERERS = {"lr_sweep_ml100k.json": render_lr_sweep, "simulator.json": render_simulator,
+             "throughput.json": render_throughput}
+
+if __name__ == "__main__":
+    for name, render in RENDERERS.items():
+        if (RESULTS / name).exists():
+            render(json.loads((RESULTS / name).read_text()))
+            print(f"rendered {name}")
