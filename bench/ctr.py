@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.docs_tables import replace_block  # noqa: E402
 from edgerec.io import write_json_atomic  # noqa: E402
+from edgerec.models.dicycle import ABLATIONS  # noqa: E402
 from edgerec.train.config import load_experiment  # noqa: E402
 from edgerec.train.experiment import run_experiment  # noqa: E402
 from edgerec.train.ledger import git_commit, machine_info  # noqa: E402
@@ -43,6 +44,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-docs", action="store_true", help="do not rewrite the table in docs/results.md")
     p.add_argument("--quick", action="store_true", help="smoke run: o2o-sim:tiny, 1 seed, 1 epoch, L=10")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config overrides")
+    p.add_argument("--ablations", default="", help="DiCycle ablations to add (comma list of "
+                   f"{', '.join(ABLATIONS)}, or 'all'); each runs DiCycle_<suffix> with its overrides")
+    p.add_argument("--resume", action="store_true", help="keep the runs already in --out and skip them")
     return p.parse_args(argv)
 
 
@@ -63,16 +67,29 @@ def main(argv=None) -> dict:
         "machine": machine_info(), "seeds": seeds, "lens": lens, "models": models, "config": a.config,
         "overrides": overrides, "complete": False, "runs": [], "summary": [],
     }
+    ablations = list(ABLATIONS) if a.ablations == "all" else [x for x in a.ablations.split(",") if x]
+    unknown = [x for x in ablations if x not in ABLATIONS]
+    if unknown:
+        raise SystemExit(f"unknown ablation(s) {unknown}; choose from {list(ABLATIONS)} or 'all'")
+    variants = [(m, m, []) for m in models] + [(f"DiCycle {x}", "DiCycle", ABLATIONS[x]) for x in ablations]
+    report["models"] = [v[0] for v in variants]
+    if a.resume and out.exists():
+        import json
+
+        report["runs"] = json.loads(out.read_text())["runs"]
+    done = {(r["model"], r["L"], r["seed"]) for r in report["runs"]}
     cache: dict = {}
     t0 = time.time()
     for L in lens:
-        for model in models:
+        for label, model, extra in variants:
             for seed in seeds:
+                if (label, L, seed) in done:
+                    continue
                 cfg = load_experiment(a.config, f"{model}_{a.suffix}", [
-                    *overrides, f"data.max_len={L}", f"train.seed={seed}", "train.progress=false",
+                    *overrides, *extra, f"data.max_len={L}", f"train.seed={seed}", "train.progress=false",
                     f"output_dir={runs_dir}", f"ledger={ROOT / 'results' / 'ledger.jsonl'}"])
                 r = run_experiment(cfg, sample_cache=cache)
-                report["runs"].append({"model": model, "L": L, "seed": seed, "best_epoch": r.best_epoch,
+                report["runs"].append({"model": label, "L": L, "seed": seed, "best_epoch": r.best_epoch,
                                        "epochs_run": r.epochs_run, "train_seconds": r.train_seconds,
                                        "valid": r.valid, "test": r.test, "config_hash": r.config_hash,
                                        "run_dir": r.run_dir})
@@ -85,9 +102,37 @@ def main(argv=None) -> dict:
     write_json_atomic(out, report)
     table = markdown(report)
     print(table)
+    ablation = ablation_markdown(report)
+    if ablation:
+        print(ablation)
     if not a.no_docs and not a.quick:
         update_docs(f"ctr_{name}", table, report)
+        if ablation:
+            replace_block(f"ablation_{name}", ablation + f"\n\nRaw runs: bench/results/ctr_{name}.json; git {report['git']}.")
     return report
+
+
+def ablation_markdown(report: dict, metric: str = "AUC") -> str:
+    """The paper's Table 3: each removal's test AUC and its cost against full DiCycle, paired by seed."""
+    import numpy as np
+
+    full = {(r["L"], r["seed"]): r["test"][metric] for r in report["runs"] if r["model"] == "DiCycle"}
+    labels = [m for m in report["models"] if m.startswith("DiCycle ")]
+    rows = []
+    for L in sorted({r["L"] for r in report["runs"]}):
+        for label in ["DiCycle", *labels]:
+            got = [(r["seed"], r["test"][metric]) for r in report["runs"] if r["model"] == label and r["L"] == L]
+            if not got:
+                continue
+            vals = np.array([v for _, v in got])
+            diffs = np.array([v - full[(L, s)] for s, v in got if (L, s) in full])
+            std = lambda x: float(x.std(ddof=1)) if len(x) > 1 else float("nan")  # noqa: E731
+            cost = "" if label == "DiCycle" else (f"{diffs.mean():+.4f} ± {std(diffs):.4f}" if len(diffs) else "n/a")
+            rows.append(f"| {label} | {L} | {len(vals)} | {vals.mean():.4f} ± {std(vals):.4f} | {cost} |")
+    if len(rows) <= 1 or not labels:
+        return ""
+    head = [f"| variant | L | seeds | test {metric} | change vs DiCycle (paired by seed) |", "|---|---|---|---|---|"]
+    return "\n".join(head + rows)
 
 
 def summarize(runs: list[dict]) -> list[dict]:

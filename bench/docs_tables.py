@@ -29,15 +29,19 @@ def replace_block(key: str, block: str, path: Path = DOCS) -> None:
     write_text_atomic(path, text)
 
 
-def render_lr_sweep(r: dict) -> None:
-    rows = ["| model | lr | best epoch / run | valid AUC | valid GAUC | valid logloss | chosen |",
+def render_sweep(r: dict, block: str = "lr_sweep") -> None:
+    """Validation sweep table (bench/tune_lr.py); older files name the value `lr`."""
+    param = r.get("param", "train.lr")
+    rows = [f"| model | {param} | best epoch / run | valid AUC | valid GAUC | valid logloss | chosen |",
             "|---|---|---|---|---|---|---|"]
     for x in r["runs"]:
-        v = x["valid"]
-        chosen = "✓" if r["chosen"].get(x["model"]) == x["lr"] else ""
-        rows.append(f"| {x['model']} | {x['lr']:g} | {x['best_epoch']} / {x['epochs_run']} | {v['AUC']:.4f} | "
+        v, value = x["valid"], x.get("value", x.get("lr"))
+        chosen = "✓" if r["chosen"].get(x["model"]) == value else ""
+        rows.append(f"| {x['model']} | {value:g} | {x['best_epoch']} / {x['epochs_run']} | {v['AUC']:.4f} | "
                     f"{v['GAUC']:.4f} | {v['logloss']:.4f} | {chosen} |")
-    replace_block("lr_sweep", "\n".join(rows) + f"\n\nMeasured {r['started'][:10]}, git {r['git']}, seed {r['seed']}, L = {r['L']}.")
+    extra = f", fixed: {', '.join(r['overrides'])}" if r.get("overrides") else ""
+    replace_block(block, "\n".join(rows) + f"\n\nMeasured {r['started'][:10]}, git {r['git']}, seed {r['seed']}, "
+                  f"L = {r['L']}, validation split only{extra}.")
 
 
 def render_simulator(s: dict) -> None:
@@ -63,11 +67,13 @@ def render_throughput(t: dict) -> None:
                   f"git {t['git']}. {checks}.")
 
 
-RENDERERS = {"lr_sweep_ml100k.json": render_lr_sweep, "simulator.json": render_simulator,
-             "throughput.json": render_throughput}
+RENDERERS = {"simulator.json": render_simulator, "throughput.json": render_throughput}
 
 if __name__ == "__main__":
     for name, render in RENDERERS.items():
         if (RESULTS / name).exists():
             render(json.loads((RESULTS / name).read_text()))
             print(f"rendered {name}")
+    for path in sorted(RESULTS.glob("*_sweep_*.json")):  # bench/tune_lr.py: block named after the file
+        render_sweep(json.loads(path.read_text()), path.stem)
+        print(f"rendered {path.name}")

@@ -142,7 +142,7 @@ def _cmd_results(args: argparse.Namespace) -> int:
 def _cmd_explain(args: argparse.Namespace) -> int:
     from edgerec.train.explain import explain_run
 
-    for path in explain_run(args.run, args.out):
+    for path in explain_run(args.run, args.out, samples=args.samples):
         print(f"wrote {path}")
     return 0
 
@@ -228,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "test samples) and the relative-time kernel over 0-14 days, as PNG + JSON.")
     x.add_argument("--run", required=True, help="run directory")
     x.add_argument("--out", help="output folder (default <run>/explain)")
+    x.add_argument("--samples", type=int, default=256,
+                   help="test samples replayed per category and hour of the week (default 256)")
     x.set_defaults(func=_cmd_explain)
 
     r = sub.add_parser("results", help="show the results ledger", description="One row per run in the ledger.")

@@ -12,6 +12,11 @@ from edgerec.data.assets import RECBOLE
 
 ROOT = Path(__file__).resolve().parents[1]
 
+if os.environ.get("EDGEREC_THREADS"):  # e.g. EDGEREC_THREADS=1 next to a running benchmark
+    import torch
+
+    torch.set_num_threads(int(os.environ["EDGEREC_THREADS"]))
+
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory):

@@ -123,14 +123,48 @@ def test_explain_writes_plots(config_dir):
     cfg = load_experiment(config_dir / "ctr.yaml", "DiCycle_test", [
         f"output_dir={config_dir / 'runs'}", f"ledger={config_dir / 'l.jsonl'}", "train.epochs=1"])
     r = run_experiment(cfg, log=lambda *_: None)
-    assert main(["explain", "--run", r.run_dir]) == 0
+    assert main(["explain", "--run", r.run_dir, "--samples", "32"]) == 0
     out = __import__("pathlib").Path(r.run_dir) / "explain"
     for name in ("time_preference.png", "relative_kernel.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     k = json.loads((out / "relative_kernel.json").read_text())
     assert abs(k["kernel"][0] - 0.5) < 1e-6  # <Φ(0), Φ(0)> = (1/d) * d/2
     sweep = json.loads((out / "time_preference.json").read_text())
-    assert len(sweep["by_hour"]) == 24 and len(sweep["by_weekday"]) == 7
+    assert len(sweep["categories"]) == 8 and np.asarray(sweep["relative_by_hour_of_week"]).shape == (8, 168)
+    # the six daily/weekly categories of the simulator get their planted curve and a correlation
+    assert set(sweep["pearson_learned_vs_planted"]) == {"coffee", "breakfast", "food delivery", "hot pot",
+                                                         "cinema", "bubble tea"}
+    assert all(-1 <= r <= 1 for r in sweep["pearson_learned_vs_planted"].values())
+
+
+def test_time_shift_keeps_every_gap_and_is_identity_at_zero(samples):
+    from edgerec.train.explain import shift_sample_time
+
+    batch = samples.make_batch(samples.splits["test"], np.arange(16))
+    moved = shift_sample_time(batch, batch["ts"] + 3 * 86400 + 3600)
+    m = batch["hist_mask"]
+    gap = (batch["ts"][:, None] - batch["hist_ts"])[m]
+    torch.testing.assert_close((moved["ts"][:, None] - moved["hist_ts"])[m], gap)
+    assert "hist_slots" not in moved  # recomputed from the moved timestamps
+    model = DiCycle(samples.spec).eval()
+    with torch.no_grad():  # no shift: same scores as with the precomputed slots
+        torch.testing.assert_close(model(shift_sample_time(batch, batch["ts"]))["logit"], model(batch)["logit"])
+
+
+def test_cycle_agreement_is_one_for_the_planted_curve():
+    from edgerec.data.simulator import DEFAULT_CATEGORIES
+    from edgerec.train.explain import cycle_agreement, planted_curves
+
+    from dataclasses import asdict
+    names = [c.name for c in DEFAULT_CATEGORIES]
+    truth = planted_curves([asdict(c) for c in DEFAULT_CATEGORIES], names)
+    rel = np.zeros((len(names), 168))
+    for n, curve in truth.items():
+        rel[names.index(n)] = 2.0 * np.asarray(curve) - 1.0
+    r = cycle_agreement({"categories": names, "relative_by_hour_of_week": rel.tolist()}, truth)
+    assert all(abs(v - 1.0) < 1e-9 for v in r.values())
+    # bins are hour:30, so a peak planted at 07:00 sits between bins 6 and 7
+    assert np.argmax(truth["breakfast"][:24]) in (6, 7) and np.argmax(truth["hot pot"]) in (4 * 24 + 18, 4 * 24 + 19)
 
 
 @pytest.mark.parametrize("bias", [False, True])

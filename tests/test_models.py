@@ -11,6 +11,10 @@ from edgerec.models import DIN, DNN, LR, MODELS, DiCycle, GRU4Rec, SASRec, TiSAS
 from edgerec.models.layers import Dice, TargetAttention
 
 
+# ml-100k has no display positions: models with a position part run without it here (tests/test_coupa.py has the rest)
+NO_POSITION_ARGS = {"COUPA": {"position_mode": "none"}}
+
+
 @pytest.fixture(scope="module")
 def samples(ml100k):
     return build_dicycle(ml100k, max_len=30, item_features=["genre"], user_features=["gender", "age_bucket"])
@@ -19,7 +23,7 @@ def samples(ml100k):
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_forward_returns_logit_and_probability(samples, name):
     torch.manual_seed(0)
-    model = MODELS[name](samples.spec)
+    model = MODELS[name](samples.spec, **NO_POSITION_ARGS.get(name, {}))
     batch = samples.make_batch(samples.splits["train"], np.arange(64))
     out = model(batch)
     assert out["logit"].shape == (64,) and out["y_pred"].shape == (64,)

@@ -44,6 +44,7 @@ class Split:
     hist_start: np.ndarray  # int64: first behaviour of this user in the store
     hist_end: np.ndarray  # int64: one past the last behaviour before the target
     position: np.ndarray | None = None  # int64 1-based display position (impression protocol)
+    event_row: np.ndarray | None = None  # int64 row of the sample in the dataset's events (impression protocol)
 
     def __len__(self) -> int:
         return len(self.label)
@@ -69,6 +70,9 @@ class SampleSet:
     resample_negatives: bool = False
     seed: int = 0
     store_slots: np.ndarray | None = None  # (S,) packed calendar slots of each stored behaviour
+    item_ids: np.ndarray | None = None  # (n_items,) raw item_id of 1-based item index i at [i - 1]
+    user_ids: np.ndarray | None = None  # (n_users,) raw user_id, likewise
+    store_position: np.ndarray | None = None  # (S,) display position of each stored click (impression protocol)
 
     def __post_init__(self) -> None:
         if self.store_slots is None:
@@ -115,6 +119,8 @@ class SampleSet:
             batch[f"user_{name}"] = torch.from_numpy(codes[user])
         if s.position is not None:
             batch["position"] = torch.from_numpy(s.position[idx])
+        if self.store_position is not None:  # where in the feed the user clicked before: examination habits
+            batch["hist_position"] = torch.from_numpy(np.where(valid, self.store_position[pos], 0))  # (B, L)
         return batch
 
 
@@ -259,7 +265,8 @@ def build_dicycle(ds: EventDataset, max_len: int = 50, seed: int = 0, min_events
             **{f"{k}_samples": len(v) for k, v in splits.items()}}
     return SampleSet(spec, item, ts, splits, item_feats, user_feats, "dicycle", info,
                      _neg_sampler=sampler, _train_positive=train_pos,
-                     resample_negatives=train_negatives == "resample", seed=seed)
+                     resample_negatives=train_negatives == "resample", seed=seed,
+                     item_ids=item_vocab, user_ids=user_vocab)
 
 
 def build_impressions(ds: EventDataset, max_len: int = 50, split_fractions=(0.8, 0.1, 0.1),
@@ -299,7 +306,8 @@ def build_impressions(ds: EventDataset, max_len: int = 50, split_fractions=(0.8,
     for i, name in enumerate(("train", "valid", "test")):
         m = np.flatnonzero(which == i)
         splits[name] = Split(user=user[m], item=item[m], ts=ts[m], label=label[m],
-                             hist_start=hist_start[m], hist_end=hist_end[m], position=position[m])
+                             hist_start=hist_start[m], hist_end=hist_end[m], position=position[m],
+                             event_row=m.astype(np.int64))
     item_feats, item_sizes = _encode_side(ds.items, "item_id", item_vocab, list(item_features or []), "item")
     user_feats, user_sizes = _encode_side(ds.users, "user_id", user_vocab, list(user_features or []), "user")
     spec = FeatureSpec(n_users=len(user_vocab) + 1, n_items=len(item_vocab) + 1, max_len=max_len,
@@ -307,7 +315,8 @@ def build_impressions(ds: EventDataset, max_len: int = 50, split_fractions=(0.8,
     info = {"protocol": "impression", "users": len(user_vocab), "items": len(item_vocab),
             "split_time_cuts": [int(t1), int(t2)], **{f"{k}_samples": len(v) for k, v in splits.items()},
             **{f"{k}_ctr": round(float(v.label.mean()), 5) if len(v) else None for k, v in splits.items()}}
-    return SampleSet(spec, s_item, s_ts, splits, item_feats, user_feats, "impression", info, seed=seed)
+    return SampleSet(spec, s_item, s_ts, splits, item_feats, user_feats, "impression", info, seed=seed,
+                     item_ids=item_vocab, user_ids=user_vocab, store_position=position[c_order])
 
 
 PROTOCOLS = {"dicycle": build_dicycle, "impression": build_impressions}

@@ -1,6 +1,7 @@
 """Models: one file per model; shared building blocks in edgerec.models.layers."""
 
 from edgerec.models.base import MODELS, CTRModel, model_arg_defaults, register_model
+from edgerec.models.coupa import COUPA
 from edgerec.models.dicycle import DiCycle
 from edgerec.models.din import DIN
 from edgerec.models.dnn import DNN

@@ -88,3 +88,13 @@ class DiCycle(CTRModel):
             parts.append(user)
         logit = self.mlp(torch.cat(parts, dim=-1)).squeeze(-1)  # (B,)
         return self.output(logit, **extra)
+
+
+# The paper's Table 3, as config overrides of a DiCycle experiment (bench/ctr.py --ablations).
+ABLATIONS: dict[str, list[str]] = {
+    "w/o ATC": ["model_args.use_absolute_time=false"],  # no absolute time cycles Λ
+    "w/o RTC": ["model_args.use_relative_time=false"],  # no relative time cycles Φ
+    "w/o TCM": ["model_args.use_time_cycle=false"],  # no gated filter + time-cycle attention
+    "w/o gate": ["model_args.gate_threshold=-1"],  # δ = -1: every behaviour passes the filter
+    "J=0": ["model_args.surrounding_range=0"],  # slot embeddings without neighbouring slots
+}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -80,7 +81,7 @@ class Trainer:
 
     def fit(self, model: CTRModel, samples: SampleSet) -> FitResult:
         cfg = self.cfg
-        torch.set_num_threads(cfg.threads)
+        torch.set_num_threads(int(os.environ.get("EDGEREC_THREADS", cfg.threads)))  # env wins: shared machines
         seed_everything(cfg.seed, cfg.deterministic)
         opt = make_optimizer(model, cfg)
         sign = -1.0 if cfg.monitor in LOWER_IS_BETTER else 1.0

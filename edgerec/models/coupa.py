@@ -1,0 +1,136 @@
+"""COUPA: an O2O recommender with time-aware and position-aware preference (Xie et al., SIGIR 2023).
+Spec: shared/specs/coupa.md. The paper's equations were not available: this is the spec's reference
+design [R]; every choice is in docs/design.md ("COUPA").
+
+    time-aware preference   point process with attention (layers/point_process.py):
+                            s_time = log λ_{u,i}(t),  h_time = Σ_j a_j W_v[e_j ; Φ(Δ_j)]
+    relevance               z = MLP([h_time ; s_time ; e_i ; e_i ⊙ h_time ; e_u]),  r = σ(z)
+    position-aware          θ_u(p) examination (layers/position.py), position_mode:
+                              personalized  COUPA's position selector + personalization module
+                              pal           one global examination curve
+                              feature       position embedding fed to the tower; default at serving
+                              none          no position
+    training                p(click) = θ_u(p) · r       (personalized / pal)
+    serving                 r only: in eval mode the model never reads batch["position"]
+
+Switches: use_point_process = False replaces the point process by DIN target attention without
+time (COUPA w/o TPP); position_mode picks the position part; pp_loss_weight > 0 adds the
+point-process log-likelihood of the history as an auxiliary loss.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from edgerec.features.spec import FeatureSpec
+from edgerec.models.base import CTRModel, register_model
+from edgerec.models.layers import MLP, FeatureEmbedding, TargetAttention
+from edgerec.models.layers.point_process import PointProcessIntensity
+from edgerec.models.layers.position import POSITION_MODES, ExaminationModel
+from edgerec.models.layers.sequence import PackedHistory
+
+
+@register_model
+class COUPA(CTRModel):
+    def __init__(self, spec: FeatureSpec, embedding_dim: int = 32, use_point_process: bool = True,
+                 time_dim: int = 32, pp_units: tuple[int, ...] = (64,), harmonics: int = 2,
+                 pp_loss_weight: float = 0.0, pp_rows: int = 128, pp_events: int = 4, pp_mc_points: int = 2,
+                 mark_feature: str | None = None, position_mode: str = "personalized",
+                 max_position: int | None = None, exam_units: tuple[int, ...] = (64,),
+                 use_click_history: bool = True, serving_position: int = 1,
+                 mlp_units: tuple[int, ...] = (200, 80), activation: str = "relu", dropout: float = 0.0,
+                 use_user_id: bool = False):
+        super().__init__(spec)
+        if position_mode not in POSITION_MODES:
+            raise ValueError(f"position_mode must be one of {POSITION_MODES}, got {position_mode!r}")
+        if position_mode != "none" and spec.n_positions <= 1:
+            raise ValueError(f"position_mode {position_mode!r} needs display positions: use the impression "
+                             "protocol on a dataset with positions, or position_mode none")
+        if mark_feature is not None and mark_feature not in spec.item_features:
+            raise ValueError(f"mark_feature {mark_feature!r} is not an item feature of the samples "
+                             f"({sorted(spec.item_features)}); add it to data.item_features")
+        self.emb = FeatureEmbedding(spec, embedding_dim, use_user_id=use_user_id)
+        d, du = self.emb.item_dim, self.emb.user_dim
+        self.position_mode = position_mode
+        self.n_positions = max_position or max(spec.n_positions - 1, 1)
+        self.serving_position = serving_position
+        self.pp_loss_weight, self.pp_rows = pp_loss_weight, pp_rows
+        self.pp_events, self.pp_mc_points, self.mark_feature = pp_events, pp_mc_points, mark_feature
+        if use_point_process:
+            n_marks = 0 if pp_loss_weight <= 0 else (spec.item_features[mark_feature] if mark_feature else 1)
+            self.time = PointProcessIntensity(d, du, time_dim, pp_units, harmonics, n_marks=n_marks)
+            self.interest = None
+        else:
+            self.time, self.interest = None, TargetAttention(d)
+        in_dim = 3 * d + du + int(use_point_process)
+        if position_mode == "feature":
+            self.position_emb = nn.Embedding(self.n_positions + 1, embedding_dim)
+            in_dim += embedding_dim
+        self.mlp = MLP(in_dim, mlp_units, activation=activation, dropout=dropout)
+        self.examination = (ExaminationModel(self.n_positions, du, personalized=position_mode == "personalized",
+                                             units=exam_units, use_click_history=use_click_history)
+                            if position_mode in ("personalized", "pal") else None)
+
+    def relevance(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Position-free relevance logit z (B,) and what explains it."""
+        packed = PackedHistory(batch["hist_mask"])
+        e_i = self.emb.target(batch)  # (B, d)
+        e_k = self.emb.history(batch, packed)  # (N, d)
+        e_u = self.emb.user(batch)  # (B, du) or None
+        extra: dict[str, torch.Tensor] = {}
+        if self.time is not None:
+            pp = self.time(e_i, batch["ts"], e_k, packed.pack(batch["hist_ts"]), packed, e_u)
+            pooled = pp["h_time"]  # (B, d)
+            parts = [pooled, pp["log_intensity"].unsqueeze(-1)]
+            extra.update(log_intensity=pp["log_intensity"], attention=pp["attention"])
+        else:
+            pooled, w = self.interest.forward_packed(e_i, e_k, packed)  # (B, d), (B, L)
+            parts = [pooled]
+            extra["attention"] = w
+        parts += [e_i, e_i * pooled]
+        if e_u is not None:
+            parts.append(e_u)
+        if self.position_mode == "feature":
+            # training: the displayed position; serving (eval): a fixed default, never the true one
+            pos = batch["position"] if self.training else torch.full_like(batch["ts"], self.serving_position)
+            parts.append(self.position_emb(pos.clamp(1, self.n_positions)))  # (B, e)
+        z = self.mlp(torch.cat(parts, -1)).squeeze(-1)  # (B,)
+        return {"z": z, "e_user": e_u, **extra}
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        rel = self.relevance(batch)
+        z, e_u = rel.pop("z"), rel.pop("e_user")
+        out = self.output(z, **rel)  # y_pred = relevance: what serving ranks by
+        if self.training and self.examination is not None:
+            log_theta = self.examination(e_u, batch, batch["position"])  # (B,)
+            out["log_click"] = log_theta + F.logsigmoid(z)  # (B,) log θ_u(p) r
+            out["log_examination"] = log_theta
+        if self.training and self.time is not None and self.pp_loss_weight > 0:
+            rows = slice(0, min(self.pp_rows, z.shape[0]))
+            marks = (batch[f"hist_{self.mark_feature}"][rows] - 1).clamp_min(0) if self.mark_feature \
+                else torch.zeros_like(batch["hist_item"][rows])
+            ll = self.time.log_likelihood(marks, batch["hist_ts"][rows], batch["hist_mask"][rows],
+                                          self.pp_events, self.pp_mc_points,
+                                          None if e_u is None else e_u[rows])
+            out["pp_log_likelihood"] = ll.mean().detach()
+            out["aux_loss"] = -self.pp_loss_weight * ll.mean()
+        return out
+
+    def loss(self, batch: dict[str, torch.Tensor], out: dict[str, torch.Tensor]) -> torch.Tensor:
+        """BCE on p(click) = θ·r when the examination model is on, else on the relevance logit."""
+        if "log_click" not in out:
+            return super().loss(batch, out)
+        log_p = out["log_click"].clamp(max=-1e-6)  # (B,) log p, p < 1
+        log_not_p = torch.log(-torch.expm1(log_p))  # (B,) log(1 - p), stable near p -> 1
+        y = batch["label"]
+        loss = -(y * log_p + (1 - y) * log_not_p).mean()
+        return loss + out["aux_loss"] if "aux_loss" in out else loss
+
+    @torch.no_grad()
+    def examination_curves(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """θ_u(1..P) for the users of `batch`: (B, P)."""
+        if self.examination is None:
+            raise ValueError(f"position_mode {self.position_mode!r} has no examination curve")
+        return self.examination.curves(self.emb.user(batch), batch)

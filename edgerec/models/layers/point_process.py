@@ -1,0 +1,151 @@
+"""A continuous-time point process with attention: the time-aware preference of COUPA.
+Spec: shared/specs/coupa.md §2.2 (every equation there is a reference design [R]; our choices are
+in docs/design.md, "COUPA").
+
+For user u, target item i (or mark c) and time t, given the user's past events (i_j, t_j), t_j < t:
+
+    Δ_j        = (t - t_j) in hours                                 continuous, never bucketed
+    cyc(t)     = [cos, sin](2π k t / P), P in {24 h, 168 h}, k = 1..K   daily and weekly cyclic terms
+    a_j        = softmax_j( W_q[e_i ; cyc(t)] · W_k[e_j ; Φ(Δ_j) ; cyc(t_j)] / sqrt(d) )
+    ψ_j        = v^T ReLU(W_e[e_j ; e_i ; e_j ⊙ e_i ; Φ(Δ_j)]) · exp(-κ Δ_j)   excitation, may be < 0
+    μ          = MLP([e_u ; e_i ; cyc(t)])                         base rate with its own cycles
+    λ_{u,i}(t) = softplus_β( μ + Σ_j a_j ψ_j )
+    h_time     = Σ_j a_j W_v[e_j ; Φ(Δ_j)]
+
+Φ is the shared FourierTimeEncoding (learned frequencies initialised with 24 h and 168 h), κ a
+learned decay rate (softplus of a scalar). The scorer reads s_time = log λ and h_time.
+
+`log_likelihood` is the optional auxiliary objective: for the last K events of each history,
+log λ_{c_k}(t_k | events before t_k) minus Σ_c ∫ λ_c over the gap before t_k, the integral by
+Monte Carlo with M uniform points per gap; marks c are an item side feature (e.g. the category)
+or a single mark.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from edgerec.features.time import SECONDS_PER_HOUR
+from edgerec.models.layers.mlp import MLP
+from edgerec.models.layers.sequence import PackedHistory
+from edgerec.models.layers.time import FourierTimeEncoding
+
+CYCLE_PERIODS_HOURS = (24.0, 168.0)
+
+
+def cyclic_features(ts: torch.Tensor, harmonics: int = 2) -> torch.Tensor:
+    """Daily and weekly Fourier features of absolute time: (...) unix seconds -> (..., 4 * harmonics).
+
+    The origin (1970-01-01 00:00 UTC, a Thursday) only shifts phases, which the next linear layer absorbs.
+    Hours are taken modulo the period first, so float32 keeps sub-minute precision for any date."""
+    out = []
+    for period in CYCLE_PERIODS_HOURS:
+        frac = torch.remainder(ts, int(period * SECONDS_PER_HOUR)).to(torch.float32) / (period * SECONDS_PER_HOUR)
+        for k in range(1, harmonics + 1):
+            out += [torch.cos(2 * math.pi * k * frac), torch.sin(2 * math.pi * k * frac)]
+    return torch.stack(out, dim=-1)
+
+
+class PointProcessIntensity(nn.Module):
+    def __init__(self, item_dim: int, user_dim: int = 0, time_dim: int = 32, units: tuple[int, ...] = (64,),
+                 harmonics: int = 2, beta: float = 1.0, use_decay: bool = True, n_marks: int = 0):
+        super().__init__()
+        d, c = item_dim, 4 * harmonics
+        self.harmonics, self.beta = harmonics, beta
+        self.phi = FourierTimeEncoding(time_dim)
+        self.query = nn.Linear(d + c, d)
+        self.key = nn.Linear(d + time_dim + c, d)
+        self.value = nn.Linear(d + time_dim, d)
+        self.excite = MLP(3 * d + time_dim, units)  # ends in a 1-unit linear layer
+        self.base = MLP(user_dim + d + c, units)
+        self.raw_decay = nn.Parameter(torch.tensor(-3.0)) if use_decay else None  # κ = softplus(-3) ≈ 0.05 / h
+        # target vectors of the marks in the likelihood; only built when the likelihood is trained
+        self.marks = nn.Embedding(n_marks, d) if n_marks > 0 else None
+        if self.marks is not None:
+            nn.init.normal_(self.marks.weight, std=0.01)
+
+    def decay(self) -> torch.Tensor:
+        return F.softplus(self.raw_decay) if self.raw_decay is not None else torch.zeros(())
+
+    def forward(self, e_target: torch.Tensor, ts: torch.Tensor, e_hist: torch.Tensor, hist_ts: torch.Tensor,
+                packed: PackedHistory, e_user: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """e_target (B, d), ts (B,) seconds, e_hist (N, d) and hist_ts (N,) the packed real history.
+
+        Returns log_intensity (B,), h_time (B, d) and attention (B, L)."""
+        cyc_t = cyclic_features(ts, self.harmonics)  # (B, c)
+        dt_h = (packed.rows(ts) - hist_ts).clamp_min(0).to(torch.float32) / SECONDS_PER_HOUR  # (N,)
+        phi = self.phi(dt_h)  # (N, t)
+        q = self.query(torch.cat([e_target, cyc_t], -1))  # (B, d)
+        k = self.key(torch.cat([e_hist, phi, cyclic_features(hist_ts, self.harmonics)], -1))  # (N, d)
+        a = packed.softmax((packed.rows(q) * k).sum(-1) / math.sqrt(q.shape[-1]))  # (N,)
+        e_t = packed.rows(e_target)  # (N, d)
+        psi = self.excite(torch.cat([e_hist, e_t, e_hist * e_t, phi], -1)).squeeze(-1)  # (N,)
+        psi = psi * torch.exp(-self.decay() * dt_h)  # (N,) continuous-time decay
+        parts = [e_target, cyc_t] if e_user is None else [e_user, e_target, cyc_t]
+        mu = self.base(torch.cat(parts, -1)).squeeze(-1)  # (B,)
+        excitation = packed.pool(a, psi.unsqueeze(-1)).squeeze(-1)  # (B,)
+        log_lam = torch.log(F.softplus(mu + excitation, beta=self.beta) + 1e-6)  # (B,)
+        h_time = packed.pool(a, self.value(torch.cat([e_hist, phi], -1)))  # (B, d)
+        return {"log_intensity": log_lam, "h_time": h_time, "attention": packed.unpack(a)}
+
+    def dense_log_intensity(self, e_query: torch.Tensor, t_query: torch.Tensor, e_hist: torch.Tensor,
+                            hist_ts: torch.Tensor, hist_mask: torch.Tensor,
+                            e_user: torch.Tensor | None = None) -> torch.Tensor:
+        """log λ at Q query (target, time) pairs per row, each seeing only events strictly before it.
+
+        e_query (B, Q, d), t_query (B, Q) seconds, e_hist (B, L, d), hist_ts (B, L), hist_mask (B, L)
+        -> (B, Q). Dense: used by the likelihood on a few rows, not on the scoring path."""
+        B, Q, d = e_query.shape
+        dt = (t_query[:, :, None] - hist_ts[:, None, :]).to(torch.float32) / SECONDS_PER_HOUR  # (B, Q, L)
+        seen = hist_mask[:, None, :] & (dt > 0)  # (B, Q, L) causal: strictly earlier events only
+        dt = dt.clamp_min(0)
+        phi = self.phi(dt)  # (B, Q, L, t)
+        L = hist_ts.shape[1]
+        cyc_q = cyclic_features(t_query, self.harmonics)  # (B, Q, c)
+        cyc_h = cyclic_features(hist_ts, self.harmonics)[:, None].expand(B, Q, L, -1)  # (B, Q, L, c)
+        eh = e_hist[:, None].expand(B, Q, L, d)  # (B, Q, L, d)
+        q = self.query(torch.cat([e_query, cyc_q], -1))  # (B, Q, d)
+        k = self.key(torch.cat([eh, phi, cyc_h], -1))  # (B, Q, L, d)
+        logits = (q[:, :, None] * k).sum(-1) / math.sqrt(d)  # (B, Q, L)
+        a = torch.softmax(logits.masked_fill(~seen, float("-inf")), -1).nan_to_num(0.0)  # (B, Q, L)
+        et = e_query[:, :, None].expand(B, Q, L, d)
+        psi = self.excite(torch.cat([eh, et, eh * et, phi], -1)).squeeze(-1) * torch.exp(-self.decay() * dt)
+        parts = [e_query, cyc_q] if e_user is None else [e_user[:, None].expand(B, Q, -1), e_query, cyc_q]
+        mu = self.base(torch.cat(parts, -1)).squeeze(-1)  # (B, Q)
+        return torch.log(F.softplus(mu + (a * psi).sum(-1), beta=self.beta) + 1e-6)  # (B, Q)
+
+    def log_likelihood(self, hist_marks: torch.Tensor, hist_ts: torch.Tensor, hist_mask: torch.Tensor,
+                       events: int = 4, mc_points: int = 2, e_user: torch.Tensor | None = None,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        """Monte-Carlo point-process log-likelihood of each row's last `events` events, per event.
+
+        hist_marks (B, L) mark codes, hist_ts (B, L), hist_mask (B, L) -> (B,) mean log-likelihood per
+        scored event (0 for rows with fewer than two events). The history is most-recent-last."""
+        if self.marks is None:
+            raise ValueError("build PointProcessIntensity with n_marks >= 1 to use its log-likelihood")
+        B, L = hist_ts.shape
+        K = min(events, L - 1)
+        C = self.marks.num_embeddings
+        ev_ts = hist_ts[:, L - K:]  # (B, K) event times
+        prev_ts = hist_ts[:, L - K - 1:L - 1]  # (B, K) the event before each
+        ok = hist_mask[:, L - K:] & hist_mask[:, L - K - 1:L - 1]  # (B, K) both real
+        marks_all = self.marks.weight  # (C, d)
+        e_hist = marks_all[hist_marks]  # (B, L, d): history events by their mark
+        e_ev = marks_all[hist_marks[:, L - K:]]  # (B, K, d)
+        u = torch.rand(B, K, mc_points, generator=generator)  # (B, K, M)
+        gap = (ev_ts - prev_ts).clamp_min(0)  # (B, K) seconds
+        t_mc = prev_ts[:, :, None] + (u * gap[:, :, None]).long()  # (B, K, M)
+        q_e = e_ev  # (B, K, d): λ of the observed mark at the event time
+        q_mc = marks_all[None, None, None].expand(B, K, mc_points, C, -1)  # (B, K, M, C, d): every mark
+        t_q = torch.cat([ev_ts, t_mc[..., None].expand(B, K, mc_points, C).reshape(B, -1)], 1)  # (B, K + K*M*C)
+        e_q = torch.cat([q_e, q_mc.reshape(B, -1, q_e.shape[-1])], 1)
+        log_lam = self.dense_log_intensity(e_q, t_q, e_hist, hist_ts, hist_mask, e_user)  # (B, Q)
+        at_events = log_lam[:, :K]  # (B, K)
+        lam_mc = log_lam[:, K:].exp().view(B, K, mc_points, C).sum(-1).mean(-1)  # (B, K) Σ_c λ_c, mean over M
+        integral = lam_mc * gap.to(torch.float32) / SECONDS_PER_HOUR  # (B, K), intensity per hour
+        ll = (at_events - integral) * ok  # (B, K)
+        return ll.sum(-1) / ok.sum(-1).clamp_min(1)

@@ -1,0 +1,159 @@
+"""COUPA: the point-process layer, the position layer, and the rule that serving never reads positions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from edgerec.data.samples import build_impressions
+from edgerec.models.coupa import COUPA
+from edgerec.models.layers.point_process import PointProcessIntensity, cyclic_features
+from edgerec.models.layers.position import ExaminationModel, click_position_profile
+from edgerec.models.layers.sequence import PackedHistory
+
+
+@pytest.fixture(scope="module")
+def imp(tiny_sim):
+    return build_impressions(tiny_sim.dataset, max_len=12, item_features=["category_id"], user_features=["device"])
+
+
+@pytest.fixture(scope="module")
+def batch(imp):
+    return imp.make_batch(imp.splits["train"], np.arange(64))
+
+
+class NoPosition(dict):
+    """A batch that fails the test the moment anyone reads the true position."""
+
+    def __getitem__(self, key):
+        if key == "position":
+            raise AssertionError("the served score read the true display position")
+        return super().__getitem__(key)
+
+
+@pytest.mark.parametrize("mode", ["personalized", "pal", "feature", "none"])
+@pytest.mark.parametrize("use_pp", [True, False])
+def test_served_score_never_reads_the_position(imp, batch, mode, use_pp):
+    torch.manual_seed(0)
+    model = COUPA(imp.spec, embedding_dim=8, position_mode=mode, use_point_process=use_pp).eval()
+    with torch.no_grad():
+        served = model(NoPosition(batch))["y_pred"]  # raises if forward touches batch["position"]
+        shuffled = dict(batch, position=batch["position"].flip(0))
+        torch.testing.assert_close(model(shuffled)["y_pred"], served, rtol=0, atol=0)
+    model.train()  # in training the displayed position is used (except position_mode none)
+    out = model(dict(batch))
+    assert ("log_click" in out) == (mode in ("personalized", "pal"))
+    loss = model.loss(batch, out)
+    assert torch.isfinite(loss)
+    loss.backward()
+
+
+def test_pal_loss_is_bce_of_examination_times_relevance(imp, batch):
+    torch.manual_seed(0)
+    model = COUPA(imp.spec, embedding_dim=8, position_mode="pal").train()
+    out = model(batch)
+    p = torch.sigmoid(out["log_examination"]).new_tensor(0) + out["log_examination"].exp() * out["y_pred"]
+    expected = torch.nn.functional.binary_cross_entropy(p, batch["label"])
+    torch.testing.assert_close(model.loss(batch, out), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_pal_curve_is_global_and_personalized_curve_is_not(imp, batch):
+    torch.manual_seed(0)
+    pal = COUPA(imp.spec, embedding_dim=8, position_mode="pal")
+    curves = pal.examination_curves(batch)
+    assert curves.shape == (64, pal.n_positions)
+    torch.testing.assert_close(curves, curves[:1].expand_as(curves))
+    per = COUPA(imp.spec, embedding_dim=8, position_mode="personalized")
+    c2 = per.examination_curves(batch)
+    assert (c2 - c2[:1]).abs().max() > 1e-4  # users with different devices / click habits differ
+
+
+def test_click_position_profile_counts_only_real_clicks():
+    pos = torch.tensor([[1, 1, 3, 0], [2, 9, 0, 0]])
+    mask = torch.tensor([[True, True, True, False], [True, True, False, False]])
+    prof = click_position_profile(pos, mask, n_positions=4)
+    torch.testing.assert_close(prof[0, :4], torch.tensor([2 / 3, 0, 1 / 3, 0]))
+    torch.testing.assert_close(prof[1, :4], torch.tensor([0, 0.5, 0, 0.5]))  # 9 is clipped into 4
+    torch.testing.assert_close(prof[:, 4], torch.log1p(torch.tensor([3.0, 2.0])))
+
+
+def test_examination_model_rejects_no_inputs():
+    with pytest.raises(ValueError, match="needs user features or the click history"):
+        ExaminationModel(5, user_dim=0, personalized=True, use_click_history=False)
+
+
+def test_position_modes_need_positions(tiny_sim):
+    from edgerec.data.samples import build_dicycle
+
+    s = build_dicycle(tiny_sim.dataset, max_len=8)
+    with pytest.raises(ValueError, match="needs display positions"):
+        COUPA(s.spec, position_mode="pal")
+    COUPA(s.spec, position_mode="none")  # the time part alone works on any protocol
+
+
+def test_cyclic_features_repeat_every_week_and_day():
+    t = torch.tensor([1_700_000_000, 1_700_003_600], dtype=torch.int64)
+    week = cyclic_features(t + 7 * 86400)
+    torch.testing.assert_close(cyclic_features(t), week, atol=1e-5, rtol=0)
+    day = cyclic_features(t + 86400)
+    daily = slice(0, 4)  # harmonics of the 24 h period come first
+    torch.testing.assert_close(cyclic_features(t)[:, daily], day[:, daily], atol=1e-5, rtol=0)
+    assert (cyclic_features(t)[:, 4:] - day[:, 4:]).abs().max() > 0.1
+
+
+def _history(B=3, L=6, d=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ts = torch.tensor([1_700_000_000 + 3600 * 24 * 30] * B)
+    hist_ts = ts[:, None] - torch.randint(60, 3600 * 24 * 20, (B, L), generator=g)
+    hist_ts = hist_ts.sort(dim=1).values  # most recent last
+    mask = torch.ones(B, L, dtype=torch.bool)
+    mask[0, :2] = False
+    return ts, hist_ts, mask, torch.randn(B, L, d, generator=g), torch.randn(B, d, generator=g)
+
+
+def test_packed_and_dense_intensity_agree():
+    torch.manual_seed(0)
+    pp = PointProcessIntensity(8, time_dim=8, units=(16,))
+    ts, hist_ts, mask, e_hist, e_t = _history()
+    packed = PackedHistory(mask)
+    fast = pp(e_t, ts, packed.pack(e_hist), packed.pack(hist_ts), packed)["log_intensity"]
+    dense = pp.dense_log_intensity(e_t[:, None], ts[:, None], e_hist, hist_ts, mask)[:, 0]
+    torch.testing.assert_close(fast, dense, rtol=1e-5, atol=1e-5)
+
+
+def test_intensity_is_causal_and_depends_on_the_gaps():
+    torch.manual_seed(0)
+    pp = PointProcessIntensity(8, time_dim=8, units=(16,))
+    ts, hist_ts, mask, e_hist, e_t = _history()
+    t_q = hist_ts[:, 3:4] + 1  # just after the 4th event: events 4.. are in its future
+    base = pp.dense_log_intensity(e_t[:, None], t_q, e_hist, hist_ts, mask)
+    future = e_hist.clone()
+    future[:, 4:] = torch.randn_like(future[:, 4:])
+    torch.testing.assert_close(pp.dense_log_intensity(e_t[:, None], t_q, future, hist_ts, mask), base)
+    earlier = hist_ts.clone()
+    earlier[:, :3] -= 5 * 3600
+    assert not torch.allclose(pp.dense_log_intensity(e_t[:, None], t_q, e_hist, earlier, mask), base)
+
+
+def test_log_likelihood_is_finite_and_trains(imp):
+    sp = imp.splits["train"]
+    long = np.flatnonzero(sp.hist_end - sp.hist_start >= 6)[:32]  # rows with events to score
+    batch = imp.make_batch(sp, long)
+    torch.manual_seed(0)
+    model = COUPA(imp.spec, embedding_dim=8, time_dim=8, pp_loss_weight=0.1, pp_rows=16,
+                  mark_feature="category_id", position_mode="none").train()
+    out = model(batch)
+    assert torch.isfinite(out["aux_loss"]) and out["aux_loss"].requires_grad
+    model.loss(batch, out).backward()
+    assert model.time.marks.weight.grad.abs().sum() > 0  # the marks get a gradient only from the likelihood
+
+
+def test_coupa_trains_from_config(config_dir):
+    from edgerec.train.config import load_experiment
+    from edgerec.train.experiment import run_experiment
+
+    cfg = load_experiment(config_dir / "ctr.yaml", "COUPA_test", [
+        f"output_dir={config_dir / 'runs'}", f"ledger={config_dir / 'l.jsonl'}"])
+    r = run_experiment(cfg, log=lambda *_: None)
+    assert 0.0 <= r.test["AUC"] <= 1.0 and r.epochs_run >= 1
