@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -31,6 +31,8 @@ class RunResult:
     wall_seconds: float
     run_dir: str
     config_hash: str
+    trained: CTRModel | None = field(default=None, repr=False)  # the model at its best epoch, in memory
+    sample_set: SampleSet | None = field(default=None, repr=False)
 
 
 def build_samples(cfg: ExperimentConfig) -> SampleSet:
@@ -77,7 +79,8 @@ def run_experiment(cfg: ExperimentConfig, log=print, sample_cache: dict | None =
                                      "model": cfg.model, "samples": samples.info})
     wall = time.perf_counter() - t_start
     result = RunResult(cfg.expid, cfg.model, cfg.dataset, cfg.train.seed, fit.valid, test, fit.best_epoch,
-                       len(fit.history), round(fit.train_seconds, 2), round(wall, 2), str(run_dir), cfg.hash())
+                       len(fit.history), round(fit.train_seconds, 2), round(wall, 2), str(run_dir), cfg.hash(),
+                       trained=model, sample_set=samples)
     if write_ledger:
         append_run(cfg.ledger, {
             "time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "expid": cfg.expid,
