@@ -13,6 +13,7 @@ table between the markers in docs/results.md. Hyper-parameters come from configs
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from datetime import datetime, timezone
@@ -47,6 +48,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ablations", default="", help="DiCycle ablations to add (comma list of "
                    f"{', '.join(ABLATIONS)}, or 'all'); each runs DiCycle_<suffix> with its overrides")
     p.add_argument("--resume", action="store_true", help="keep the runs already in --out and skip them")
+    p.add_argument("--merge", default="", metavar="A.json,B.json",
+                   help="train nothing: collect the runs of --models/ablations x --lens x --seeds from these "
+                        "result files (first file wins) into --out and render its tables")
     return p.parse_args(argv)
 
 
@@ -67,6 +71,9 @@ def main(argv=None) -> dict:
         "machine": machine_info(), "seeds": seeds, "lens": lens, "models": models, "config": a.config,
         "overrides": overrides, "complete": False, "runs": [], "summary": [],
     }
+    for o in overrides:  # the runs' thread count, not this process's default
+        if o.startswith("train.threads="):
+            report["machine"]["torch_threads"] = int(o.split("=", 1)[1])
     ablations = list(ABLATIONS) if a.ablations == "all" else [x for x in a.ablations.split(",") if x]
     unknown = [x for x in ablations if x not in ABLATIONS]
     if unknown:
@@ -74,9 +81,17 @@ def main(argv=None) -> dict:
     variants = [(m, m, []) for m in models] + [(f"DiCycle {x}", "DiCycle", ABLATIONS[x]) for x in ablations]
     report["models"] = [v[0] for v in variants]
     if a.resume and out.exists():
-        import json
-
         report["runs"] = json.loads(out.read_text())["runs"]
+    if a.merge:
+        wanted = {(label, L, s) for label, _, _ in variants for L in lens for s in seeds}
+        for src in a.merge.split(","):
+            have = {(r["model"], r["L"], r["seed"]) for r in report["runs"]}
+            for r in json.loads(Path(src).read_text())["runs"]:
+                key = (r["model"], r["L"], r["seed"])
+                if key in wanted and key not in have:
+                    report["runs"].append({**r, "source": Path(src).name})
+        report["merged_from"] = a.merge.split(",")
+        variants = []  # nothing to train
     done = {(r["model"], r["L"], r["seed"]) for r in report["runs"]}
     cache: dict = {}
     t0 = time.time()
@@ -97,6 +112,7 @@ def main(argv=None) -> dict:
                 write_json_atomic(out, report)
             # samples depend on (L, seed) only; keep the cache small
         cache.clear()
+    report["summary"] = summarize(report["runs"])
     report["complete"] = True
     report["wall_seconds"] = round(time.time() - t0, 1)
     write_json_atomic(out, report)
@@ -106,9 +122,10 @@ def main(argv=None) -> dict:
     if ablation:
         print(ablation)
     if not a.no_docs and not a.quick:
-        update_docs(f"ctr_{name}", table, report)
+        update_docs(out.stem, table, report)  # the docs block is named after the result file
         if ablation:
-            replace_block(f"ablation_{name}", ablation + f"\n\nRaw runs: bench/results/ctr_{name}.json; git {report['git']}.")
+            replace_block(f"ablation_{out.stem.removeprefix('ctr_')}",
+                          ablation + f"\n\nRaw runs: bench/results/{out.name}; git {report['git']}.")
     return report
 
 
@@ -160,7 +177,9 @@ def update_docs(key: str, table: str, report: dict) -> None:
     replace_block(key, f"{table}\n\n"
                   f"Measured {report['started'][:10]} on {m['cpu_count']} CPU cores ({m['processor']}), "
                   f"{m['torch_threads']} torch threads, torch {m['torch']}; git {report['git']}; "
-                  f"seeds {report['seeds']}; mean ± sample std over seeds; raw runs in bench/results/{key}.json.")
+                  f"seeds {report['seeds']}; mean ± sample std over seeds; raw runs in bench/results/{key}.json"
+                  + (f" (merged from {', '.join(report['merged_from'])}; each run keeps its source)"
+                     if report.get("merged_from") else "") + ".")
 
 
 if __name__ == "__main__":

@@ -88,7 +88,7 @@ def test_gate_threshold_filters_and_minus_one_keeps_everything(samples):
 
 @pytest.mark.parametrize("flags", [
     dict(use_absolute_time=False), dict(use_relative_time=False), dict(use_time_cycle=False),
-    dict(surrounding_range=0), dict(mask_filtered=True, gate_threshold=0.3), dict(feed_target=True),
+    dict(surrounding_range=0), dict(mask_filtered=True, gate_threshold=0.3), dict(feed_target=True), dict(feed_target=True, feed_target_time=True),
     dict(granularities=("hour", "weekday", "month", "dom")),
 ])
 def test_ablations_run_and_train(samples, flags):

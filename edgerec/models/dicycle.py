@@ -8,6 +8,9 @@ Spec: shared/specs/dicycle.md; every open choice is in docs/design.md.
     h   = softmax((q_a W_Q)(f q W_K)^T / sqrt(d)) (f q W_V) time-cycle attention, query = target time
     p   = sigmoid(MLP([r ; h]))
 
+Head options (off by default, not in the paper): feed_target adds e_a, feed_target_time adds q_a to
+[r ; h], so the MLP can learn "this kind of item at this hour" without going through the history.
+
 Ablation flags: use_absolute_time, use_relative_time, use_time_cycle, gate_threshold = -1 (no gate:
 cos >= -1 always holds), surrounding_range = 0 (no neighbouring slots).
 """
@@ -33,7 +36,7 @@ class DiCycle(CTRModel):
                  use_time_cycle: bool = True, gate_threshold: float = 0.0, mask_filtered: bool = False,
                  attention_units: tuple[int, ...] = (80, 40), attention_activation: str = "prelu",
                  mlp_units: tuple[int, ...] = (200, 80), activation: str = "relu", dropout: float = 0.0,
-                 feed_target: bool = False, use_user_id: bool = False):
+                 feed_target: bool = False, feed_target_time: bool = False, use_user_id: bool = False):
         super().__init__(spec)
         self.emb = FeatureEmbedding(spec, embedding_dim, use_user_id=use_user_id)
         d = self.emb.item_dim  # time embeddings are added to item embeddings, so they share its size
@@ -43,8 +46,8 @@ class DiCycle(CTRModel):
         self.time_cycle = QueryAttention(d) if use_time_cycle else None
         self.gate_threshold = gate_threshold
         self.mask_filtered = mask_filtered
-        self.feed_target = feed_target
-        in_dim = d * (1 + int(use_time_cycle) + int(feed_target)) + self.emb.user_dim
+        self.feed_target, self.feed_target_time = feed_target, feed_target_time
+        in_dim = d * (1 + int(use_time_cycle) + int(feed_target) + int(feed_target_time)) + self.emb.user_dim
         self.mlp = MLP(in_dim, mlp_units, activation=activation, dropout=dropout)
 
     def time_embeddings(self, batch: dict[str, torch.Tensor], packed: PackedHistory) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,6 +86,8 @@ class DiCycle(CTRModel):
                          filtered_fraction=1 - keep.float().mean() if len(keep) else torch.tensor(0.0))
         if self.feed_target:
             parts.append(e_a)
+        if self.feed_target_time:  # lets the head form item x time-of-request interactions directly
+            parts.append(q_a)
         user = self.emb.user(batch)
         if user is not None:
             parts.append(user)
