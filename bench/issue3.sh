@@ -17,10 +17,12 @@ case "$1" in
     $PY bench/tune_lr.py --models DiCycle --param model_args.gate_threshold --values 0.0,0.3,0.6 --epochs 8 $T \
         --set train.lr=0.01 --resume --out $R/delta_sweep_ml100k.json ;;
   q1)
-    $PY bench/ctr.py --dataset ml-100k --suffix ml100k --models DiCycle --ablations all --lens 50 $T --resume \
+    $PY bench/ctr.py --dataset o2o-sim --suffix o2osim --models DiCycle,DIN --lens 50 $T --resume \
+        --no-docs --out $R/ctr_o2osim_dicycle.json
+    $PY bench/ctr.py --dataset ml-100k --suffix ml100k --models DiCycle --lens 50 $T --resume \
         --no-docs --out $R/ctr_ml100k_dicycle.json
-    $PY bench/ctr.py --dataset o2o-sim --suffix o2osim --models DIN,DiCycle --lens 50 $T --resume \
-        --no-docs --out $R/ctr_o2osim_dicycle.json ;;
+    $PY bench/ctr.py --dataset ml-100k --suffix ml100k --models DiCycle --ablations all --lens 50 $T --resume \
+        --no-docs --out $R/ctr_ml100k_dicycle.json ;;
   q2)
     $PY bench/ctr.py --dataset ml-100k --suffix ml100k --models GRU4Rec,SASRec,TiSASRec,TimeLSTM --lens 50 $T \
         --resume --no-docs --out $R/ctr_ml100k_seq.json
