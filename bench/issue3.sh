@@ -1,7 +1,7 @@
 #!/bin/sh
 # The issue-3 benchmark exactly as it was run for docs/results.md (2 cores: two 1-thread queues).
 #   sh bench/issue3.sh tune      validation sweeps (lr for DiCycle and the sequential baselines, then δ)
-#   sh bench/issue3.sh q1        ml-100k: DiCycle + its five ablations, then o2o-sim DIN + DiCycle
+#   sh bench/issue3.sh q1        o2o-sim DiCycle + DIN, then ml-100k DiCycle and its five ablations
 #   sh bench/issue3.sh q2        ml-100k then o2o-sim: the sequential baselines
 #   sh bench/issue3.sh merge     one table per dataset from the queues' result files
 # Every step is resumable (--resume skips finished runs); seeds 1-3, L = 50.

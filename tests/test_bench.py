@@ -1,0 +1,41 @@
+"""The benchmark scripts' own arithmetic: the ablation table and merging result files."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.ctr import ablation_markdown, main as ctr_main  # noqa: E402
+
+
+def _run(model, seed, auc, L=50):
+    return {"model": model, "L": L, "seed": seed, "best_epoch": 1, "epochs_run": 2, "train_seconds": 1.0,
+            "valid": {"AUC": auc}, "test": {"AUC": auc, "GAUC": auc, "logloss": 0.5}, "config_hash": "x",
+            "run_dir": "r"}
+
+
+def test_ablation_costs_are_paired_by_seed():
+    runs = [_run("DiCycle", 1, 0.90), _run("DiCycle", 2, 0.80), _run("DiCycle w/o ATC", 1, 0.88),
+            _run("DiCycle w/o ATC", 2, 0.78)]
+    table = ablation_markdown({"runs": runs, "models": ["DiCycle", "DiCycle w/o ATC"]})
+    row = next(line for line in table.splitlines() if line.startswith("| DiCycle w/o ATC"))
+    # unpaired, the seeds' spread (0.07) would swamp the cost; paired, every seed loses exactly 0.02
+    assert "-0.0200 ± 0.0000" in row and "0.8300 ± 0.0707" in row
+
+
+def test_merge_collects_runs_without_training(tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"runs": [_run("DiCycle", s, 0.9) for s in (1, 2, 3)]}))
+    b.write_text(json.dumps({"runs": [_run("DIN", s, 0.88) for s in (1, 2, 3)] + [_run("DIN", 1, 0.1, L=200)]}))
+    out = tmp_path / "m.json"
+    rep = ctr_main(["--models", "DIN,DiCycle", "--lens", "50", "--merge", f"{a},{b}", "--out", str(out), "--no-docs"])
+    assert len(rep["runs"]) == 6 and {r["source"] for r in rep["runs"]} == {"a.json", "b.json"}
+    din = next(s for s in rep["summary"] if s["model"] == "DIN")
+    assert din["AUC"] == pytest.approx(0.88) and din["n"] == 3
+    assert json.loads(out.read_text())["complete"] is True
