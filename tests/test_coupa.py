@@ -157,3 +157,25 @@ def test_coupa_trains_from_config(config_dir):
         f"output_dir={config_dir / 'runs'}", f"ledger={config_dir / 'l.jsonl'}"])
     r = run_experiment(cfg, log=lambda *_: None)
     assert 0.0 <= r.test["AUC"] <= 1.0 and r.epochs_run >= 1
+
+
+def test_explain_coupa_writes_intensity_and_examination(config_dir):
+    import json
+
+    from edgerec.cli import main
+    from edgerec.train.config import load_experiment
+    from edgerec.train.experiment import run_experiment
+
+    cfg = load_experiment(config_dir / "ctr.yaml", "COUPA_test", [
+        f"output_dir={config_dir / 'runs'}", f"ledger={config_dir / 'l.jsonl'}", "train.epochs=1"])
+    r = run_experiment(cfg, log=lambda *_: None)
+    assert main(["explain", "--run", r.run_dir]) == 0
+    out = __import__("pathlib").Path(r.run_dir) / "explain"
+    for name in ("intensity.png", "examination.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    lam = json.loads((out / "intensity.json").read_text())
+    assert np.asarray(lam["log_intensity"]).shape[1:] == (8, 168)
+    assert set(lam["pearson_learned_vs_planted"]) == {"coffee", "breakfast", "food delivery", "hot pot",
+                                                       "cinema", "bubble tea"}
+    ex = json.loads((out / "examination.json").read_text())
+    assert ex["segment_by"].startswith("true browsing segment") and set(ex["learned"]) == set(ex["true"])

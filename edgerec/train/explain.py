@@ -131,10 +131,14 @@ def explain_run(run_dir: str | Path, out_dir: str | Path | None = None, samples:
     from edgerec.train.experiment import load_run
 
     cfg, model, sample_set = load_run(run_dir)
-    if cfg.model != "DiCycle":
-        raise EdgerecError(f"explain supports DiCycle runs for now; {run_dir} is a {cfg.model} run.")
+    if cfg.model not in ("DiCycle", "COUPA"):
+        raise EdgerecError(f"explain supports DiCycle and COUPA runs; {run_dir} is a {cfg.model} run.")
     out = Path(out_dir or Path(run_dir) / "explain")
     out.mkdir(parents=True, exist_ok=True)
+    if cfg.model == "COUPA":
+        from edgerec.train.explain_coupa import explain_coupa
+
+        return explain_coupa(cfg, model, sample_set, out, plt)
     written = []
 
     from edgerec.data.registry import load as load_dataset
