@@ -2,7 +2,8 @@
 # The issue-3 benchmark exactly as it was run for docs/results.md (2 cores: two 1-thread queues).
 #   sh bench/issue3.sh tune      validation sweeps (lr for DiCycle and the sequential baselines, then δ)
 #   sh bench/issue3.sh q1        o2o-sim DiCycle + DIN, then ml-100k DiCycle and its five ablations
-#   sh bench/issue3.sh q2        ml-100k then o2o-sim: the sequential baselines
+#   sh bench/issue3.sh q2a       ml-100k: SASRec and TiSASRec (at most 12 epochs)
+#   sh bench/issue3.sh q2b       ml-100k: GRU4Rec and Time-LSTM (at most 12 epochs)
 #   sh bench/issue3.sh merge     one table per dataset from the queues' result files
 # Every step is resumable (--resume skips finished runs); seeds 1-3, L = 50.
 set -e
@@ -12,7 +13,7 @@ R=bench/results
 case "$1" in
   tune)
     $PY bench/tune_lr.py --models DiCycle --values 0.001,0.003,0.01 --epochs 8 $T --resume --out $R/lr_sweep_ml100k_dicycle.json
-    $PY bench/tune_lr.py --models SASRec,TiSASRec --epochs 8 $T --resume --out $R/lr_sweep_ml100k_attn.json
+    $PY bench/tune_lr.py --models SASRec --values 0.001 --epochs 8 $T --resume --out $R/lr_sweep_ml100k_attn.json
     $PY bench/tune_lr.py --models GRU4Rec,TimeLSTM --epochs 8 $T --resume --out $R/lr_sweep_ml100k_rnn.json
     $PY bench/tune_lr.py --models DiCycle --param model_args.gate_threshold --values 0.0,0.3,0.6 --epochs 8 $T \
         --set train.lr=0.01 --resume --out $R/delta_sweep_ml100k.json ;;
@@ -23,15 +24,17 @@ case "$1" in
         --no-docs --out $R/ctr_ml100k_dicycle.json
     $PY bench/ctr.py --dataset ml-100k --suffix ml100k --models DiCycle --ablations all --lens 50 $T --resume \
         --no-docs --out $R/ctr_ml100k_dicycle.json ;;
-  q2)
-    $PY bench/ctr.py --dataset ml-100k --suffix ml100k --models GRU4Rec,SASRec,TiSASRec,TimeLSTM --lens 50 $T \
-        --resume --no-docs --out $R/ctr_ml100k_seq.json
-    $PY bench/ctr.py --dataset o2o-sim --suffix o2osim --models GRU4Rec,SASRec,TiSASRec,TimeLSTM --lens 50 $T \
-        --resume --no-docs --out $R/ctr_o2osim_seq.json ;;
+  q2a)
+    $PY bench/ctr.py --dataset ml-100k --suffix ml100k --models SASRec,TiSASRec --lens 50 $T --set train.epochs=12 \
+        --resume --no-docs --out $R/ctr_ml100k_attn.json ;;
+  q2b)
+    $PY bench/ctr.py --dataset ml-100k --suffix ml100k --models GRU4Rec,TimeLSTM --lens 50 $T --set train.epochs=12 \
+        --resume --no-docs --out $R/ctr_ml100k_rnn.json ;;
   merge)
     $PY bench/ctr.py --dataset ml-100k --models DIN,GRU4Rec,SASRec,TiSASRec,TimeLSTM,DiCycle --ablations all --lens 50 \
-        --merge $R/ctr_ml100k_dicycle.json,$R/ctr_ml100k_seq.json,$R/ctr_ml100k.json --out $R/ctr_ml100k_time.json
-    $PY bench/ctr.py --dataset o2o-sim --models DIN,GRU4Rec,SASRec,TiSASRec,TimeLSTM,DiCycle --lens 50 \
-        --merge $R/ctr_o2osim_dicycle.json,$R/ctr_o2osim_seq.json --out $R/ctr_o2osim_time.json ;;
-  *) echo "usage: sh bench/issue3.sh tune|q1|q2|merge" >&2; exit 2 ;;
+        --merge $R/ctr_ml100k_dicycle.json,$R/ctr_ml100k_attn.json,$R/ctr_ml100k_rnn.json,$R/ctr_ml100k.json \
+        --out $R/ctr_ml100k_time.json
+    $PY bench/ctr.py --dataset o2o-sim --models DIN,DiCycle --lens 50 \
+        --merge $R/ctr_o2osim_dicycle.json --out $R/ctr_o2osim_time.json ;;
+  *) echo "usage: sh bench/issue3.sh tune|q1|q2a|q2b|merge" >&2; exit 2 ;;
 esac
