@@ -24,7 +24,9 @@ sys.path.insert(0, str(ROOT))
 
 from bench.docs_tables import replace_block  # noqa: E402
 from edgerec.io import write_json_atomic  # noqa: E402
-from edgerec.models.dicycle import ABLATIONS  # noqa: E402
+from edgerec.models.dicycle import ABLATIONS, EXTENSIONS  # noqa: E402
+
+VARIANTS = {**ABLATIONS, **EXTENSIONS}
 from edgerec.train.config import load_experiment  # noqa: E402
 from edgerec.train.experiment import run_experiment  # noqa: E402
 from edgerec.train.ledger import git_commit, machine_info  # noqa: E402
@@ -46,7 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smoke run: o2o-sim:tiny, 1 seed, 1 epoch, L=10")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config overrides")
     p.add_argument("--ablations", default="", help="DiCycle ablations to add (comma list of "
-                   f"{', '.join(ABLATIONS)}, or 'all'); each runs DiCycle_<suffix> with its overrides")
+                   f"{', '.join(VARIANTS)}, or 'all' for the ablations); each runs DiCycle_<suffix> "
+                   "with its overrides")
     p.add_argument("--resume", action="store_true", help="keep the runs already in --out and skip them")
     p.add_argument("--merge", default="", metavar="A.json,B.json",
                    help="train nothing: collect the runs of --models/ablations x --lens x --seeds from these "
@@ -56,7 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     a = parse_args(argv)
-    models, lens, seeds = a.models.split(","), [int(x) for x in a.lens.split(",")], [int(x) for x in a.seeds.split(",")]
+    models, lens, seeds = [m for m in a.models.split(",") if m], [int(x) for x in a.lens.split(",")], [int(x) for x in a.seeds.split(",")]
     overrides = list(a.set)
     if a.quick:
         a.suffix, lens, seeds = "test", [10], [1]
@@ -75,10 +78,10 @@ def main(argv=None) -> dict:
         if o.startswith("train.threads="):
             report["machine"]["torch_threads"] = int(o.split("=", 1)[1])
     ablations = list(ABLATIONS) if a.ablations == "all" else [x for x in a.ablations.split(",") if x]
-    unknown = [x for x in ablations if x not in ABLATIONS]
+    unknown = [x for x in ablations if x not in VARIANTS]
     if unknown:
-        raise SystemExit(f"unknown ablation(s) {unknown}; choose from {list(ABLATIONS)} or 'all'")
-    variants = [(m, m, []) for m in models] + [(f"DiCycle {x}", "DiCycle", ABLATIONS[x]) for x in ablations]
+        raise SystemExit(f"unknown ablation(s) {unknown}; choose from {list(VARIANTS)} or 'all' (= the ablations)")
+    variants = [(m, m, []) for m in models] + [(f"DiCycle {x}", "DiCycle", VARIANTS[x]) for x in ablations]
     report["models"] = [v[0] for v in variants]
     if a.resume and out.exists():
         report["runs"] = json.loads(out.read_text())["runs"]

@@ -103,3 +103,8 @@ ABLATIONS: dict[str, list[str]] = {
     "w/o gate": ["model_args.gate_threshold=-1"],  # δ = -1: every behaviour passes the filter
     "J=0": ["model_args.surrounding_range=0"],  # slot embeddings without neighbouring slots
 }
+
+# Not in the paper: head options measured next to the ablations (docs/results.md).
+EXTENSIONS: dict[str, list[str]] = {
+    "+target head": ["model_args.feed_target=true", "model_args.feed_target_time=true"],  # [r ; h ; e_a ; q_a]
+}
