@@ -14,7 +14,7 @@ case "$1" in
   tune)
     $PY bench/tune_lr.py --models DiCycle --values 0.001,0.003,0.01 --epochs 8 $T --resume --out $R/lr_sweep_ml100k_dicycle.json
     $PY bench/tune_lr.py --models SASRec --values 0.001 --epochs 8 $T --resume --out $R/lr_sweep_ml100k_attn.json
-    $PY bench/tune_lr.py --models GRU4Rec,TimeLSTM --epochs 8 $T --resume --out $R/lr_sweep_ml100k_rnn.json
+    $PY bench/tune_lr.py --models GRU4Rec --epochs 8 $T --resume --out $R/lr_sweep_ml100k_rnn.json
     $PY bench/tune_lr.py --models DiCycle --param model_args.gate_threshold --values 0.0,0.3,0.6 --epochs 8 $T \
         --set train.lr=0.01 --resume --out $R/delta_sweep_ml100k.json ;;
   q1)
