@@ -18,8 +18,11 @@ case "$1" in
     $PY bench/tune_lr.py --models DiCycle --param model_args.gate_threshold --values 0.0,0.3,0.6 --epochs 8 $T \
         --set train.lr=0.01 --resume --out $R/delta_sweep_ml100k.json ;;
   q1)
-    $PY bench/ctr.py --dataset o2o-sim --suffix o2osim --models DiCycle,DIN --lens 50 $T --resume \
+    $PY bench/ctr.py --dataset o2o-sim --suffix o2osim --models DiCycle --lens 50 $T --resume \
         --no-docs --out $R/ctr_o2osim_dicycle.json
+    # DIN seed 1 is the preliminary run (identical configuration), merged from ctr_o2osim_prelim.json
+    $PY bench/ctr.py --dataset o2o-sim --suffix o2osim --models DIN --lens 50 --seeds 2,3 $T --resume \
+        --no-docs --out $R/ctr_o2osim_din.json
     $PY bench/ctr.py --dataset ml-100k --suffix ml100k --models DiCycle --lens 50 $T --resume \
         --no-docs --out $R/ctr_ml100k_dicycle.json
     $PY bench/ctr.py --dataset ml-100k --suffix ml100k --models DiCycle --ablations all --lens 50 $T --resume \
@@ -34,7 +37,8 @@ case "$1" in
     $PY bench/ctr.py --dataset ml-100k --models DIN,GRU4Rec,SASRec,TiSASRec,TimeLSTM,DiCycle --ablations all --lens 50 \
         --merge $R/ctr_ml100k_dicycle.json,$R/ctr_ml100k_attn.json,$R/ctr_ml100k_rnn.json,$R/ctr_ml100k.json \
         --out $R/ctr_ml100k_time.json
-    $PY bench/ctr.py --dataset o2o-sim --models DIN,DiCycle --lens 50 \
-        --merge $R/ctr_o2osim_dicycle.json --out $R/ctr_o2osim_time.json ;;
+    $PY bench/ctr.py --dataset o2o-sim --models DIN,DiCycle --ablations "+target head" --lens 50 \
+        --merge $R/ctr_o2osim_dicycle.json,$R/ctr_o2osim_din.json,$R/ctr_o2osim_prelim.json,$R/ctr_o2osim_head.json \
+        --out $R/ctr_o2osim_time.json ;;
   *) echo "usage: sh bench/issue3.sh tune|q1|q2a|q2b|merge" >&2; exit 2 ;;
 esac
