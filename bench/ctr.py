@@ -51,6 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    f"{', '.join(VARIANTS)}, or 'all' for the ablations); each runs DiCycle_<suffix> "
                    "with its overrides")
     p.add_argument("--resume", action="store_true", help="keep the runs already in --out and skip them")
+    p.add_argument("--seed-major", action="store_true",
+                   help="run seed 1 of every model, then seed 2, ... (instead of all seeds of one model first)")
     p.add_argument("--merge", default="", metavar="A.json,B.json",
                    help="train nothing: collect the runs of --models/ablations x --lens x --seeds from these "
                         "result files (first file wins) into --out and render its tables")
@@ -98,23 +100,24 @@ def main(argv=None) -> dict:
     done = {(r["model"], r["L"], r["seed"]) for r in report["runs"]}
     cache: dict = {}
     t0 = time.time()
-    for L in lens:
-        for label, model, extra in variants:
-            for seed in seeds:
-                if (label, L, seed) in done:
-                    continue
-                cfg = load_experiment(a.config, f"{model}_{a.suffix}", [
-                    *overrides, *extra, f"data.max_len={L}", f"train.seed={seed}", "train.progress=false",
-                    f"output_dir={runs_dir}", f"ledger={ROOT / 'results' / 'ledger.jsonl'}"])
-                r = run_experiment(cfg, sample_cache=cache)
-                report["runs"].append({"model": label, "L": L, "seed": seed, "best_epoch": r.best_epoch,
-                                       "epochs_run": r.epochs_run, "train_seconds": r.train_seconds,
-                                       "valid": r.valid, "test": r.test, "config_hash": r.config_hash,
-                                       "run_dir": r.run_dir})
-                report["summary"] = summarize(report["runs"])
-                write_json_atomic(out, report)
-            # samples depend on (L, seed) only; keep the cache small
-        cache.clear()
+    # seed-major order: an interrupted benchmark has every variant at the same number of seeds
+    plan = [(L, v, seed) for L in lens for seed in seeds for v in variants] if a.seed_major else \
+           [(L, v, seed) for L in lens for v in variants for seed in seeds]
+    for L, (label, model, extra), seed in plan:
+        if (label, L, seed) in done:
+            continue
+        cfg = load_experiment(a.config, f"{model}_{a.suffix}", [
+            *overrides, *extra, f"data.max_len={L}", f"train.seed={seed}", "train.progress=false",
+            f"output_dir={runs_dir}", f"ledger={ROOT / 'results' / 'ledger.jsonl'}"])
+        if cache and next(iter(cache))[-1] != seed:  # samples depend on (L, seed): keep one set in memory
+            cache.clear()
+        r = run_experiment(cfg, sample_cache=cache)
+        report["runs"].append({"model": label, "L": L, "seed": seed, "best_epoch": r.best_epoch,
+                               "epochs_run": r.epochs_run, "train_seconds": r.train_seconds,
+                               "valid": r.valid, "test": r.test, "config_hash": r.config_hash,
+                               "run_dir": r.run_dir})
+        report["summary"] = summarize(report["runs"])
+        write_json_atomic(out, report)
     report["summary"] = summarize(report["runs"])
     report["complete"] = True
     report["wall_seconds"] = round(time.time() - t0, 1)

@@ -25,7 +25,7 @@ case "$1" in
         --no-docs --out $R/ctr_o2osim_din.json
     $PY bench/ctr.py --dataset ml-100k --suffix ml100k --models DiCycle --lens 50 $T --resume \
         --no-docs --out $R/ctr_ml100k_dicycle.json
-    $PY bench/ctr.py --dataset ml-100k --suffix ml100k --models DiCycle --ablations all --lens 50 $T --resume \
+    $PY bench/ctr.py --dataset ml-100k --suffix ml100k --models DiCycle --ablations all --lens 50 $T --resume --seed-major \
         --no-docs --out $R/ctr_ml100k_dicycle.json ;;
   q2a)
     $PY bench/ctr.py --dataset ml-100k --suffix ml100k --models SASRec,TiSASRec --lens 50 $T --set train.epochs=12 \
