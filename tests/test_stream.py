@@ -152,3 +152,17 @@ def test_served_history_equals_the_training_history(tiny_sim, log_events):
         assert served["hist_item"] == train_items
         assert served["hist_ts"] == batch["hist_ts"][j].numpy()[m].tolist()
         assert served["hist_position"] == batch["hist_position"][j].numpy()[m].tolist()
+
+
+def test_cli_stream_exports_consumes_and_resumes(tmp_path, capsys):
+    from edgerec.cli import main
+
+    ev, db = tmp_path / "ev.jsonl", tmp_path / "f.db"
+    assert main(["stream", "--events", str(ev), "--export-from", "o2o-sim:tiny", "--store", f"sqlite:{db}",
+                 "--max-messages", "1000"]) == 0
+    assert "1,000 applied" in capsys.readouterr().out
+    assert main(["stream", "--events", str(ev), "--store", f"sqlite:{db}"]) == 0  # resumes at offset 1000
+    out = capsys.readouterr().out
+    assert "0 duplicates skipped" in out and "read 1,000" not in out
+    assert main(["stream", "--events", str(tmp_path / "missing.jsonl")]) == 2
+    assert "no such event file" in capsys.readouterr().err
