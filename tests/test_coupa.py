@@ -179,3 +179,22 @@ def test_explain_coupa_writes_intensity_and_examination(config_dir):
                                                        "cinema", "bubble tea"}
     ex = json.loads((out / "examination.json").read_text())
     assert ex["segment_by"].startswith("true browsing segment") and set(ex["learned"]) == set(ex["true"])
+
+
+@pytest.mark.parametrize("use_pp", [True, False])
+def test_two_stage_serving_equals_one_pass(imp, use_pp):
+    """Stage 1 (user side, once) + stage 2 (200 candidates) == the single-pass forward, within 1e-5."""
+    torch.manual_seed(0)
+    model = COUPA(imp.spec, embedding_dim=8, use_point_process=use_pp).eval()
+    sp = imp.splits["test"]
+    row = int(np.argmax(sp.hist_end - sp.hist_start))
+    one = imp.make_batch(sp, np.array([row]))
+    items = torch.from_numpy(np.random.default_rng(0).integers(1, imp.spec.n_items, 200))
+    feats = {n: torch.from_numpy(codes[items.numpy()]) for n, codes in imp.item_feats.items()}
+    cache = model.serve_user({k: v for k, v in one.items() if k not in ("item", "label", "position")})
+    two_stage = model.serve_candidates(cache, items, feats)
+    full = {k: v.expand(200, *v.shape[1:]) for k, v in one.items()}
+    full.update(item=items, **{f"item_{n}": c for n, c in feats.items()})
+    with torch.no_grad():
+        single = model(full)["y_pred"]
+    assert (two_stage - single).abs().max() <= 1e-5

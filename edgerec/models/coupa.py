@@ -79,14 +79,18 @@ class COUPA(CTRModel):
         e_i = self.emb.target(batch)  # (B, d)
         e_k = self.emb.history(batch, packed)  # (N, d)
         e_u = self.emb.user(batch)  # (B, du) or None
+        hist = self.time.history_side(batch["ts"], e_k, packed.pack(batch["hist_ts"]), packed) if self.time else e_k
+        return self._score(batch, e_i, hist, packed, e_u)
+
+    def _score(self, batch, e_i, hist, packed: PackedHistory, e_u) -> dict[str, torch.Tensor]:
         extra: dict[str, torch.Tensor] = {}
         if self.time is not None:
-            pp = self.time(e_i, batch["ts"], e_k, packed.pack(batch["hist_ts"]), packed, e_u)
+            pp = self.time.target_side(e_i, batch["ts"], hist, packed, e_u)
             pooled = pp["h_time"]  # (B, d)
             parts = [pooled, pp["log_intensity"].unsqueeze(-1)]
             extra.update(log_intensity=pp["log_intensity"], attention=pp["attention"])
         else:
-            pooled, w = self.interest.forward_packed(e_i, e_k, packed)  # (B, d), (B, L)
+            pooled, w = self.interest.forward_packed(e_i, hist, packed)  # (B, d), (B, L)
             parts = [pooled]
             extra["attention"] = w
         parts += [e_i, e_i * pooled]
@@ -98,6 +102,30 @@ class COUPA(CTRModel):
             parts.append(self.position_emb(pos.clamp(1, self.n_positions)))  # (B, e)
         z = self.mlp(torch.cat(parts, -1)).squeeze(-1)  # (B,)
         return {"z": z, "e_user": e_u, **extra}
+
+    # ---- two-stage serving (coupa.md §3.2 reading A): user side once, then any number of candidates
+    @torch.no_grad()
+    def serve_user(self, request: dict[str, torch.Tensor]) -> dict:
+        """Stage 1 for ONE request (a batch of 1: user, ts, hist_*): everything candidate-free."""
+        self.eval()
+        packed = PackedHistory(request["hist_mask"])
+        e_k = self.emb.history(request, packed)  # (N, d)
+        hist = self.time.history_side(request["ts"], e_k, packed.pack(request["hist_ts"]), packed) if self.time else e_k
+        return {"request": request, "hist": hist, "e_user": self.emb.user(request), "mask": request["hist_mask"]}
+
+    @torch.no_grad()
+    def serve_candidates(self, cache: dict, items: torch.Tensor, item_features: dict[str, torch.Tensor] | None = None
+                         ) -> torch.Tensor:
+        """Stage 2: served relevance (C,) of candidate item indices `items` (C,) for the cached request."""
+        C = items.shape[0]
+        packed = PackedHistory(cache["mask"].expand(C, -1))  # every candidate row sees the same history
+        tile = (lambda t: t.repeat(C, *[1] * (t.dim() - 1)))  # (N, ...) -> (C*N, ...) in packed row order
+        hist = {k: tile(v) for k, v in cache["hist"].items()} if isinstance(cache["hist"], dict) else tile(cache["hist"])
+        batch = {"item": items, "ts": cache["request"]["ts"].expand(C)}
+        for name, codes in (item_features or {}).items():
+            batch[f"item_{name}"] = codes
+        e_u = None if cache["e_user"] is None else cache["e_user"].expand(C, -1)
+        return torch.sigmoid(self._score(batch, self.emb.target(batch), hist, packed, e_u)["z"])
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         rel = self.relevance(batch)

@@ -71,26 +71,37 @@ class PointProcessIntensity(nn.Module):
     def decay(self) -> torch.Tensor:
         return F.softplus(self.raw_decay) if self.raw_decay is not None else torch.zeros(())
 
+    def history_side(self, ts: torch.Tensor, e_hist: torch.Tensor, hist_ts: torch.Tensor,
+                     packed: PackedHistory) -> dict[str, torch.Tensor]:
+        """Everything that does not depend on the candidate (serving stage 1): (N, ...) tensors."""
+        dt_h = (packed.rows(ts) - hist_ts).clamp_min(0).to(torch.float32) / SECONDS_PER_HOUR  # (N,)
+        phi = self.phi(dt_h)  # (N, t)
+        k = self.key(torch.cat([e_hist, phi, cyclic_features(hist_ts, self.harmonics)], -1))  # (N, d)
+        v = self.value(torch.cat([e_hist, phi], -1))  # (N, d)
+        return {"e_hist": e_hist, "dt_h": dt_h, "phi": phi, "k": k, "v": v}
+
+    def target_side(self, e_target: torch.Tensor, ts: torch.Tensor, hist: dict[str, torch.Tensor],
+                    packed: PackedHistory, e_user: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The candidate-dependent part (serving stage 2): e_target (B, d), ts (B,) -> outputs."""
+        cyc_t = cyclic_features(ts, self.harmonics)  # (B, c)
+        q = self.query(torch.cat([e_target, cyc_t], -1))  # (B, d)
+        a = packed.softmax((packed.rows(q) * hist["k"]).sum(-1) / math.sqrt(q.shape[-1]))  # (N,)
+        e_t, e_h = packed.rows(e_target), hist["e_hist"]  # (N, d) each
+        psi = self.excite(torch.cat([e_h, e_t, e_h * e_t, hist["phi"]], -1)).squeeze(-1)  # (N,)
+        psi = psi * torch.exp(-self.decay() * hist["dt_h"])  # (N,) continuous-time decay
+        parts = [e_target, cyc_t] if e_user is None else [e_user, e_target, cyc_t]
+        mu = self.base(torch.cat(parts, -1)).squeeze(-1)  # (B,)
+        excitation = packed.pool(a, psi.unsqueeze(-1)).squeeze(-1)  # (B,)
+        log_lam = torch.log(F.softplus(mu + excitation, beta=self.beta) + 1e-6)  # (B,)
+        h_time = packed.pool(a, hist["v"])  # (B, d)
+        return {"log_intensity": log_lam, "h_time": h_time, "attention": packed.unpack(a)}
+
     def forward(self, e_target: torch.Tensor, ts: torch.Tensor, e_hist: torch.Tensor, hist_ts: torch.Tensor,
                 packed: PackedHistory, e_user: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """e_target (B, d), ts (B,) seconds, e_hist (N, d) and hist_ts (N,) the packed real history.
 
         Returns log_intensity (B,), h_time (B, d) and attention (B, L)."""
-        cyc_t = cyclic_features(ts, self.harmonics)  # (B, c)
-        dt_h = (packed.rows(ts) - hist_ts).clamp_min(0).to(torch.float32) / SECONDS_PER_HOUR  # (N,)
-        phi = self.phi(dt_h)  # (N, t)
-        q = self.query(torch.cat([e_target, cyc_t], -1))  # (B, d)
-        k = self.key(torch.cat([e_hist, phi, cyclic_features(hist_ts, self.harmonics)], -1))  # (N, d)
-        a = packed.softmax((packed.rows(q) * k).sum(-1) / math.sqrt(q.shape[-1]))  # (N,)
-        e_t = packed.rows(e_target)  # (N, d)
-        psi = self.excite(torch.cat([e_hist, e_t, e_hist * e_t, phi], -1)).squeeze(-1)  # (N,)
-        psi = psi * torch.exp(-self.decay() * dt_h)  # (N,) continuous-time decay
-        parts = [e_target, cyc_t] if e_user is None else [e_user, e_target, cyc_t]
-        mu = self.base(torch.cat(parts, -1)).squeeze(-1)  # (B,)
-        excitation = packed.pool(a, psi.unsqueeze(-1)).squeeze(-1)  # (B,)
-        log_lam = torch.log(F.softplus(mu + excitation, beta=self.beta) + 1e-6)  # (B,)
-        h_time = packed.pool(a, self.value(torch.cat([e_hist, phi], -1)))  # (B, d)
-        return {"log_intensity": log_lam, "h_time": h_time, "attention": packed.unpack(a)}
+        return self.target_side(e_target, ts, self.history_side(ts, e_hist, hist_ts, packed), packed, e_user)
 
     def dense_log_intensity(self, e_query: torch.Tensor, t_query: torch.Tensor, e_hist: torch.Tensor,
                             hist_ts: torch.Tensor, hist_mask: torch.Tensor,
