@@ -127,6 +127,14 @@ def empirical_lift(dataset, names: list[str]) -> dict[str, list[float]]:
     return out
 
 
+def _round(r) -> float | None:
+    return round(float(r), 4) if np.isfinite(r) else None
+
+
+def _fmt(r) -> str:
+    return "n/a" if r is None or not np.isfinite(r) else f"{r:.2f}"
+
+
 def _as_float(curve) -> np.ndarray:
     return np.array([np.nan if v is None else v for v in curve], dtype=np.float64)
 
@@ -186,8 +194,7 @@ def explain_run(run_dir: str | Path, out_dir: str | Path | None = None, samples:
             sweep["log_ctr_lift_by_hour_of_week"] = lift
             sweep["pearson_learned_vs_log_lift"] = cycle_agreement(sweep, lift)
             sweep["pearson_log_lift_vs_planted"] = {
-                n: round(float(np.corrcoef(np.nan_to_num(_as_float(lift[n]), nan=0.0), truth[n])[0, 1]), 4)
-                for n in truth}
+                n: _round(np.corrcoef(np.nan_to_num(_as_float(lift[n]), nan=0.0), truth[n])[0, 1]) for n in truth}
     write_json_atomic(out / "time_preference.json", sweep)
     rel = np.asarray(sweep["relative_by_hour_of_week"])
     shown = [n for n in names if n in truth] or names[:8]
@@ -199,14 +206,14 @@ def explain_run(run_dir: str | Path, out_dir: str | Path | None = None, samples:
             tw.fill_between(np.arange(HOURS_PER_WEEK) + 0.5, truth[name], color="tab:orange", alpha=0.25, lw=0)
             tw.set_yticks([])
             r = sweep["pearson_learned_vs_planted"][name]
-            title = f"{name}: Pearson r = {r:.2f} with the planted demand (shaded)"
+            title = f"{name}: Pearson r = {_fmt(r)} with the planted demand (shaded)"
             if "log_ctr_lift_by_hour_of_week" in sweep:
                 lift = _as_float(sweep["log_ctr_lift_by_hour_of_week"][name])
                 tw2 = ax.twinx()
                 tw2.plot(np.arange(HOURS_PER_WEEK) + 0.5, lift, color="tab:green", lw=0.8, alpha=0.7)
                 tw2.set_yticks([])
-                title += (f"; r = {sweep['pearson_learned_vs_log_lift'][name]:.2f} with the log's CTR lift (green; "
-                          f"lift vs planted r = {sweep['pearson_log_lift_vs_planted'][name]:.2f})")
+                title += (f"; r = {_fmt(sweep['pearson_learned_vs_log_lift'][name])} with the log's CTR lift (green; "
+                          f"lift vs planted r = {_fmt(sweep['pearson_log_lift_vs_planted'][name])})")
             ax.set_title(title, fontsize=8, loc="left")
         else:
             ax.set_title(name, fontsize=8, loc="left")
