@@ -28,10 +28,10 @@ case "$1" in
     $PY bench/ctr.py --dataset ml-100k --suffix ml100k --models DiCycle --ablations all --lens 50 $T --resume --seed-major \
         --no-docs --out $R/ctr_ml100k_dicycle.json ;;
   q2a)
-    $PY bench/ctr.py --dataset ml-100k --suffix ml100k --models SASRec,TiSASRec --lens 50 $T --set train.epochs=12 \
+    $PY bench/ctr.py --dataset ml-100k --suffix ml100k --models SASRec,TiSASRec --lens 50 $T --set train.epochs=12 --seed-major \
         --resume --no-docs --out $R/ctr_ml100k_attn.json ;;
   q2b)
-    $PY bench/ctr.py --dataset ml-100k --suffix ml100k --models GRU4Rec,TimeLSTM --lens 50 $T --set train.epochs=12 \
+    $PY bench/ctr.py --dataset ml-100k --suffix ml100k --models GRU4Rec,TimeLSTM --lens 50 $T --set train.epochs=12 --seed-major \
         --resume --no-docs --out $R/ctr_ml100k_rnn.json ;;
   merge)
     $PY bench/ctr.py --dataset ml-100k --models DIN,GRU4Rec,SASRec,TiSASRec,TimeLSTM,DiCycle --ablations all --lens 50 \
