@@ -109,6 +109,7 @@ EXTENSIONS: dict[str, list[str]] = {
     "+target head": ["model_args.feed_target=true", "model_args.feed_target_time=true"],  # [r ; h ; e_a ; q_a]
     # o2o-sim spans 28 days from 5 January: "month" is January except on 1 February, the last day,
     # where most test targets are; hour and weekday alone carry the planted cycles
+    "-month": ["model_args.granularities=[hour,weekday]"],
     "+target head -month": ["model_args.feed_target=true", "model_args.feed_target_time=true",
                                "model_args.granularities=[hour,weekday]"],
 }
