@@ -149,9 +149,11 @@ def ablation_markdown(report: dict, metric: str = "AUC") -> str:
                 continue
             vals = np.array([v for _, v in got])
             diffs = np.array([v - full[(L, s)] for s, v in got if (L, s) in full])
-            std = lambda x: float(x.std(ddof=1)) if len(x) > 1 else float("nan")  # noqa: E731
-            cost = "" if label == "DiCycle" else (f"{diffs.mean():+.4f} ± {std(diffs):.4f}" if len(diffs) else "n/a")
-            rows.append(f"| {label} | {L} | {len(vals)} | {vals.mean():.4f} ± {std(vals):.4f} | {cost} |")
+            def ms(x: np.ndarray, sign: str = "") -> str:
+                return f"{x.mean():{sign}.4f} ± {x.std(ddof=1):.4f}" if len(x) > 1 else f"{x.mean():{sign}.4f} (1 seed)"
+
+            cost = "" if label == "DiCycle" else (ms(diffs, "+") if len(diffs) else "n/a")
+            rows.append(f"| {label} | {L} | {len(vals)} | {ms(vals)} | {cost} |")
     if len(rows) <= 1 or not labels:
         return ""
     head = [f"| variant | L | seeds | test {metric} | change vs DiCycle (paired by seed) |", "|---|---|---|---|---|"]
@@ -166,12 +168,14 @@ def summarize(runs: list[dict]) -> list[dict]:
 
 def markdown(report: dict) -> str:
     rows = []
-    for s in report["summary"]:
+    order = {m: i for i, m in enumerate(report.get("models", []))}
+    for s in sorted(report["summary"], key=lambda s: (s["L"], order.get(s["model"], len(order)))):
         row = {"model": s["model"], "L": s["L"], "seeds": s["n"]}
+        one = s["n"] < 2  # no spread from one seed: say so instead of printing ± 0
         for m in METRICS:
-            row[m] = f"{s[m]:.4f} ± {s[m + '_std']:.4f}"
+            row[m] = f"{s[m]:.4f} (1 seed)" if one else f"{s[m]:.4f} ± {s[m + '_std']:.4f}"
         row["epochs"] = f"{s['epochs_run']:.1f}"
-        row["train s"] = f"{s['train_seconds']:.0f} ± {s['train_seconds_std']:.0f}"
+        row["train s"] = f"{s['train_seconds']:.0f}" if one else f"{s['train_seconds']:.0f} ± {s['train_seconds_std']:.0f}"
         rows.append(row)
     cols = ["model", "L", "seeds", *METRICS, "epochs", "train s"]
     return markdown_table(rows, cols, ["model", "L", "seeds", "test AUC", "test GAUC", "test logloss",
