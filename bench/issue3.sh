@@ -5,6 +5,7 @@
 #   sh bench/issue3.sh q2a       ml-100k: SASRec and TiSASRec (at most 12 epochs)
 #   sh bench/issue3.sh q2b       ml-100k: GRU4Rec and Time-LSTM (at most 12 epochs)
 #   sh bench/issue3.sh abl2      a second ablation queue (seeds 2, 3)
+#   sh bench/issue3.sh abl3      seed 3 of the ablations, two queues
 #   sh bench/issue3.sh ext       o2o-sim, seed 1: the head / month-slot extensions (docs/results.md, explain)
 #   sh bench/issue3.sh merge     one table per dataset from the queues' result files
 # Every step is resumable (--resume skips finished runs); seeds 1-3, L = 50.
@@ -38,6 +39,12 @@ case "$1" in
   abl2)  # a second ablation queue (seeds 2 and 3), run beside q1 when the baselines were cut short
     $PY bench/ctr.py --dataset ml-100k --suffix ml100k --models "" --ablations all --lens 50 --seeds 2,3 --seed-major \
         $T --resume --no-docs --out $R/ctr_ml100k_abl2.json ;;
+  abl3)  # seed 3 of the ablations in two queues (how the budget was split at the end)
+    $PY bench/ctr.py --dataset ml-100k --suffix ml100k --models "" --ablations="w/o ATC,w/o RTC,w/o TCM" --lens 50 \
+        --seeds 3 $T --resume --no-docs --out $R/ctr_ml100k_abl3a.json &
+    $PY bench/ctr.py --dataset ml-100k --suffix ml100k --models "" --ablations="w/o gate,J=0" --lens 50 \
+        --seeds 3 $T --resume --no-docs --out $R/ctr_ml100k_abl3b.json
+    wait ;;
   ext)
     for v in "+target head" "+target head -month" "-month"; do
       $PY bench/ctr.py --dataset o2o-sim --suffix o2osim --models "" --ablations="$v" --lens 50 --seeds 1 $T \
@@ -45,10 +52,10 @@ case "$1" in
     done ;;
   merge)
     $PY bench/ctr.py --dataset ml-100k --models DIN,GRU4Rec,SASRec,TiSASRec,TimeLSTM,DiCycle --ablations all --lens 50 \
-        --merge $R/ctr_ml100k_dicycle.json,$R/ctr_ml100k_abl2.json,$R/ctr_ml100k_attn.json,$R/ctr_ml100k_rnn.json,$R/ctr_ml100k.json \
+        --merge $R/ctr_ml100k_dicycle.json,$R/ctr_ml100k_abl2.json,$R/ctr_ml100k_abl3a.json,$R/ctr_ml100k_abl3b.json,$R/ctr_ml100k_attn.json,$R/ctr_ml100k_rnn.json,$R/ctr_ml100k.json \
         --out $R/ctr_ml100k_time.json
     $PY bench/ctr.py --dataset o2o-sim --models DIN,DiCycle --ablations="+target head,+target head -month,-month" --lens 50 \
         --merge $R/ctr_o2osim_dicycle.json,$R/ctr_o2osim_din.json,$R/ctr_o2osim_prelim.json,$R/ctr_o2osim_head.json \
         --out $R/ctr_o2osim_time.json ;;
-  *) echo "usage: sh bench/issue3.sh tune|q1|q2a|q2b|abl2|ext|merge" >&2; exit 2 ;;
+  *) echo "usage: sh bench/issue3.sh tune|q1|q2a|q2b|abl2|abl3|ext|merge" >&2; exit 2 ;;
 esac
