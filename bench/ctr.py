@@ -90,6 +90,9 @@ def main(argv=None) -> dict:
     if a.merge:
         wanted = {(label, L, s) for label, _, _ in variants for L in lens for s in seeds}
         for src in a.merge.split(","):
+            if not Path(src).exists():
+                print(f"merge: {src} does not exist (not run yet); skipped")
+                continue
             have = {(r["model"], r["L"], r["seed"]) for r in report["runs"]}
             for r in json.loads(Path(src).read_text())["runs"]:
                 key = (r["model"], r["L"], r["seed"])
