@@ -72,8 +72,19 @@ def hour_of_week(ts: int) -> int:
     return int((ts - _FIRST_MONDAY) % (7 * SECONDS_PER_DAY) // SECONDS_PER_HOUR)
 
 
+class _Stored:
+    """States go to the stores as plain dicts (JSON in SQLite) and come back."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        return cls(**d)
+
+
 @dataclass
-class UserState:
+class UserState(_Stored):
     recent_item: list[int] = field(default_factory=list)  # oldest first
     recent_ts: list[int] = field(default_factory=list)
     recent_position: list[int] = field(default_factory=list)  # 0 = unknown
@@ -82,32 +93,18 @@ class UserState:
     exposures: int = 0
     clicks: int = 0
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "UserState":
-        return cls(**d)
-
 
 @dataclass
-class ItemState:
+class ItemState(_Stored):
     exposures: int = 0
     clicks: int = 0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ItemState":
-        return cls(**d)
 
 
 @dataclass(frozen=True)
 class FeatureDefinition:
     max_len: int = 50  # recent clicks kept per user (the models' L)
     n_positions: int = 20  # positions above are counted in the last bucket
-    ctr_prior_clicks: float = 1.0  # item CTR = (clicks + a) / (exposures + a + b), read time only
+    ctr_prior_clicks: float = 1.0  # item CTR = (clicks + a) / (exposures + b), read time only
     ctr_prior_exposures: float = 20.0
 
     def apply_user(self, s: UserState, e: Event) -> UserState:
