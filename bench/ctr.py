@@ -189,7 +189,9 @@ def update_docs(key: str, table: str, report: dict) -> None:
     m = report["machine"]
     replace_block(key, f"{table}\n\n"
                   f"Measured {report['started'][:10]} on {m['cpu_count']} CPU cores ({m['processor']}), "
-                  f"{m['torch_threads']} torch threads, torch {m['torch']}; git {report['git']}; "
+                  + ("torch threads per run as recorded in the source files"  # a merge trains nothing itself
+                     if report.get("merged_from") else f"{m['torch_threads']} torch threads")
+                  + f", torch {m['torch']}; git {report['git']}; "
                   f"seeds {report['seeds']}; mean ± sample std over seeds; raw runs in bench/results/{key}.json"
                   + (f" (merged from {', '.join(report['merged_from'])}; each run keeps its source)"
                      if report.get("merged_from") else "") + ".")
