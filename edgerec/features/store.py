@@ -8,7 +8,7 @@ or a batch re-read after a crash between "applied" and "offset committed", chang
   MemoryStore   dicts, for tests and the in-process demo
   SQLiteStore   one file, the embedded default (`edgerec stream --store sqlite:PATH`); one
                 transaction per batch holds the states, the applied event ids and the offset
-A Redis store implements the same interface (edgerec/features/redis_store.py, when the server exists).
+  RedisStore    edgerec/features/redis_store.py (`--store redis://HOST:PORT/DB`), one MULTI/EXEC per batch
 """
 
 from __future__ import annotations
@@ -121,9 +121,13 @@ class SQLiteStore:
 
 
 def open_store(spec: str) -> FeatureStore:
-    """`memory` or `sqlite:PATH` (the embedded defaults)."""
+    """`memory`, `sqlite:PATH` (the embedded defaults) or `redis://HOST:PORT/DB`."""
+    if spec.startswith("redis://"):
+        from edgerec.features.redis_store import RedisStore
+
+        return RedisStore(spec)
     if spec == "memory":
         return MemoryStore()
     if spec.startswith("sqlite:"):
         return SQLiteStore(spec.split(":", 1)[1])
-    raise ValueError(f"unknown feature store {spec!r}; use 'memory' or 'sqlite:PATH'")
+    raise ValueError(f"unknown feature store {spec!r}; use 'memory', 'sqlite:PATH' or 'redis://HOST:PORT/DB'")

