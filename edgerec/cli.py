@@ -29,6 +29,7 @@ Typical session:
   edgerec bench ctr                                  the baseline benchmark (bench/ctr.py)
   edgerec stream --events ev.jsonl --export-from o2o-sim:tiny   events -> online feature store
   edgerec batch --dataset o2o-sim:tiny --out runs/batch      daily features + samples (polars or Spark)
+  edgerec serve --run runs/COUPA_o2o/<stamp>-seed1           two-stage HTTP service (FastAPI)
   edgerec demo                                       the main job on real data (what `make demo` runs)
 """
 
@@ -189,9 +190,9 @@ def _cmd_stream(args: argparse.Namespace) -> int:
     else:
         if events is not None:
             print(f"wrote {write_event_file(events, args.events)} from {args.export_from}'s log")
-        if not Path(args.events).exists():
+        if not Path(args.events).exists() and not args.follow:
             raise EdgerecError(f"{args.events}: no such event file (JSON lines; make one with --export-from DATASET).")
-        source = FileEventSource(args.events)
+        source = FileEventSource(args.events, follow=args.follow, idle_timeout=args.idle_timeout)
         where = str(args.events)
     try:
         store = open_store(args.store)
@@ -236,6 +237,61 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     for name, path in written.items():
         print(f"  {name:<14} {pq.ParquetFile(path).metadata.num_rows:>10,} rows  {path}")
     return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    if args.openapi and not args.run:
+        from edgerec.serve.app import create_app
+
+        _write_openapi(create_app(None), args.openapi)
+        return 0
+    if not args.run:
+        raise EdgerecError("edgerec serve: --run RUN_DIR is required (a trained COUPA or DiCycle run; "
+                           "see `edgerec train`).")
+    from edgerec.data import registry
+    from edgerec.features.store import open_store
+    from edgerec.serve.app import create_app
+    from edgerec.serve.service import CandidateIndex, FileEventSink, Ranker, RecommendService
+
+    t0 = time.perf_counter()
+    ranker = Ranker.from_run(args.run)
+    try:
+        store = open_store(args.store)
+    except ValueError as e:
+        raise EdgerecError(str(e)) from None
+    dataset = args.dataset or ranker.samples.info.get("dataset") or _run_dataset(args.run)
+    index = CandidateIndex.from_dataset(registry.load(dataset))
+    if args.kafka:
+        from edgerec.serve.kafka import KafkaEventSink, ensure_topic
+
+        ensure_topic(args.kafka, args.topic)
+        sink, to = KafkaEventSink(args.kafka, args.topic), f"kafka {args.kafka} topic {args.topic}"
+    elif args.feedback_to:
+        sink, to = FileEventSink(args.feedback_to), args.feedback_to
+    else:
+        sink, to = None, "applied in-process to the store"
+    app = create_app(RecommendService(ranker, index, store, sink))
+    if args.openapi:
+        _write_openapi(app, args.openapi)
+    print(f"serving {type(ranker.model).__name__} from {args.run} over {len(index.item_ids):,} items of {dataset}; "
+          f"store {args.store}; feedback -> {to}; ready in {time.perf_counter() - t0:.1f} s\n"
+          f"  http://{args.host}:{args.port}/docs  (POST /recommend, POST /feedback, GET /health)")
+    import uvicorn
+
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def _run_dataset(run_dir: str) -> str:
+    cfg = json.loads((Path(run_dir) / "config.json").read_text())
+    return cfg["experiment"]["dataset"]
+
+
+def _write_openapi(app, path: str) -> None:
+    from edgerec.io import write_json_atomic
+
+    write_json_atomic(path, app.openapi())
+    print(f"wrote the OpenAPI schema to {path}")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -330,7 +386,10 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--topic", default="edgerec-events", help="Kafka topic (default %(default)s)")
     st.add_argument("--group", default="edgerec-features", help="Kafka consumer group (default %(default)s)")
     st.add_argument("--partitions", type=int, default=2, help="partitions if the topic is created (default 2)")
-    st.add_argument("--idle-timeout", type=float, help="Kafka: stop after this many idle seconds (default: run on)")
+    st.add_argument("--follow", action="store_true", help="file: keep reading lines appended to --events (tail -f), "
+                                                          "e.g. the feedback file of `edgerec serve --feedback-to`")
+    st.add_argument("--idle-timeout", type=float, help="Kafka or --follow: stop after this many idle seconds "
+                                                        "(default: run on)")
     st.add_argument("--retries", type=int, default=10, help="reconnects to an unreachable store before giving up, "
                                                              "1 s apart (default %(default)s)")
     st.add_argument("--export-from", metavar="DATASET", help="first write DATASET's log to --events (e.g. o2o-sim:tiny)")
@@ -356,6 +415,26 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--max-len", type=int, default=50, help="recent clicks kept per user (default %(default)s)")
     bt.add_argument("--positions", type=int, default=20, help="display positions tracked (default %(default)s)")
     bt.set_defaults(func=_cmd_batch)
+
+    sv = sub.add_parser("serve", help="two-stage recommendation service over HTTP (FastAPI + uvicorn)",
+                        description="Stage 1 retrieves and pre-ranks candidates by the request's hour of the week "
+                                    "and online CTR; stage 2 ranks them with the trained model over the user's "
+                                    "online features from --store. POST /feedback sends events to the stream "
+                                    "(--feedback-to FILE or --kafka), or applies them in-process when neither is "
+                                    "given. Schema at /openapi.json, try-it page at /docs.")
+    sv.add_argument("--run", help="trained run folder (COUPA or DiCycle), e.g. runs/COUPA_o2o/<stamp>-seed1")
+    sv.add_argument("--dataset", help="item catalogue (default: the run's dataset)")
+    sv.add_argument("--store", default="sqlite:runs/features.db",
+                    help="memory | sqlite:PATH | redis://HOST:PORT/DB (default %(default)s)")
+    sv.add_argument("--feedback-to", metavar="FILE", help="append /feedback events to this JSON-lines file "
+                                                           "(what `edgerec stream --events FILE` consumes)")
+    sv.add_argument("--kafka", metavar="HOST:PORT", help="publish /feedback events to Kafka instead")
+    sv.add_argument("--topic", default="edgerec-events", help="Kafka topic (default %(default)s)")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--log-level", default="warning")
+    sv.add_argument("--openapi", metavar="PATH", help="write the OpenAPI schema to PATH (without --run: and exit)")
+    sv.set_defaults(func=_cmd_serve)
 
     m = sub.add_parser("demo", help="the main job: real data -> train -> evaluate -> results table",
                        description="Prepare MovieLens-100K from its package, train LR, DNN and DIN, print the table.")

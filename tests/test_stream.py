@@ -166,3 +166,30 @@ def test_cli_stream_exports_consumes_and_resumes(tmp_path, capsys):
     assert "0 duplicates skipped" in out and "read 1,000" not in out
     assert main(["stream", "--events", str(tmp_path / "missing.jsonl")]) == 2
     assert "no such event file" in capsys.readouterr().err
+
+
+def test_follow_mode_applies_lines_appended_while_it_runs(tmp_path):
+    import threading
+    import time
+
+    path = tmp_path / "feedback.jsonl"
+    store = MemoryStore()
+    src = FileEventSource(path, follow=True, poll_interval=0.02, idle_timeout=1.0)
+    seen: list[float] = []
+
+    def writer():
+        for k in range(5):
+            with open(path, "a") as f:  # a half line first, the rest later: never decoded half
+                line = json.dumps(Event(f"f{k}", 1, k, 1_770_000_000 + k, "click").to_dict()) + "\n"
+                f.write(line[:10])
+                f.flush()
+                time.sleep(0.03)
+                f.write(line[10:])
+            seen.append(time.monotonic())
+            time.sleep(0.05)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    stats = run_stream(src, store, DEF, batch_size=100)
+    t.join()
+    assert stats.applied == 5 and stats.rejected == 0 and store.user(1).clicks == 5

@@ -111,6 +111,10 @@ class RedisStore:
         v = self._call(self.r.get, self._i(item_id))
         return ItemState.from_dict(json.loads(v)) if v else ItemState()
 
+    def items(self, item_ids: list[int]) -> list[ItemState]:
+        vals = self._call(self.r.mget, [self._i(i) for i in item_ids]) if item_ids else []
+        return [ItemState.from_dict(json.loads(v)) if v else ItemState() for v in vals]
+
     def offset(self, source: str) -> int | None:
         v = self._call(self.r.get, self._off(source))
         return None if v is None else int(v)

@@ -29,13 +29,15 @@ class FeatureStore(Protocol):
 
     def item(self, item_id: int) -> ItemState: ...
 
+    def items(self, item_ids: list[int]) -> list[ItemState]: ...  # one round trip (serving's stage 1)
+
     def offset(self, source: str) -> int | None: ...
 
 
 class MemoryStore:
     def __init__(self) -> None:
         self.users: dict[int, UserState] = {}
-        self.items: dict[int, ItemState] = {}
+        self.item_states: dict[int, ItemState] = {}
         self.applied: set[str] = set()
         self.offsets: dict[str, int] = {}
 
@@ -45,7 +47,7 @@ class MemoryStore:
             if e.event_id in self.applied:
                 continue
             definition.apply_user(self.users.setdefault(e.user_id, UserState()), e)
-            definition.apply_item(self.items.setdefault(e.item_id, ItemState()), e)
+            definition.apply_item(self.item_states.setdefault(e.item_id, ItemState()), e)
             self.applied.add(e.event_id)
             n += 1
         if source is not None and offset is not None:
@@ -56,7 +58,10 @@ class MemoryStore:
         return self.users.get(user_id, UserState())
 
     def item(self, item_id: int) -> ItemState:
-        return self.items.get(item_id, ItemState())
+        return self.item_states.get(item_id, ItemState())
+
+    def items(self, item_ids: list[int]) -> list[ItemState]:
+        return [self.item_states.get(i, ItemState()) for i in item_ids]
 
     def offset(self, source: str) -> int | None:
         return self.offsets.get(source)
@@ -72,7 +77,8 @@ class SQLiteStore:
 
     def __init__(self, path: str | Path):
         self.path = str(path)
-        self.db = sqlite3.connect(self.path, isolation_level=None)  # explicit BEGIN/COMMIT below
+        # explicit BEGIN/COMMIT below; one connection shared by the server's threads, so no thread check
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(self.SCHEMA)
 
@@ -111,6 +117,14 @@ class SQLiteStore:
 
     def item(self, item_id: int) -> ItemState:
         return self._get("items", "item_id", item_id, ItemState)
+
+    def items(self, item_ids: list[int]) -> list[ItemState]:
+        found: dict[int, ItemState] = {}
+        for lo in range(0, len(item_ids), 500):  # SQLite's bound-parameter limit
+            chunk = item_ids[lo: lo + 500]
+            q = f"SELECT item_id, state FROM items WHERE item_id IN ({','.join('?' * len(chunk))})"
+            found.update((k, ItemState.from_dict(json.loads(v))) for k, v in self.db.execute(q, chunk))
+        return [found.get(i, ItemState()) for i in item_ids]
 
     def offset(self, source: str) -> int | None:
         row = self.db.execute("SELECT offset FROM offsets WHERE source = ?", (source,)).fetchone()

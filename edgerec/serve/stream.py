@@ -42,18 +42,40 @@ class Message(NamedTuple):
 class FileEventSource:
     """JSON lines; the offset of a message is its 0-based line number. The embedded default."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, follow: bool = False, poll_interval: float = 0.1,
+                 idle_timeout: float | None = None):
+        """`follow`: like `tail -f`, keep reading lines appended by a writer (the service's feedback
+        sink) until `idle_timeout` seconds pass without one (None: forever)."""
         self.path = Path(path)
         self.name = f"file:{self.path.resolve()}"
         self.revoked: set[str] = set()
+        self.follow, self.poll_interval, self.idle_timeout = follow, poll_interval, idle_timeout
 
     def messages(self, store: FeatureStore) -> Iterator[Message | None]:
         committed = store.offset(self.name)
         start = 0 if committed is None else committed + 1
+        if self.follow and not self.path.exists():
+            self.path.touch()
         with open(self.path, encoding="utf-8") as f:
-            for i, line in enumerate(f):
-                if i >= start and line.strip():
-                    yield Message(self.name, i, line)
+            i, idle_since, partial = 0, time.monotonic(), ""
+            while True:
+                line = f.readline()
+                if line and not line.endswith("\n") and self.follow:  # a writer is mid-line: wait for the rest
+                    partial += line
+                    continue
+                if line:
+                    line, partial = partial + line, ""
+                    if i >= start and line.strip():
+                        yield Message(self.name, i, line)
+                    i += 1
+                    idle_since = time.monotonic()
+                    continue
+                if not self.follow:
+                    return
+                yield None  # idle: the runner commits what it holds
+                if self.idle_timeout is not None and time.monotonic() - idle_since > self.idle_timeout:
+                    return
+                time.sleep(self.poll_interval)
 
     def dead_letter(self) -> Path:
         return self.path.with_suffix(".rejected.jsonl")

@@ -1,0 +1,257 @@
+"""Bounded load test of the two-stage service on loopback (issue 5).
+
+    python bench/serve.py                       # o2o-sim, COUPA_o2o architecture, 100 req/s for 30 s
+    python bench/serve.py --run runs/bench/COUPA_o2o/<stamp>-seed1 --rate 100 --seconds 60
+    python bench/serve.py --quick               # o2o-sim:tiny, COUPA_test, 20 req/s for 3 s (smoke)
+
+What runs where (2 cores): the uvicorn server with the service in one process (torch 1 thread), the
+load generator in this one. The generator is OPEN-LOOP: request i is due at t0 + i/rate whatever
+happened before, and its latency is counted from when it was due, so a slow server shows up as
+queueing in the tail instead of as a lower offered rate (no coordinated omission).
+
+Each request: a random user of the dataset, ts = one day after the log, channel 'all', 200
+candidates, top 20. Reported: achieved QPS, client latency p50/p90/p99/max, the server's own
+stage timings (features, stage 1, stage 2) p50/p99, and the streaming lag: feedback clicks are
+POSTed while a stream processor follows the service's feedback file into the SQLite store; lag =
+POST sent -> the click visible in the store. Without --run the model has the trained architecture
+and untrained weights: latency does not depend on the weights' values (said in the output).
+Writes bench/results/serve_<dataset>.json and its table in docs/results.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+
+def _pct(v, q):
+    return float(np.percentile(np.asarray(v, dtype=np.float64), q)) if len(v) else float("nan")
+
+
+def build_service(a, store_path: Path, feedback_path: Path):
+    import torch
+
+    from edgerec.data import registry
+    from edgerec.features.definition import FeatureDefinition
+    from edgerec.features.store import SQLiteStore
+    from edgerec.serve.service import CandidateIndex, FileEventSink, Ranker, RecommendService
+    from edgerec.serve.stream import events_from_log
+    from edgerec.train.config import load_experiment
+    from edgerec.train.experiment import build_model, build_samples
+
+    torch.set_num_threads(1)
+    if a.run:
+        ranker, weights = Ranker.from_run(a.run), f"trained ({a.run})"
+    else:
+        cfg = load_experiment(ROOT / "configs" / "ctr.yaml", a.expid, [f"dataset={a.dataset}"])
+        samples = build_samples(cfg)
+        model = build_model(cfg, samples.spec)
+        d = FeatureDefinition(max_len=samples.spec.max_len, n_positions=max(samples.spec.n_positions, 1))
+        ranker, weights = Ranker(model, samples, d), f"untrained {a.expid} architecture (latency only)"
+    ds = registry.load(a.dataset)
+    store = SQLiteStore(store_path)
+    t0 = time.perf_counter()
+    events = list(events_from_log(ds.events))
+    for lo in range(0, len(events), 20_000):
+        store.apply(events[lo: lo + 20_000], ranker.definition, "log", lo)
+    load_s = time.perf_counter() - t0
+    service = RecommendService(ranker, CandidateIndex.from_dataset(ds), store, FileEventSink(feedback_path))
+    meta = {"weights": weights, "model": type(ranker.model).__name__, "two_stage": ranker.two_stage,
+            "items": int(len(service.index.item_ids)), "events_loaded": len(events), "store_load_seconds": round(load_s, 1),
+            "users": ds.events.column("user_id").unique().to_numpy().tolist(), "last_ts": int(max(e.ts for e in events))}
+    return service, meta
+
+
+def serve_forever(service, port: int, ready) -> None:
+    import uvicorn
+
+    from edgerec.serve.app import create_app
+
+    config = uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="error")
+    server = uvicorn.Server(config)
+    ready.set()
+    server.run()
+
+
+async def load(port: int, rate: float, seconds: float, users: list[int], ts: int, n_cand: int, k: int, seed: int):
+    import httpx2
+
+    rng = np.random.default_rng(seed)
+    n = int(rate * seconds)
+    lat, stage, errors = [], {"features": [], "stage1": [], "stage2": []}, []
+    limits = httpx2.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx2.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=30) as client:
+        t0 = time.perf_counter() + 0.2
+
+        async def one(i: int):
+            due = t0 + i / rate
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            body = {"user_id": int(rng.choice(users)), "ts": ts + int(rng.integers(0, 86400)),
+                    "n_candidates": n_cand, "k": k}
+            try:
+                r = await client.post("/recommend", json=body)
+                done = time.perf_counter()
+                if r.status_code != 200:
+                    errors.append(r.status_code)
+                    return
+                lat.append(1e3 * (done - due))
+                for key, v in r.json()["timing_ms"].items():
+                    stage[key].append(v)
+            except Exception as e:  # counted, reported; a load test must not stop at the first timeout
+                errors.append(type(e).__name__)
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+        wall = time.perf_counter() - t0
+    return {"requests": n, "ok": len(lat), "errors": len(errors), "wall_seconds": round(wall, 2),
+            "achieved_qps": round(len(lat) / wall, 1),
+            "latency_ms": {q: round(_pct(lat, p), 2) for q, p in (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))},
+            "server_stage_ms": {s: {"p50": round(_pct(v, 50), 2), "p99": round(_pct(v, 99), 2)} for s, v in stage.items()}}
+
+
+def stream_lag(port: int, store_path: Path, feedback_path: Path, definition, n: int, users: list[int], ts: int):
+    """POST n feedback clicks (~20/s) while a follower applies the feedback file; lag per click."""
+    import httpx2
+
+    from edgerec.features.store import SQLiteStore
+    from edgerec.serve.stream import FileEventSource, run_stream
+
+    follower_store = SQLiteStore(store_path)
+    src = FileEventSource(feedback_path, follow=True, poll_interval=0.02, idle_timeout=3.0)
+    th = threading.Thread(target=run_stream, args=(src, follower_store, definition), kwargs={"batch_size": 50})
+    th.start()
+    reader = SQLiteStore(store_path)
+    lags = []
+    with httpx2.Client(base_url=f"http://127.0.0.1:{port}") as client:
+        for j in range(n):
+            u = int(users[j % len(users)])
+            before = reader.user(u).clicks
+            ev = {"event_id": f"lag-{os.getpid()}-{j}", "user_id": u, "item_id": 0, "ts": ts + j, "kind": "click"}
+            t = time.perf_counter()
+            client.post("/feedback", json={"events": [ev]}).raise_for_status()
+            while reader.user(u).clicks == before:
+                if time.perf_counter() - t > 10:
+                    raise RuntimeError(f"feedback event {ev['event_id']} not applied after 10 s")
+                time.sleep(0.002)
+            lags.append(1e3 * (time.perf_counter() - t))
+            time.sleep(0.05)
+    th.join()
+    return {"events": n, "lag_ms": {q: round(_pct(lags, p), 1) for q, p in (("p50", 50), ("p99", 99), ("max", 100))},
+            "follower": "FileEventSource(follow, poll 20 ms) -> SQLiteStore, batch <= 50"}
+
+
+def main(argv=None) -> dict:
+    from bench.docs_tables import replace_block
+    from edgerec.io import write_json_atomic
+    from edgerec.train.ledger import git_commit, machine_info
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="o2o-sim")
+    p.add_argument("--expid", default="COUPA_o2o", help="architecture when no --run is given")
+    p.add_argument("--run", help="a trained run folder (COUPA or DiCycle)")
+    p.add_argument("--rates", default="100", help="offered requests per second, comma-separated: one run each")
+    p.add_argument("--seconds", type=float, default=30.0)
+    p.add_argument("--candidates", type=int, default=200)
+    p.add_argument("--k", type=int, default=20)
+    p.add_argument("--lag-events", type=int, default=100)
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--out")
+    p.add_argument("--quick", action="store_true")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.dataset, a.expid, a.rates, a.seconds, a.candidates, a.lag_events = "o2o-sim:tiny", "COUPA_test", "20", 3, 100, 5
+    rates = [float(r) for r in a.rates.split(",")]
+    name = a.dataset.replace("-", "").replace(":", "_")
+    out = Path(a.out) if a.out else (ROOT / "runs" / "bench" / "serve_quick.json" if a.quick
+                                     else ROOT / "bench" / "results" / f"serve_{name}.json")
+    tmp = Path(tempfile.mkdtemp(prefix="edgerec-serve-bench-"))
+    store_path, feedback_path = tmp / "features.db", tmp / "feedback.jsonl"
+    print(f"building the service on {a.dataset} ...", flush=True)
+    service, meta = build_service(a, store_path, feedback_path)
+    users, last_ts = meta.pop("users"), meta.pop("last_ts")
+    port = a.port
+    if not port:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+    ctx = mp.get_context("fork")  # the child inherits the built service: no second build
+    ready = ctx.Event()
+    server = ctx.Process(target=serve_forever, args=(service, port, ready), daemon=True)
+    server.start()
+    ready.wait(30)
+    import httpx2
+
+    for _ in range(200):  # wait until uvicorn answers
+        try:
+            httpx2.get(f"http://127.0.0.1:{port}/health", timeout=1).raise_for_status()
+            break
+        except Exception:
+            time.sleep(0.1)
+    try:
+        print("warm-up ...", flush=True)
+        asyncio.run(load(port, min(rates[0], 50), 1.0, users, last_ts + 86400, a.candidates, a.k, seed=0))
+        res = []
+        for rate in rates:
+            print(f"load: {rate:g} req/s for {a.seconds:g} s, {a.candidates} candidates ...", flush=True)
+            res.append({"rate": rate, **asyncio.run(load(port, rate, a.seconds, users, last_ts + 86400,
+                                                         a.candidates, a.k, seed=1))})
+            time.sleep(2)  # let the queue drain before the next rate
+        print("streaming lag ...", flush=True)
+        lag = stream_lag(port, store_path, feedback_path, service.ranker.definition, a.lag_events, users,
+                         last_ts + 2 * 86400)
+    finally:
+        server.terminate()
+        server.join(10)
+    report = {"benchmark": "serve", "dataset": a.dataset, "git": git_commit(), "machine": machine_info(),
+              "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "setup": {**meta, "seconds": a.seconds, "candidates": a.candidates, "k": a.k,
+                        "store": "SQLiteStore", "server": "uvicorn, 1 process, async endpoints, torch 1 thread",
+                        "client": "httpx2 AsyncClient, open loop"},
+              "load": res, "stream": lag, "target": "p99 <= 30 ms at 100 req/s (issue 5)"}
+    write_json_atomic(out, report)
+    table = markdown(report)
+    print(table)
+    if not a.quick:
+        replace_block(f"serve_{name}", table + f"\n\nRaw: bench/results/serve_{name}.json; git {report['git']}.")
+    return report
+
+
+def markdown(r: dict) -> str:
+    s = r["setup"]
+    rows = ["| offered | achieved | ok / errors | client p50 | p90 | p99 | max | server features p50/p99 "
+            "| stage 1 p50/p99 | stage 2 p50/p99 |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for L in r["load"]:
+        st = L["server_stage_ms"]
+        rows.append(f"| {L['rate']:g}/s × {s['seconds']:g} s | {L['achieved_qps']}/s | {L['ok']} / {L['errors']} | "
+                    f"{L['latency_ms']['p50']} ms | {L['latency_ms']['p90']} ms | {L['latency_ms']['p99']} ms | "
+                    f"{L['latency_ms']['max']} ms | {st['features']['p50']} / {st['features']['p99']} ms | "
+                    f"{st['stage1']['p50']} / {st['stage1']['p99']} ms | {st['stage2']['p50']} / {st['stage2']['p99']} ms |")
+    return "\n".join([
+        *rows,
+        "",
+        f"Streaming lag (feedback POST -> visible in the store, {r['stream']['events']} clicks): "
+        f"p50 {r['stream']['lag_ms']['p50']} ms, p99 {r['stream']['lag_ms']['p99']} ms, max {r['stream']['lag_ms']['max']} ms "
+        f"({r['stream']['follower']}).",
+        "",
+        f"{s['model']} ({s['weights']}), {s['items']} items, {s['candidates']} candidates, top {s['k']}; "
+        f"{s['server']}; {s['client']}; store {s['store']} holding {s['events_loaded']:,} events.",
+    ])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,216 @@
+"""Two-stage online serving: retrieve and pre-rank, then rank with the trained model (issue 5).
+
+  stage 1  `CandidateIndex.retrieve(ts, channel, n)`: every item of the channel, pre-ranked by how
+           often it was clicked in this hour of the week (from the training log) times its online
+           CTR; time-slot aware, candidate-cheap, no model. Returns the top n (default 200).
+  stage 2  `Ranker.score(...)`: the trained COUPA or DiCycle with the user's ONLINE features (the
+           feature store, folded by the stream). For COUPA the model itself is two-part as well:
+           `serve_user` computes everything candidate-free once per request, `serve_candidates`
+           scores the candidates against it; a test checks this equals one forward pass (1e-5).
+           The display position is never an input here: COUPA's relevance tower ranks alone.
+
+`RecommendService` ties stage 1, stage 2, the store and the feedback sink together; `app.py` puts
+HTTP in front of it. The request encoding goes through the ONE feature definition
+(`FeatureDefinition.user_features`) and the run's own vocabularies, so the served tensors are the
+training tensors for the same event (tested against `SampleSet.make_batch`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgerec.errors import EdgerecError
+from edgerec.features.definition import HOURS_PER_WEEK, Event, FeatureDefinition, hour_of_week
+from edgerec.features.time import pack_slots
+
+
+class Ranker:
+    """Stage 2: a trained CTR model plus the vocabularies its run was trained with."""
+
+    def __init__(self, model: torch.nn.Module, samples, definition: FeatureDefinition):
+        if samples.item_ids is None or samples.user_ids is None:
+            raise EdgerecError("this run's samples carry no raw id vocabularies; retrain with the current edgerec.")
+        self.model = model.eval()
+        self.samples = samples
+        self.definition = definition
+        self.L = samples.spec.max_len
+        self.item_ids = samples.item_ids  # raw id of index i at [i - 1], sorted
+        self.user_ids = samples.user_ids
+        self.two_stage = hasattr(model, "serve_user")
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, definition: FeatureDefinition | None = None) -> "Ranker":
+        from edgerec.train.experiment import load_run
+
+        cfg, model, samples = load_run(run_dir)
+        d = definition or FeatureDefinition(max_len=samples.spec.max_len, n_positions=max(samples.spec.n_positions, 1))
+        return cls(model, samples, d)
+
+    def item_index(self, raw: np.ndarray) -> np.ndarray:
+        """Raw item ids -> the model's 1-based indices; 0 for items the model never saw."""
+        i = np.searchsorted(self.item_ids, raw)
+        ok = (i < len(self.item_ids)) & (self.item_ids[np.minimum(i, len(self.item_ids) - 1)] == raw)
+        return np.where(ok, i + 1, 0).astype(np.int64)
+
+    def user_index(self, raw: int) -> int:
+        i = int(np.searchsorted(self.user_ids, raw))
+        return i + 1 if i < len(self.user_ids) and self.user_ids[i] == raw else 0
+
+    def encode_request(self, user_id: int, ts: int, feats: dict) -> dict[str, torch.Tensor]:
+        """Online features (FeatureDefinition.user_features) -> a batch of 1 in the training layout:
+        the last L clicks, most recent last, left-padded with 0."""
+        L = self.L
+        h_item = self.item_index(np.asarray(feats["hist_item"][-L:], dtype=np.int64))
+        h_ts = np.asarray(feats["hist_ts"][-L:], dtype=np.int64)
+        h_pos = np.asarray(feats["hist_position"][-L:], dtype=np.int64)
+        n = len(h_item)
+        pad = L - n
+
+        def row(x: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.concatenate([np.zeros(pad, dtype=np.int64), x]))[None, :]  # (1, L)
+
+        mask = torch.zeros(1, L, dtype=torch.bool)
+        mask[0, pad:] = True
+        u = self.user_index(user_id)
+        req = {"user": torch.tensor([u]), "ts": torch.tensor([ts], dtype=torch.int64),
+               "hist_item": row(h_item), "hist_ts": row(h_ts), "hist_mask": mask,
+               "hist_slots": torch.where(mask, pack_slots(row(h_ts)), 0)}
+        for name, codes in self.samples.item_feats.items():
+            req[f"hist_{name}"] = torch.where(mask, torch.from_numpy(codes)[req["hist_item"]], 0)
+        for name, codes in self.samples.user_feats.items():
+            req[f"user_{name}"] = torch.tensor([int(codes[u])])
+        if self.samples.store_position is not None:
+            req["hist_position"] = torch.where(mask, row(h_pos), 0)
+        return req
+
+    def _item_feats(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {name: torch.from_numpy(codes)[idx] for name, codes in self.samples.item_feats.items()}
+
+    @torch.no_grad()
+    def score(self, request: dict[str, torch.Tensor], items: np.ndarray) -> np.ndarray:
+        """Served relevance of raw item ids `items` (C,) for one encoded request."""
+        idx = torch.from_numpy(self.item_index(np.asarray(items, dtype=np.int64)))  # (C,)
+        if self.two_stage:
+            cache = self.model.serve_user(request)
+            return self.model.serve_candidates(cache, idx, self._item_feats(idx)).numpy()
+        return self.single_pass(request, items)
+
+    @torch.no_grad()
+    def single_pass(self, request: dict[str, torch.Tensor], items: np.ndarray) -> np.ndarray:
+        """The same scores from one ordinary forward over C rows (the parity reference)."""
+        idx = torch.from_numpy(self.item_index(np.asarray(items, dtype=np.int64)))
+        C = idx.shape[0]
+        batch = {k: v.expand(C, *v.shape[1:]) if v.dim() > 1 else v.expand(C) for k, v in request.items()}
+        batch["item"] = idx
+        for name, codes in self._item_feats(idx).items():
+            batch[f"item_{name}"] = codes
+        return self.model(batch)["y_pred"].numpy()
+
+
+@dataclass
+class CandidateIndex:
+    """Stage 1: the item catalogue with per-item hour-of-week click counts from the training log."""
+
+    item_ids: np.ndarray  # (N,) raw ids
+    channel: np.ndarray  # (N,) channel name of each item (the o2o category)
+    titles: list[str]
+    slot_clicks: np.ndarray  # (N, 168) clicks per hour of the week
+
+    @classmethod
+    def from_dataset(cls, ds) -> "CandidateIndex":
+        items = ds.items
+        if items is None or "item_id" not in items.column_names:
+            raise EdgerecError(f"{ds.name}: serving needs an item table (item_id, title, category).")
+        ids = items.column("item_id").to_numpy()
+        order = np.argsort(ids)
+        ids = ids[order]
+        cat = (np.asarray(items.column("category").to_pylist(), dtype=object)[order]
+               if "category" in items.column_names else np.full(len(ids), "all", dtype=object))
+        titles = (np.asarray(items.column("title").to_pylist(), dtype=object)[order].tolist()
+                  if "title" in items.column_names else [str(i) for i in ids])
+        ev = ds.events
+        clicked = ev.column("label").to_numpy() == 1
+        it = ev.column("item_id").to_numpy()[clicked]
+        how = np.asarray([hour_of_week(int(t)) for t in ev.column("ts").to_numpy()[clicked]], dtype=np.int64)
+        counts = np.zeros((len(ids), HOURS_PER_WEEK), dtype=np.float64)
+        np.add.at(counts, (np.searchsorted(ids, it), how), 1.0)
+        return cls(ids, cat, titles, counts)
+
+    @property
+    def channels(self) -> list[str]:
+        return ["all", *sorted(set(self.channel.tolist()))]
+
+    def retrieve(self, ts: int, channel: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-n (raw ids, pre-rank scores) for this hour of the week in `channel`."""
+        if channel not in self.channels:
+            raise EdgerecError(f"channel {channel!r} is unknown; choose one of {self.channels}.")
+        h = hour_of_week(ts)
+        near = self.slot_clicks[:, [(h - 1) % HOURS_PER_WEEK, h, (h + 1) % HOURS_PER_WEEK]].sum(1)  # (N,)
+        score = (near + 1.0) / (self.slot_clicks.sum(1) + HOURS_PER_WEEK / 3)  # share of clicks in this slot
+        if channel != "all":
+            score = np.where(self.channel == channel, score, -np.inf)
+        n = min(n, int(np.isfinite(score).sum()))
+        top = np.argpartition(-score, n - 1)[:n] if n < len(score) else np.arange(len(score))
+        top = top[np.argsort(-score[top], kind="stable")]
+        return self.item_ids[top], score[top]
+
+
+class RecommendService:
+    """Stage 1 + stage 2 over the online store; feedback goes to the event sink (stream)."""
+
+    def __init__(self, ranker: Ranker, index: CandidateIndex, store, sink=None):
+        self.ranker, self.index, self.store, self.sink = ranker, index, store, sink
+        self._title = dict(zip(index.item_ids.tolist(), index.titles))
+
+    def recommend(self, user_id: int, ts: int | None = None, channel: str = "all", n_candidates: int = 200,
+                  k: int = 20) -> dict:
+        ts = int(time.time()) if ts is None else int(ts)
+        t0 = time.perf_counter()
+        state = self.store.user(user_id)
+        feats = self.ranker.definition.user_features(state, ts)
+        t1 = time.perf_counter()
+        cand, slot_share = self.index.retrieve(ts, channel, n_candidates)
+        ctr = np.array([self.ranker.definition.item_ctr(s) for s in self.store.items([int(i) for i in cand])])
+        pre = slot_share * ctr  # pre-rank: time-slot share x online CTR
+        order1 = np.argsort(-pre, kind="stable")
+        cand, pre = cand[order1], pre[order1]
+        t2 = time.perf_counter()
+        req = self.ranker.encode_request(user_id, ts, feats)
+        scores = self.ranker.score(req, cand)
+        order = np.argsort(-scores, kind="stable")[:k]
+        t3 = time.perf_counter()
+        return {"user_id": user_id, "ts": ts, "channel": channel, "n_candidates": int(len(cand)),
+                "history_length": len(feats["hist_item"]),
+                "items": [{"item_id": int(cand[j]), "score": float(scores[j]), "prerank_score": float(pre[j]),
+                           "title": self._title.get(int(cand[j]), "")} for j in order],
+                "timing_ms": {"features": 1e3 * (t1 - t0), "stage1": 1e3 * (t2 - t1), "stage2": 1e3 * (t3 - t2)}}
+
+    def feedback(self, events: list[Event]) -> int:
+        """Hand events to the stream (Kafka or an event file); with no sink, apply them in-process."""
+        if self.sink is not None:
+            return self.sink.send(events)
+        return self.store.apply(events, self.ranker.definition)
+
+
+class FileEventSink:
+    """Appends events to the JSON-lines file `edgerec stream --events` consumes (embedded default)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def send(self, events: list[Event]) -> int:
+        import json
+        import os
+
+        data = "".join(json.dumps(e.to_dict()) + "\n" for e in events)
+        with open(self.path, "a", encoding="utf-8") as f:  # one write per request: lines stay whole
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return len(events)

@@ -1,0 +1,172 @@
+"""Two-stage serving: served tensors and scores equal training's, stage split equals one pass, HTTP 422s."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from edgerec.features.definition import Event, FeatureDefinition
+from edgerec.features.store import MemoryStore
+from edgerec.serve.service import CandidateIndex, Ranker, RecommendService
+from edgerec.serve.stream import events_from_log
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from edgerec.train.config import load_experiment
+    from edgerec.train.experiment import run_experiment
+
+    out = tmp_path_factory.mktemp("runs")
+    cfg = load_experiment(ROOT / "configs" / "ctr.yaml", "COUPA_test",
+                          ["train.epochs=1", f"output_dir={out}", f"ledger={out / 'ledger.jsonl'}"])
+    return run_experiment(cfg, log=lambda *a, **k: None)
+
+
+@pytest.fixture(scope="module")
+def ranker(trained):
+    s = trained.sample_set
+    return Ranker(trained.trained, s, FeatureDefinition(max_len=s.spec.max_len, n_positions=s.spec.n_positions))
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    from edgerec.data import registry
+
+    return registry.load("o2o-sim:tiny")  # what COUPA_test trains on
+
+
+@pytest.fixture(scope="module")
+def events(dataset):
+    return sorted(events_from_log(dataset.events), key=lambda e: e.ts)
+
+
+def test_served_request_and_score_equal_the_training_batch(ranker, events):
+    s = ranker.samples
+    sp = s.splits["test"]
+    rows = np.random.default_rng(1).choice(len(sp), 25, replace=False)
+    batch = s.make_batch(sp, rows)
+    with torch.no_grad():
+        train_scores = ranker.model(batch)["y_pred"].numpy()
+    ts_all = np.array([e.ts for e in events])
+    for j, r in enumerate(rows):
+        t, user = int(sp.ts[r]), int(s.user_ids[sp.user[r] - 1])
+        store = MemoryStore()
+        store.apply([e for e in events[:np.searchsorted(ts_all, t)] if e.user_id == user], ranker.definition)
+        req = ranker.encode_request(user, t, ranker.definition.user_features(store.user(user), t))
+        for k in ("hist_item", "hist_ts", "hist_mask", "hist_slots", "hist_category_id", "hist_position",
+                  "user", "user_device"):
+            assert torch.equal(req[k][0], batch[k][j]), k
+        item = int(s.item_ids[sp.item[r] - 1])
+        assert abs(ranker.score(req, np.array([item]))[0] - train_scores[j]) <= 1e-5
+
+
+def test_two_stage_equals_single_pass_over_200_candidates(ranker, events, dataset):
+    store = MemoryStore()
+    store.apply(events, ranker.definition)
+    index = CandidateIndex.from_dataset(dataset)
+    user, t = events[-1].user_id, events[-1].ts + 60
+    req = ranker.encode_request(user, t, ranker.definition.user_features(store.user(user), t))
+    cand = np.resize(index.item_ids, 200)  # repeats are fine: parity is per row
+    assert ranker.two_stage
+    two, one = ranker.score(req, cand), ranker.single_pass(req, cand)
+    assert np.abs(two - one).max() <= 1e-5
+    assert np.unique(np.round(two, 6)).size > 10  # the scores actually depend on the item
+
+
+def test_stage1_is_time_slot_aware_and_channel_filtered(dataset):
+    index = CandidateIndex.from_dataset(dataset)
+    monday_8am, monday_8pm = 1767571200 + 8 * 3600, 1767571200 + 20 * 3600
+    a, _ = index.retrieve(monday_8am, "all", 10)
+    b, _ = index.retrieve(monday_8pm, "all", 10)
+    assert set(a.tolist()) != set(b.tolist())
+    c, _ = index.retrieve(monday_8am, "coffee", 500)
+    assert len(c) and set(index.channel[np.searchsorted(index.item_ids, c)]) == {"coffee"}
+
+
+@pytest.fixture(scope="module")
+def client(ranker, events, dataset):
+    from fastapi.testclient import TestClient
+
+    from edgerec.serve.app import create_app
+
+    store = MemoryStore()
+    store.apply(events[: len(events) // 2], ranker.definition)
+    service = RecommendService(ranker, CandidateIndex.from_dataset(dataset), store)
+    return TestClient(create_app(service)), store
+
+
+def test_http_recommend_ranks_by_score(client, events):
+    c, _ = client
+    r = c.post("/recommend", json={"user_id": events[0].user_id, "ts": events[-1].ts, "n_candidates": 50, "k": 10})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    scores = [it["score"] for it in body["items"]]
+    assert len(scores) == 10 and scores == sorted(scores, reverse=True)
+    assert body["n_candidates"] == 50 and set(body["timing_ms"]) == {"features", "stage1", "stage2"}
+
+
+@pytest.mark.parametrize("payload,field", [({"user_id": -3}, "user_id"), ({"user_id": 1, "k": 0}, "k"),
+                                           ({"user_id": 1, "colour": "red"}, "colour"), ({}, "user_id"),
+                                           ({"user_id": 1, "channel": "spaceships"}, "channel")])
+def test_http_invalid_requests_get_422_naming_the_field(client, payload, field):
+    c, _ = client
+    r = c.post("/recommend", json=payload)
+    assert r.status_code == 422
+    detail = r.json()["detail"]
+    assert any(field in [str(x) for x in d["loc"]] for d in detail), detail
+    if field == "channel":
+        assert "choose one of" in detail[0]["msg"]
+
+
+def test_http_feedback_updates_online_features_once(client):
+    c, store = client
+    ev = {"event_id": "fb-1", "user_id": 7, "item_id": 3, "ts": 1_770_000_000, "kind": "click", "position": 2}
+    before = store.user(7).clicks
+    assert c.post("/feedback", json={"events": [ev]}).json() == {"accepted": 1}
+    assert c.post("/feedback", json={"events": [ev]}).json() == {"accepted": 0}  # resent: applied once
+    assert store.user(7).clicks == before + 1
+    bad = c.post("/feedback", json={"events": [{**ev, "kind": "purchase"}]})
+    assert bad.status_code == 422 and "kind" in str(bad.json()["detail"][0]["loc"])
+
+
+def test_openapi_schema_is_published(client):
+    c, _ = client
+    spec = c.get("/openapi.json").json()
+    assert {"/recommend", "/feedback", "/health"} <= set(spec["paths"])
+    assert c.get("/health").json()["two_stage"] is True
+
+
+def test_published_openapi_file_is_current(tmp_path):
+    import json
+
+    from edgerec.cli import main
+    from edgerec.serve.app import create_app
+
+    assert main(["serve", "--openapi", str(tmp_path / "o.json")]) == 0
+    fresh = json.loads((tmp_path / "o.json").read_text())
+    assert fresh == create_app(None).openapi()
+    assert fresh == json.loads((ROOT / "docs" / "openapi.json").read_text()), \
+        "docs/openapi.json is stale: run `edgerec serve --openapi docs/openapi.json`"
+
+
+def test_serve_without_a_run_is_a_clear_error(capsys):
+    from edgerec.cli import main
+
+    assert main(["serve"]) == 2
+    assert "--run RUN_DIR is required" in capsys.readouterr().err
+
+
+def test_bench_serve_quick_measures_every_stage(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(ROOT))
+    from bench.serve import main as bench_main
+
+    r = bench_main(["--quick", "--out", str(tmp_path / "s.json"), "--seconds", "1"])
+    load = r["load"][0]
+    assert load["ok"] + load["errors"] == load["requests"] and load["errors"] == 0
+    assert all(v["p50"] > 0 for v in load["server_stage_ms"].values())
+    assert r["stream"]["events"] == 5 and r["stream"]["lag_ms"]["max"] < 10_000
