@@ -58,6 +58,8 @@ def main(argv=None) -> dict:
     p.add_argument("--out")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--merge", metavar="A.json,B.json", help="no training: combine the runs of result files written "
+                   "by parallel queues (--out) into --out / the default file and its docs table")
     a = p.parse_args(argv)
     variants = a.variants.split(",")
     unknown = [v for v in variants if v not in VARIANTS]
@@ -71,6 +73,8 @@ def main(argv=None) -> dict:
     name = a.dataset.replace("-", "").replace(":", "_")
     out = Path(a.out) if a.out else (ROOT / "runs" / "bench" / "coupa_quick.json" if a.quick
                                      else ROOT / "bench" / "results" / f"coupa_{name}.json")
+    if a.merge:
+        return merge([Path(f) for f in a.merge.split(",")], out, name)
     report = {"benchmark": "coupa", "dataset": a.dataset, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "git": git_commit(), "machine": machine_info(), "seeds": seeds, "variants": variants,
               "overrides": overrides, "runs": []}
@@ -101,6 +105,25 @@ def main(argv=None) -> dict:
     if not a.quick:
         replace_block(f"coupa_{name}", table + f"\n\nRaw runs: bench/results/coupa_{name}.json; git {report['git']}; "
                       f"mean ± sample std over seeds {seeds}.")
+    return report
+
+
+def merge(files: list[Path], out: Path, name: str) -> dict:
+    """Union of the runs of several result files (missing files skipped), variants in VARIANTS order."""
+    reports = [json.loads(f.read_text()) for f in files if f.exists()]
+    if not reports:
+        raise SystemExit(f"none of {[str(f) for f in files]} exists")
+    runs = {(r["variant"], r["seed"]): r for rep in reports for r in rep["runs"]}
+    report = {**reports[0], "runs": sorted(runs.values(), key=lambda r: (list(VARIANTS).index(r["variant"]), r["seed"])),
+              "merged_from": [str(f.relative_to(ROOT)) if f.is_relative_to(ROOT) else str(f) for f in files if f.exists()],
+              "seeds": sorted({r["seed"] for r in runs.values()}),
+              "variants": [v for v in VARIANTS if any(r["variant"] == v for r in runs.values())]}
+    write_json_atomic(out, report)
+    table = markdown(report)
+    print(table)
+    replace_block(f"coupa_{name}", table + f"\n\nRaw runs: bench/results/{out.name} (merged from "
+                  f"{', '.join(report['merged_from'])}); git {report['git']}; mean ± sample std over the seeds in "
+                  "the seeds column.")
     return report
 
 

@@ -39,3 +39,21 @@ def test_merge_collects_runs_without_training(tmp_path):
     din = next(s for s in rep["summary"] if s["model"] == "DIN")
     assert din["AUC"] == pytest.approx(0.88) and din["n"] == 3
     assert json.loads(out.read_text())["complete"] is True
+
+
+def test_coupa_merge_unions_parallel_queues(tmp_path, monkeypatch):
+    import json
+
+    import bench.coupa as coupa
+
+    monkeypatch.setattr(coupa, "replace_block", lambda *a, **k: None)
+    truth = {"relevance_auc": 0.8, "request_ndcg@10": 0.9, "examination_spearman": {"deep": 1, "medium": 1, "shallow": 1}}
+    run = {"test": {"AUC": 0.7, "GAUC": 0.6}, "truth": truth}
+    base = {"benchmark": "coupa", "git": "x", "seeds": [1], "variants": ["COUPA"]}
+    (tmp_path / "a.json").write_text(json.dumps({**base, "runs": [{"variant": "PAL", "seed": 1, **run},
+                                                                 {"variant": "COUPA", "seed": 1, **run}]}))
+    (tmp_path / "b.json").write_text(json.dumps({**base, "runs": [{"variant": "COUPA", "seed": 2, **run}]}))
+    r = coupa.main(["--merge", f"{tmp_path / 'a.json'},{tmp_path / 'b.json'},{tmp_path / 'missing.json'}",
+                    "--out", str(tmp_path / "m.json")])
+    assert [(x["variant"], x["seed"]) for x in r["runs"]] == [("COUPA", 1), ("COUPA", 2), ("PAL", 1)]
+    assert r["variants"] == ["COUPA", "PAL"] and r["seeds"] == [1, 2]
