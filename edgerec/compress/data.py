@@ -1,0 +1,53 @@
+"""Token ids for the NLU tasks and length-bucketed batches (issue 6)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from edgerec.compress.tasks import TaskData
+from edgerec.serve.edge.tokenizer import WordPiece
+
+
+@dataclass
+class Encoded:
+    ids: list[list[int]]  # per sentence, [CLS] ... [SEP]
+    y: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def encode(tok: WordPiece, task: TaskData, max_len: int = 64) -> dict[str, Encoded]:
+    return {s: Encoded([tok.encode(t, max_len) for t in task.text[s]], task.y[s]) for s in task.text}
+
+
+def pad(ids: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    n = max(len(x) for x in ids)
+    out = np.full((len(ids), n), pad_id, dtype=np.int64)
+    mask = np.zeros((len(ids), n), dtype=np.int64)
+    for i, x in enumerate(ids):
+        out[i, : len(x)] = x
+        mask[i, : len(x)] = 1
+    return torch.from_numpy(out), torch.from_numpy(mask)  # (B, T), (B, T)
+
+
+def batches(enc: Encoded, batch_size: int, rng: np.random.Generator | None = None) -> Iterator[np.ndarray]:
+    """Index arrays; with `rng`, shuffled but bucketed by length (sort within chunks of 50 batches)
+    so padding stays small, and the batch order shuffled."""
+    n = len(enc)
+    if rng is None:
+        order = np.argsort([len(x) for x in enc.ids], kind="stable")  # eval: by length
+        return (order[i: i + batch_size] for i in range(0, n, batch_size))
+    perm = rng.permutation(n)
+    chunk = batch_size * 50
+    out = []
+    for lo in range(0, n, chunk):
+        part = perm[lo: lo + chunk]
+        part = part[np.argsort([len(enc.ids[i]) for i in part], kind="stable")]
+        out += [part[i: i + batch_size] for i in range(0, len(part), batch_size)]
+    rng.shuffle(out)
+    return iter(out)

@@ -1,0 +1,254 @@
+"""Student initialization and three distillation methods at the same size and budget (issue 6).
+
+All three train ONE multi-task student (shared encoder, a head per task) for the same number of
+epochs over the same batches (tasks interleaved, seeded). The teacher always reads the STUDENT's
+tokenization (the pruned vocabulary's pieces, mapped back to teacher ids): that is what makes
+token-level matching possible and is the "student's view" the teacher is put into.
+
+  kd        CE(y) and temperature-scaled KL to the frozen teacher's logits (Hinton et al.).
+  tinybert  kd + the last layer's hidden states (through a learned 128 -> 384 map) and the
+            head-averaged attention maps of 4 mapped layers (TinyBERT's intermediate-layer loss,
+            restricted to what fits a CPU budget; teacher frozen).
+  cross     the teacher's fine-tuned task head is INTEGRATED into the student (the student's head
+            is H -> 384 -> C with the 384 -> C part copied from the teacher), and teacher and
+            student train JOINTLY: the student on CE + KD + matching the teacher's pooled vector in
+            the teacher's space; the teacher, at a 100x smaller learning rate on its top 2 layers
+            and head, on CE + "in the student's shoes" (its head must classify the student's
+            projected representation) + a small KL toward the student's predictions, so it adapts
+            to what the student can represent. Its bottom 4 layers stay frozen (their outputs are
+            cached once per sentence: the CPU cost of a trainable teacher stays bounded).
+
+Student init [C]: an SVD projection of the teacher. P = the top-H right singular vectors of the
+teacher's (kept rows of the) embedding table; embeddings E·P, each student layer j takes teacher
+layer map[j]'s matrices as Pᵀ·W·P (the FFN keeps its 4H rows of largest norm), heads W·P.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from edgerec.compress.data import Encoded, batches, pad
+from edgerec.models.eibert import EIBert, EIBertConfig
+
+METHODS = ("kd", "tinybert", "cross")
+
+
+@dataclass
+class DistillConfig:
+    method: str = "cross"
+    epochs: int = 6
+    batch_size: int = 32
+    lr: float = 2e-3
+    teacher_lr: float = 2e-5  # cross: 100x smaller than the student's
+    temperature: float = 2.0
+    kd_weight: float = 0.5  # share of the KD term against CE
+    hidden_weight: float = 1.0  # tinybert / cross representation matching
+    attention_weight: float = 1.0  # tinybert
+    shoes_weight: float = 0.5  # cross: teacher head on the student's representation
+    mutual_weight: float = 0.1  # cross: teacher KL toward the student
+    teacher_trainable_layers: int = 2  # cross
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"distillation method {self.method!r}: choose one of {METHODS}")
+
+
+LAYER_MAP = {4: [1, 2, 4, 5], 3: [1, 3, 5], 2: [2, 5], 6: [0, 1, 2, 3, 4, 5]}
+
+
+def init_student(teacher: EIBert, kept_old_ids: np.ndarray, cfg: EIBertConfig) -> EIBert:
+    """A student whose weights are the teacher's projected to cfg.hidden dimensions."""
+    student = EIBert(cfg)
+    te, se = teacher.encoder, student.encoder
+    H = cfg.hidden
+    E_t = te.word.weight.detach()[torch.from_numpy(kept_old_ids)]  # (V', 384)
+    _, _, Vt = torch.linalg.svd(E_t - E_t.mean(0), full_matrices=False)
+    P = Vt[:H].T.contiguous()  # (384, H)
+    with torch.no_grad():
+        if cfg.emb_dim and cfg.emb_dim != H:
+            raise ValueError("SVD init assumes emb_dim == hidden")
+        se.word.weight.copy_(E_t @ P)
+        se.position.weight.copy_(te.position.weight[: cfg.max_positions] @ P)
+        se.type0.copy_(te.type0 @ P)
+        se.emb_ln.weight.copy_((P ** 2).T @ te.emb_ln.weight)
+        se.emb_ln.bias.copy_(P.T @ te.emb_ln.bias)
+        for j, i in enumerate(LAYER_MAP.get(cfg.layers, list(range(cfg.layers)))):
+            tl, sl = te.layers[i], se.layers[j]
+            for name in ("query", "key", "value", "attn_out"):
+                getattr(sl, name).weight.copy_(P.T @ getattr(tl, name).weight @ P)
+                getattr(sl, name).bias.copy_(P.T @ getattr(tl, name).bias)
+            rows = torch.argsort(tl.ffn_in.weight.norm(dim=1), descending=True)[: cfg.ffn]
+            sl.ffn_in.weight.copy_(tl.ffn_in.weight[rows] @ P)
+            sl.ffn_in.bias.copy_(tl.ffn_in.bias[rows])
+            sl.ffn_out.weight.copy_(P.T @ tl.ffn_out.weight[:, rows])
+            sl.ffn_out.bias.copy_(P.T @ tl.ffn_out.bias)
+            for ln in ("ln1", "ln2"):
+                getattr(sl, ln).weight.copy_((P ** 2).T @ getattr(tl, ln).weight)
+                getattr(sl, ln).bias.copy_(P.T @ getattr(tl, ln).bias)
+    student.projection = P  # kept for heads built later
+    return student
+
+
+def init_heads(student: EIBert, teachers: dict[str, EIBert], P: torch.Tensor) -> None:
+    with torch.no_grad():
+        for task, t in teachers.items():
+            th = t.heads[task]
+            if student.up is not None:  # cross: integrate the teacher's head
+                student.heads[task].weight.copy_(th.weight)
+                student.heads[task].bias.copy_(th.bias)
+                student.up[task].weight.copy_(P)  # (384, H): back into the teacher's space
+                student.up[task].bias.zero_()
+            else:
+                student.heads[task].weight.copy_(th.weight @ P)
+                student.heads[task].bias.copy_(th.bias)
+
+
+def _kd(s_logits, t_logits, T):
+    return F.kl_div(F.log_softmax(s_logits / T, -1), F.softmax(t_logits / T, -1), reduction="batchmean") * T * T
+
+
+@torch.no_grad()
+def teacher_cache(teacher: EIBert, task: str, enc_t: Encoded, cfg: DistillConfig, n_frozen: int) -> list[dict]:
+    """Per sentence: what the frozen part of the teacher produces on the student's tokenization."""
+    teacher.eval()
+    out: list[dict] = [None] * len(enc_t)  # type: ignore[list-item]
+    for idx in batches(enc_t, 128):
+        ids, mask = pad([enc_t.ids[i] for i in idx])
+        r = teacher(ids, mask, task)
+        for b, i in enumerate(idx):
+            n = len(enc_t.ids[i])
+            item = {"logits": r["logits"][b].clone()}
+            if cfg.method == "tinybert":
+                item["hidden"] = r["hidden"][b, :n].half().clone()
+                item["att"] = [a[b, :, :n, :n].mean(0).half().clone() for a in r["attentions"]]
+            if cfg.method == "cross":
+                item["mid"] = r["states"][n_frozen][b, :n].half().clone()  # input of the first trainable layer
+            out[i] = item
+    return out
+
+
+def _pad_cached(items: list[torch.Tensor], T: int) -> torch.Tensor:
+    out = torch.zeros(len(items), T, items[0].shape[-1])
+    for b, x in enumerate(items):
+        out[b, : x.shape[0]] = x.float()
+    return out
+
+
+def _pad_att(items: list[torch.Tensor], T: int) -> torch.Tensor:
+    out = torch.zeros(len(items), T, T)
+    for b, x in enumerate(items):
+        n = x.shape[0]
+        out[b, :n, :n] = x.float()
+    return out
+
+
+def distill(student: EIBert, teachers: dict[str, EIBert], data_s: dict[str, dict[str, Encoded]],
+            data_t: dict[str, dict[str, Encoded]], cfg: DistillConfig, log=print, progress: bool = True) -> dict:
+    """Train `student` in place. data_s[task][split]: student ids; data_t: the same sentences as
+    teacher ids (the student's pieces mapped to the teacher vocabulary)."""
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng([cfg.seed, 17])
+    tasks = list(teachers)
+    n_layers_t = len(next(iter(teachers.values())).encoder.layers)
+    n_frozen = n_layers_t - cfg.teacher_trainable_layers
+    t0 = time.time()
+    caches = {t: teacher_cache(teachers[t], t, data_t[t]["train"], cfg, n_frozen) for t in tasks}
+    cache_s = time.time() - t0
+    params = list(student.parameters())
+    extra = nn.ModuleDict()
+    if cfg.method == "tinybert":
+        extra["hid"] = nn.Linear(student.config.hidden, teachers[tasks[0]].config.hidden)
+        params += list(extra.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+    t_opts = {}
+    if cfg.method == "cross":
+        for t in tasks:
+            tp = [p for layer in teachers[t].encoder.layers[n_frozen:] for p in layer.parameters()]
+            tp += list(teachers[t].heads.parameters())
+            t_opts[t] = torch.optim.AdamW(tp, lr=cfg.teacher_lr, weight_decay=0.01)
+    steps_per_epoch = sum((len(data_s[t]["train"]) + cfg.batch_size - 1) // cfg.batch_size for t in tasks)
+    total = cfg.epochs * steps_per_epoch
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (0.05 * total)) * max(0.0, 1 - s / total))
+    smap = LAYER_MAP.get(student.config.layers, list(range(student.config.layers)))
+    history = []
+    best, best_state = -1.0, None
+    for ep in range(cfg.epochs):
+        student.train()
+        plan = [(t, idx) for t in tasks for idx in batches(data_s[t]["train"], cfg.batch_size, rng)]
+        rng.shuffle(plan)
+        it = plan
+        if progress:
+            from tqdm import tqdm
+
+            it = tqdm(plan, desc=f"{cfg.method} epoch {ep + 1}/{cfg.epochs}", leave=False)
+        for task, idx in it:
+            enc = data_s[task]["train"]
+            ids, mask = pad([enc.ids[i] for i in idx])
+            y = torch.from_numpy(enc.y[idx])
+            T = ids.shape[1]
+            cached = [caches[task][i] for i in idx]
+            out = student(ids, mask, task)
+            loss = (1 - cfg.kd_weight) * F.cross_entropy(out["logits"], y)
+            if cfg.method in ("kd", "tinybert"):
+                t_logits = torch.stack([c["logits"] for c in cached])
+                loss = loss + cfg.kd_weight * _kd(out["logits"], t_logits, cfg.temperature)
+            if cfg.method == "tinybert":
+                m = mask.unsqueeze(-1).float()
+                th = _pad_cached([c["hidden"] for c in cached], T)
+                loss = loss + cfg.hidden_weight * (((extra["hid"](out["hidden"]) - th) ** 2) * m).sum() / (m.sum() * th.shape[-1])
+                mm = (mask.unsqueeze(1) * mask.unsqueeze(2)).float()  # (B, T, T)
+                for j, i in enumerate(smap):
+                    ta = _pad_att([c["att"][i] for c in cached], T)
+                    sa = out["attentions"][j].mean(1)
+                    loss = loss + cfg.attention_weight * (((sa - ta) ** 2) * mm).sum() / mm.sum()
+            if cfg.method == "cross":
+                teacher = teachers[task]
+                teacher.train()
+                x = _pad_cached([c["mid"] for c in cached], T)
+                bias = (1.0 - mask[:, None, None, :].float()) * -1e4
+                for layer in teacher.encoder.layers[n_frozen:]:
+                    x, _ = layer(x, bias)
+                m = mask.unsqueeze(-1).float()
+                t_pooled = (x * m).sum(1) / m.sum(1)  # (B, 384)
+                t_logits = teacher.heads[task](teacher.drop(t_pooled))
+                loss = loss + cfg.kd_weight * _kd(out["logits"], t_logits.detach(), cfg.temperature)
+                loss = loss + cfg.hidden_weight * F.mse_loss(out["up"], t_pooled.detach())
+                shoes = F.cross_entropy(teacher.heads[task](out["up"].detach()), y)
+                mutual = F.kl_div(F.log_softmax(t_logits, -1), F.softmax(out["logits"].detach(), -1),
+                                  reduction="batchmean")
+                t_loss = F.cross_entropy(t_logits, y) + cfg.shoes_weight * shoes + cfg.mutual_weight * mutual
+                t_opts[task].zero_grad()
+                t_loss.backward()
+                t_opts[task].step()
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+        accs = {t: accuracy(student, data_s[t]["valid"], t) for t in tasks}
+        mean = float(np.mean(list(accs.values())))
+        history.append(accs)
+        log(f"  {cfg.method} epoch {ep + 1}: valid " + " ".join(f"{t} {a:.4f}" for t, a in accs.items()))
+        if mean > best:
+            best, best_state = mean, {k: v.clone() for k, v in student.state_dict().items()}
+    student.load_state_dict(best_state)
+    return {"config": asdict(cfg), "valid_by_epoch": history, "best_epoch": int(np.argmax(
+        [np.mean(list(h.values())) for h in history])) + 1, "teacher_cache_seconds": round(cache_s, 1),
+        "seconds": round(time.time() - t0, 1)}
+
+
+@torch.no_grad()
+def accuracy(model: EIBert, enc: Encoded, task: str) -> float:
+    model.eval()
+    correct = 0
+    for idx in batches(enc, 256):
+        ids, mask = pad([enc.ids[i] for i in idx])
+        correct += int((model(ids, mask, task)["logits"].argmax(-1).numpy() == enc.y[idx]).sum())
+    return correct / max(len(enc), 1)
