@@ -30,6 +30,7 @@ Typical session:
   edgerec stream --events ev.jsonl --export-from o2o-sim:tiny   events -> online feature store
   edgerec batch --dataset o2o-sim:tiny --out runs/batch      daily features + samples (polars or Spark)
   edgerec serve --run runs/COUPA_o2o/<stamp>-seed1           two-stage HTTP service (FastAPI)
+  edgerec compress --method cross                            EI-BERT: the <= 1.91 MB on-device NLU file
   edgerec demo                                       the main job on real data (what `make demo` runs)
 """
 
@@ -294,6 +295,35 @@ def _write_openapi(app, path: str) -> None:
     print(f"wrote the OpenAPI schema to {path}")
 
 
+def _cmd_compress(args: argparse.Namespace) -> int:
+    from edgerec.compress.pipeline import CompressConfig, build
+    from edgerec.compress.tasks import TASKS
+    from edgerec.io import write_json_atomic
+
+    tasks = tuple(args.tasks.split(",")) if args.tasks else TASKS
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise EdgerecError(f"--tasks: unknown task(s) {unknown}; choose from {list(TASKS)}")
+    distill = {"epochs": args.epochs} if args.epochs else {}
+    cfg = CompressConfig(method=args.method, tasks=tasks, seed=args.seed, vocab_size=args.vocab,
+                         embedding_bits=args.embedding_bits, teacher_epochs=args.teacher_epochs, distill=distill,
+                         limit_per_split=args.limit)
+    r = build(cfg, args.out)
+    write_json_atomic(Path(args.out).with_suffix(".json"), r)
+    a = r["artifact"]
+    print(f"\nwrote {args.out}: {a['total']:,} bytes ({a['total'] / 1e6:.3f} MB; limit {a['limit_bytes'] / 1e6:.2f} MB "
+          f"{'OK' if a['within_limit'] else 'EXCEEDED'})")
+    for k in ("embeddings", "encoder", "heads", "vocabulary", "header_and_padding"):
+        print(f"  {k:<20} {a[k]:>10,} bytes  {a[k] / a['total']:6.1%}")
+    print(f"{'task':<15} {'teacher':>8} {'fp32':>8} {'int8':>8} {'packed':>8}")
+    for t in tasks:
+        s = r["student"]
+        print(f"{t:<15} {r['teacher'][t]['test_acc']:8.4f} {s['test_acc_fp32'][t]:8.4f} {s['test_acc_int8'][t]:8.4f} "
+              f"{s['test_acc_packed_numpy'][t]:8.4f}")
+    print(f"report: {Path(args.out).with_suffix('.json')}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from edgerec.data import registry
     from edgerec.train.config import load_experiment
@@ -435,6 +465,21 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--log-level", default="warning")
     sv.add_argument("--openapi", metavar="PATH", help="write the OpenAPI schema to PATH (without --run: and exit)")
     sv.set_defaults(func=_cmd_serve)
+
+    c = sub.add_parser("compress", help="build the EI-BERT on-device NLU artifact (prune, distill, int8, pack)",
+                       description="Fine-tune the all-MiniLM-L6-v2 teacher per task (cached), prune the vocabulary by "
+                                   "attention importance, distil a multi-task student (kd | tinybert | cross), quantize "
+                                   "to int8 and pack one checksummed file; prints its byte breakdown and accuracies.")
+    c.add_argument("--method", choices=["kd", "tinybert", "cross"], default="cross")
+    c.add_argument("--tasks", help="comma-separated subset of sentiment,trec,spam,item_category (default all)")
+    c.add_argument("--seed", type=int, default=1, help="student seed (default %(default)s)")
+    c.add_argument("--vocab", type=int, default=7000, help="tokens kept by pruning (default %(default)s)")
+    c.add_argument("--embedding-bits", type=int, choices=[8, 4], default=8)
+    c.add_argument("--epochs", type=int, help="distillation epochs (default 6)")
+    c.add_argument("--teacher-epochs", type=int, default=3, help="0 = no fine-tuning (smoke runs)")
+    c.add_argument("--limit", type=int, help="first N sentences of each split (smoke runs)")
+    c.add_argument("--out", default="runs/eibert/eibert.pack")
+    c.set_defaults(func=_cmd_compress)
 
     m = sub.add_parser("demo", help="the main job: real data -> train -> evaluate -> results table",
                        description="Prepare MovieLens-100K from its package, train LR, DNN and DIN, print the table.")

