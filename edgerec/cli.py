@@ -31,7 +31,7 @@ Typical session:
   edgerec batch --dataset o2o-sim:tiny --out runs/batch      daily features + samples (polars or Spark)
   edgerec serve --run runs/COUPA_o2o/<stamp>-seed1           two-stage HTTP service (FastAPI)
   edgerec compress --method cross                            EI-BERT: the <= 1.91 MB on-device NLU file
-  edgerec demo                                       the main job on real data (what `make demo` runs)
+  edgerec demo                                       the main job: the whole edge-cloud loop (`make demo`)
 """
 
 
@@ -325,6 +325,18 @@ def _cmd_compress(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    config = _find_repo_file("configs/ctr.yaml")
+    if config is None:
+        raise EdgerecError("configs/ctr.yaml not found; run the demo from the edgerec checkout.")
+    if not args.ctr:
+        from edgerec.demo import run_loop
+
+        run_loop(config, Path(args.out), args.dataset, Path(args.edge_pack) if args.edge_pack else None, args.set)
+        return 0
+    return _demo_ctr(args)
+
+
+def _demo_ctr(args: argparse.Namespace) -> int:
     from edgerec.data import registry
     from edgerec.train.config import load_experiment
     from edgerec.train.experiment import run_experiment
@@ -481,9 +493,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", default="runs/eibert/eibert.pack")
     c.set_defaults(func=_cmd_compress)
 
-    m = sub.add_parser("demo", help="the main job: real data -> train -> evaluate -> results table",
-                       description="Prepare MovieLens-100K from its package, train LR, DNN and DIN, print the table.")
-    m.add_argument("--set", action="append", metavar="KEY=VALUE", help="override config keys for all three runs")
+    m = sub.add_parser("demo", help="the main job: the edge-cloud loop, step by step (what `make demo` runs)",
+                       description="simulate -> batch (polars) -> train COUPA -> stream into SQLite -> serve (FastAPI, "
+                                   "two stages) -> feedback -> EI-BERT re-ranks on the device. --ctr instead trains "
+                                   "LR, DNN and DIN on MovieLens-100K and prints the table.")
+    m.add_argument("--ctr", action="store_true", help="the CTR baseline demo on MovieLens-100K instead")
+    m.add_argument("--dataset", default="o2o-sim:tiny", help="simulated feed for the loop (default %(default)s)")
+    m.add_argument("--edge-pack", help="an EI-BERT file from `edgerec compress` (default: build a small one)")
+    m.add_argument("--out", default="runs/demo", help="working folder (default %(default)s)")
+    m.add_argument("--set", action="append", metavar="KEY=VALUE", help="override config keys of the training run(s)")
     m.set_defaults(func=_cmd_demo)
     return p
 

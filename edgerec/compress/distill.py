@@ -18,8 +18,8 @@ token-level matching possible and is the "student's view" the teacher is put int
             to what the student can represent. Its bottom 4 layers stay frozen (their outputs are
             cached once per sentence: the CPU cost of a trainable teacher stays bounded).
 
-Student init [C]: an SVD projection of the teacher. P = the top-H right singular vectors of the
-teacher's (kept rows of the) embedding table; embeddings E·P, each student layer j takes teacher
+Student init [C]: a PCA projection of the teacher. P = the top-H principal directions of the
+teacher's word-embedding table; embeddings E·P, each student layer j takes teacher
 layer map[j]'s matrices as Pᵀ·W·P (the FFN keeps its 4H rows of largest norm), heads W·P.
 """
 
@@ -69,8 +69,9 @@ def init_student(teacher: EIBert, kept_old_ids: np.ndarray, cfg: EIBertConfig) -
     te, se = teacher.encoder, student.encoder
     H = cfg.hidden
     E_t = te.word.weight.detach()[torch.from_numpy(kept_old_ids)]  # (V', 384)
-    _, _, Vt = torch.linalg.svd(E_t - E_t.mean(0), full_matrices=False)
-    P = Vt[:H].T.contiguous()  # (384, H)
+    X = te.word.weight.detach()  # principal directions of the WHOLE table: defined even for tiny vocabularies
+    _, vecs = torch.linalg.eigh(torch.cov(X.T))  # ascending eigenvalues
+    P = vecs[:, -H:].flip(-1).contiguous()  # (384, H): the top-H principal directions
     with torch.no_grad():
         if cfg.emb_dim and cfg.emb_dim != H:
             raise ValueError("SVD init assumes emb_dim == hidden")

@@ -69,7 +69,7 @@ def build(cfg: CompressConfig, out: str | Path, log=print, progress: bool = True
     for t, d in tasks.items():
         if cfg.teacher_epochs > 0:
             teachers[t], teacher_info[t] = cached_teacher(t, len(d.labels), enc_t[t], seed=0,
-                                                          epochs=cfg.teacher_epochs, log=log)
+                                                          epochs=cfg.teacher_epochs, log=log, progress=progress)
         else:  # smoke runs: the pre-trained encoder with an untrained head
             torch.manual_seed(0)
             teachers[t], teacher_info[t] = load_pretrained({t: len(d.labels)}).eval(), {"epochs": 0}

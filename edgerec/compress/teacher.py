@@ -91,7 +91,7 @@ def finetune(task: str, n_classes: int, data: dict[str, Encoded], epochs: int = 
 
 
 def cached_teacher(task: str, n_classes: int, data: dict[str, Encoded], seed: int = 0, epochs: int = 3,
-                   lr: float = 5e-5, log=print) -> tuple[EIBert, dict]:
+                   lr: float = 5e-5, log=print, progress: bool = True) -> tuple[EIBert, dict]:
     """Fine-tune once per (task, seed, settings, data); later calls load the saved weights."""
     from safetensors.torch import load_file, save_file
 
@@ -103,7 +103,7 @@ def cached_teacher(task: str, n_classes: int, data: dict[str, Encoded], seed: in
         model = load_pretrained({task: n_classes})
         model.load_state_dict(load_file(str(path)))
         return model.eval(), json.loads(meta_path.read_text())
-    model, info = finetune(task, n_classes, data, epochs, lr, seed=seed, log=log)
+    model, info = finetune(task, n_classes, data, epochs, lr, seed=seed, log=log, progress=progress)
     d.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
