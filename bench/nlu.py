@@ -192,8 +192,8 @@ def main(argv=None) -> dict:
             write_json_atomic(out, report)
     done = {(s["method"], s["seed"]) for s in report["students"]}
     packs = Path(tempfile.mkdtemp())
-    for m in methods:
-        for seed in seeds:
+    for seed in seeds:  # seed-major: a cut-short run still has every method at the first seeds
+        for m in methods:
             if (m, seed) in done:
                 continue
             print(f"student {m} seed {seed} ...", flush=True)
