@@ -134,7 +134,7 @@ def _ms(vals: list[float]) -> str:
 
 def markdown(report: dict) -> str:
     rows = ["| variant | seeds | relevance AUC (truth) | NDCG@10 (truth, no positions) | exam. Spearman deep / medium / shallow "
-            "| logged test AUC | logged GAUC |", "|---|---|---|---|---|---|---|"]
+            "| exam. curve MAE deep / medium / shallow | logged test AUC | logged GAUC |", "|---|---|---|---|---|---|---|---|"]
     for variant in report["variants"]:
         runs = [r for r in report["runs"] if r["variant"] == variant]
         if not runs:
@@ -142,8 +142,11 @@ def markdown(report: dict) -> str:
         sp = [r["truth"].get("examination_spearman") for r in runs]
         sp_txt = " / ".join(_ms([s[k] for s in sp]) for k in ("deep", "medium", "shallow")) if all(sp) else "n/a"
         ndcg_key = next(k for k in runs[0]["truth"] if k.startswith("request_ndcg"))
+        sh = [r["truth"].get("examination_shape") for r in runs]
+        sh_txt = " / ".join(f"{np.mean([x[k]['mae'] for x in sh]):.3f}" for k in ("deep", "medium", "shallow")) \
+            if all(sh) else "n/a"
         rows.append(f"| {variant} | {len(runs)} | {_ms([r['truth']['relevance_auc'] for r in runs])} | "
-                    f"{_ms([r['truth'][ndcg_key] for r in runs])} | {sp_txt} | "
+                    f"{_ms([r['truth'][ndcg_key] for r in runs])} | {sp_txt} | {sh_txt} | "
                     f"{_ms([r['test']['AUC'] for r in runs])} | {_ms([r['test']['GAUC'] for r in runs])} |")
     return "\n".join(rows)
 
