@@ -48,12 +48,13 @@ class EdgeModel:
         c = self.config
         self.heads_n, self.hidden, self.n_layers = c["heads"], c["hidden"], c["layers"]
         self.max_len = c["max_positions"]
-        # fused q/k/v per layer: one (H, 3H) matmul instead of three
+        # fused q/k/v per layer: one (H, 3H) matmul instead of three, with 1/sqrt(d_head) folded into q
         self.qkv = []
+        qs = np.float32(1.0 / np.sqrt(self.hidden // self.heads_n))
         for i in range(self.n_layers):
             p = f"encoder.layers.{i}."
-            w = np.concatenate([t[p + n + ".weight"] for n in ("query", "key", "value")], axis=0).T.copy()
-            b = np.concatenate([t[p + n + ".bias"] for n in ("query", "key", "value")])
+            w = np.concatenate([t[p + "query.weight"] * qs, t[p + "key.weight"], t[p + "value.weight"]], axis=0).T.copy()
+            b = np.concatenate([t[p + "query.bias"] * qs, t[p + "key.bias"], t[p + "value.bias"]])
             self.qkv.append((w, b))
         self.wt = {k: v.T.copy() for k, v in t.items() if v.ndim == 2 and ".layers." in k}  # (in, out) for x @ W
 
@@ -71,13 +72,16 @@ class EdgeModel:
         x = _layer_norm(x, t["encoder.emb_ln.weight"], t["encoder.emb_ln.bias"])
         h, H = self.heads_n, self.hidden
         dh = H // h
+        padded = not mask.all()  # batch 1 has no padding: skip the additive mask entirely
         bias = (1.0 - mask[:, None, None, :].astype(np.float32)) * np.float32(-1e4)  # (B, 1, 1, T)
         for i in range(self.n_layers):
             p = f"encoder.layers.{i}."
             w, b = self.qkv[i]
             qkv = (x @ w + b).reshape(B, T, 3, h, dh).transpose(2, 0, 3, 1, 4)  # (3, B, h, T, dh)
             q, k, v = qkv[0], qkv[1], qkv[2]
-            logits = q @ k.transpose(0, 1, 3, 2) / np.float32(np.sqrt(dh)) + bias  # (B, h, T, T)
+            logits = q @ k.transpose(0, 1, 3, 2)  # (B, h, T, T), already scaled
+            if padded:
+                logits = logits + bias
             logits = logits - logits.max(-1, keepdims=True)
             e = np.exp(logits)
             probs = e / e.sum(-1, keepdims=True)

@@ -68,6 +68,7 @@ class WordPiece:
             raise ValueError(f"vocabulary lacks the special tokens {missing}")
         self.unk, self.cls, self.sep, self.pad = (self.index[s] for s in ("[UNK]", "[CLS]", "[SEP]", "[PAD]"))
         self.max_word_chars = max_word_chars
+        self._memo: dict[str, list[int]] = {}  # words repeat: segment each once (bounded below)
 
     @classmethod
     def from_file(cls, path) -> "WordPiece":
@@ -75,6 +76,15 @@ class WordPiece:
             return cls([line.rstrip("\n") for line in f])
 
     def word_ids(self, word: str) -> list[int]:
+        hit = self._memo.get(word)
+        if hit is not None:
+            return hit
+        ids = self._segment(word)
+        if len(self._memo) < 200_000:
+            self._memo[word] = ids
+        return ids
+
+    def _segment(self, word: str) -> list[int]:
         if len(word) > self.max_word_chars:
             return [self.unk]
         ids, start = [], 0

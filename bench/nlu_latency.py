@@ -1,0 +1,44 @@
+"""Single-core latency of the numpy EI-BERT runtime on 32-token sentences (issue 6 target: p50 <= 2 ms).
+
+    python bench/nlu_latency.py runs/eibert/cross-seed1.pack
+
+Batch 1, BLAS threads 1, 300 sentences of exactly 32 pieces cut from the sentiment test split,
+5 warm-up calls. Encoder only (ids in, pooled vector and head out) and with tokenization.
+Writes bench/results/nlu_latency.json. Run it on an otherwise idle machine (the numbers in
+docs/results.md were taken with every other benchmark process paused).
+"""
+
+from __future__ import annotations
+
+import os
+
+for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_v] = "1"
+
+import sys  # noqa: E402
+from datetime import datetime, timezone  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def main(argv=None) -> dict:
+    from bench.nlu import edge_latency_32
+    from edgerec.compress.tasks import load_task
+    from edgerec.io import write_json_atomic
+    from edgerec.train.ledger import git_commit, machine_info
+
+    argv = sys.argv[1:] if argv is None else argv
+    pack = Path(argv[0] if argv else ROOT / "runs" / "eibert" / "cross-seed1.pack")
+    r = {"benchmark": "nlu_latency", "pack": str(pack), "bytes": pack.stat().st_size, "git": git_commit(),
+         "machine": machine_info(), "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+         **edge_latency_32(pack, load_task("sentiment").text["test"], "sentiment", 300)}
+    out = ROOT / "bench" / "results" / "nlu_latency.json"
+    write_json_atomic(out, r)
+    print(r)
+    return r
+
+
+if __name__ == "__main__":
+    main()
