@@ -77,13 +77,13 @@ def tfidf_row(task, n_lat: int) -> dict:
 
 
 def teacher_rows(name, task, n_lat: int) -> tuple[dict, dict]:
-    from edgerec.compress.data import encode, pad
-    from edgerec.compress.teacher import cached_teacher, evaluate, teacher_tokenizer
+    from edgerec.compress.data import accuracy, encode, pad
+    from edgerec.compress.teacher import cached_teacher, teacher_tokenizer
 
     tok = teacher_tokenizer()
     enc = encode(tok, task, 64)
     model, info = cached_teacher(name, len(task.labels), enc, seed=0, epochs=3)
-    acc = evaluate(model, enc["test"], name)
+    acc = accuracy(model, enc["test"], name, batch_size=128)
     n_params = sum(p.numel() for p in model.parameters())
 
     def run(x):

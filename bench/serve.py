@@ -182,13 +182,9 @@ def main(argv=None) -> dict:
     print(f"building the service on {a.dataset} ...", flush=True)
     service, meta = build_service(a, store_path, feedback_path)
     users, last_ts = meta.pop("users"), meta.pop("last_ts")
-    port = a.port
-    if not port:
-        import socket
+    from edgerec.serve.ports import free_port
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+    port = a.port or free_port()
     ctx = mp.get_context("fork")  # the child inherits the built service: no second build
     ready = ctx.Event()
     server = ctx.Process(target=serve_forever, args=(service, port, ready), daemon=True)

@@ -167,9 +167,28 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open_store(spec: str):
+    from edgerec.features.store import open_store
+
+    try:
+        return open_store(spec)
+    except ValueError as e:
+        raise EdgerecError(str(e)) from None
+
+
+def _add_store_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", default="sqlite:runs/features.db",
+                   help="memory | sqlite:PATH | redis://HOST:PORT/DB (default %(default)s)")
+
+
+def _add_definition_args(p: argparse.ArgumentParser) -> None:
+    """The FeatureDefinition's sizes: stream and batch must fold with the same ones."""
+    p.add_argument("--max-len", type=int, default=50, help="recent clicks kept per user (default %(default)s)")
+    p.add_argument("--positions", type=int, default=20, help="display positions tracked (default %(default)s)")
+
+
 def _cmd_stream(args: argparse.Namespace) -> int:
     from edgerec.features.definition import FeatureDefinition
-    from edgerec.features.store import open_store
     from edgerec.serve.stream import FileEventSource, events_from_log, run_stream, write_event_file
 
     if bool(args.events) == bool(args.kafka):
@@ -195,10 +214,7 @@ def _cmd_stream(args: argparse.Namespace) -> int:
             raise EdgerecError(f"{args.events}: no such event file (JSON lines; make one with --export-from DATASET).")
         source = FileEventSource(args.events, follow=args.follow, idle_timeout=args.idle_timeout)
         where = str(args.events)
-    try:
-        store = open_store(args.store)
-    except ValueError as e:
-        raise EdgerecError(str(e)) from None
+    store = _open_store(args.store)
     definition = FeatureDefinition(max_len=args.max_len, n_positions=args.positions)
     t0 = time.perf_counter()
     try:
@@ -250,16 +266,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise EdgerecError("edgerec serve: --run RUN_DIR is required (a trained COUPA or DiCycle run; "
                            "see `edgerec train`).")
     from edgerec.data import registry
-    from edgerec.features.store import open_store
     from edgerec.serve.app import create_app
     from edgerec.serve.service import CandidateIndex, FileEventSink, Ranker, RecommendService
 
     t0 = time.perf_counter()
     ranker = Ranker.from_run(args.run)
-    try:
-        store = open_store(args.store)
-    except ValueError as e:
-        raise EdgerecError(str(e)) from None
+    store = _open_store(args.store)
     dataset = args.dataset or ranker.samples.info.get("dataset") or _run_dataset(args.run)
     index = CandidateIndex.from_dataset(registry.load(dataset))
     if args.kafka:
@@ -435,12 +447,10 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--retries", type=int, default=10, help="reconnects to an unreachable store before giving up, "
                                                              "1 s apart (default %(default)s)")
     st.add_argument("--export-from", metavar="DATASET", help="first write DATASET's log to --events (e.g. o2o-sim:tiny)")
-    st.add_argument("--store", default="sqlite:runs/features.db",
-                    help="memory | sqlite:PATH | redis://HOST:PORT/DB (default %(default)s)")
+    _add_store_arg(st)
     st.add_argument("--batch-size", type=int, default=500, help="events per atomic commit (default %(default)s)")
     st.add_argument("--max-messages", type=int, help="stop after this many messages (default: to the end)")
-    st.add_argument("--max-len", type=int, default=50, help="recent clicks kept per user (default %(default)s)")
-    st.add_argument("--positions", type=int, default=20, help="display positions tracked (default %(default)s)")
+    _add_definition_args(st)
     st.set_defaults(func=_cmd_stream)
 
     bt = sub.add_parser("batch", help="daily features and training samples from the event log (Parquet)",
@@ -454,8 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--out", default="runs/batch", help="output folder (default %(default)s)")
     bt.add_argument("--engine", choices=["polars", "spark"], default="polars")
     bt.add_argument("--spark-master", default="local[2]", help="Spark master URL (default %(default)s)")
-    bt.add_argument("--max-len", type=int, default=50, help="recent clicks kept per user (default %(default)s)")
-    bt.add_argument("--positions", type=int, default=20, help="display positions tracked (default %(default)s)")
+    _add_definition_args(bt)
     bt.set_defaults(func=_cmd_batch)
 
     sv = sub.add_parser("serve", help="two-stage recommendation service over HTTP (FastAPI + uvicorn)",
@@ -466,8 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "given. Schema at /openapi.json, try-it page at /docs.")
     sv.add_argument("--run", help="trained run folder (COUPA or DiCycle), e.g. runs/COUPA_o2o/<stamp>-seed1")
     sv.add_argument("--dataset", help="item catalogue (default: the run's dataset)")
-    sv.add_argument("--store", default="sqlite:runs/features.db",
-                    help="memory | sqlite:PATH | redis://HOST:PORT/DB (default %(default)s)")
+    _add_store_arg(sv)
     sv.add_argument("--feedback-to", metavar="FILE", help="append /feedback events to this JSON-lines file "
                                                            "(what `edgerec stream --events FILE` consumes)")
     sv.add_argument("--kafka", metavar="HOST:PORT", help="publish /feedback events to Kafka instead")

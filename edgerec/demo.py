@@ -7,16 +7,9 @@ Nothing to start by hand: the service runs on a free 127.0.0.1 port inside this 
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from pathlib import Path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_loop(config: Path, out: Path, dataset: str = "o2o-sim:tiny", edge_pack: Path | None = None,
@@ -29,6 +22,7 @@ def run_loop(config: Path, out: Path, dataset: str = "o2o-sim:tiny", edge_pack: 
     from edgerec.features.definition import Event, FeatureDefinition
     from edgerec.features.store import SQLiteStore
     from edgerec.serve.app import create_app
+    from edgerec.serve.ports import free_port
     from edgerec.serve.service import CandidateIndex, FileEventSink, Ranker, RecommendService
     from edgerec.serve.stream import FileEventSource, events_from_log, run_stream, write_event_file
     from edgerec.train.config import load_experiment
@@ -75,7 +69,7 @@ def run_loop(config: Path, out: Path, dataset: str = "o2o-sim:tiny", edge_pack: 
     fb_path = out / "feedback.jsonl"
     fb_path.write_text("")
     service = RecommendService(ranker, CandidateIndex.from_dataset(ds), store, FileEventSink(fb_path))
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="error"))
     th = threading.Thread(target=server.run, daemon=True)
     th.start()

@@ -35,6 +35,17 @@ def pad(ids: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tens
     return torch.from_numpy(out), torch.from_numpy(mask)  # (B, T), (B, T)
 
 
+@torch.no_grad()
+def accuracy(model, enc: Encoded, task: str, batch_size: int = 256) -> float:
+    """Share of `enc`'s sentences whose argmax logit is the label (teacher and student alike)."""
+    model.eval()
+    correct = 0
+    for idx in batches(enc, batch_size):
+        ids, mask = pad([enc.ids[i] for i in idx])
+        correct += int((model(ids, mask, task)["logits"].argmax(-1).numpy() == enc.y[idx]).sum())
+    return correct / max(len(enc), 1)
+
+
 def batches(enc: Encoded, batch_size: int, rng: np.random.Generator | None = None) -> Iterator[np.ndarray]:
     """Index arrays; with `rng`, shuffled but bucketed by length (sort within chunks of 50 batches)
     so padding stays small, and the batch order shuffled."""

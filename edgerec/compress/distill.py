@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from edgerec.compress.data import Encoded, batches, pad
+from edgerec.compress.data import Encoded, accuracy, batches, pad
 from edgerec.models.eibert import EIBert, EIBertConfig
 
 METHODS = ("kd", "tinybert", "cross")
@@ -244,12 +244,3 @@ def distill(student: EIBert, teachers: dict[str, EIBert], data_s: dict[str, dict
         [np.mean(list(h.values())) for h in history])) + 1, "teacher_cache_seconds": round(cache_s, 1),
         "seconds": round(time.time() - t0, 1)}
 
-
-@torch.no_grad()
-def accuracy(model: EIBert, enc: Encoded, task: str) -> float:
-    model.eval()
-    correct = 0
-    for idx in batches(enc, 256):
-        ids, mask = pad([enc.ids[i] for i in idx])
-        correct += int((model(ids, mask, task)["logits"].argmax(-1).numpy() == enc.y[idx]).sum())
-    return correct / max(len(enc), 1)

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgerec.compress.data import Encoded, encode
-from edgerec.compress.distill import DistillConfig, accuracy, distill, init_heads, init_student
+from edgerec.compress.data import Encoded, accuracy, encode
+from edgerec.compress.distill import DistillConfig, distill, init_heads, init_student
 from edgerec.compress.pack import write_artifact
 from edgerec.compress.prune import attention_importance, remap, select_vocab, unk_rate
 from edgerec.compress.quantize import dequantized, export_tensors

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from edgerec.compress.data import Encoded, batches, pad
+from edgerec.compress.data import Encoded, accuracy, batches, pad
 from edgerec.data.assets import TEACHER, cache_dir
 from edgerec.errors import AssetError
 from edgerec.io import atomic_path
@@ -46,16 +46,6 @@ def load_pretrained(tasks: dict[str, int], dropout: float = 0.1) -> EIBert:
     return model
 
 
-@torch.no_grad()
-def evaluate(model: EIBert, enc: Encoded, task: str, batch_size: int = 128) -> float:
-    model.eval()
-    correct = 0
-    for idx in batches(enc, batch_size):
-        ids, mask = pad([enc.ids[i] for i in idx])
-        correct += int((model(ids, mask, task)["logits"].argmax(-1).numpy() == enc.y[idx]).sum())
-    return correct / max(len(enc), 1)
-
-
 def finetune(task: str, n_classes: int, data: dict[str, Encoded], epochs: int = 3, lr: float = 5e-5,
              batch_size: int = 32, seed: int = 0, log=print, progress: bool = True) -> tuple[EIBert, dict]:
     torch.manual_seed(seed)
@@ -81,7 +71,7 @@ def finetune(task: str, n_classes: int, data: dict[str, Encoded], epochs: int = 
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
-        acc = evaluate(model, data["valid"], task)
+        acc = accuracy(model, data["valid"], task, batch_size=128)
         hist.append(acc)
         log(f"  teacher {task} epoch {ep + 1}: valid acc {acc:.4f}")
         if acc > best:

@@ -177,23 +177,21 @@ def _run_spark(events: pa.Table, definition: FeatureDefinition, master: str) -> 
                   "hist_position array<long>, slot_clicks array<long>, position_clicks array<long>, "
                   "exposures long, clicks long, user_clicks long, user_exposures long, slot_clicks_now long")
 
+    tag_columns = [tuple(c.split()) for c in tag_schema.split(", ")]
+
     def per_user(pdf: pd.DataFrame) -> pd.DataFrame:  # runs on the executors: the same fold as polars
         pdf = pdf.sort_values(["ts", "seq"], kind="stable")
         rows = {c: [None if pd.isna(v) else v for v in pdf[c].tolist()] if c in ("position", "request_id")
                 else pdf[c].tolist() for c in pdf.columns}
-        snaps, samples = fold_user(rows, definition)
-        a = pd.DataFrame(snaps)
-        a.insert(0, "kind_of_row", "user")
-        b = pd.DataFrame(samples)
-        b.insert(0, "kind_of_row", "sample")
-        out = pd.concat([a, b], ignore_index=True)
-        for c, typ in (c.split() for c in tag_schema.split(", ")):
-            if c in a.columns and c in b.columns:
-                continue  # filler for the other kind's columns; dropped again by `select` below
-            fill = pd.Series([[] for _ in range(len(out))]) if typ.startswith("array") else 0
-            out[c] = out[c].where(out["kind_of_row"] == ("user" if c in a.columns else "sample"), fill) \
-                if c in out.columns else fill
-        return out[[c.split()[0] for c in tag_schema.split(", ")]]
+        parts = []
+        for kind, cols in zip(("user", "sample"), fold_user(rows, definition)):
+            n = len(cols["user_id"])
+            for c, typ in tag_columns:  # the other kind's columns get fillers, dropped by `select` below
+                if c not in cols:
+                    cols[c] = [kind] * n if c == "kind_of_row" else [[] for _ in range(n)] \
+                        if typ.startswith("array") else [0] * n
+            parts.append(pd.DataFrame(cols)[[c for c, _ in tag_columns]])
+        return pd.concat(parts, ignore_index=True)
 
     folded = df.groupBy("user_id").applyInPandas(per_user, schema=tag_schema).toArrow()
     user_cols = [f.name for f in USER_SCHEMA]

@@ -141,6 +141,10 @@ class CandidateIndex:
         np.add.at(counts, (np.searchsorted(ids, it), how), 1.0)
         return cls(ids, cat, titles, counts)
 
+    def __post_init__(self) -> None:
+        # per request only the 3-hour window changes; the smoothed per-item total is fixed
+        self._slot_denominator = self.slot_clicks.sum(1) + HOURS_PER_WEEK / 3  # (N,)
+
     @property
     def channels(self) -> list[str]:
         return ["all", *sorted(set(self.channel.tolist()))]
@@ -151,7 +155,7 @@ class CandidateIndex:
             raise EdgerecError(f"channel {channel!r} is unknown; choose one of {self.channels}.")
         h = hour_of_week(ts)
         near = self.slot_clicks[:, [(h - 1) % HOURS_PER_WEEK, h, (h + 1) % HOURS_PER_WEEK]].sum(1)  # (N,)
-        score = (near + 1.0) / (self.slot_clicks.sum(1) + HOURS_PER_WEEK / 3)  # share of clicks in this slot
+        score = (near + 1.0) / self._slot_denominator  # share of clicks in this slot
         if channel != "all":
             score = np.where(self.channel == channel, score, -np.inf)
         n = min(n, int(np.isfinite(score).sum()))
