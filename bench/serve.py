@@ -1,13 +1,15 @@
 """Bounded load test of the two-stage service on loopback (issue 5).
 
     python bench/serve.py                       # o2o-sim, COUPA_o2o architecture, 100 req/s for 30 s
-    python bench/serve.py --run runs/bench/COUPA_o2o/<stamp>-seed1 --rate 100 --seconds 60
+    python bench/serve.py --run runs/bench/COUPA_o2o/<stamp>-seed1 --rates 100 --seconds 60
     python bench/serve.py --quick               # o2o-sim:tiny, COUPA_test, 20 req/s for 3 s (smoke)
 
-What runs where (2 cores): the uvicorn server with the service in one process (torch 1 thread), the
-load generator in this one. The generator is OPEN-LOOP: request i is due at t0 + i/rate whatever
-happened before, and its latency is counted from when it was due, so a slow server shows up as
-queueing in the tail instead of as a lower offered rate (no coordinated omission).
+What runs where (2 cores): the server, `edgerec.serve.server.run` (uvicorn, --workers processes, default
+2, each with the service and torch 1 thread, sharing the SQLite store), and the load generator in this
+process. The generator is OPEN-LOOP: request i is due at t0 + i/rate whatever happened before, and
+its latency is counted from when it was due, so a slow server shows up as queueing in the tail
+instead of as a lower offered rate (no coordinated omission). CPU seconds of the server processes
+and of the generator are read from /proc around each run and reported per request.
 
 Each request: a random user of the dataset, ts = one day after the log, channel 'all', 200
 candidates, top 20. Reported: achieved QPS, client latency p50/p90/p99/max, the server's own
@@ -38,53 +40,62 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 
+def tree_cpu_seconds(root: int) -> float:
+    """User + system CPU seconds of process `root` and all its descendants (Linux /proc)."""
+    parent, cpu = {}, {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            f = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parent[int(d.name)] = int(f[1])
+        cpu[int(d.name)] = (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    tree, todo = set(), [root]
+    while todo:
+        p = todo.pop()
+        tree.add(p)
+        todo += [c for c, pp in parent.items() if pp == p and c not in tree]
+    return sum(cpu.get(p, 0.0) for p in tree)
+
+
 def _pct(v, q):
     return float(np.percentile(np.asarray(v, dtype=np.float64), q)) if len(v) else float("nan")
 
 
-def build_service(a, store_path: Path, feedback_path: Path):
-    import torch
-
+def build(a, store_path: Path, feedback_path: Path):
+    """The recipe every server worker builds from, and the store filled with the dataset's log."""
     from edgerec.data import registry
-    from edgerec.features.definition import FeatureDefinition
     from edgerec.features.store import SQLiteStore
-    from edgerec.serve.service import CandidateIndex, FileEventSink, Ranker, RecommendService
+    from edgerec.serve.server import ServiceRecipe, build_ranker
     from edgerec.serve.stream import events_from_log
-    from edgerec.train.config import load_experiment
-    from edgerec.train.experiment import build_model, build_samples
 
-    torch.set_num_threads(1)
-    if a.run:
-        ranker, weights = Ranker.from_run(a.run), f"trained ({a.run})"
-    else:
-        cfg = load_experiment(ROOT / "configs" / "ctr.yaml", a.expid, [f"dataset={a.dataset}"])
-        samples = build_samples(cfg)
-        model = build_model(cfg, samples.spec)
-        d = FeatureDefinition(max_len=samples.spec.max_len, n_positions=max(samples.spec.n_positions, 1))
-        ranker, weights = Ranker(model, samples, d), f"untrained {a.expid} architecture (latency only)"
-    ds = registry.load(a.dataset)
+    recipe = ServiceRecipe(store=f"sqlite:{store_path}", run=a.run, expid=None if a.run else a.expid,
+                           config=str(ROOT / "configs" / "ctr.yaml"), dataset=None if a.run else a.dataset,
+                           feedback_to=str(feedback_path), threads=a.threads)
+    ranker, dataset = build_ranker(recipe)
+    weights = f"trained ({a.run})" if a.run else f"untrained {a.expid} architecture (latency only)"
+    ds = registry.load(dataset)
     store = SQLiteStore(store_path)
     t0 = time.perf_counter()
     events = list(events_from_log(ds.events))
     for lo in range(0, len(events), 20_000):
         store.apply(events[lo: lo + 20_000], ranker.definition, "log", lo)
+    store.close()
     load_s = time.perf_counter() - t0
-    service = RecommendService(ranker, CandidateIndex.from_dataset(ds), store, FileEventSink(feedback_path))
+    items = ds.items.column("item_id").to_numpy() if ds.items is not None else []
     meta = {"weights": weights, "model": type(ranker.model).__name__, "two_stage": ranker.two_stage,
-            "items": int(len(service.index.item_ids)), "events_loaded": len(events), "store_load_seconds": round(load_s, 1),
+            "items": int(len(items)), "events_loaded": len(events), "store_load_seconds": round(load_s, 1),
             "users": ds.events.column("user_id").unique().to_numpy().tolist(), "last_ts": int(max(e.ts for e in events))}
-    return service, meta
+    return recipe, ranker, dataset, meta
 
 
-def serve_forever(service, port: int, ready) -> None:
-    import uvicorn
+def serve_forever(recipe, ranker, dataset, port: int, workers: int) -> None:
+    from edgerec.serve import server
 
-    from edgerec.serve.app import create_app
-
-    config = uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="error")
-    server = uvicorn.Server(config)
-    ready.set()
-    server.run()
+    service = server.build_service(recipe, ranker, dataset) if workers == 1 else None
+    server.run(recipe, "127.0.0.1", port, workers, "error", service=service)
 
 
 async def load(port: int, rate: float, seconds: float, users: list[int], ts: int, n_cand: int, k: int, seed: int):
@@ -168,11 +179,15 @@ def main(argv=None) -> dict:
     p.add_argument("--k", type=int, default=20)
     p.add_argument("--lag-events", type=int, default=100)
     p.add_argument("--port", type=int, default=0)
+    p.add_argument("--workers", type=int, help="uvicorn worker processes (default 2; 1 with --quick)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per worker (default %(default)s)")
     p.add_argument("--out")
     p.add_argument("--quick", action="store_true")
     a = p.parse_args(argv)
     if a.quick:
         a.dataset, a.expid, a.rates, a.seconds, a.candidates, a.lag_events = "o2o-sim:tiny", "COUPA_test", "20", 3, 100, 5
+        a.workers = a.workers or 1
+    a.workers = a.workers or 2
     rates = [float(r) for r in a.rates.split(",")]
     name = a.dataset.replace("-", "").replace(":", "_")
     out = Path(a.out) if a.out else (ROOT / "runs" / "bench" / "serve_quick.json" if a.quick
@@ -180,43 +195,56 @@ def main(argv=None) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="edgerec-serve-bench-"))
     store_path, feedback_path = tmp / "features.db", tmp / "feedback.jsonl"
     print(f"building the service on {a.dataset} ...", flush=True)
-    service, meta = build_service(a, store_path, feedback_path)
+    recipe, ranker, dataset, meta = build(a, store_path, feedback_path)
     users, last_ts = meta.pop("users"), meta.pop("last_ts")
     from edgerec.serve.ports import free_port
 
     port = a.port or free_port()
-    ctx = mp.get_context("fork")  # the child inherits the built service: no second build
-    ready = ctx.Event()
-    server = ctx.Process(target=serve_forever, args=(service, port, ready), daemon=True)
+    ctx = mp.get_context("fork")  # one worker: the child inherits the built ranker; more: uvicorn spawns them
+    server = ctx.Process(target=serve_forever, args=(recipe, ranker, dataset, port, a.workers))
     server.start()
-    ready.wait(30)
     import httpx2
 
-    for _ in range(200):  # wait until uvicorn answers
+    pids = set()
+    for _ in range(1200):  # wait until every worker answers (each builds its service: seconds)
         try:
-            httpx2.get(f"http://127.0.0.1:{port}/health", timeout=1).raise_for_status()
-            break
+            r = httpx2.get(f"http://127.0.0.1:{port}/health", timeout=1)
+            r.raise_for_status()
+            pids.add(r.json().get("pid"))
+            if len(pids) >= a.workers:
+                break
         except Exception:
-            time.sleep(0.1)
+            pass
+        time.sleep(0.1)
+    else:
+        raise RuntimeError(f"the server on port {port} did not answer /health from {a.workers} workers in 120 s")
     try:
         print("warm-up ...", flush=True)
         asyncio.run(load(port, min(rates[0], 50), 1.0, users, last_ts + 86400, a.candidates, a.k, seed=0))
         res = []
         for rate in rates:
             print(f"load: {rate:g} req/s for {a.seconds:g} s, {a.candidates} candidates ...", flush=True)
-            res.append({"rate": rate, **asyncio.run(load(port, rate, a.seconds, users, last_ts + 86400,
-                                                         a.candidates, a.k, seed=1))})
+            server_cpu0, client_cpu0 = tree_cpu_seconds(server.pid), time.process_time()
+            r = asyncio.run(load(port, rate, a.seconds, users, last_ts + 86400, a.candidates, a.k, seed=1))
+            n = max(r["requests"], 1)
+            r["cpu_ms_per_request"] = {"server": round(1e3 * (tree_cpu_seconds(server.pid) - server_cpu0) / n, 2),
+                                       "client": round(1e3 * (time.process_time() - client_cpu0) / n, 2)}
+            res.append({"rate": rate, **r})
             time.sleep(2)  # let the queue drain before the next rate
         print("streaming lag ...", flush=True)
-        lag = stream_lag(port, store_path, feedback_path, service.ranker.definition, a.lag_events, users,
+        lag = stream_lag(port, store_path, feedback_path, ranker.definition, a.lag_events, users,
                          last_ts + 2 * 86400)
     finally:
-        server.terminate()
-        server.join(10)
+        server.terminate()  # uvicorn's supervisor stops its workers on SIGTERM
+        server.join(30)
+        if server.is_alive():
+            server.kill()
     report = {"benchmark": "serve", "dataset": a.dataset, "git": git_commit(), "machine": machine_info(),
               "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "setup": {**meta, "seconds": a.seconds, "candidates": a.candidates, "k": a.k,
-                        "store": "SQLiteStore", "server": "uvicorn, 1 process, async endpoints, torch 1 thread",
+                        "store": "SQLiteStore", "workers": a.workers, "threads": a.threads,
+                        "server": f"uvicorn, {a.workers} worker process(es), async endpoints, torch {a.threads} "
+                                  "thread(s) each",
                         "client": "httpx2 AsyncClient, open loop"},
               "load": res, "stream": lag, "target": "p99 <= 30 ms at 100 req/s (issue 5)"}
     write_json_atomic(out, report)
@@ -230,13 +258,15 @@ def main(argv=None) -> dict:
 def markdown(r: dict) -> str:
     s = r["setup"]
     rows = ["| offered | achieved | ok / errors | client p50 | p90 | p99 | max | server features p50/p99 "
-            "| stage 1 p50/p99 | stage 2 p50/p99 |", "|---|---|---|---|---|---|---|---|---|---|"]
+            "| stage 1 p50/p99 | stage 2 p50/p99 | CPU per request: server / client |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for L in r["load"]:
         st = L["server_stage_ms"]
         rows.append(f"| {L['rate']:g}/s × {s['seconds']:g} s | {L['achieved_qps']}/s | {L['ok']} / {L['errors']} | "
                     f"{L['latency_ms']['p50']} ms | {L['latency_ms']['p90']} ms | {L['latency_ms']['p99']} ms | "
                     f"{L['latency_ms']['max']} ms | {st['features']['p50']} / {st['features']['p99']} ms | "
-                    f"{st['stage1']['p50']} / {st['stage1']['p99']} ms | {st['stage2']['p50']} / {st['stage2']['p99']} ms |")
+                    f"{st['stage1']['p50']} / {st['stage1']['p99']} ms | {st['stage2']['p50']} / {st['stage2']['p99']} ms | "
+                    f"{L['cpu_ms_per_request']['server']} / {L['cpu_ms_per_request']['client']} ms |")
     return "\n".join([
         *rows,
         "",

@@ -265,39 +265,27 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if not args.run:
         raise EdgerecError("edgerec serve: --run RUN_DIR is required (a trained COUPA or DiCycle run; "
                            "see `edgerec train`).")
-    from edgerec.data import registry
-    from edgerec.serve.app import create_app
-    from edgerec.serve.service import CandidateIndex, FileEventSink, Ranker, RecommendService
+    from edgerec.serve import server
 
     t0 = time.perf_counter()
-    ranker = Ranker.from_run(args.run)
-    store = _open_store(args.store)
-    dataset = args.dataset or ranker.samples.info.get("dataset") or _run_dataset(args.run)
-    index = CandidateIndex.from_dataset(registry.load(dataset))
-    if args.kafka:
-        from edgerec.serve.kafka import KafkaEventSink, ensure_topic
-
-        ensure_topic(args.kafka, args.topic)
-        sink, to = KafkaEventSink(args.kafka, args.topic), f"kafka {args.kafka} topic {args.topic}"
-    elif args.feedback_to:
-        sink, to = FileEventSink(args.feedback_to), args.feedback_to
-    else:
-        sink, to = None, "applied in-process to the store"
-    app = create_app(RecommendService(ranker, index, store, sink))
+    recipe = server.ServiceRecipe(store=args.store, run=args.run, dataset=args.dataset, feedback_to=args.feedback_to,
+                                  kafka=args.kafka, topic=args.topic, threads=args.threads)
+    server.check_workers(recipe, args.workers)
+    service = server.build_service(recipe)  # also with --workers > 1: fails here, readably, before any worker
     if args.openapi:
-        _write_openapi(app, args.openapi)
-    print(f"serving {type(ranker.model).__name__} from {args.run} over {len(index.item_ids):,} items of {dataset}; "
-          f"store {args.store}; feedback -> {to}; ready in {time.perf_counter() - t0:.1f} s\n"
+        from edgerec.serve.app import create_app
+
+        _write_openapi(create_app(service), args.openapi)
+    to = (f"kafka {args.kafka} topic {args.topic}" if args.kafka else args.feedback_to or "applied in-process to the store")
+    print(f"serving {type(service.ranker.model).__name__} from {args.run} over {len(service.index.item_ids):,} items; "
+          f"store {args.store}; feedback -> {to}; {args.workers} worker(s) x {args.threads} torch thread(s); "
+          f"ready in {time.perf_counter() - t0:.1f} s\n"
           f"  http://{args.host}:{args.port}/docs  (POST /recommend, POST /feedback, GET /health)")
-    import uvicorn
-
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    if args.workers > 1:
+        service.store.close()  # the workers open their own
+        service = None
+    server.run(recipe, args.host, args.port, args.workers, args.log_level, service=service)
     return 0
-
-
-def _run_dataset(run_dir: str) -> str:
-    cfg = json.loads((Path(run_dir) / "config.json").read_text())
-    return cfg["experiment"]["dataset"]
 
 
 def _write_openapi(app, path: str) -> None:
@@ -482,6 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--topic", default="edgerec-events", help="Kafka topic (default %(default)s)")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default %(default)s); "
+                    "more than 1 needs a shared --store (sqlite: or redis://)")
+    sv.add_argument("--threads", type=int, default=1, help="torch threads per worker (default %(default)s)")
     sv.add_argument("--log-level", default="warning")
     sv.add_argument("--openapi", metavar="PATH", help="write the OpenAPI schema to PATH (without --run: and exit)")
     sv.set_defaults(func=_cmd_serve)

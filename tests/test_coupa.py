@@ -181,14 +181,17 @@ def test_explain_coupa_writes_intensity_and_examination(config_dir):
     assert ex["segment_by"].startswith("true browsing segment") and set(ex["learned"]) == set(ex["true"])
 
 
-@pytest.mark.parametrize("use_pp", [True, False])
-def test_two_stage_serving_equals_one_pass(imp, use_pp):
-    """Stage 1 (user side, once) + stage 2 (200 candidates) == the single-pass forward, within 1e-5."""
+@pytest.mark.parametrize("use_pp,history", [(True, "longest"), (False, "longest"), (True, "empty")])
+def test_two_stage_serving_equals_one_pass(imp, use_pp, history):
+    """Stage 1 (user side, once) + stage 2 (200 candidates) == the single-pass forward, within 1e-5;
+    also for a user with no history (the dense serving path has its own N = 0 branch)."""
     torch.manual_seed(0)
     model = COUPA(imp.spec, embedding_dim=8, use_point_process=use_pp).eval()
     sp = imp.splits["test"]
     row = int(np.argmax(sp.hist_end - sp.hist_start))
     one = imp.make_batch(sp, np.array([row]))
+    if history == "empty":
+        one = {k: torch.zeros_like(v) if k.startswith("hist_") else v for k, v in one.items()}
     items = torch.from_numpy(np.random.default_rng(0).integers(1, imp.spec.n_items, 200))
     feats = {n: torch.from_numpy(codes[items.numpy()]) for n, codes in imp.item_feats.items()}
     cache = model.serve_user({k: v for k, v in one.items() if k not in ("item", "label", "position")})

@@ -170,3 +170,68 @@ def test_bench_serve_quick_measures_every_stage(tmp_path):
     assert load["ok"] + load["errors"] == load["requests"] and load["errors"] == 0
     assert all(v["p50"] > 0 for v in load["server_stage_ms"].values())
     assert r["stream"]["events"] == 5 and r["stream"]["lag_ms"]["max"] < 10_000
+
+
+def test_listener_reports_tcp_so_workers_get_nodelay():
+    """uvicorn's own multi-worker listener has proto 0, so asyncio skips TCP_NODELAY (uvicorn#3149)."""
+    import socket
+
+    from edgerec.serve.server import TCPConfig
+
+    sock = TCPConfig("x:y", host="127.0.0.1", port=0).bind_socket()
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()
+
+
+def test_serve_with_two_workers_answers_from_both_and_scores_like_in_process(trained, ranker, events, tmp_path):
+    """`edgerec serve --workers 2`: two uvicorn worker processes, each built from the recipe, share the
+    SQLite store; both answer, and their scores equal the in-process service's."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import httpx2
+
+    from edgerec.features.store import SQLiteStore
+    from edgerec.serve.ports import free_port
+
+    db = tmp_path / "f.db"
+    store = SQLiteStore(db)
+    store.apply(events[: len(events) // 2], ranker.definition)
+    from edgerec.data import registry
+
+    local = RecommendService(ranker, CandidateIndex.from_dataset(registry.load("o2o-sim:tiny")), store)
+    port = free_port()
+    env = {**os.environ, "EDGEREC_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "edgerec.cli", "serve", "--run", trained.run_dir, "--store",
+                             f"sqlite:{db}", "--workers", "2", "--port", str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        pids, deadline = set(), time.time() + 120
+        with httpx2.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as c:
+            while len(pids) < 2 and time.time() < deadline:
+                try:
+                    with httpx2.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as fresh:  # new connection
+                        pids.add(fresh.get("/health").json()["pid"])
+                except httpx2.TransportError:
+                    assert proc.poll() is None, proc.stdout.read()
+                    time.sleep(0.2)
+            assert len(pids) == 2, f"workers answering: {pids}"
+            body = {"user_id": events[0].user_id, "ts": events[-1].ts, "n_candidates": 50, "k": 10}
+            got = c.post("/recommend", json=body).json()
+        want = local.recommend(**body)
+        assert [it["item_id"] for it in got["items"]] == [it["item_id"] for it in want["items"]]
+        assert np.allclose([it["score"] for it in got["items"]], [it["score"] for it in want["items"]], atol=1e-6)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_two_workers_need_a_shared_store(trained, capsys):
+    from edgerec.cli import main
+
+    assert main(["serve", "--run", trained.run_dir, "--store", "memory", "--workers", "2"]) == 2
+    assert "needs a store the workers share" in capsys.readouterr().err

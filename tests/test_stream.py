@@ -64,6 +64,10 @@ def test_memory_and_sqlite_and_batch_fold_agree(tmp_path, log_events):
     assert _snapshot(mem, users, items) == _snapshot(sql, users, items)
     clicks = sum(e.kind == "click" for e in log_events)
     assert sum(mem.user(u).clicks for u in users) == clicks  # every click counted exactly once
+    # the bulk read of the serving path (SQL-side field extraction) equals the one-by-one read
+    ids = sorted(items)[:600] + [max(items) + 1]  # > 500: two SQL chunks; plus an unknown item
+    assert sql.items(ids) == [sql.item(i) for i in ids] == mem.items(ids)
+    assert sql.items(ids)[-1].exposures == 0
 
 
 class Crash(Exception):

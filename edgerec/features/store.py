@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from dataclasses import fields
 from pathlib import Path
 from typing import Iterable, Protocol
 
@@ -119,11 +120,14 @@ class SQLiteStore:
         return self._get("items", "item_id", item_id, ItemState)
 
     def items(self, item_ids: list[int]) -> list[ItemState]:
+        # the serving hot path (200 candidates per request): SQLite extracts the fields, which costs
+        # about half of json.loads + from_dict per row in Python
+        cols = ", ".join(f"json_extract(state, '$.{f.name}')" for f in fields(ItemState))
         found: dict[int, ItemState] = {}
         for lo in range(0, len(item_ids), 500):  # SQLite's bound-parameter limit
             chunk = item_ids[lo: lo + 500]
-            q = f"SELECT item_id, state FROM items WHERE item_id IN ({','.join('?' * len(chunk))})"
-            found.update((k, ItemState.from_dict(json.loads(v))) for k, v in self.db.execute(q, chunk))
+            q = f"SELECT item_id, {cols} FROM items WHERE item_id IN ({','.join('?' * len(chunk))})"
+            found.update((row[0], ItemState(*row[1:])) for row in self.db.execute(q, chunk))
         return [found.get(i, ItemState()) for i in item_ids]
 
     def offset(self, source: str) -> int | None:

@@ -82,10 +82,13 @@ class COUPA(CTRModel):
         hist = self.time.history_side(batch["ts"], e_k, packed.pack(batch["hist_ts"]), packed) if self.time else e_k
         return self._score(batch, e_i, hist, packed, e_u)
 
-    def _score(self, batch, e_i, hist, packed: PackedHistory, e_u) -> dict[str, torch.Tensor]:
+    def _score(self, batch, e_i, hist, packed: PackedHistory | None, e_u, pp: dict | None = None
+               ) -> dict[str, torch.Tensor]:
+        """The relevance tower; `pp` is the point process's output when the caller computed it already."""
         extra: dict[str, torch.Tensor] = {}
         if self.time is not None:
-            pp = self.time.target_side(e_i, batch["ts"], hist, packed, e_u)
+            if pp is None:
+                pp = self.time.target_side(e_i, batch["ts"], hist, packed, e_u)
             pooled = pp["h_time"]  # (B, d)
             parts = [pooled, pp["log_intensity"].unsqueeze(-1)]
             extra.update(log_intensity=pp["log_intensity"], attention=pp["attention"])
@@ -107,10 +110,16 @@ class COUPA(CTRModel):
     @torch.no_grad()
     def serve_user(self, request: dict[str, torch.Tensor]) -> dict:
         """Stage 1 for ONE request (a batch of 1: user, ts, hist_*): everything candidate-free."""
-        self.eval()
+        if self.training:
+            raise RuntimeError("serve_user needs the model in eval mode (model.eval()): serving never reads "
+                               "positions or dropout")
         packed = PackedHistory(request["hist_mask"])
         e_k = self.emb.history(request, packed)  # (N, d)
-        hist = self.time.history_side(request["ts"], e_k, packed.pack(request["hist_ts"]), packed) if self.time else e_k
+        if self.time is not None:
+            hist = self.time.serving_history(self.time.history_side(request["ts"], e_k, packed.pack(request["hist_ts"]),
+                                                                    packed))
+        else:
+            hist = e_k
         return {"request": request, "hist": hist, "e_user": self.emb.user(request), "mask": request["hist_mask"]}
 
     @torch.no_grad()
@@ -118,14 +127,17 @@ class COUPA(CTRModel):
                          ) -> torch.Tensor:
         """Stage 2: served relevance (C,) of candidate item indices `items` (C,) for the cached request."""
         C = items.shape[0]
-        packed = PackedHistory(cache["mask"].expand(C, -1))  # every candidate row sees the same history
-        tile = (lambda t: t.repeat(C, *[1] * (t.dim() - 1)))  # (N, ...) -> (C*N, ...) in packed row order
-        hist = {k: tile(v) for k, v in cache["hist"].items()} if isinstance(cache["hist"], dict) else tile(cache["hist"])
         batch = {"item": items, "ts": cache["request"]["ts"].expand(C)}
         for name, codes in (item_features or {}).items():
             batch[f"item_{name}"] = codes
+        e_i = self.emb.target(batch)  # (C, d)
         e_u = None if cache["e_user"] is None else cache["e_user"].expand(C, -1)
-        return torch.sigmoid(self._score(batch, self.emb.target(batch), hist, packed, e_u)["z"])
+        if self.time is not None:  # dense over (C, N): one history, no tiling
+            pp = self.time.target_side_one_history(e_i, batch["ts"], cache["hist"], e_u)
+            return torch.sigmoid(self._score(batch, e_i, None, None, e_u, pp=pp)["z"])
+        packed = PackedHistory(cache["mask"].expand(C, -1))  # every candidate row sees the same history
+        hist = cache["hist"].repeat(C, 1)  # (N, d) -> (C*N, d) in packed row order
+        return torch.sigmoid(self._score(batch, e_i, hist, packed, e_u)["z"])
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         rel = self.relevance(batch)

@@ -13,9 +13,11 @@ for the torch kernels and the stream processor.
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from fastapi import FastAPI, HTTPException
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgerec.errors import EdgerecError
@@ -67,8 +69,8 @@ def create_app(service):
 
     @app.post("/recommend", response_model=RecommendResponse)
     async def recommend(req: RecommendRequest):
-        try:
-            return service.recommend(req.user_id, req.ts, req.channel, req.n_candidates, req.k)
+        try:  # built by us, so no second validation pass over it: straight to JSON (the schema is still published)
+            return JSONResponse(service.recommend(req.user_id, req.ts, req.channel, req.n_candidates, req.k))
         except EdgerecError as e:
             raise HTTPException(status_code=422, detail=[{"loc": ["body", "channel"], "msg": str(e),
                                                           "type": "value_error"}]) from None
@@ -81,7 +83,7 @@ def create_app(service):
     @app.get("/health")
     async def health() -> dict:
         r = service.ranker
-        return {"status": "ok", "model": type(r.model).__name__, "two_stage": r.two_stage,
+        return {"status": "ok", "pid": os.getpid(), "model": type(r.model).__name__, "two_stage": r.two_stage,
                 "store": type(service.store).__name__, "channels": service.index.channels,
                 "items": int(len(service.index.item_ids))}
 
