@@ -131,7 +131,8 @@ class PointProcessIntensity(nn.Module):
         a = torch.softmax(q @ hist["k"].T / math.sqrt(d), dim=-1)  # (C, N)
         first = self.excite.net[0]
         _, w_t, w_x, _ = first.weight.split([d, d, d, first.in_features - 3 * d], dim=1)  # (h, d) each
-        pair = torch.matmul(hist["e_hist"], e_target[:, :, None] * w_x.T)  # (N, d) @ (C, d, h) -> (C, N, h)
+        prod = (e_target[:, None, :] * hist["e_hist"][None]).view(C * N, d)  # (C*N, d): e_t ⊙ e_h per pair
+        pair = (prod @ w_x.T).view(C, N, -1)  # (C, N, h): one tall GEMM, faster here than C small ones
         pair += hist["excite_pre"]  # (C, N, h) + (N, h)
         pair += (e_target @ w_t.T)[:, None, :]  # (C, N, h) + (C, 1, h)
         for layer in self.excite.net[1:]:  # ReLU in place: the (C, N, h) tensor is the biggest one here
