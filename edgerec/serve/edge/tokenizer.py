@@ -12,6 +12,7 @@ back to its sub-pieces, and to [UNK] only when no segmentation exists.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -30,7 +31,21 @@ def _is_cjk(cp: int) -> bool:
             or 0x2F800 <= cp <= 0x2FA1F)
 
 
+# ASCII fast path: delete control characters (HF's _clean_text), turn \t \n \r into spaces; what is
+# left is letters, digits, spaces and punctuation (every other printable ASCII character is
+# punctuation to BERT), and NFD accent stripping is a no-op.
+_ASCII_CLEAN = {cp: None for cp in [*range(32), 127] if chr(cp) not in "\t\n\r"} | {ord(c): " " for c in "\t\n\r"}
+_ASCII_WORD_OR_PUNCT = re.compile(r"[a-z0-9]+|[^a-z0-9 ]")
+
+
 def basic_tokens(text: str) -> list[str]:
+    """Clean, lower-case, strip accents, split on white space and punctuation (BERT's BasicTokenizer)."""
+    if text.isascii():  # most sentences: one translate and one regex instead of a loop per character
+        return _ASCII_WORD_OR_PUNCT.findall(text.translate(_ASCII_CLEAN).lower())
+    return _general_tokens(text)
+
+
+def _general_tokens(text: str) -> list[str]:
     out = []
     for ch in text:
         cp = ord(ch)
