@@ -25,7 +25,6 @@ for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # sin
     os.environ.setdefault(_v, "1")
 
 import argparse  # noqa: E402
-import io  # noqa: E402
 import json  # noqa: E402
 import pickle  # noqa: E402
 import sys  # noqa: E402

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgerec.features.definition import Event, FeatureDefinition
+from edgerec.features.definition import FeatureDefinition
 from edgerec.features.store import MemoryStore
 from edgerec.serve.service import CandidateIndex, Ranker, RecommendService
 from edgerec.serve.stream import events_from_log
