@@ -167,15 +167,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open_store(spec: str):
-    from edgerec.features.store import open_store
-
-    try:
-        return open_store(spec)
-    except ValueError as e:
-        raise EdgerecError(str(e)) from None
-
-
 def _add_store_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", default="sqlite:runs/features.db",
                    help="memory | sqlite:PATH | redis://HOST:PORT/DB (default %(default)s)")
@@ -189,6 +180,7 @@ def _add_definition_args(p: argparse.ArgumentParser) -> None:
 
 def _cmd_stream(args: argparse.Namespace) -> int:
     from edgerec.features.definition import FeatureDefinition
+    from edgerec.features.store import open_store
     from edgerec.serve.stream import FileEventSource, events_from_log, run_stream, write_event_file
 
     if bool(args.events) == bool(args.kafka):
@@ -214,7 +206,7 @@ def _cmd_stream(args: argparse.Namespace) -> int:
             raise EdgerecError(f"{args.events}: no such event file (JSON lines; make one with --export-from DATASET).")
         source = FileEventSource(args.events, follow=args.follow, idle_timeout=args.idle_timeout)
         where = str(args.events)
-    store = _open_store(args.store)
+    store = open_store(args.store)
     definition = FeatureDefinition(max_len=args.max_len, n_positions=args.positions)
     t0 = time.perf_counter()
     try:

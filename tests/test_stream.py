@@ -170,6 +170,8 @@ def test_cli_stream_exports_consumes_and_resumes(tmp_path, capsys):
     assert "0 duplicates skipped" in out and "read 1,000" not in out
     assert main(["stream", "--events", str(tmp_path / "missing.jsonl")]) == 2
     assert "no such event file" in capsys.readouterr().err
+    assert main(["stream", "--events", str(ev), "--store", "postgres://x"]) == 2  # a store we do not have
+    assert "unknown feature store 'postgres://x'" in capsys.readouterr().err
 
 
 def test_follow_mode_applies_lines_appended_while_it_runs(tmp_path):

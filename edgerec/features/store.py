@@ -19,6 +19,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Iterable, Protocol
 
+from edgerec.errors import ConfigError
 from edgerec.features.definition import Event, FeatureDefinition, ItemState, UserState
 
 
@@ -119,14 +120,15 @@ class SQLiteStore:
     def item(self, item_id: int) -> ItemState:
         return self._get("items", "item_id", item_id, ItemState)
 
+    # the serving hot path (200 candidates per request): SQLite extracts the fields, which costs
+    # about half of json.loads + from_dict per row in Python
+    _ITEM_COLUMNS = ", ".join(f"json_extract(state, '$.{f.name}')" for f in fields(ItemState))
+
     def items(self, item_ids: list[int]) -> list[ItemState]:
-        # the serving hot path (200 candidates per request): SQLite extracts the fields, which costs
-        # about half of json.loads + from_dict per row in Python
-        cols = ", ".join(f"json_extract(state, '$.{f.name}')" for f in fields(ItemState))
         found: dict[int, ItemState] = {}
         for lo in range(0, len(item_ids), 500):  # SQLite's bound-parameter limit
             chunk = item_ids[lo: lo + 500]
-            q = f"SELECT item_id, {cols} FROM items WHERE item_id IN ({','.join('?' * len(chunk))})"
+            q = f"SELECT item_id, {self._ITEM_COLUMNS} FROM items WHERE item_id IN ({','.join('?' * len(chunk))})"
             found.update((row[0], ItemState(*row[1:])) for row in self.db.execute(q, chunk))
         return [found.get(i, ItemState()) for i in item_ids]
 
@@ -148,4 +150,4 @@ def open_store(spec: str) -> FeatureStore:
         return MemoryStore()
     if spec.startswith("sqlite:"):
         return SQLiteStore(spec.split(":", 1)[1])
-    raise ValueError(f"unknown feature store {spec!r}; use 'memory', 'sqlite:PATH' or 'redis://HOST:PORT/DB'")
+    raise ConfigError(f"unknown feature store {spec!r}; use 'memory', 'sqlite:PATH' or 'redis://HOST:PORT/DB'")

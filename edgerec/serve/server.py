@@ -97,10 +97,7 @@ def build_service(recipe: ServiceRecipe, ranker=None, dataset: str | None = None
     torch.set_num_threads(recipe.threads)
     if ranker is None:
         ranker, dataset = build_ranker(recipe)
-    try:
-        store = open_store(recipe.store)
-    except ValueError as e:
-        raise EdgerecError(str(e)) from None
+    store = open_store(recipe.store)
     index = CandidateIndex.from_dataset(registry.load(dataset))
     if recipe.kafka:
         from edgerec.serve.kafka import KafkaEventSink, ensure_topic
