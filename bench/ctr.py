@@ -118,6 +118,7 @@ def main(argv=None) -> dict:
         report["runs"].append({"model": label, "L": L, "seed": seed, "best_epoch": r.best_epoch,
                                "epochs_run": r.epochs_run, "train_seconds": r.train_seconds,
                                "valid": r.valid, "test": r.test, "config_hash": r.config_hash,
+                               "device": cfg.train.device,
                                "run_dir": r.run_dir})
         report["summary"] = summarize(report["runs"])
         write_json_atomic(out, report)

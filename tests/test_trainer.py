@@ -67,3 +67,18 @@ def test_nonfinite_loss_is_reported(config_dir, monkeypatch):
     monkeypatch.setattr(DNN, "loss", lambda self, batch, out: torch.tensor(float("nan")))
     with pytest.raises(FloatingPointError, match="lower train.lr"):
         run_experiment(_cfg(config_dir, "DNN_test"), log=lambda *_: None)
+
+
+def test_train_device_is_validated_and_resolved(config_dir):
+    from edgerec.errors import ConfigError
+    from edgerec.train.trainer import resolve_device
+
+    with pytest.raises(ConfigError, match="train.device must be cpu, cuda, cuda:N or auto"):
+        _cfg(config_dir, "DIN_test", "train.device=gpu")
+    cfg = _cfg(config_dir, "DIN_test", "train.device=auto")
+    assert cfg.hash() == _cfg(config_dir, "DIN_test").hash()  # where it ran is not what ran
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="sees no CUDA device; use train.device=cpu"):
+            resolve_device("cuda")

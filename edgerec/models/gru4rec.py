@@ -29,7 +29,7 @@ class GRU4Rec(CTRModel):
         lengths = mask.sum(1)  # (B,)
         # right-align -> left-align so packing can skip the padding
         L = mask.shape[1]
-        shift = (torch.arange(L).unsqueeze(0) + (L - lengths).unsqueeze(1)) % L  # (B, L)
+        shift = (torch.arange(L, device=mask.device).unsqueeze(0) + (L - lengths).unsqueeze(1)) % L  # (B, L)
         left = hist.gather(1, shift.unsqueeze(-1).expand_as(hist))  # (B, L, d), real items first
         packed = nn.utils.rnn.pack_padded_sequence(left, lengths.clamp_min(1).cpu(), batch_first=True,
                                                    enforce_sorted=False)

@@ -31,7 +31,7 @@ class SASRec(CTRModel):
         mask = batch["hist_mask"]  # (B, L)
         L = mask.shape[1]
         x = self.emb.history(batch) * self.emb.item_dim ** 0.5  # (B, L, d)
-        back = (L - 1 - torch.arange(L)).clamp_max(self.position.num_embeddings - 1)  # (L,) 0 = most recent
+        back = (L - 1 - torch.arange(L, device=mask.device)).clamp_max(self.position.num_embeddings - 1)  # (L,) 0 = most recent
         x = (x + self.position(back)) * mask.unsqueeze(-1)
         visible = causal_padding_mask(mask)  # (B, L, L)
         for block in self.blocks:

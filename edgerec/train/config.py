@@ -22,6 +22,7 @@ import difflib
 import hashlib
 import inspect
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ class TrainConfig:
     metrics: list[str] = field(default_factory=lambda: ["AUC", "GAUC", "logloss"])
     seed: int = 2024
     threads: int = 2  # torch intra-op threads
+    device: str = "cpu"  # cpu | cuda | cuda:N | auto (cuda when one is visible); results are saved on CPU either way
     deterministic: bool = True
     max_steps_per_epoch: int | None = None  # smoke tests: cut each epoch short
     progress: bool = True  # tqdm progress bars
@@ -87,7 +89,7 @@ class ExperimentConfig:
         d = self.to_dict()
         for k in ("expid", "output_dir", "ledger", "description"):
             d.pop(k)
-        for k in ("seed", "progress", "threads"):
+        for k in ("seed", "progress", "threads", "device"):
             d["train"].pop(k)
         blob = json.dumps(d, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
@@ -289,6 +291,8 @@ def _check_semantics(cfg: ExperimentConfig, where: str) -> None:
         raise ConfigError(f"{where}: train.monitor {cfg.train.monitor!r} must be one of train.metrics {cfg.train.metrics}.")
     if cfg.train.optimizer not in ("adam", "adamw", "sgd"):
         raise ConfigError(f"{where}: train.optimizer must be adam, adamw or sgd, got {cfg.train.optimizer!r}.")
+    if not re.fullmatch(r"cpu|auto|cuda(:\d+)?", str(cfg.train.device)):
+        raise ConfigError(f"{where}: train.device must be cpu, cuda, cuda:N or auto, got {cfg.train.device!r}.")
     for key in ("epochs", "batch_size", "eval_batch_size", "threads"):
         if getattr(cfg.train, key) < 1:
             raise ConfigError(f"{where}: train.{key} must be >= 1.")

@@ -32,7 +32,27 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(deterministic)
+    # On CUDA a few kernels (embedding backward, index_add) have no deterministic version: warn there
+    # instead of failing. CPU runs stay bit-for-bit reproducible (tests/test_trainer.py).
+    torch.use_deterministic_algorithms(deterministic, warn_only=torch.cuda.is_available())
+
+
+def resolve_device(name: str) -> torch.device:
+    """train.device -> a torch.device; 'auto' is CUDA when one is visible, else CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device={name!r} but torch {torch.__version__} sees no CUDA device; "
+                           f"use train.device=cpu (or auto).")
+    if name.startswith("cuda"):
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
+    return torch.device(name)
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    if device.type == "cpu":
+        return batch
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 @dataclass
@@ -56,11 +76,12 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
 @torch.no_grad()
 def predict(model: CTRModel, samples: SampleSet, split: str, batch_size: int = 8192,
             max_len: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(y_true, y_pred, user) for every sample of `split`, in split order."""
+    """(y_true, y_pred, user) for every sample of `split`, in split order, on the model's device."""
     model.eval()
+    device = next(model.parameters()).device
     preds, labels, users = [], [], []
     for batch in samples.batches(split, batch_size, shuffle=False, max_len=max_len):
-        preds.append(model(batch)["y_pred"].float().numpy())
+        preds.append(model(to_device(batch, device))["y_pred"].float().cpu().numpy())
         labels.append(batch["label"].numpy())
         users.append(batch["user"].numpy())
     if not preds:
@@ -82,7 +103,9 @@ class Trainer:
     def fit(self, model: CTRModel, samples: SampleSet) -> FitResult:
         cfg = self.cfg
         torch.set_num_threads(int(os.environ.get("EDGEREC_THREADS", cfg.threads)))  # env wins: shared machines
+        device = resolve_device(cfg.device)
         seed_everything(cfg.seed, cfg.deterministic)
+        model.to(device)
         opt = make_optimizer(model, cfg)
         sign = -1.0 if cfg.monitor in LOWER_IS_BETTER else 1.0
         best, best_state, best_epoch, bad_epochs = -math.inf, None, -1, 0
@@ -102,6 +125,7 @@ class Trainer:
             for step, batch in enumerate(bar):
                 if step >= steps:
                     break
+                batch = to_device(batch, device)
                 out = model(batch)
                 loss = model.loss(batch, out)
                 if not torch.isfinite(loss):
@@ -135,6 +159,7 @@ class Trainer:
                     break
         if best_state is not None:
             model.load_state_dict(best_state)
+        model.to("cpu")  # callers (test evaluation, checkpoints, serving) get a CPU model back
         valid_best = {k[len("valid_"):]: v for k, v in history[best_epoch - 1].items() if k.startswith("valid_")}
         return FitResult(best_epoch, valid_best, history, t_train, n_seen / max(t_train, 1e-9))
 

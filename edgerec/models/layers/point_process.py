@@ -193,7 +193,7 @@ class PointProcessIntensity(nn.Module):
         marks_all = self.marks.weight  # (C, d)
         e_hist = marks_all[hist_marks]  # (B, L, d): history events by their mark
         e_ev = marks_all[hist_marks[:, L - K:]]  # (B, K, d)
-        u = torch.rand(B, K, mc_points, generator=generator)  # (B, K, M)
+        u = torch.rand(B, K, mc_points, generator=generator, device=hist_ts.device)  # (B, K, M)
         gap = (ev_ts - prev_ts).clamp_min(0)  # (B, K) seconds
         t_mc = prev_ts[:, :, None] + (u * gap[:, :, None]).long()  # (B, K, M)
         q_e = e_ev  # (B, K, d): λ of the observed mark at the event time

@@ -31,7 +31,7 @@ def click_position_profile(hist_position: torch.Tensor, hist_mask: torch.Tensor,
     (normalised) and log(1 + #clicks). hist_position (B, L) 1-based, hist_mask (B, L) -> (B, P + 1)."""
     P = n_positions
     pos = hist_position.clamp(1, P) - 1  # (B, L)
-    counts = torch.zeros(hist_position.shape[0], P, dtype=torch.float32)
+    counts = torch.zeros(hist_position.shape[0], P, dtype=torch.float32, device=hist_position.device)
     counts = counts.scatter_add(1, pos, hist_mask.to(torch.float32))  # (B, P)
     total = counts.sum(-1, keepdim=True)  # (B, 1)
     return torch.cat([counts / total.clamp_min(1.0), torch.log1p(total)], -1)  # (B, P + 1)
