@@ -57,24 +57,5 @@ case "$1" in
     $PY bench/ctr.py --dataset o2o-sim --models DIN,DiCycle --ablations="+target head,+target head -month,-month" --lens 50 \
         --merge $R/ctr_o2osim_dicycle.json,$R/ctr_o2osim_din.json,$R/ctr_o2osim_prelim.json,$R/ctr_o2osim_head.json \
         --out $R/ctr_o2osim_time.json ;;
-  gpu)  # the backlog the 2 CPU cores never reached, run on a lent GPU machine (16 cores, 1 GPU):
-        # one bench/ctr.py process per (dataset, variant, seed), $JOBS at a time, train.device=cuda.
-        # Results go to $R/gpu/ (one file per job); `merge` folds them into the tables.
-    mkdir -p $R/gpu
-    $PY -c "from edgerec.data import registry; registry.load('ml-100k'); registry.load('o2o-sim')"  # warm the caches once
-    job() {  # dataset suffix models ablation seed epochs
-      f=$(echo "$2_$3$4_s$5" | tr -c 'A-Za-z0-9_=.\n-' _)
-      echo "$PY bench/ctr.py --dataset $1 --suffix $2 --models '$3' --ablations='$4' --lens 50 --seeds $5 $T" \
-           "--set train.device=cuda --set train.epochs=$6 --resume --no-docs --out $R/gpu/ctr_$f.json > $R/gpu/$f.log 2>&1" \
-           "&& echo ok $f || echo FAILED $f"
-    }
-    {
-      for s in 1 2 3; do job ml-100k ml100k TiSASRec "" $s 12; done
-      for s in 2 3; do job ml-100k ml100k SASRec "" $s 12; done
-      job ml-100k ml100k DiCycle "" 1 20   # the CPU run again: how far the GPU's arithmetic moves it
-      for m in GRU4Rec SASRec TiSASRec TimeLSTM; do for s in 1 2 3; do job o2o-sim o2osim $m "" $s 12; done; done
-      for a in "w/o ATC" "w/o RTC" "w/o TCM" "w/o gate" "J=0"; do for s in 1 2 3; do job o2o-sim o2osim "" "$a" $s 20; done; done
-      job o2o-sim o2osim DiCycle "" 1 20
-    } | xargs -d '\n' -P "${JOBS:-12}" -I{} sh -c '{}' ;;
-  *) echo "usage: sh bench/issue3.sh tune|q1|q2a|q2b|abl2|abl3|ext|gpu|merge" >&2; exit 2 ;;
+  *) echo "usage: sh bench/issue3.sh tune|q1|q2a|q2b|abl2|abl3|ext|merge" >&2; exit 2 ;;
 esac
