@@ -6,6 +6,7 @@
 #   sh bench/issue3.sh q2b       ml-100k: GRU4Rec and Time-LSTM (at most 12 epochs)
 #   sh bench/issue3.sh abl2      a second ablation queue (seeds 2, 3)
 #   sh bench/issue3.sh abl3      seed 3 of the ablations, two queues
+#   sh bench/issue3.sh o2o       o2o-sim: GRU4Rec, SASRec, Time-LSTM, TiSASRec (seeds 1-3, at most 12 epochs)
 #   sh bench/issue3.sh ext       o2o-sim, seed 1: the head / month-slot extensions (docs/results.md, explain)
 #   sh bench/issue3.sh merge     one table per dataset from the queues' result files
 # Every step is resumable (--resume skips finished runs); seeds 1-3, L = 50.
@@ -50,6 +51,11 @@ case "$1" in
       $PY bench/ctr.py --dataset o2o-sim --suffix o2osim --models "" --ablations="$v" --lens 50 --seeds 1 $T \
           --resume --no-docs --out $R/ctr_o2osim_head.json
     done ;;
+  o2o)  # o2o-sim: the sequential baselines, GRU4Rec first (the strongest on ml-100k), at most 12 epochs
+    for m in GRU4Rec SASRec TimeLSTM TiSASRec; do
+      $PY bench/ctr.py --dataset o2o-sim --suffix o2osim --models $m --lens 50 $T --set train.epochs=12 \
+          --resume --no-docs --out $R/ctr_o2osim_seq.json
+    done ;;
   merge)
     $PY bench/ctr.py --dataset ml-100k --models DIN,GRU4Rec,SASRec,TiSASRec,TimeLSTM,DiCycle --ablations all --lens 50 \
         --merge $R/ctr_ml100k_dicycle.json,$R/ctr_ml100k_abl2.json,$R/ctr_ml100k_abl3a.json,$R/ctr_ml100k_abl3b.json,$R/ctr_ml100k_attn.json,$R/ctr_ml100k_rnn.json,$R/ctr_ml100k.json \
@@ -57,5 +63,5 @@ case "$1" in
     $PY bench/ctr.py --dataset o2o-sim --models DIN,DiCycle --ablations="+target head,+target head -month,-month" --lens 50 \
         --merge $R/ctr_o2osim_dicycle.json,$R/ctr_o2osim_din.json,$R/ctr_o2osim_prelim.json,$R/ctr_o2osim_head.json \
         --out $R/ctr_o2osim_time.json ;;
-  *) echo "usage: sh bench/issue3.sh tune|q1|q2a|q2b|abl2|abl3|ext|merge" >&2; exit 2 ;;
+  *) echo "usage: sh bench/issue3.sh tune|q1|q2a|q2b|abl2|abl3|ext|o2o|merge" >&2; exit 2 ;;
 esac

@@ -181,12 +181,14 @@ def test_explain_coupa_writes_intensity_and_examination(config_dir):
     assert ex["segment_by"].startswith("true browsing segment") and set(ex["learned"]) == set(ex["true"])
 
 
-@pytest.mark.parametrize("use_pp,history", [(True, "longest"), (False, "longest"), (True, "empty")])
-def test_two_stage_serving_equals_one_pass(imp, use_pp, history):
+@pytest.mark.parametrize("use_pp,history,decay", [(True, "longest", True), (False, "longest", True),
+                                                  (True, "empty", True), (True, "longest", False)])
+def test_two_stage_serving_equals_one_pass(imp, use_pp, history, decay):
     """Stage 1 (user side, once) + stage 2 (200 candidates) == the single-pass forward, within 1e-5;
     also for a user with no history (the dense serving path has its own N = 0 branch)."""
     torch.manual_seed(0)
-    model = COUPA(imp.spec, embedding_dim=8, use_point_process=use_pp).eval()
+    model = COUPA(imp.spec, embedding_dim=8, use_point_process=use_pp, pp_decay=decay).eval()
+    assert (model.time is not None and model.time.raw_decay is not None) == (use_pp and decay)
     sp = imp.splits["test"]
     row = int(np.argmax(sp.hist_end - sp.hist_start))
     one = imp.make_batch(sp, np.array([row]))
