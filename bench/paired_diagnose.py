@@ -6,7 +6,7 @@ drawn, and which users are in the split. This script takes saved runs (same seed
 and, for each test positive, scores `--negatives` fresh uniform negatives (the protocol's sampler:
 never an item the user has interacted with; its own RNG, identical for every model of a seed):
 
-  * AUC_K          mean over positives of P(score(pos) > score(neg)): the negative-draw noise gone;
+  * GAUC_K         mean over positives of P(score(pos) > score(neg)): the negative-draw noise gone;
   * by segment     "repeat" positives (the target item is in the user's last L behaviours) and
                    "new" positives, each against the same negatives;
   * paired gaps    model A - model B per seed, with a 95 % bootstrap interval over test users.
@@ -14,11 +14,13 @@ never an item the user has interacted with; its own RNG, identical for every mod
 Also reports how the history looks in time at the test target (the share of behaviours at gap 0,
 i.e. in the same rebuilt order on Instacart), since that is what a continuous-time model reads.
 
-    python bench/ctr_diagnose.py --runs DIN=runs/bench/DIN_instacart \\
+    python bench/paired_diagnose.py --runs DIN=runs/bench/DIN_instacart \\
         --runs COUPA=runs/bench/COUPA_instacart_lr1e-2 --out bench/results/diagnose_instacart.json
 
-Each --runs folder holds one run per seed (<stamp>-seed<k>); models are paired by seed. The
-validation split is not used: nothing here picks a model, it explains a test-set gap already reported.
+Each --runs folder holds one run per seed (<stamp>-seed<k>); models are paired by seed. Nothing
+here picks a model; `--split valid` checks on the validation split a finding made on test, before
+any change is chosen (on validation) because of it. With one positive per user, the per-positive
+pairwise AUC reported here is the GAUC.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="a model's runs: FOLDER holds <stamp>-seed<k> run directories (repeatable)")
     p.add_argument("--negatives", type=int, default=100, help="fresh negatives per test positive")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples of the test users")
+    p.add_argument("--split", default="test", choices=["valid", "test"],
+                   help="which held-out split to re-score (valid: to check a finding before acting on it)")
     p.add_argument("--out", required=True, help="result JSON")
     p.add_argument("--docs-key", default="", help="also write the table into docs/results.md under this key")
     return p.parse_args(argv)
@@ -72,9 +76,9 @@ def score(model, samples, split: Split, batch_size: int = 8192) -> np.ndarray:
     return np.concatenate(out)
 
 
-def expanded_test(samples, K: int, seed: int) -> tuple[Split, Split]:
-    """The test positives and K fresh negatives for each (negatives laid out positive-major)."""
-    test = samples.splits["test"]
+def expanded_split(samples, K: int, seed: int, split: str = "test") -> tuple[Split, Split]:
+    """The split's positives and K fresh negatives for each (negatives laid out positive-major)."""
+    test = samples.splits[split]
     pos = test.subset(np.flatnonzero(test.label == 1))
     rng = np.random.default_rng([seed, 4242])
     rep = np.repeat(np.arange(len(pos)), K)
@@ -123,6 +127,7 @@ def main(argv=None) -> dict:
     names = list(models)
     report = {"benchmark": "ctr_diagnose", "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "git": git_commit(), "machine": machine_info(), "negatives": a.negatives, "seeds": seeds,
+              "split": a.split,
               "runs": {n: {s: str(models[n][s]) for s in seeds} for n in names}, "per_seed": [], "summary": {}}
     rng = np.random.default_rng(0)
     per_model = {n: {"all": [], "repeat": [], "new": [], "protocol": []} for n in names}
@@ -134,14 +139,14 @@ def main(argv=None) -> dict:
             cfg, model, s = load_run(models[n][seed])
             if samples is None:
                 samples = s
-                pos, neg = expanded_test(samples, a.negatives, seed)
+                pos, neg = expanded_split(samples, a.negatives, seed, a.split)
                 stats = history_stats(samples, pos)
                 row.update(test_positives=len(pos), repeat_share=float(stats["repeat"].mean()),
                            gap0_share_of_history=float(stats["gap0"].mean()))
-            elif not np.array_equal(s.splits["test"].item, samples.splits["test"].item):
+            elif not np.array_equal(s.splits[a.split].item, samples.splits[a.split].item):
                 raise SystemExit(f"{models[n][seed]}: different test samples than {names[0]} for seed {seed}")
             auc_pp[n] = per_positive_auc(score(model, samples, pos), score(model, samples, neg))
-            prot = samples.splits["test"]
+            prot = samples.splits[a.split]
             y_prot = score(model, samples, prot)
             per_model[n]["protocol"].append(float(per_positive_auc(y_prot[prot.label == 1], y_prot[prot.label == 0]).mean()))
             for seg, m in (("all", slice(None)), ("repeat", stats["repeat"]), ("new", ~stats["repeat"])):
@@ -166,21 +171,22 @@ def main(argv=None) -> dict:
     if a.docs_key:
         replace_block(a.docs_key, table + f"\n\nMeasured {report['started'][:10]}, git {report['git']}, seeds {seeds}, "
                       f"{a.negatives} fresh uniform negatives per test positive; mean ± sample std over seeds; "
-                      f"raw numbers (with per-seed 95 % bootstrap intervals) in {Path(a.out).relative_to(ROOT)}.")
+                      f"raw numbers (with per-seed 95 % bootstrap intervals) in {Path(a.out).resolve().relative_to(ROOT)}.")
     return report
 
 
 def markdown(report: dict, names: list[str]) -> str:
     s, K = report["summary"], report["negatives"]
     f = lambda d: fmt_ms(d["mean"], d["std"])  # noqa: E731
-    rows = [f"| model | AUC, protocol (1 negative) | AUC, {K} negatives | repeat positives | new positives |",
+    rows = [f"| model ({report['split']} split) | GAUC, the protocol's 1 negative | GAUC, {K} negatives "
+            f"| GAUC, repeat positives | GAUC, new positives |",
             "|---|---|---|---|---|"]
     for n in names:
         rows.append(f"| {n} | {f(s[n]['protocol'])} | {f(s[n]['all'])} | {f(s[n]['repeat'])} | {f(s[n]['new'])} |")
     share = np.mean([r["repeat_share"] for r in report["per_seed"]])
     gap0 = np.mean([r["gap0_share_of_history"] for r in report["per_seed"]])
     rows += ["", f"Repeat positives (the target item is among the user's last L behaviours): {share:.1%} of the "
-             f"test positives. Behaviours at gap 0 (the target's own timestamp): {gap0:.1%} of the history, on average.",
+             f"{report['split']} positives. Behaviours at gap 0 (the target's own timestamp): {gap0:.1%} of the history, on average.",
              "", f"| paired gap ({K} negatives) | mean ± std over seeds | repeat | new | per seed: 95 % bootstrap interval over users |",
              "|---|---|---|---|---|"]
     for k, v in s["gaps"].items():

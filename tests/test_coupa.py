@@ -112,14 +112,46 @@ def _history(B=3, L=6, d=8, seed=0):
     return ts, hist_ts, mask, torch.randn(B, L, d, generator=g), torch.randn(B, d, generator=g)
 
 
-def test_packed_and_dense_intensity_agree():
+@pytest.mark.parametrize("excitation", ["attention", "sum"])
+def test_packed_and_dense_intensity_agree(excitation):
     torch.manual_seed(0)
-    pp = PointProcessIntensity(8, time_dim=8, units=(16,))
+    pp = PointProcessIntensity(8, time_dim=8, units=(16,), excitation=excitation)
     ts, hist_ts, mask, e_hist, e_t = _history()
     packed = PackedHistory(mask)
     fast = pp(e_t, ts, packed.pack(e_hist), packed.pack(hist_ts), packed)["log_intensity"]
     dense = pp.dense_log_intensity(e_t[:, None], ts[:, None], e_hist, hist_ts, mask)[:, 0]
     torch.testing.assert_close(fast, dense, rtol=1e-5, atol=1e-5)
+
+
+def test_sum_excitation_is_additive_over_events_and_attention_is_not():
+    """Hawkes sum: the excitation of a history is the sum of its events' excitations, so one matching
+    past event counts in full; the attention-weighted form averages it with the others."""
+    torch.manual_seed(0)
+    ts, hist_ts, mask, e_hist, e_t = _history()
+    keep = mask.all(0).nonzero().flatten()[-4:]  # 4 slots that are real in every row
+    gaps = {}
+    for excitation in ("attention", "sum"):
+        pp = PointProcessIntensity(8, time_dim=8, units=(16,), excitation=excitation)
+        with torch.no_grad():  # μ = 0, so λ = softplus(excitation) and the excitation can be read back
+            pp.base.net[-1].weight.zero_()
+            pp.base.net[-1].bias.zero_()
+
+        def excitation_of(m):
+            lam = pp.dense_log_intensity(e_t[:, None], ts[:, None] + 1, e_hist, hist_ts, m)[:, 0].exp()
+            return torch.log(torch.expm1(lam.double()))  # inverse softplus
+
+        only = torch.zeros_like(mask)
+        only[:, keep] = True
+        singles = []
+        for j in keep:
+            one = torch.zeros_like(mask)
+            one[:, j] = True
+            singles.append(excitation_of(one))
+        gaps[excitation] = (excitation_of(only) - torch.stack(singles).sum(0)).abs().max().item()
+    assert gaps["sum"] < 1e-3
+    assert gaps["attention"] > 1e-2
+    with pytest.raises(ValueError, match="excitation must be"):
+        PointProcessIntensity(8, excitation="max")
 
 
 def test_intensity_is_causal_and_depends_on_the_gaps():
@@ -181,13 +213,15 @@ def test_explain_coupa_writes_intensity_and_examination(config_dir):
     assert ex["segment_by"].startswith("true browsing segment") and set(ex["learned"]) == set(ex["true"])
 
 
-@pytest.mark.parametrize("use_pp,history,decay", [(True, "longest", True), (False, "longest", True),
-                                                  (True, "empty", True), (True, "longest", False)])
-def test_two_stage_serving_equals_one_pass(imp, use_pp, history, decay):
+@pytest.mark.parametrize("use_pp,history,decay,excitation", [
+    (True, "longest", True, "attention"), (False, "longest", True, "attention"), (True, "empty", True, "attention"),
+    (True, "longest", False, "attention"), (True, "longest", True, "sum"), (True, "empty", True, "sum")])
+def test_two_stage_serving_equals_one_pass(imp, use_pp, history, decay, excitation):
     """Stage 1 (user side, once) + stage 2 (200 candidates) == the single-pass forward, within 1e-5;
     also for a user with no history (the dense serving path has its own N = 0 branch)."""
     torch.manual_seed(0)
-    model = COUPA(imp.spec, embedding_dim=8, use_point_process=use_pp, pp_decay=decay).eval()
+    model = COUPA(imp.spec, embedding_dim=8, use_point_process=use_pp, pp_decay=decay,
+                  pp_excitation=excitation).eval()
     assert (model.time is not None and model.time.raw_decay is not None) == (use_pp and decay)
     sp = imp.splits["test"]
     row = int(np.argmax(sp.hist_end - sp.hist_start))

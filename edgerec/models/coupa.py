@@ -16,7 +16,9 @@ design [R]; every choice is in docs/design.md ("COUPA").
 Switches: use_point_process = False replaces the point process by DIN target attention without
 time (COUPA w/o TPP); pp_decay = False drops the excitation's exp(-κΔ) factor, so its dependence on
 the gap is the learned Fourier map Φ(Δ) alone (one global rate κ cannot keep purchases from weeks
-ago alive on Instacart: docs/results.md); position_mode picks the position part; pp_loss_weight > 0 adds the
+ago alive on Instacart: docs/results.md); pp_excitation = "sum" adds the excitations of all past
+events (Hawkes) instead of weighting them by the attention, so one matching past purchase is not
+diluted by the other 49; position_mode picks the position part; pp_loss_weight > 0 adds the
 point-process log-likelihood of the history as an auxiliary loss.
 """
 
@@ -38,6 +40,7 @@ from edgerec.models.layers.sequence import PackedHistory
 class COUPA(CTRModel):
     def __init__(self, spec: FeatureSpec, embedding_dim: int = 32, use_point_process: bool = True,
                  time_dim: int = 32, pp_units: tuple[int, ...] = (64,), harmonics: int = 2, pp_decay: bool = True,
+                 pp_excitation: str = "attention",
                  pp_loss_weight: float = 0.0, pp_rows: int = 128, pp_events: int = 4, pp_mc_points: int = 2,
                  mark_feature: str | None = None, position_mode: str = "personalized",
                  max_position: int | None = None, exam_units: tuple[int, ...] = (64,),
@@ -62,7 +65,8 @@ class COUPA(CTRModel):
         self.pp_events, self.pp_mc_points, self.mark_feature = pp_events, pp_mc_points, mark_feature
         if use_point_process:
             n_marks = 0 if pp_loss_weight <= 0 else (spec.item_features[mark_feature] if mark_feature else 1)
-            self.time = PointProcessIntensity(d, du, time_dim, pp_units, harmonics, use_decay=pp_decay, n_marks=n_marks)
+            self.time = PointProcessIntensity(d, du, time_dim, pp_units, harmonics, use_decay=pp_decay, n_marks=n_marks,
+                                              excitation=pp_excitation)
             self.interest = None
         else:
             self.time, self.interest = None, TargetAttention(d)

@@ -9,7 +9,9 @@ For user u, target item i (or mark c) and time t, given the user's past events (
     a_j        = softmax_j( W_q[e_i ; cyc(t)] · W_k[e_j ; Φ(Δ_j) ; cyc(t_j)] / sqrt(d) )
     ψ_j        = v^T ReLU(W_e[e_j ; e_i ; e_j ⊙ e_i ; Φ(Δ_j)]) · exp(-κ Δ_j)   excitation, may be < 0
     μ          = MLP([e_u ; e_i ; cyc(t)])                         base rate with its own cycles
-    λ_{u,i}(t) = softplus_β( μ + Σ_j a_j ψ_j )
+    λ_{u,i}(t) = softplus_β( μ + Σ_j a_j ψ_j )      excitation = "attention" (default)
+               = softplus_β( μ + Σ_j ψ_j )          excitation = "sum": the classical Hawkes sum, so
+                                                    one matching past event counts in full
     h_time     = Σ_j a_j W_v[e_j ; Φ(Δ_j)]
 
 Φ is the shared FourierTimeEncoding (learned frequencies initialised with 24 h and 168 h), κ a
@@ -52,8 +54,12 @@ def cyclic_features(ts: torch.Tensor, harmonics: int = 2) -> torch.Tensor:
 
 class PointProcessIntensity(nn.Module):
     def __init__(self, item_dim: int, user_dim: int = 0, time_dim: int = 32, units: tuple[int, ...] = (64,),
-                 harmonics: int = 2, beta: float = 1.0, use_decay: bool = True, n_marks: int = 0):
+                 harmonics: int = 2, beta: float = 1.0, use_decay: bool = True, n_marks: int = 0,
+                 excitation: str = "attention"):
         super().__init__()
+        if excitation not in ("attention", "sum"):
+            raise ValueError(f"excitation must be 'attention' or 'sum', got {excitation!r}")
+        self.excitation = excitation
         d, c = item_dim, 4 * harmonics
         self.harmonics, self.beta = harmonics, beta
         self.phi = FourierTimeEncoding(time_dim)
@@ -91,7 +97,8 @@ class PointProcessIntensity(nn.Module):
         psi = psi * torch.exp(-self.decay() * hist["dt_h"])  # (N,) continuous-time decay
         parts = [e_target, cyc_t] if e_user is None else [e_user, e_target, cyc_t]
         mu = self.base(torch.cat(parts, -1)).squeeze(-1)  # (B,)
-        excitation = packed.pool(a, psi.unsqueeze(-1)).squeeze(-1)  # (B,)
+        w = a if self.excitation == "attention" else torch.ones_like(a)  # (N,)
+        excitation = packed.pool(w, psi.unsqueeze(-1)).squeeze(-1)  # (B,)
         log_lam = torch.log(F.softplus(mu + excitation, beta=self.beta) + 1e-6)  # (B,)
         h_time = packed.pool(a, hist["v"])  # (B, d)
         return {"log_intensity": log_lam, "h_time": h_time, "attention": packed.unpack(a)}
@@ -138,7 +145,7 @@ class PointProcessIntensity(nn.Module):
         for layer in self.excite.net[1:]:  # ReLU in place: the (C, N, h) tensor is the biggest one here
             pair = pair.relu_() if isinstance(layer, nn.ReLU) else layer(pair)
         psi = pair.squeeze(-1) * hist["excite_decay"]  # (C, N)
-        excitation = (a * psi).sum(-1)  # (C,)
+        excitation = (a * psi if self.excitation == "attention" else psi).sum(-1)  # (C,)
         log_lam = torch.log(F.softplus(mu + excitation, beta=self.beta) + 1e-6)  # (C,)
         return {"log_intensity": log_lam, "h_time": a @ hist["v"], "attention": a}  # h_time (C, d)
 
@@ -173,7 +180,8 @@ class PointProcessIntensity(nn.Module):
         psi = self.excite(torch.cat([eh, et, eh * et, phi], -1)).squeeze(-1) * torch.exp(-self.decay() * dt)
         parts = [e_query, cyc_q] if e_user is None else [e_user[:, None].expand(B, Q, -1), e_query, cyc_q]
         mu = self.base(torch.cat(parts, -1)).squeeze(-1)  # (B, Q)
-        return torch.log(F.softplus(mu + (a * psi).sum(-1), beta=self.beta) + 1e-6)  # (B, Q)
+        w = a if self.excitation == "attention" else seen.to(psi.dtype)  # (B, Q, L)
+        return torch.log(F.softplus(mu + (w * psi).sum(-1), beta=self.beta) + 1e-6)  # (B, Q)
 
     def log_likelihood(self, hist_marks: torch.Tensor, hist_ts: torch.Tensor, hist_mask: torch.Tensor,
                        events: int = 4, mc_points: int = 2, e_user: torch.Tensor | None = None,
