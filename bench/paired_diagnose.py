@@ -7,8 +7,10 @@ and, for each test positive, scores `--negatives` fresh uniform negatives (the p
 never an item the user has interacted with; its own RNG, identical for every model of a seed):
 
   * GAUC_K         mean over positives of P(score(pos) > score(neg)): the negative-draw noise gone;
-  * by segment     "repeat" positives (the target item is in the user's last L behaviours) and
-                   "new" positives, each against the same negatives;
+  * by segment     --partition repeat: "repeat" positives (the target item is in the user's last
+                   L behaviours) vs "new" ones; --partition session: "in-session" positives (the
+                   user's latest behaviour is at most --session-hours before the target) vs "later";
+                   each against the same negatives;
   * paired gaps    model A - model B per seed, with a 95 % bootstrap interval over test users.
 
 Also reports how the history looks in time at the test target (the share of behaviours at gap 0,
@@ -17,7 +19,8 @@ i.e. in the same rebuilt order on Instacart), since that is what a continuous-ti
     python bench/paired_diagnose.py --runs DIN=runs/bench/DIN_instacart \\
         --runs COUPA=runs/bench/COUPA_instacart_lr1e-2 --out bench/results/diagnose_instacart.json
 
-Each --runs folder holds one run per seed (<stamp>-seed<k>); models are paired by seed. Nothing
+Each --runs value is a folder of runs, one per seed (<stamp>-seed<k>), or RESULT.json#LABEL (the
+run_dir of every run of that model label in a bench/ctr.py result file); models are paired by seed. Nothing
 here picks a model; `--split valid` checks on the validation split a finding made on test, before
 any change is chosen (on validation) because of it. With one positive per user, the per-positive
 pairwise AUC reported here is the GAUC.
@@ -47,10 +50,12 @@ from bench.docs_tables import replace_block  # noqa: E402
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--runs", action="append", required=True, metavar="NAME=FOLDER",
-                   help="a model's runs: FOLDER holds <stamp>-seed<k> run directories (repeatable)")
+    p.add_argument("--runs", action="append", required=True, metavar="NAME=FOLDER|NAME=RESULT.json#LABEL",
+                   help="a model's runs, one per seed (repeatable; see above)")
     p.add_argument("--negatives", type=int, default=100, help="fresh negatives per test positive")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples of the test users")
+    p.add_argument("--partition", default="repeat", choices=list(PARTITIONS), help="how positives are split")
+    p.add_argument("--session-hours", type=float, default=1.0, help="--partition session: the session gap")
     p.add_argument("--split", default="test", choices=["valid", "test"],
                    help="which held-out split to re-score (valid: to check a finding before acting on it)")
     p.add_argument("--out", required=True, help="result JSON")
@@ -58,13 +63,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def seed_runs(folder: Path) -> dict[int, Path]:
+# partition -> (name of the True side, name of the False side, what it means)
+PARTITIONS = {
+    "repeat": ("repeat", "new", "the target item is among the user's last L behaviours"),
+    "session": ("in-session", "later", "the user's latest behaviour is at most --session-hours before the target"),
+}
+
+
+def seed_runs(source: str) -> dict[int, Path]:
+    """seed -> run directory, from a folder of <stamp>-seed<k> runs or from RESULT.json#LABEL."""
+    if "#" in source:
+        path, label = source.split("#", 1)
+        runs = {r["seed"]: Path(r["run_dir"]) for r in json.loads(Path(path).read_text())["runs"]
+                if r["model"] == label and r.get("run_dir")}
+        if not runs:
+            raise SystemExit(f"{path}: no run of model {label!r} with a run_dir")
+        return runs
     runs = {}
-    for d in sorted(folder.iterdir()):
+    for d in sorted(Path(source).iterdir()):
         if d.is_dir() and "-seed" in d.name and (d / "model.safetensors").exists():
             runs[int(d.name.rsplit("-seed", 1)[1])] = d  # the newest run of a seed wins
     if not runs:
-        raise SystemExit(f"{folder}: no run directories (<stamp>-seed<k>/model.safetensors) found")
+        raise SystemExit(f"{source}: no run directories (<stamp>-seed<k>/model.safetensors) found")
     return runs
 
 
@@ -78,28 +98,28 @@ def score(model, samples, split: Split, batch_size: int = 8192) -> np.ndarray:
 
 def expanded_split(samples, K: int, seed: int, split: str = "test") -> tuple[Split, Split]:
     """The split's positives and K fresh negatives for each (negatives laid out positive-major)."""
-    test = samples.splits[split]
-    pos = test.subset(np.flatnonzero(test.label == 1))
+    held = samples.splits[split]
+    pos = held.subset(np.flatnonzero(held.label == 1))
     rng = np.random.default_rng([seed, 4242])
-    rep = np.repeat(np.arange(len(pos)), K)
-    neg = pos.subset(rep)
+    neg = pos.subset(np.repeat(np.arange(len(pos)), K))
     neg.item = samples._neg_sampler.sample(neg.user, rng)
     neg.label = np.zeros(len(neg), np.float32)
     return pos, neg
 
 
-def history_stats(samples, pos: Split) -> dict[str, np.ndarray]:
-    """Per test positive: is the target in the last L behaviours, share of them at gap 0."""
+def history_stats(samples, pos: Split, session_hours: float) -> dict[str, np.ndarray]:
+    """Per positive: target among the last L behaviours; latest behaviour within the session gap;
+    share of the last L behaviours at the target's own timestamp."""
     L = samples.spec.max_len
-    repeat = np.zeros(len(pos), bool)
-    gap0 = np.zeros(len(pos))
+    repeat, session, gap0 = np.zeros(len(pos), bool), np.zeros(len(pos), bool), np.zeros(len(pos))
     for i in range(len(pos)):
         lo = max(pos.hist_start[i], pos.hist_end[i] - L)
         items = samples.store_item[lo:pos.hist_end[i]]
         ts = samples.store_ts[lo:pos.hist_end[i]]
         repeat[i] = pos.item[i] in items
+        session[i] = len(ts) > 0 and pos.ts[i] - ts.max() <= session_hours * 3600
         gap0[i] = (ts == pos.ts[i]).mean() if len(ts) else 0.0
-    return {"repeat": repeat, "gap0": gap0}
+    return {"repeat": repeat, "session": session, "gap0": gap0}
 
 
 def per_positive_auc(s_pos: np.ndarray, s_neg: np.ndarray) -> np.ndarray:
@@ -115,85 +135,94 @@ def boot_ci(x: np.ndarray, B: int, rng: np.random.Generator) -> list[float]:
     return [float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))]
 
 
+def _mean(x: np.ndarray) -> float:
+    return float(x.mean()) if len(x) else float("nan")
+
+
 def main(argv=None) -> dict:
     a = parse_args(argv)
     models = {}
     for spec in a.runs:
-        name, _, folder = spec.partition("=")
-        models[name] = seed_runs(Path(folder))
+        name, _, source = spec.partition("=")
+        models[name] = seed_runs(source)
     seeds = sorted(set.intersection(*(set(r) for r in models.values())))
     if not seeds:
-        raise SystemExit("the --runs folders share no seed: models are compared seed by seed")
+        raise SystemExit("the --runs share no seed: models are compared seed by seed")
     names = list(models)
-    report = {"benchmark": "ctr_diagnose", "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    yes, no, meaning = PARTITIONS[a.partition]
+    report = {"benchmark": "paired_diagnose", "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "git": git_commit(), "machine": machine_info(), "negatives": a.negatives, "seeds": seeds,
-              "split": a.split,
+              "split": a.split, "partition": a.partition, "segments": [yes, no], "segment_meaning": meaning,
+              "session_hours": a.session_hours,
               "runs": {n: {s: str(models[n][s]) for s in seeds} for n in names}, "per_seed": [], "summary": {}}
     rng = np.random.default_rng(0)
-    per_model = {n: {"all": [], "repeat": [], "new": [], "protocol": []} for n in names}
+    per_model = {n: {"all": [], yes: [], no: [], "protocol": []} for n in names}
     gaps = {f"{x} - {y}": [] for i, x in enumerate(names) for y in names[i + 1:]}
     for seed in seeds:
         auc_pp, row = {}, {"seed": seed}
-        samples = pos = neg = stats = None
+        samples = pos = neg = seg = None
         for n in names:
             cfg, model, s = load_run(models[n][seed])
             if samples is None:
                 samples = s
                 pos, neg = expanded_split(samples, a.negatives, seed, a.split)
-                stats = history_stats(samples, pos)
-                row.update(test_positives=len(pos), repeat_share=float(stats["repeat"].mean()),
+                stats = history_stats(samples, pos, a.session_hours)
+                seg = stats[a.partition]
+                row.update(positives=len(pos), share=float(seg.mean()),
                            gap0_share_of_history=float(stats["gap0"].mean()))
             elif not np.array_equal(s.splits[a.split].item, samples.splits[a.split].item):
-                raise SystemExit(f"{models[n][seed]}: different test samples than {names[0]} for seed {seed}")
+                raise SystemExit(f"{models[n][seed]}: different {a.split} samples than {names[0]} for seed {seed}")
             auc_pp[n] = per_positive_auc(score(model, samples, pos), score(model, samples, neg))
-            prot = samples.splits[a.split]
-            y_prot = score(model, samples, prot)
-            per_model[n]["protocol"].append(float(per_positive_auc(y_prot[prot.label == 1], y_prot[prot.label == 0]).mean()))
-            for seg, m in (("all", slice(None)), ("repeat", stats["repeat"]), ("new", ~stats["repeat"])):
-                per_model[n][seg].append(float(auc_pp[n][m].mean()))
-            row[n] = {seg: per_model[n][seg][-1] for seg in ("all", "repeat", "new", "protocol")}
+            held = samples.splits[a.split]
+            y = score(model, samples, held)
+            per_model[n]["protocol"].append(float(per_positive_auc(y[held.label == 1], y[held.label == 0]).mean()))
+            for name, m in (("all", np.ones(len(seg), bool)), (yes, seg), (no, ~seg)):
+                per_model[n][name].append(_mean(auc_pp[n][m]))
+            row[n] = {k: v[-1] for k, v in per_model[n].items()}
         for key in gaps:
-            x, y = key.split(" - ")
-            d = auc_pp[x] - auc_pp[y]
+            x, y_ = key.split(" - ")
+            d = auc_pp[x] - auc_pp[y_]
             gaps[key].append(float(d.mean()))
             row[f"gap {key}"] = {"mean": float(d.mean()), "ci95": boot_ci(d, a.bootstrap, rng),
-                                 "repeat": float(d[stats["repeat"]].mean()), "new": float(d[~stats["repeat"]].mean())}
+                                 yes: _mean(d[seg]), no: _mean(d[~seg])}
         report["per_seed"].append(row)
-        print(json.dumps(row, indent=1))
+        print(json.dumps(row, indent=1), flush=True)
 
     def ms(v):
-        return dict(zip(("mean", "std"), mean_std(v)))
-    report["summary"] = {n: {seg: ms(v) for seg, v in per_model[n].items()} for n in names}
+        v = [x for x in v if not np.isnan(x)]
+        return dict(zip(("mean", "std"), mean_std(v))) if v else {"mean": float("nan"), "std": float("nan")}
+    report["summary"] = {n: {k: ms(v) for k, v in per_model[n].items()} for n in names}
     report["summary"]["gaps"] = {k: ms(v) for k, v in gaps.items()}
     write_json_atomic(Path(a.out), report)
     table = markdown(report, names)
     print(table)
     if a.docs_key:
-        replace_block(a.docs_key, table + f"\n\nMeasured {report['started'][:10]}, git {report['git']}, seeds {seeds}, "
-                      f"{a.negatives} fresh uniform negatives per test positive; mean ± sample std over seeds; "
+        replace_block(a.docs_key, table + f"\n\nMeasured {report['started'][:10]}, git {report['git']}, {a.split} split, "
+                      f"seeds {seeds}, {a.negatives} fresh uniform negatives per positive; mean ± sample std over seeds; "
                       f"raw numbers (with per-seed 95 % bootstrap intervals) in {Path(a.out).resolve().relative_to(ROOT)}.")
     return report
 
 
 def markdown(report: dict, names: list[str]) -> str:
-    s, K = report["summary"], report["negatives"]
+    s, K, (yes, no) = report["summary"], report["negatives"], report["segments"]
     f = lambda d: fmt_ms(d["mean"], d["std"])  # noqa: E731
     rows = [f"| model ({report['split']} split) | GAUC, the protocol's 1 negative | GAUC, {K} negatives "
-            f"| GAUC, repeat positives | GAUC, new positives |",
-            "|---|---|---|---|---|"]
+            f"| GAUC, {yes} positives | GAUC, {no} positives |", "|---|---|---|---|---|"]
     for n in names:
-        rows.append(f"| {n} | {f(s[n]['protocol'])} | {f(s[n]['all'])} | {f(s[n]['repeat'])} | {f(s[n]['new'])} |")
-    share = np.mean([r["repeat_share"] for r in report["per_seed"]])
+        rows.append(f"| {n} | {f(s[n]['protocol'])} | {f(s[n]['all'])} | {f(s[n][yes])} | {f(s[n][no])} |")
+    share = np.mean([r["share"] for r in report["per_seed"]])
     gap0 = np.mean([r["gap0_share_of_history"] for r in report["per_seed"]])
-    rows += ["", f"Repeat positives (the target item is among the user's last L behaviours): {share:.1%} of the "
-             f"{report['split']} positives. Behaviours at gap 0 (the target's own timestamp): {gap0:.1%} of the history, on average.",
-             "", f"| paired gap ({K} negatives) | mean ± std over seeds | repeat | new | per seed: 95 % bootstrap interval over users |",
-             "|---|---|---|---|---|"]
+    rows += ["", f"{yes.capitalize()} positives ({report['segment_meaning']}"
+             + (f", {report['session_hours']:g} h" if report["partition"] == "session" else "")
+             + f"): {share:.1%} of the {report['split']} positives. Behaviours at the target's own timestamp: "
+             f"{gap0:.1%} of the history, on average.",
+             "", f"| paired gap ({K} negatives) | mean ± std over seeds | {yes} | {no} "
+             f"| per seed: 95 % bootstrap interval over users |", "|---|---|---|---|---|"]
     for k, v in s["gaps"].items():
         per = [r[f"gap {k}"] for r in report["per_seed"]]
         cis = ", ".join(f"[{g['ci95'][0]:+.4f}, {g['ci95'][1]:+.4f}]" for g in per)
-        rows.append(f"| {k} | {v['mean']:+.4f} ± {v['std']:.4f} | {np.mean([g['repeat'] for g in per]):+.4f} "
-                    f"| {np.mean([g['new'] for g in per]):+.4f} | {cis} |")
+        rows.append(f"| {k} | {v['mean']:+.4f} ± {v['std']:.4f} | {np.nanmean([g[yes] for g in per]):+.4f} "
+                    f"| {np.nanmean([g[no] for g in per]):+.4f} | {cis} |")
     return "\n".join(rows)
 
 

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,3 +58,32 @@ def test_coupa_merge_unions_parallel_queues(tmp_path, monkeypatch):
                     "--out", str(tmp_path / "m.json")])
     assert [(x["variant"], x["seed"]) for x in r["runs"]] == [("COUPA", 1), ("COUPA", 2), ("PAL", 1)]
     assert r["variants"] == ["COUPA", "PAL"] and r["seeds"] == [1, 2]
+
+
+def test_per_positive_auc_counts_ties_half():
+    from bench.paired_diagnose import per_positive_auc
+
+    got = per_positive_auc(np.array([0.5, 0.1]), np.array([0.4, 0.5, 0.6, 0.0, 0.1, 0.2]))
+    assert got.tolist() == pytest.approx([(1 + 0.5 + 0) / 3, (1 + 0.5 + 0) / 3])
+
+
+def test_paired_diagnose_pairs_by_seed_and_splits_positives(config_dir, tmp_path):
+    from bench.paired_diagnose import main as diagnose
+    from edgerec.train.config import load_experiment
+    from edgerec.train.experiment import run_experiment
+
+    for model in ("DIN", "DNN"):
+        for seed in (1, 2):
+            cfg = load_experiment(config_dir / "ctr.yaml", f"{model}_test", [
+                f"output_dir={tmp_path / 'runs'}", f"ledger={tmp_path / 'l.jsonl'}", f"train.seed={seed}"])
+            run_experiment(cfg, log=lambda *_: None)
+    din, dnn = tmp_path / "runs" / "DIN_test", tmp_path / "runs" / "DNN_test"
+    rep = diagnose(["--runs", f"DIN={din}", "--runs", f"DIN again={din}", "--runs", f"DNN={dnn}",
+                    "--partition", "session", "--session-hours", "24", "--negatives", "5", "--bootstrap", "50",
+                    "--out", str(tmp_path / "d.json")])
+    assert rep["seeds"] == [1, 2] and rep["segments"] == ["in-session", "later"]
+    same = rep["summary"]["gaps"]["DIN - DIN again"]
+    assert same["mean"] == 0.0 and all(r["gap DIN - DIN again"]["ci95"] == [0.0, 0.0] for r in rep["per_seed"])
+    for r in rep["per_seed"]:
+        assert 0.0 <= r["share"] <= 1.0 and 0.0 <= r["DNN"]["all"] <= 1.0
+    assert json.loads((tmp_path / "d.json").read_text())["partition"] == "session"
