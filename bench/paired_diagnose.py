@@ -7,6 +7,7 @@ and, for each test positive, scores `--negatives` fresh uniform negatives (the p
 never an item the user has interacted with; its own RNG, identical for every model of a seed):
 
   * GAUC_K         mean over positives of P(score(pos) > score(neg)): the negative-draw noise gone;
+  * AUC_K          the same scores pooled over users (the benchmark's AUC, with K negatives each);
   * by segment     --partition repeat: "repeat" positives (the target item is in the user's last
                    L behaviours) vs "new" ones; --partition session: "in-session" positives (the
                    user's latest behaviour is at most --session-hours before the target) vs "later";
@@ -44,6 +45,7 @@ from edgerec.data.samples import Split  # noqa: E402
 from edgerec.io import write_json_atomic  # noqa: E402
 from edgerec.train.experiment import load_run  # noqa: E402
 from edgerec.train.ledger import git_commit, machine_info  # noqa: E402
+from edgerec.train.metrics import auc  # noqa: E402
 from edgerec.train.report import fmt_ms, mean_std  # noqa: E402
 from bench.docs_tables import replace_block  # noqa: E402
 
@@ -156,8 +158,9 @@ def main(argv=None) -> dict:
               "session_hours": a.session_hours,
               "runs": {n: {s: str(models[n][s]) for s in seeds} for n in names}, "per_seed": [], "summary": {}}
     rng = np.random.default_rng(0)
-    per_model = {n: {"all": [], yes: [], no: [], "protocol": []} for n in names}
+    per_model = {n: {"all": [], yes: [], no: [], "protocol": [], "pooled_auc": []} for n in names}
     gaps = {f"{x} - {y}": [] for i, x in enumerate(names) for y in names[i + 1:]}
+    pooled_gaps = {k: [] for k in gaps}
     for seed in seeds:
         auc_pp, row = {}, {"seed": seed}
         samples = pos = neg = seg = None
@@ -172,7 +175,10 @@ def main(argv=None) -> dict:
                            gap0_share_of_history=float(stats["gap0"].mean()))
             elif not np.array_equal(s.splits[a.split].item, samples.splits[a.split].item):
                 raise SystemExit(f"{models[n][seed]}: different {a.split} samples than {names[0]} for seed {seed}")
-            auc_pp[n] = per_positive_auc(score(model, samples, pos), score(model, samples, neg))
+            s_pos, s_neg = score(model, samples, pos), score(model, samples, neg)
+            auc_pp[n] = per_positive_auc(s_pos, s_neg)
+            per_model[n]["pooled_auc"].append(float(auc(np.r_[np.ones(len(s_pos)), np.zeros(len(s_neg))],
+                                                        np.r_[s_pos, s_neg])))
             held = samples.splits[a.split]
             y = score(model, samples, held)
             per_model[n]["protocol"].append(float(per_positive_auc(y[held.label == 1], y[held.label == 0]).mean()))
@@ -183,6 +189,7 @@ def main(argv=None) -> dict:
             x, y_ = key.split(" - ")
             d = auc_pp[x] - auc_pp[y_]
             gaps[key].append(float(d.mean()))
+            pooled_gaps[key].append(per_model[x]["pooled_auc"][-1] - per_model[y_]["pooled_auc"][-1])
             row[f"gap {key}"] = {"mean": float(d.mean()), "ci95": boot_ci(d, a.bootstrap, rng),
                                  yes: _mean(d[seg]), no: _mean(d[~seg])}
         report["per_seed"].append(row)
@@ -193,6 +200,7 @@ def main(argv=None) -> dict:
         return dict(zip(("mean", "std"), mean_std(v))) if v else {"mean": float("nan"), "std": float("nan")}
     report["summary"] = {n: {k: ms(v) for k, v in per_model[n].items()} for n in names}
     report["summary"]["gaps"] = {k: ms(v) for k, v in gaps.items()}
+    report["summary"]["pooled_auc_gaps"] = {k: ms(v) for k, v in pooled_gaps.items()}
     write_json_atomic(Path(a.out), report)
     table = markdown(report, names)
     print(table)
@@ -206,22 +214,25 @@ def main(argv=None) -> dict:
 def markdown(report: dict, names: list[str]) -> str:
     s, K, (yes, no) = report["summary"], report["negatives"], report["segments"]
     f = lambda d: fmt_ms(d["mean"], d["std"])  # noqa: E731
-    rows = [f"| model ({report['split']} split) | GAUC, the protocol's 1 negative | GAUC, {K} negatives "
-            f"| GAUC, {yes} positives | GAUC, {no} positives |", "|---|---|---|---|---|"]
+    rows = [f"| model ({report['split']} split) | AUC, {K} negatives | GAUC, the protocol's 1 negative "
+            f"| GAUC, {K} negatives | GAUC, {yes} positives | GAUC, {no} positives |", "|---|---|---|---|---|---|"]
     for n in names:
-        rows.append(f"| {n} | {f(s[n]['protocol'])} | {f(s[n]['all'])} | {f(s[n][yes])} | {f(s[n][no])} |")
+        rows.append(f"| {n} | {f(s[n]['pooled_auc'])} | {f(s[n]['protocol'])} | {f(s[n]['all'])} | {f(s[n][yes])} "
+                    f"| {f(s[n][no])} |")
     share = np.mean([r["share"] for r in report["per_seed"]])
     gap0 = np.mean([r["gap0_share_of_history"] for r in report["per_seed"]])
     rows += ["", f"{yes.capitalize()} positives ({report['segment_meaning']}"
              + (f", {report['session_hours']:g} h" if report["partition"] == "session" else "")
              + f"): {share:.1%} of the {report['split']} positives. Behaviours at the target's own timestamp: "
              f"{gap0:.1%} of the history, on average.",
-             "", f"| paired gap ({K} negatives) | mean ± std over seeds | {yes} | {no} "
-             f"| per seed: 95 % bootstrap interval over users |", "|---|---|---|---|---|"]
+             "", f"| paired gap ({K} negatives) | AUC: mean ± std over seeds | GAUC: mean ± std over seeds | {yes} | {no} "
+             f"| GAUC per seed: 95 % bootstrap interval over users |", "|---|---|---|---|---|---|"]
     for k, v in s["gaps"].items():
         per = [r[f"gap {k}"] for r in report["per_seed"]]
         cis = ", ".join(f"[{g['ci95'][0]:+.4f}, {g['ci95'][1]:+.4f}]" for g in per)
-        rows.append(f"| {k} | {v['mean']:+.4f} ± {v['std']:.4f} | {np.nanmean([g[yes] for g in per]):+.4f} "
+        pg = s["pooled_auc_gaps"][k]
+        rows.append(f"| {k} | {pg['mean']:+.4f} ± {pg['std']:.4f} | {v['mean']:+.4f} ± {v['std']:.4f} "
+                    f"| {np.nanmean([g[yes] for g in per]):+.4f} "
                     f"| {np.nanmean([g[no] for g in per]):+.4f} | {cis} |")
     return "\n".join(rows)
 

@@ -83,6 +83,7 @@ def test_paired_diagnose_pairs_by_seed_and_splits_positives(config_dir, tmp_path
                     "--out", str(tmp_path / "d.json")])
     assert rep["seeds"] == [1, 2] and rep["segments"] == ["in-session", "later"]
     same = rep["summary"]["gaps"]["DIN - DIN again"]
+    assert rep["summary"]["pooled_auc_gaps"]["DIN - DIN again"]["mean"] == 0.0
     assert same["mean"] == 0.0 and all(r["gap DIN - DIN again"]["ci95"] == [0.0, 0.0] for r in rep["per_seed"])
     for r in rep["per_seed"]:
         assert 0.0 <= r["share"] <= 1.0 and 0.0 <= r["DNN"]["all"] <= 1.0
