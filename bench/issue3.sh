@@ -60,8 +60,9 @@ case "$1" in
     $PY bench/ctr.py --dataset ml-100k --models DIN,GRU4Rec,SASRec,TiSASRec,TimeLSTM,DiCycle --ablations all --lens 50 \
         --merge $R/ctr_ml100k_dicycle.json,$R/ctr_ml100k_abl2.json,$R/ctr_ml100k_abl3a.json,$R/ctr_ml100k_abl3b.json,$R/ctr_ml100k_attn.json,$R/ctr_ml100k_rnn.json,$R/ctr_ml100k.json \
         --out $R/ctr_ml100k_time.json
-    $PY bench/ctr.py --dataset o2o-sim --models DIN,DiCycle --ablations="+target head,+target head -month,-month" --lens 50 \
-        --merge $R/ctr_o2osim_dicycle.json,$R/ctr_o2osim_din.json,$R/ctr_o2osim_prelim.json,$R/ctr_o2osim_head.json \
+    $PY bench/ctr.py --dataset o2o-sim --models DIN,GRU4Rec,SASRec,TimeLSTM,TiSASRec,DiCycle \
+        --ablations="+target head,+target head -month,-month" --lens 50 \
+        --merge $R/ctr_o2osim_dicycle.json,$R/ctr_o2osim_din.json,$R/ctr_o2osim_prelim.json,$R/ctr_o2osim_head.json,$R/ctr_o2osim_seq.json \
         --out $R/ctr_o2osim_time.json ;;
   *) echo "usage: sh bench/issue3.sh tune|q1|q2a|q2b|abl2|abl3|ext|o2o|merge" >&2; exit 2 ;;
 esac
