@@ -7,6 +7,7 @@
 #   sh bench/issue3.sh abl2      a second ablation queue (seeds 2, 3)
 #   sh bench/issue3.sh abl3      seed 3 of the ablations, two queues
 #   sh bench/issue3.sh o2o       o2o-sim: GRU4Rec, SASRec, Time-LSTM, TiSASRec (seeds 1-3, at most 12 epochs)
+#   sh bench/issue3.sh o2oabl    o2o-sim: DiCycle w/o ATC and w/o RTC (seeds 1-3)
 #   sh bench/issue3.sh ext       o2o-sim, seed 1: the head / month-slot extensions (docs/results.md, explain)
 #   sh bench/issue3.sh merge     one table per dataset from the queues' result files
 # Every step is resumable (--resume skips finished runs); seeds 1-3, L = 50.
@@ -56,13 +57,16 @@ case "$1" in
       $PY bench/ctr.py --dataset o2o-sim --suffix o2osim --models $m --lens 50 $T --set train.epochs=12 \
           --resume --no-docs --out $R/ctr_o2osim_seq.json
     done ;;
+  o2oabl)  # o2o-sim: the two time ablations where the simulator plants cycles (absolute, relative), seeds 1-3
+    $PY bench/ctr.py --dataset o2o-sim --suffix o2osim --models "" --ablations="w/o ATC,w/o RTC" --lens 50 $T \
+        --seed-major --resume --no-docs --out $R/ctr_o2osim_abl.json ;;
   merge)
     $PY bench/ctr.py --dataset ml-100k --models DIN,GRU4Rec,SASRec,TiSASRec,TimeLSTM,DiCycle --ablations all --lens 50 \
         --merge $R/ctr_ml100k_dicycle.json,$R/ctr_ml100k_abl2.json,$R/ctr_ml100k_abl3a.json,$R/ctr_ml100k_abl3b.json,$R/ctr_ml100k_attn.json,$R/ctr_ml100k_rnn.json,$R/ctr_ml100k.json \
         --out $R/ctr_ml100k_time.json
     $PY bench/ctr.py --dataset o2o-sim --models DIN,GRU4Rec,SASRec,TimeLSTM,TiSASRec,DiCycle \
-        --ablations="+target head,+target head -month,-month" --lens 50 \
-        --merge $R/ctr_o2osim_dicycle.json,$R/ctr_o2osim_din.json,$R/ctr_o2osim_prelim.json,$R/ctr_o2osim_head.json,$R/ctr_o2osim_seq.json \
+        --ablations="w/o ATC,w/o RTC,+target head,+target head -month,-month" --lens 50 \
+        --merge $R/ctr_o2osim_dicycle.json,$R/ctr_o2osim_din.json,$R/ctr_o2osim_prelim.json,$R/ctr_o2osim_head.json,$R/ctr_o2osim_seq.json,$R/ctr_o2osim_abl.json \
         --out $R/ctr_o2osim_time.json ;;
-  *) echo "usage: sh bench/issue3.sh tune|q1|q2a|q2b|abl2|abl3|ext|o2o|merge" >&2; exit 2 ;;
+  *) echo "usage: sh bench/issue3.sh tune|q1|q2a|q2b|abl2|abl3|ext|o2o|o2oabl|merge" >&2; exit 2 ;;
 esac
