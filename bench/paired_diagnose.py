@@ -61,6 +61,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--split", default="test", choices=["valid", "test"],
                    help="which held-out split to re-score (valid: to check a finding before acting on it)")
     p.add_argument("--out", required=True, help="result JSON")
+    p.add_argument("--pairs-with", default="", metavar="NAME,NAME",
+                   help="only the gaps of every model against these (default: every pair)")
     p.add_argument("--docs-key", default="", help="also write the table into docs/results.md under this key")
     return p.parse_args(argv)
 
@@ -159,7 +161,10 @@ def main(argv=None) -> dict:
               "runs": {n: {s: str(models[n][s]) for s in seeds} for n in names}, "per_seed": [], "summary": {}}
     rng = np.random.default_rng(0)
     per_model = {n: {"all": [], yes: [], no: [], "protocol": [], "pooled_auc": []} for n in names}
-    gaps = {f"{x} - {y}": [] for i, x in enumerate(names) for y in names[i + 1:]}
+    refs = [r for r in a.pairs_with.split(",") if r]
+    if set(refs) - set(names):
+        raise SystemExit(f"--pairs-with {sorted(set(refs) - set(names))}: not among the --runs names {names}")
+    gaps = {f"{x} - {y}": [] for i, x in enumerate(names) for y in names[i + 1:] if not refs or x in refs or y in refs}
     pooled_gaps = {k: [] for k in gaps}
     for seed in seeds:
         auc_pp, row = {}, {"seed": seed}
