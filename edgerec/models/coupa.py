@@ -14,12 +14,12 @@ design [R]; every choice is in docs/design.md ("COUPA").
     serving                 r only: in eval mode the model never reads batch["position"]
 
 Switches: use_point_process = False replaces the point process by DIN target attention without
-time (COUPA w/o TPP); pp_decay = False drops the excitation's exp(-κΔ) factor, so its dependence on
-the gap is the learned Fourier map Φ(Δ) alone (one global rate κ cannot keep purchases from weeks
-ago alive on Instacart: docs/results.md); pp_excitation = "sum" adds the excitations of all past
-events (Hawkes) instead of weighting them by the attention, so one matching past purchase is not
-diluted by the other 49; position_mode picks the position part; pp_loss_weight > 0 adds the
-point-process log-likelihood of the history as an auxiliary loss.
+time (COUPA w/o TPP; attention_activation is that DIN unit's activation); pp_decay = False drops
+the excitation's exp(-κΔ) factor, so its dependence on the gap is the learned Fourier map Φ(Δ)
+alone; pp_excitation = "sum" adds the excitations of all past events (Hawkes) instead of weighting
+them by the attention, so one matching past purchase is not diluted by the others (both tested on
+Instacart's repeat purchases: docs/results.md); position_mode picks the position part;
+pp_loss_weight > 0 adds the point-process log-likelihood of the history as an auxiliary loss.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class COUPA(CTRModel):
                  max_position: int | None = None, exam_units: tuple[int, ...] = (64,),
                  use_click_history: bool = True, serving_position: int = 1,
                  mlp_units: tuple[int, ...] = (200, 80), activation: str = "relu", dropout: float = 0.0,
-                 use_user_id: bool = False):
+                 use_user_id: bool = False, attention_activation: str = "dice"):
         super().__init__(spec)
         if position_mode not in POSITION_MODES:
             raise ValueError(f"position_mode must be one of {POSITION_MODES}, got {position_mode!r}")
@@ -69,7 +69,7 @@ class COUPA(CTRModel):
                                               excitation=pp_excitation)
             self.interest = None
         else:
-            self.time, self.interest = None, TargetAttention(d)
+            self.time, self.interest = None, TargetAttention(d, activation=attention_activation)
         in_dim = 3 * d + du + int(use_point_process)
         if position_mode == "feature":
             self.position_emb = nn.Embedding(self.n_positions + 1, embedding_dim)
