@@ -169,8 +169,9 @@ def main(argv=None) -> dict:
     for seed in seeds:
         auc_pp, row = {}, {"seed": seed}
         samples = pos = neg = seg = None
+        cache: dict = {}  # models of one seed built on the same data share one sample set
         for n in names:
-            cfg, model, s = load_run(models[n][seed])
+            cfg, model, s = load_run(models[n][seed], sample_cache=cache)
             if samples is None:
                 samples = s
                 pos, neg = expanded_split(samples, a.negatives, seed, a.split)

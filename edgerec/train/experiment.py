@@ -55,17 +55,22 @@ def _samples_key(cfg: ExperimentConfig) -> tuple:
     return (cfg.dataset, cfg.protocol, repr(cfg.data), cfg.train.seed)
 
 
+def _cached_samples(cfg: ExperimentConfig, sample_cache: dict | None) -> SampleSet:
+    """build_samples, reused from `sample_cache` when an earlier run had the same data and seed."""
+    key = _samples_key(cfg)
+    if sample_cache is not None and key in sample_cache:
+        return sample_cache[key]
+    samples = build_samples(cfg)
+    if sample_cache is not None:
+        sample_cache[key] = samples
+    return samples
+
+
 def run_experiment(cfg: ExperimentConfig, log=print, sample_cache: dict | None = None,
                    write_ledger: bool = True) -> RunResult:
     """Train, pick the best epoch on validation, evaluate it on test, save, and log to the ledger."""
     t_start = time.perf_counter()
-    key = _samples_key(cfg)
-    if sample_cache is not None and key in sample_cache:
-        samples = sample_cache[key]
-    else:
-        samples = build_samples(cfg)
-        if sample_cache is not None:
-            sample_cache[key] = samples
+    samples = _cached_samples(cfg, sample_cache)
     model = build_model(cfg, samples.spec)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"[{cfg.expid}] {cfg.model} on {cfg.dataset} ({cfg.protocol}, L={cfg.data.max_len}, seed {cfg.train.seed}): "
@@ -93,14 +98,15 @@ def run_experiment(cfg: ExperimentConfig, log=print, sample_cache: dict | None =
     return result
 
 
-def load_run(run_dir: str | Path) -> tuple[ExperimentConfig, CTRModel, SampleSet]:
-    """Rebuild config, samples (deterministic from the seed) and the trained model of a run."""
+def load_run(run_dir: str | Path, sample_cache: dict | None = None) -> tuple[ExperimentConfig, CTRModel, SampleSet]:
+    """Rebuild config, samples (deterministic from the seed; shared through `sample_cache` between
+    runs of the same data and seed) and the trained model of a run."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").exists() or not (run_dir / "model.safetensors").exists():
         raise EdgerecError(f"{run_dir} is not a run directory (needs config.json and model.safetensors).")
     meta, state = load_state(run_dir)
     cfg = experiment_from_dict(meta["experiment"], where=str(run_dir / "config.json"))
-    samples = build_samples(cfg)
+    samples = _cached_samples(cfg, sample_cache)
     spec = FeatureSpec.from_dict(meta["feature_spec"])
     if spec != samples.spec:
         raise EdgerecError(f"{run_dir}: the data changed since training (feature spec differs); retrain.")
