@@ -112,15 +112,53 @@ def _history(B=3, L=6, d=8, seed=0):
     return ts, hist_ts, mask, torch.randn(B, L, d, generator=g), torch.randn(B, d, generator=g)
 
 
-@pytest.mark.parametrize("excitation", ["attention", "sum"])
-def test_packed_and_dense_intensity_agree(excitation):
+def _nonzero_self_kernel(pp: PointProcessIntensity) -> None:
+    """The same-item kernel starts at zero (a no-op); tests give it weights so it counts."""
+    with torch.no_grad():
+        pp.self_excite.weight.normal_()
+        pp.self_excite.bias.fill_(0.5)
+
+
+@pytest.mark.parametrize("excitation,same_item", [("attention", False), ("sum", False), ("attention", True)])
+def test_packed_and_dense_intensity_agree(excitation, same_item):
     torch.manual_seed(0)
-    pp = PointProcessIntensity(8, time_dim=8, units=(16,), excitation=excitation)
+    pp = PointProcessIntensity(8, time_dim=8, units=(16,), excitation=excitation, same_item=same_item)
+    ts, hist_ts, mask, e_hist, e_t = _history()
+    same_dense = None
+    if same_item:
+        _nonzero_self_kernel(pp)
+        same_dense = torch.zeros(*mask.shape, dtype=torch.bool)
+        same_dense[1, [1, 4]] = True  # row 1's target item was bought twice before
+        same_dense[0, 0] = True  # a padding slot: must not count
+    packed = PackedHistory(mask)
+    same = packed.pack(same_dense) if same_item else None
+    fast = pp(e_t, ts, packed.pack(e_hist), packed.pack(hist_ts), packed, same=same)["log_intensity"]
+    dense = pp.dense_log_intensity(e_t[:, None], ts[:, None], e_hist, hist_ts, mask,
+                                   same=None if same_dense is None else same_dense[:, None])[:, 0]
+    torch.testing.assert_close(fast, dense, rtol=1e-5, atol=1e-5)
+
+
+def test_same_item_term_excites_only_targets_bought_before():
+    """The diagonal Hawkes term: it raises λ for a target whose item is in the history (by the
+    learned kernel, once per earlier purchase) and leaves every other target's λ unchanged."""
+    torch.manual_seed(0)
     ts, hist_ts, mask, e_hist, e_t = _history()
     packed = PackedHistory(mask)
-    fast = pp(e_t, ts, packed.pack(e_hist), packed.pack(hist_ts), packed)["log_intensity"]
-    dense = pp.dense_log_intensity(e_t[:, None], ts[:, None], e_hist, hist_ts, mask)[:, 0]
-    torch.testing.assert_close(fast, dense, rtol=1e-5, atol=1e-5)
+    pp = PointProcessIntensity(8, time_dim=8, units=(16,), same_item=True)
+    with pytest.raises(ValueError, match="needs `same`"):
+        pp(e_t, ts, packed.pack(e_hist), packed.pack(hist_ts), packed)
+    none = torch.zeros(packed.pack(hist_ts).shape, dtype=torch.bool)
+    zero_kernel = pp(e_t, ts, packed.pack(e_hist), packed.pack(hist_ts), packed, same=none)["log_intensity"]
+    with torch.no_grad():
+        pp.self_excite.bias.fill_(3.0)  # a strong, gap-independent self-excitation
+    same_dense = torch.zeros(*mask.shape, dtype=torch.bool)
+    same_dense[2, [0, 3]] = True
+    same = packed.pack(same_dense)
+    lam_none = pp(e_t, ts, packed.pack(e_hist), packed.pack(hist_ts), packed, same=none)["log_intensity"]
+    lam = pp(e_t, ts, packed.pack(e_hist), packed.pack(hist_ts), packed, same=same)["log_intensity"]
+    torch.testing.assert_close(lam_none, zero_kernel)  # bias counts only through same-item events
+    torch.testing.assert_close(lam[:2], lam_none[:2])
+    assert lam[2] > lam_none[2] + 1.0
 
 
 def test_sum_excitation_is_additive_over_events_and_attention_is_not():
@@ -168,17 +206,20 @@ def test_intensity_is_causal_and_depends_on_the_gaps():
     assert not torch.allclose(pp.dense_log_intensity(e_t[:, None], t_q, e_hist, earlier, mask), base)
 
 
-def test_log_likelihood_is_finite_and_trains(imp):
+@pytest.mark.parametrize("same_item", [False, True])
+def test_log_likelihood_is_finite_and_trains(imp, same_item):
     sp = imp.splits["train"]
     long = np.flatnonzero(sp.hist_end - sp.hist_start >= 6)[:32]  # rows with events to score
     batch = imp.make_batch(sp, long)
     torch.manual_seed(0)
     model = COUPA(imp.spec, embedding_dim=8, time_dim=8, pp_loss_weight=0.1, pp_rows=16,
-                  mark_feature="category_id", position_mode="none").train()
+                  mark_feature="category_id", position_mode="none", pp_same_item=same_item).train()
     out = model(batch)
     assert torch.isfinite(out["aux_loss"]) and out["aux_loss"].requires_grad
     model.loss(batch, out).backward()
     assert model.time.marks.weight.grad.abs().sum() > 0  # the marks get a gradient only from the likelihood
+    if same_item:  # the same-mark term is in the likelihood (repeat categories are common here)
+        assert model.time.self_excite.bias.grad.abs() > 0
 
 
 def test_coupa_trains_from_config(config_dir):
@@ -213,15 +254,19 @@ def test_explain_coupa_writes_intensity_and_examination(config_dir):
     assert ex["segment_by"].startswith("true browsing segment") and set(ex["learned"]) == set(ex["true"])
 
 
-@pytest.mark.parametrize("use_pp,history,decay,excitation", [
-    (True, "longest", True, "attention"), (False, "longest", True, "attention"), (True, "empty", True, "attention"),
-    (True, "longest", False, "attention"), (True, "longest", True, "sum"), (True, "empty", True, "sum")])
-def test_two_stage_serving_equals_one_pass(imp, use_pp, history, decay, excitation):
+@pytest.mark.parametrize("use_pp,history,decay,excitation,same_item", [
+    (True, "longest", True, "attention", False), (False, "longest", True, "attention", False),
+    (True, "empty", True, "attention", False), (True, "longest", False, "attention", False),
+    (True, "longest", True, "sum", False), (True, "empty", True, "sum", False),
+    (True, "longest", False, "attention", True), (True, "empty", False, "attention", True)])
+def test_two_stage_serving_equals_one_pass(imp, use_pp, history, decay, excitation, same_item):
     """Stage 1 (user side, once) + stage 2 (200 candidates) == the single-pass forward, within 1e-5;
     also for a user with no history (the dense serving path has its own N = 0 branch)."""
     torch.manual_seed(0)
     model = COUPA(imp.spec, embedding_dim=8, use_point_process=use_pp, pp_decay=decay,
-                  pp_excitation=excitation).eval()
+                  pp_excitation=excitation, pp_same_item=same_item).eval()
+    if same_item:
+        _nonzero_self_kernel(model.time)
     assert (model.time is not None and model.time.raw_decay is not None) == (use_pp and decay)
     sp = imp.splits["test"]
     row = int(np.argmax(sp.hist_end - sp.hist_start))
@@ -229,6 +274,9 @@ def test_two_stage_serving_equals_one_pass(imp, use_pp, history, decay, excitati
     if history == "empty":
         one = {k: torch.zeros_like(v) if k.startswith("hist_") else v for k, v in one.items()}
     items = torch.from_numpy(np.random.default_rng(0).integers(1, imp.spec.n_items, 200))
+    bought = one["hist_item"][one["hist_mask"]]
+    if same_item and len(bought):  # some candidates the user bought before: the same-item term fires
+        items[:len(bought)] = bought
     feats = {n: torch.from_numpy(codes[items.numpy()]) for n, codes in imp.item_feats.items()}
     cache = model.serve_user({k: v for k, v in one.items() if k not in ("item", "label", "position")})
     two_stage = model.serve_candidates(cache, items, feats)

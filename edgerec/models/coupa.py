@@ -18,7 +18,9 @@ time (COUPA w/o TPP; attention_activation is that DIN unit's activation); pp_dec
 the excitation's exp(-κΔ) factor, so its dependence on the gap is the learned Fourier map Φ(Δ)
 alone; pp_excitation = "sum" adds the excitations of all past events (Hawkes) instead of weighting
 them by the attention, so one matching past purchase is not diluted by the others (both tested on
-Instacart's repeat purchases: docs/results.md); position_mode picks the position part;
+Instacart's repeat purchases: docs/results.md); pp_same_item = True adds the marked-Hawkes diagonal
+term, a learned kernel of the gap summed over earlier events of the same item (layers/point_process.py:
+repeat purchases); position_mode picks the position part;
 pp_loss_weight > 0 adds the point-process log-likelihood of the history as an auxiliary loss.
 """
 
@@ -40,7 +42,7 @@ from edgerec.models.layers.sequence import PackedHistory
 class COUPA(CTRModel):
     def __init__(self, spec: FeatureSpec, embedding_dim: int = 32, use_point_process: bool = True,
                  time_dim: int = 32, pp_units: tuple[int, ...] = (64,), harmonics: int = 2, pp_decay: bool = True,
-                 pp_excitation: str = "attention",
+                 pp_excitation: str = "attention", pp_same_item: bool = False,
                  pp_loss_weight: float = 0.0, pp_rows: int = 128, pp_events: int = 4, pp_mc_points: int = 2,
                  mark_feature: str | None = None, position_mode: str = "personalized",
                  max_position: int | None = None, exam_units: tuple[int, ...] = (64,),
@@ -63,10 +65,11 @@ class COUPA(CTRModel):
         self.serving_position = serving_position
         self.pp_loss_weight, self.pp_rows = pp_loss_weight, pp_rows
         self.pp_events, self.pp_mc_points, self.mark_feature = pp_events, pp_mc_points, mark_feature
+        self.pp_same_item = use_point_process and pp_same_item
         if use_point_process:
             n_marks = 0 if pp_loss_weight <= 0 else (spec.item_features[mark_feature] if mark_feature else 1)
             self.time = PointProcessIntensity(d, du, time_dim, pp_units, harmonics, use_decay=pp_decay, n_marks=n_marks,
-                                              excitation=pp_excitation)
+                                              excitation=pp_excitation, same_item=pp_same_item)
             self.interest = None
         else:
             self.time, self.interest = None, TargetAttention(d, activation=attention_activation)
@@ -86,15 +89,16 @@ class COUPA(CTRModel):
         e_k = self.emb.history(batch, packed)  # (N, d)
         e_u = self.emb.user(batch)  # (B, du) or None
         hist = self.time.history_side(batch["ts"], e_k, packed.pack(batch["hist_ts"]), packed) if self.time else e_k
-        return self._score(batch, e_i, hist, packed, e_u)
+        same = packed.pack(batch["hist_item"]) == packed.rows(batch["item"]) if self.pp_same_item else None  # (N,)
+        return self._score(batch, e_i, hist, packed, e_u, same=same)
 
-    def _score(self, batch, e_i, hist, packed: PackedHistory | None, e_u, pp: dict | None = None
-               ) -> dict[str, torch.Tensor]:
+    def _score(self, batch, e_i, hist, packed: PackedHistory | None, e_u, pp: dict | None = None,
+               same: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The relevance tower; `pp` is the point process's output when the caller computed it already."""
         extra: dict[str, torch.Tensor] = {}
         if self.time is not None:
             if pp is None:
-                pp = self.time.target_side(e_i, batch["ts"], hist, packed, e_u)
+                pp = self.time.target_side(e_i, batch["ts"], hist, packed, e_u, same)
             pooled = pp["h_time"]  # (B, d)
             parts = [pooled, pp["log_intensity"].unsqueeze(-1)]
             extra.update(log_intensity=pp["log_intensity"], attention=pp["attention"])
@@ -126,7 +130,8 @@ class COUPA(CTRModel):
                                                                     packed))
         else:
             hist = e_k
-        return {"request": request, "hist": hist, "e_user": self.emb.user(request), "mask": request["hist_mask"]}
+        return {"request": request, "hist": hist, "e_user": self.emb.user(request), "mask": request["hist_mask"],
+                "hist_item": packed.pack(request["hist_item"])}  # (N,) for the same-item term
 
     @torch.no_grad()
     def serve_candidates(self, cache: dict, items: torch.Tensor, item_features: dict[str, torch.Tensor] | None = None
@@ -139,7 +144,8 @@ class COUPA(CTRModel):
         e_i = self.emb.target(batch)  # (C, d)
         e_u = None if cache["e_user"] is None else cache["e_user"].expand(C, -1)
         if self.time is not None:  # dense over (C, N): one history, no tiling
-            pp = self.time.target_side_one_history(e_i, batch["ts"], cache["hist"], e_u)
+            same = items[:, None] == cache["hist_item"][None] if self.pp_same_item else None  # (C, N)
+            pp = self.time.target_side_one_history(e_i, batch["ts"], cache["hist"], e_u, same)
             return torch.sigmoid(self._score(batch, e_i, None, None, e_u, pp=pp)["z"])
         packed = PackedHistory(cache["mask"].expand(C, -1))  # every candidate row sees the same history
         hist = cache["hist"].repeat(C, 1)  # (N, d) -> (C*N, d) in packed row order

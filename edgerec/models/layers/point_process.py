@@ -12,10 +12,18 @@ For user u, target item i (or mark c) and time t, given the user's past events (
     λ_{u,i}(t) = softplus_β( μ + Σ_j a_j ψ_j )      excitation = "attention" (default)
                = softplus_β( μ + Σ_j ψ_j )          excitation = "sum": the classical Hawkes sum, so
                                                     one matching past event counts in full
+               + Σ_{j: i_j = i} w_s^T Φ(Δ_j) + b_s  inside softplus, same_item = True: the diagonal
+                                                    (self-exciting) term of a marked Hawkes process,
+                                                    summed over earlier events of the SAME item
     h_time     = Σ_j a_j W_v[e_j ; Φ(Δ_j)]
 
 Φ is the shared FourierTimeEncoding (learned frequencies initialised with 24 h and 168 h), κ a
 learned decay rate (softplus of a scalar). The scorer reads s_time = log λ and h_time.
+
+Why a same-item term: the cross-item excitation ψ_j sees the target only through embeddings, so
+"the user bought exactly this before" must be learned from e_j ⊙ e_i, which is weak for rarely
+seen items. A marked Hawkes process has a separate diagonal kernel for an event exciting its own
+mark; here it is a learned function of the gap (w_s^T Φ(Δ)), so repurchase cycles can be read off.
 
 `log_likelihood` is the optional auxiliary objective: for the last K events of each history,
 log λ_{c_k}(t_k | events before t_k) minus Σ_c ∫ λ_c over the gap before t_k, the integral by
@@ -55,7 +63,7 @@ def cyclic_features(ts: torch.Tensor, harmonics: int = 2) -> torch.Tensor:
 class PointProcessIntensity(nn.Module):
     def __init__(self, item_dim: int, user_dim: int = 0, time_dim: int = 32, units: tuple[int, ...] = (64,),
                  harmonics: int = 2, beta: float = 1.0, use_decay: bool = True, n_marks: int = 0,
-                 excitation: str = "attention"):
+                 excitation: str = "attention", same_item: bool = False):
         super().__init__()
         if excitation not in ("attention", "sum"):
             raise ValueError(f"excitation must be 'attention' or 'sum', got {excitation!r}")
@@ -73,6 +81,11 @@ class PointProcessIntensity(nn.Module):
         self.marks = nn.Embedding(n_marks, d) if n_marks > 0 else None
         if self.marks is not None:
             nn.init.normal_(self.marks.weight, std=0.01)
+        # the same-item (diagonal) kernel w_s^T Φ(Δ) + b_s; zero at start: the model begins as without it
+        self.self_excite = nn.Linear(time_dim, 1) if same_item else None
+        if self.self_excite is not None:
+            nn.init.zeros_(self.self_excite.weight)
+            nn.init.zeros_(self.self_excite.bias)
 
     def decay(self) -> torch.Tensor:
         return F.softplus(self.raw_decay) if self.raw_decay is not None else torch.zeros(())
@@ -84,11 +97,25 @@ class PointProcessIntensity(nn.Module):
         phi = self.phi(dt_h)  # (N, t)
         k = self.key(torch.cat([e_hist, phi, cyclic_features(hist_ts, self.harmonics)], -1))  # (N, d)
         v = self.value(torch.cat([e_hist, phi], -1))  # (N, d)
-        return {"e_hist": e_hist, "dt_h": dt_h, "phi": phi, "k": k, "v": v}
+        out = {"e_hist": e_hist, "dt_h": dt_h, "phi": phi, "k": k, "v": v}
+        if self.self_excite is not None:
+            out["self_k"] = self.self_excite(phi).squeeze(-1)  # (N,) each event's self-excitation
+        return out
+
+    def _same(self, same: torch.Tensor | None) -> torch.Tensor | None:
+        """Check the same-item mask is given exactly when the same-item term is on."""
+        if self.self_excite is not None and same is None:
+            raise ValueError("PointProcessIntensity(same_item=True) needs `same`: which history events are "
+                             "the target item")
+        return same if self.self_excite is not None else None
 
     def target_side(self, e_target: torch.Tensor, ts: torch.Tensor, hist: dict[str, torch.Tensor],
-                    packed: PackedHistory, e_user: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """The candidate-dependent part (serving stage 2): e_target (B, d), ts (B,) -> outputs."""
+                    packed: PackedHistory, e_user: torch.Tensor | None = None,
+                    same: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The candidate-dependent part (serving stage 2): e_target (B, d), ts (B,) -> outputs.
+
+        same (N,) bool: history event j is the target item (needed when same_item is on)."""
+        same = self._same(same)
         cyc_t = cyclic_features(ts, self.harmonics)  # (B, c)
         q = self.query(torch.cat([e_target, cyc_t], -1))  # (B, d)
         a = packed.softmax((packed.rows(q) * hist["k"]).sum(-1) / math.sqrt(q.shape[-1]))  # (N,)
@@ -99,6 +126,8 @@ class PointProcessIntensity(nn.Module):
         mu = self.base(torch.cat(parts, -1)).squeeze(-1)  # (B,)
         w = a if self.excitation == "attention" else torch.ones_like(a)  # (N,)
         excitation = packed.pool(w, psi.unsqueeze(-1)).squeeze(-1)  # (B,)
+        if same is not None:  # + Σ_{j: i_j = i} w_s^T Φ(Δ_j) + b_s
+            excitation = excitation + packed.pool(same.to(psi.dtype), hist["self_k"].unsqueeze(-1)).squeeze(-1)
         log_lam = torch.log(F.softplus(mu + excitation, beta=self.beta) + 1e-6)  # (B,)
         h_time = packed.pool(a, hist["v"])  # (B, d)
         return {"log_intensity": log_lam, "h_time": h_time, "attention": packed.unpack(a)}
@@ -119,13 +148,15 @@ class PointProcessIntensity(nn.Module):
         return {**hist, "excite_pre": pre, "excite_decay": decay}
 
     def target_side_one_history(self, e_target: torch.Tensor, ts: torch.Tensor, hist: dict[str, torch.Tensor],
-                                e_user: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                                e_user: torch.Tensor | None = None, same: torch.Tensor | None = None
+                                ) -> dict[str, torch.Tensor]:
         """`target_side` for C candidates that share one request's history (from `serving_history`).
 
         e_target (C, d), ts (C,) all equal (the request time), hist tensors (N, ...) for the N real
-        behaviours, e_user (C, du) or None.
+        behaviours, e_user (C, du) or None, same (C, N) bool: behaviour n is candidate c's item.
         Same outputs as target_side over a (C, L) batch of identical histories, within float rounding;
         attention comes back as (C, N)."""
+        same = self._same(same)
         C, d = e_target.shape
         cyc_t = cyclic_features(ts[:1], self.harmonics).expand(C, -1)  # (C, c): one request time
         parts = [e_target, cyc_t] if e_user is None else [e_user, e_target, cyc_t]
@@ -146,23 +177,29 @@ class PointProcessIntensity(nn.Module):
             pair = pair.relu_() if isinstance(layer, nn.ReLU) else layer(pair)
         psi = pair.squeeze(-1) * hist["excite_decay"]  # (C, N)
         excitation = (a * psi if self.excitation == "attention" else psi).sum(-1)  # (C,)
+        if same is not None:
+            excitation = excitation + same.to(psi.dtype) @ hist["self_k"]  # (C, N) @ (N,) -> (C,)
         log_lam = torch.log(F.softplus(mu + excitation, beta=self.beta) + 1e-6)  # (C,)
         return {"log_intensity": log_lam, "h_time": a @ hist["v"], "attention": a}  # h_time (C, d)
 
     def forward(self, e_target: torch.Tensor, ts: torch.Tensor, e_hist: torch.Tensor, hist_ts: torch.Tensor,
-                packed: PackedHistory, e_user: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """e_target (B, d), ts (B,) seconds, e_hist (N, d) and hist_ts (N,) the packed real history.
+                packed: PackedHistory, e_user: torch.Tensor | None = None,
+                same: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """e_target (B, d), ts (B,) seconds, e_hist (N, d) and hist_ts (N,) the packed real history,
+        same (N,) bool when same_item is on.
 
         Returns log_intensity (B,), h_time (B, d) and attention (B, L)."""
-        return self.target_side(e_target, ts, self.history_side(ts, e_hist, hist_ts, packed), packed, e_user)
+        return self.target_side(e_target, ts, self.history_side(ts, e_hist, hist_ts, packed), packed, e_user, same)
 
     def dense_log_intensity(self, e_query: torch.Tensor, t_query: torch.Tensor, e_hist: torch.Tensor,
                             hist_ts: torch.Tensor, hist_mask: torch.Tensor,
-                            e_user: torch.Tensor | None = None) -> torch.Tensor:
+                            e_user: torch.Tensor | None = None, same: torch.Tensor | None = None) -> torch.Tensor:
         """log λ at Q query (target, time) pairs per row, each seeing only events strictly before it.
 
         e_query (B, Q, d), t_query (B, Q) seconds, e_hist (B, L, d), hist_ts (B, L), hist_mask (B, L)
-        -> (B, Q). Dense: used by the likelihood on a few rows, not on the scoring path."""
+        -> (B, Q); same (B, Q, L) bool: history event l has query q's mark (when same_item is on).
+        Dense: used by the likelihood on a few rows, not on the scoring path."""
+        same = self._same(same)
         B, Q, d = e_query.shape
         dt = (t_query[:, :, None] - hist_ts[:, None, :]).to(torch.float32) / SECONDS_PER_HOUR  # (B, Q, L)
         seen = hist_mask[:, None, :] & (dt > 0)  # (B, Q, L) causal: strictly earlier events only
@@ -181,7 +218,11 @@ class PointProcessIntensity(nn.Module):
         parts = [e_query, cyc_q] if e_user is None else [e_user[:, None].expand(B, Q, -1), e_query, cyc_q]
         mu = self.base(torch.cat(parts, -1)).squeeze(-1)  # (B, Q)
         w = a if self.excitation == "attention" else seen.to(psi.dtype)  # (B, Q, L)
-        return torch.log(F.softplus(mu + (w * psi).sum(-1), beta=self.beta) + 1e-6)  # (B, Q)
+        excitation = (w * psi).sum(-1)  # (B, Q)
+        if same is not None:
+            self_k = self.self_excite(phi).squeeze(-1)  # (B, Q, L)
+            excitation = excitation + ((same & seen).to(psi.dtype) * self_k).sum(-1)
+        return torch.log(F.softplus(mu + excitation, beta=self.beta) + 1e-6)  # (B, Q)
 
     def log_likelihood(self, hist_marks: torch.Tensor, hist_ts: torch.Tensor, hist_mask: torch.Tensor,
                        events: int = 4, mc_points: int = 2, e_user: torch.Tensor | None = None,
@@ -208,7 +249,12 @@ class PointProcessIntensity(nn.Module):
         q_mc = marks_all[None, None, None].expand(B, K, mc_points, C, -1)  # (B, K, M, C, d): every mark
         t_q = torch.cat([ev_ts, t_mc[..., None].expand(B, K, mc_points, C).reshape(B, -1)], 1)  # (B, K + K*M*C)
         e_q = torch.cat([q_e, q_mc.reshape(B, -1, q_e.shape[-1])], 1)
-        log_lam = self.dense_log_intensity(e_q, t_q, e_hist, hist_ts, hist_mask, e_user)  # (B, Q)
+        same = None
+        if self.self_excite is not None:  # the same-item term in mark space: event l has query q's mark
+            q_marks = torch.cat([hist_marks[:, L - K:], torch.arange(C, device=hist_marks.device)
+                                 .repeat(K * mc_points)[None].expand(B, -1)], 1)  # (B, Q)
+            same = q_marks[:, :, None] == hist_marks[:, None, :]  # (B, Q, L)
+        log_lam = self.dense_log_intensity(e_q, t_q, e_hist, hist_ts, hist_mask, e_user, same)  # (B, Q)
         at_events = log_lam[:, :K]  # (B, K)
         lam_mc = log_lam[:, K:].exp().view(B, K, mc_points, C).sum(-1).mean(-1)  # (B, K) Σ_c λ_c, mean over M
         integral = lam_mc * gap.to(torch.float32) / SECONDS_PER_HOUR  # (B, K), intensity per hour
