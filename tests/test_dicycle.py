@@ -136,6 +136,49 @@ def test_explain_writes_plots(config_dir):
                                                          "cinema", "bubble tea"}
     assert all(r is None or -1 <= r <= 1 for r in sweep["pearson_learned_vs_planted"].values())
     assert "NaN" not in (out / "time_preference.json").read_text()  # strict JSON
+    # relative cycles: the model's logit against the gap since the last same-category behaviour
+    assert (out / "gap_response.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    gap = json.loads((out / "gap_response.json").read_text())
+    assert gap["categories"] == ["taxi", "groceries"] and len(gap["gap_hours"]) == 14 * 24
+    assert np.asarray(gap["logit_by_gap"]).shape == (2, 14 * 24)
+    assert all(-1 <= r <= 1 for r in gap["pearson_learned_vs_planted"].values())
+
+
+@pytest.fixture(scope="module")
+def sim_samples():
+    from edgerec.data.registry import load
+
+    ds = load("o2o-sim:tiny")
+    return ds, build_dicycle(ds, max_len=20)
+
+
+def test_gap_sweep_moves_only_the_one_behaviour(sim_samples):
+    """Without time encodings the gap cannot matter (flat curve); with them it does. The put-back
+    behaviour is the only same-category one left in the history."""
+    from edgerec.train.explain import gap_response_sweep, item_categories
+
+    ds, samples = sim_samples
+    cats, names = item_categories(samples, ds)
+    torch.manual_seed(0)
+    blind = DiCycle(samples.spec, embedding_dim=8, use_absolute_time=False, use_relative_time=False)
+    flat = gap_response_sweep(blind, samples, cats, names, ["taxi"], days=2, n=16)
+    assert np.ptp(flat["logit_by_gap"][0]) < 1e-5
+    timed = gap_response_sweep(DiCycle(samples.spec, embedding_dim=8), samples, cats, names, ["taxi"], days=2, n=16)
+    assert np.ptp(timed["logit_by_gap"][0]) > 1e-4
+    assert flat["gap_hours"][0] == 0.5 and len(flat["gap_hours"]) == 48
+
+
+def test_planted_gap_curves_peak_at_the_planted_periods():
+    from dataclasses import asdict
+
+    from edgerec.data.simulator import DEFAULT_CATEGORIES
+    from edgerec.train.explain import planted_gap_curves
+
+    gaps = np.arange(0.5, 14 * 24, 1.0)
+    truth = planted_gap_curves([asdict(c) for c in DEFAULT_CATEGORIES], [c.name for c in DEFAULT_CATEGORIES], gaps)
+    assert set(truth) == {"taxi", "groceries"}  # only the relative categories
+    assert gaps[np.argmax(truth["taxi"])] in (23.5, 24.5) and gaps[np.argmax(truth["groceries"])] in (167.5, 168.5)
+    assert truth["taxi"][int(np.searchsorted(gaps, 48.5))] > 0.5  # second peak, 0.6 of the first
 
 
 def test_time_shift_keeps_every_gap_and_is_identity_at_zero(samples):
