@@ -206,7 +206,9 @@ def _cmd_stream(args: argparse.Namespace) -> int:
             raise EdgerecError(f"{args.events}: no such event file (JSON lines; make one with --export-from DATASET).")
         source = FileEventSource(args.events, follow=args.follow, idle_timeout=args.idle_timeout)
         where = str(args.events)
-    store = open_store(args.store)
+    if args.dedup_days < 0:
+        raise EdgerecError(f"--dedup-days must be >= 0 (0 keeps every event id), got {args.dedup_days}.")
+    store = open_store(args.store, dedup_window_s=round(args.dedup_days * 86400) or None)
     definition = FeatureDefinition(max_len=args.max_len, n_positions=args.positions)
     t0 = time.perf_counter()
     try:
@@ -217,7 +219,8 @@ def _cmd_stream(args: argparse.Namespace) -> int:
     rejected_to = source.dead_letter() if not args.kafka else f"topic {args.topic}.rejected"
     print(f"{where}: read {stats.read:,} messages in {stats.batches} batches ({dt:.1f} s, "
           f"{stats.read / max(dt, 1e-9):,.0f}/s): {stats.applied:,} applied, {stats.duplicates:,} duplicates "
-          f"skipped, {stats.rejected:,} rejected" + (f" (see {rejected_to})" if stats.rejected else "")
+          f"skipped, {stats.rejected:,} rejected" + (f" ({stats.late:,} older than the dedup window)" if stats.late else "")
+          + (f" (see {rejected_to})" if stats.rejected else "")
           + (f", {stats.retries} store reconnects" if stats.retries else ""))
     return 0
 
@@ -428,6 +431,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                              "1 s apart (default %(default)s)")
     st.add_argument("--export-from", metavar="DATASET", help="first write DATASET's log to --events (e.g. o2o-sim:tiny)")
     _add_store_arg(st)
+    st.add_argument("--dedup-days", type=float, default=7.0,
+                    help="keep applied event ids this many days of event time for the duplicate check; an event "
+                         "older than the newest one minus this window goes to the dead letter with its reason "
+                         "(0 = keep every id forever; default %(default)s)")
     st.add_argument("--batch-size", type=int, default=500, help="events per atomic commit (default %(default)s)")
     st.add_argument("--max-messages", type=int, help="stop after this many messages (default: to the end)")
     _add_definition_args(st)

@@ -55,11 +55,28 @@ def test_redis_store_equals_the_fold_and_replays_are_no_ops(redis_server, log_ev
     stats = run_stream(FileEventSource(path), store, DEF, batch_size=700)
     assert stats.applied == len(log_events) and stats.duplicates == 0
     assert _snapshot(store, log_events) == _snapshot(reference, log_events)
-    again = store.apply(log_events[:500], DEF, "replay", 0)  # the same events once more
-    assert again == 0
+    src, last = FileEventSource(path).name, len(log_events) - 1
+    assert store.apply(log_events[-500:], DEF, src, last) == 0  # the newest events once more
+    late = []  # the oldest ones are past the 7-day dedup window: not applied, handed back with the reason
+    assert store.apply(log_events[:500], DEF, src, last, on_late=lambda e, why: late.append(e)) == 0
+    assert late == log_events[:500]
     assert _snapshot(store, log_events) == _snapshot(reference, log_events)
+    # ids are kept for the window only (the log spans 14 days), and the watermark is the newest event
+    cutoff = max(e.ts for e in log_events) - store.dedup_window_s
+    inside = sum(e.ts >= cutoff for e in log_events)
+    assert store.r.zcard(store._applied_at(src)) == store.r.hlen(store._applied_ids) == inside < len(log_events)
+    assert store.watermark(src) == max(e.ts for e in log_events)
     assert store.offset(FileEventSource(path).name) == len(log_events) - 1
     assert type(open_store(redis_server.url)).__name__ == "RedisStore"  # what --store redis://... opens
+
+
+def test_redis_store_still_honours_ids_written_before_the_dedup_window(redis_server):
+    from edgerec.features.definition import Event
+
+    store = _redis_store(redis_server)
+    store.r.sadd(f"{store.prefix}:applied", "old")  # the pre-window layout: a plain SET of ids
+    assert store.apply([Event("old", 1, 2, 10 ** 9, "click", 1), Event("new", 1, 2, 10 ** 9, "click", 1)], DEF) == 1
+    assert store.user(1).clicks == 1
 
 
 def test_redis_killed_and_restarted_mid_stream_loses_and_doubles_nothing(tmp_path, log_events, reference):
@@ -71,12 +88,12 @@ def test_redis_killed_and_restarted_mid_stream_loses_and_doubles_nothing(tmp_pat
         path = write_event_file(log_events, tmp_path / "ev.jsonl")
         real_apply, calls = store.apply, {"n": 0}
 
-        def apply_then_crash_on_4th(events, definition, source=None, offset=None):
+        def apply_then_crash_on_4th(events, definition, source=None, offset=None, **kw):
             calls["n"] += 1
             if calls["n"] == 4:  # the server dies (SIGKILL) with batch 4 in flight ...
                 server.kill()
                 threading.Timer(0.5, server.start).start()  # ... and an operator restarts it
-            return real_apply(events, definition, source, offset)
+            return real_apply(events, definition, source, offset, **kw)
 
         store.apply = apply_then_crash_on_4th
         stats = run_stream(FileEventSource(path), store, DEF, batch_size=500, retries=30, retry_wait=0.3)
@@ -125,11 +142,11 @@ def test_kafka_consumer_killed_midway_then_a_new_member_resumes(kafka_broker, lo
     store = SQLiteStore(tmp_path / "features.db")
     real_apply, calls = store.apply, {"n": 0}
 
-    def die_in_5th_batch(events, definition, source=None, offset=None):
+    def die_in_5th_batch(events, definition, source=None, offset=None, **kw):
         calls["n"] += 1
         if calls["n"] == 5:
             raise Crash()  # the process dies before this batch's transaction commits
-        return real_apply(events, definition, source, offset)
+        return real_apply(events, definition, source, offset, **kw)
 
     store.apply = die_in_5th_batch
     first = KafkaEventSource(kafka_broker.bootstrap, topic, group_id="g-kill", idle_timeout=5)

@@ -48,10 +48,57 @@ def test_replaying_every_event_changes_nothing(tmp_path, log_events):
     items = {e.item_id for e in log_events}
     once = SQLiteStore(tmp_path / "once.db")
     once.apply(log_events, DEF)
-    twice = SQLiteStore(tmp_path / "twice.db")
+    twice = SQLiteStore(tmp_path / "twice.db", dedup_window_s=None)  # keeps every id: replays of any age
     assert twice.apply(log_events, DEF) == len(log_events)
     assert twice.apply(log_events[::-1], DEF) == 0  # all duplicates
     assert _snapshot(once, users, items) == _snapshot(twice, users, items)
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_dedup_window_bounds_the_kept_ids_and_never_applies_a_late_event(tmp_path, log_events, kind):
+    from edgerec.features.store import LateEventError
+
+    window = 2 * 86400
+    store = MemoryStore(window) if kind == "memory" else SQLiteStore(tmp_path / "w.db", window)
+    for k in range(0, len(log_events), 500):
+        store.apply(log_events[k:k + 500], DEF)
+    newest = max(e.ts for e in log_events)
+    inside = {e.event_id for e in log_events if e.ts >= newest - window}
+    kept = (set(store.applied) if kind == "memory"
+            else {r[0] for r in store.db.execute("SELECT event_id FROM applied")})
+    assert kept == inside and len(inside) < len(log_events) / 2  # bounded: the last 2 of 14 days
+    users, items = {e.user_id for e in log_events}, {e.item_id for e in log_events}
+    before = _snapshot(store, users, items)
+    late = []
+    assert store.apply(log_events, DEF, on_late=lambda e, why: late.append(e)) == 0  # a full replay
+    assert {e.event_id for e in late} == {e.event_id for e in log_events} - inside
+    with pytest.raises(LateEventError, match=rf"event '{log_events[0].event_id}' .* dedup window"):
+        store.apply(log_events[:1], DEF)  # no on_late: a clear error, nothing applied
+    assert _snapshot(store, users, items) == before
+
+
+def test_a_store_written_before_the_dedup_window_keeps_its_old_ids(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript("CREATE TABLE applied (event_id TEXT PRIMARY KEY); INSERT INTO applied VALUES ('old');")
+    db.close()
+    store = SQLiteStore(path, dedup_window_s=3600)
+    assert store.apply([Event("new", 1, 2, 10 ** 9, "click", 1)], DEF) == 1
+    assert store.apply([Event("old", 1, 2, 10 ** 9 + 10 ** 6, "click", 1)], DEF) == 0  # still a duplicate
+    assert store.db.execute("SELECT COUNT(*) FROM applied").fetchone()[0] == 2  # 'new' is within the hour
+    assert store.apply([Event("newer", 1, 2, 10 ** 9 + 10 ** 5, "click", 1)], DEF) == 1
+    ids = {r[0] for r in store.db.execute("SELECT event_id FROM applied")}
+    assert ids == {"old", "newer"}  # 'new' pruned; the pre-window id (ts NULL) is never pruned
+
+
+def test_stream_cli_rejects_a_negative_dedup_window(tmp_path, capsys):
+    from edgerec.cli import main
+
+    (tmp_path / "ev.jsonl").write_text("")
+    assert main(["stream", "--events", str(tmp_path / "ev.jsonl"), "--store", "memory", "--dedup-days", "-1"]) != 0
+    assert "--dedup-days must be >= 0" in capsys.readouterr().err
 
 
 def test_memory_and_sqlite_and_batch_fold_agree(tmp_path, log_events):
@@ -84,14 +131,14 @@ def test_consumer_killed_midway_then_restarted_loses_and_doubles_nothing(tmp_pat
     real_apply = store.apply
     calls = {"n": 0}
 
-    def flaky(events, definition, source=None, offset=None):  # dies inside the 4th batch's transaction
+    def flaky(events, definition, source=None, offset=None, **kw):  # dies inside the 4th batch's transaction
         calls["n"] += 1
         if calls["n"] == 4:
             store.db.execute("BEGIN IMMEDIATE")
-            store.db.execute("INSERT INTO applied VALUES ('half-written')")
+            store.db.execute("INSERT INTO applied VALUES ('half-written', 0, '')")
             store.db.execute("ROLLBACK")
             raise Crash()
-        return real_apply(events, definition, source, offset)
+        return real_apply(events, definition, source, offset, **kw)
 
     store.apply = flaky
     with pytest.raises(Crash):
@@ -101,11 +148,17 @@ def test_consumer_killed_midway_then_restarted_loses_and_doubles_nothing(tmp_pat
     store.apply = real_apply
     stats = run_stream(src, store, DEF, batch_size=1000)  # restart: resumes after the committed offset
     assert stats.read == len(log_events) - 3000 and stats.duplicates == 0
-    # a full replay from offset 0 (e.g. a consumer group reset) is absorbed by the event ids
+    # a full replay from offset 0 (e.g. a consumer group reset) is absorbed: events inside the dedup
+    # window by their ids, older ones (too old to check) by the dead-letter file, none applied twice
     fresh = FileEventSource(path)
     store.db.execute("DELETE FROM offsets")
     again = run_stream(fresh, store, DEF, batch_size=1000)
-    assert again.applied == 0 and again.duplicates == len(log_events)
+    cutoff = max(e.ts for e in log_events) - store.dedup_window_s
+    n_old = sum(e.ts < cutoff for e in log_events)
+    assert n_old > 0 and again.applied == 0
+    assert (again.late, again.rejected, again.duplicates) == (n_old, n_old, len(log_events) - n_old)
+    dead = [json.loads(x) for x in fresh.dead_letter().read_text().splitlines()]
+    assert len(dead) == n_old and "dedup window" in dead[0]["error"] and "--dedup-days" in dead[0]["error"]
     users = {e.user_id for e in log_events}
     items = {e.item_id for e in log_events}
     assert _snapshot(store, users, items) == _snapshot(ref, users, items)

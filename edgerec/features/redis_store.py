@@ -3,7 +3,12 @@
 Layout (prefix `edgerec` by default, so one Redis can hold several deployments):
 
   {prefix}:u:{user_id}    JSON UserState       {prefix}:i:{item_id}    JSON ItemState
-  {prefix}:applied        SET of applied event ids (the idempotency check)
+  {prefix}:applied_ids    HASH event id -> its source: the idempotency check (HMGET), every source
+  {prefix}:applied_at:{src}  ZSET event id -> event ts, one per source: which ids leave the dedup
+                          window (edgerec/features/store.py); its highest score is the source's
+                          watermark. One writer per source (the offset WATCH), so no races on it
+  {prefix}:applied        SET of event ids written before the dedup window existed: still checked,
+                          never grown or pruned
   {prefix}:offset:{src}   the source offset the stored state is complete up to
 
 One batch is one MULTI/EXEC transaction holding the new states, the new event ids and the offset,
@@ -24,6 +29,7 @@ from typing import Iterable
 
 from edgerec.errors import EdgerecError, StoreUnavailable
 from edgerec.features.definition import Event, FeatureDefinition, ItemState, UserState
+from edgerec.features.store import DEFAULT_DEDUP_WINDOW_S, OnLate, checkable, checked_window
 
 
 def redis_server_args(port: int, data_dir: str) -> list[str]:
@@ -36,12 +42,16 @@ def redis_server_args(port: int, data_dir: str) -> list[str]:
 class RedisStore:
     """Online features in Redis. `url` like redis://127.0.0.1:6379/0."""
 
-    def __init__(self, url: str = "redis://127.0.0.1:6379/0", prefix: str = "edgerec"):
+    def __init__(self, url: str = "redis://127.0.0.1:6379/0", prefix: str = "edgerec",
+                 dedup_window_s: int | None = DEFAULT_DEDUP_WINDOW_S):
         import redis  # optional dependency: pip install 'edgerec[serve]'
 
         self._redis = redis
         self.url, self.prefix = url, prefix
+        self.dedup_window_s = checked_window(dedup_window_s)
         self.r = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
+        self._applied_ids, self._legacy_key = f"{prefix}:applied_ids", f"{prefix}:applied"
+        self._legacy: bool | None = None  # does a pre-window applied SET exist? (asked once, lazily)
 
     # keys -------------------------------------------------------------------------------------
     def _u(self, uid: int) -> str:
@@ -61,18 +71,32 @@ class RedisStore:
                                    "The batch in flight was not applied and will be re-read.") from None
 
     # interface --------------------------------------------------------------------------------
-    def apply(self, events: Iterable[Event], definition: FeatureDefinition, source: str | None = None,
-              offset: int | None = None) -> int:
-        return self._call(self._apply, list(events), definition, source, offset)
+    def _applied_at(self, source: str | None) -> str:
+        return f"{self.prefix}:applied_at:{'' if source is None else source}"
 
-    def _apply(self, events: list[Event], definition, source, offset) -> int:
+    def watermark(self, source: str | None = None) -> int | None:
+        """The newest applied event's ts from `source`."""
+        top = self._call(lambda: self.r.zrange(self._applied_at(source), -1, -1, withscores=True))
+        return int(top[0][1]) if top else None
+
+    def apply(self, events: Iterable[Event], definition: FeatureDefinition, source: str | None = None,
+              offset: int | None = None, on_late: OnLate | None = None) -> int:
+        return self._call(self._apply, list(events), definition, source, offset, on_late)
+
+    def _apply(self, events: list[Event], definition, source, offset, on_late) -> int:
+        if self._legacy is None:
+            self._legacy = bool(self.r.exists(self._legacy_key))
         with self.r.pipeline(transaction=True) as pipe:
-            if source is not None:
-                pipe.watch(self._off(source))  # fencing: nobody else may advance this source meanwhile
-            else:
-                pipe.watch(f"{self.prefix}:applied")
+            zkey = self._applied_at(source)
+            # fencing: nobody else may advance this source (its offset, its applied ids) meanwhile
+            pipe.watch(self._off(source) if source is not None else zkey)
+            top = pipe.zrange(zkey, -1, -1, withscores=True)
+            watermark = int(top[0][1]) if top else None
+            events = checkable(events, watermark, self.dedup_window_s, on_late)
             ids = [e.event_id for e in events]
-            seen = pipe.smismember(f"{self.prefix}:applied", ids) if ids else []
+            seen = [s is not None for s in pipe.hmget(self._applied_ids, ids)] if ids else []
+            if self._legacy and ids:
+                seen = [a or bool(b) for a, b in zip(seen, pipe.smismember(self._legacy_key, ids))]
             fresh, batch_ids = [], set()
             for e, s in zip(events, seen):
                 if not s and e.event_id not in batch_ids:  # duplicates inside one batch count once too
@@ -87,12 +111,23 @@ class RedisStore:
             for e in fresh:
                 definition.apply_user(users[e.user_id], e)
                 definition.apply_item(items[e.item_id], e)
-            pipe.multi()
+            if fresh:
+                watermark = max([e.ts for e in fresh] + ([] if watermark is None else [watermark]))
+            expired: set = set()  # this source's ids past the window: the kept ones and any of this batch
+            if self.dedup_window_s is not None and watermark is not None:
+                cutoff = watermark - self.dedup_window_s
+                expired = set(pipe.zrangebyscore(zkey, "-inf", f"({cutoff}"))  # bounded by the window
+                expired |= {e.event_id.encode() for e in fresh if e.ts < cutoff}
+            pipe.multi()  # every write below lands in one MULTI/EXEC: all of the batch or none
             if users or items:
                 pipe.mset({**{self._u(u): json.dumps(s.to_dict()) for u, s in users.items()},
                            **{self._i(i): json.dumps(s.to_dict()) for i, s in items.items()}})
-            if batch_ids:
-                pipe.sadd(f"{self.prefix}:applied", *batch_ids)
+            if fresh:
+                pipe.hset(self._applied_ids, mapping={e.event_id: "" if source is None else source for e in fresh})
+                pipe.zadd(zkey, {e.event_id: e.ts for e in fresh})
+            if expired:
+                pipe.zremrangebyscore(zkey, "-inf", f"({cutoff}")
+                pipe.hdel(self._applied_ids, *expired)
             if source is not None and offset is not None:
                 pipe.set(self._off(source), offset)
             try:

@@ -5,6 +5,20 @@ events ATOMICALLY together with the source offset it was read up to, and skips a
 `event_id` was applied before. That is what makes at-least-once delivery safe: a replayed event,
 or a batch re-read after a crash between "applied" and "offset committed", changes nothing.
 
+The applied ids are kept for a DEDUP WINDOW of event time (default 7 days, `dedup_window_s`), not
+forever. Watermarks are PER SOURCE (a file, a Kafka partition: what `source` names; `None` is one
+source of its own): a consumer reads one partition ahead of another, so one global watermark would
+make the slower partition's events look late. An id is dropped once its source's newest applied
+event (the watermark) is more than the window past it; the duplicate check covers every id still
+kept, whatever its source. A duplicate of an event older than its source's watermark - window could
+no longer be recognised, so such an event is not applied at all: it is handed to `on_late` (the
+stream processor writes it to its dead-letter file with the reason) or, with no `on_late`, raises
+`LateEventError`. Nothing is dropped silently and nothing is counted twice; `dedup_window_s=None`
+keeps every id (unbounded). The one assumption, Kafka Streams' too (its dedup state is per
+partition): a duplicate comes back through the source of its original (what at-least-once
+redelivery does: a partition or file re-read). An old event re-sent through ANOTHER source after its
+id left the window cannot be recognised (docs/design.md, "Dedup window").
+
   MemoryStore   dicts, for tests and the in-process demo
   SQLiteStore   one file, the embedded default (`edgerec stream --store sqlite:PATH`); one
                 transaction per batch holds the states, the applied event ids and the offset
@@ -13,19 +27,60 @@ or a batch re-read after a crash between "applied" and "offset committed", chang
 
 from __future__ import annotations
 
+import heapq
 import json
 import sqlite3
 from dataclasses import fields
 from pathlib import Path
-from typing import Iterable, Protocol
+from typing import Callable, Iterable, Protocol
 
-from edgerec.errors import ConfigError
+from edgerec.errors import ConfigError, DataFormatError
 from edgerec.features.definition import Event, FeatureDefinition, ItemState, UserState
+
+
+DEFAULT_DEDUP_WINDOW_S = 7 * 86400
+OnLate = Callable[[Event, str], None]  # (event, reason): an event too old to check for duplicates
+
+
+class LateEventError(DataFormatError):
+    """An event older than the store's dedup window: it can no longer be checked for duplicates."""
+
+
+def late_reason(e: Event, watermark: int, window_s: int) -> str:
+    return (f"event {e.event_id!r} (ts {e.ts}) is older than the feature store's dedup window: its source's newest "
+            f"applied event is at ts {watermark} and applied ids are kept for {window_s / 86400:g} days, so it can no "
+            "longer be checked for duplicates and was NOT applied. If it is new, apply it with a longer window "
+            "(`edgerec stream --dedup-days N`).")
+
+
+def checkable(events: Iterable[Event], watermark: int | None, window_s: int | None,
+              on_late: OnLate | None) -> list[Event]:
+    """The events young enough to be checked against the kept ids; the others go to `on_late`
+    (or raise LateEventError, naming the first one, when there is no `on_late`)."""
+    events = list(events)
+    if window_s is None or watermark is None:
+        return events
+    cutoff = watermark - window_s
+    kept = []
+    for e in events:
+        if e.ts >= cutoff:
+            kept.append(e)
+        elif on_late is None:
+            raise LateEventError(late_reason(e, watermark, window_s))
+        else:
+            on_late(e, late_reason(e, watermark, window_s))
+    return kept
+
+
+def checked_window(dedup_window_s: int | None) -> int | None:
+    if dedup_window_s is not None and dedup_window_s <= 0:
+        raise ConfigError(f"dedup window must be positive seconds or None (keep every id), got {dedup_window_s}")
+    return dedup_window_s
 
 
 class FeatureStore(Protocol):
     def apply(self, events: Iterable[Event], definition: FeatureDefinition, source: str | None = None,
-              offset: int | None = None) -> int: ...  # number of events newly applied
+              offset: int | None = None, on_late: OnLate | None = None) -> int: ...  # events newly applied
 
     def user(self, user_id: int) -> UserState: ...
 
@@ -37,21 +92,34 @@ class FeatureStore(Protocol):
 
 
 class MemoryStore:
-    def __init__(self) -> None:
+    def __init__(self, dedup_window_s: int | None = DEFAULT_DEDUP_WINDOW_S) -> None:
         self.users: dict[int, UserState] = {}
         self.item_states: dict[int, ItemState] = {}
-        self.applied: set[str] = set()
+        self.applied: dict[str, int] = {}  # event_id -> event ts, within its source's dedup window
+        self._by_ts: dict[str | None, list[tuple[int, str]]] = {}  # per source, min-heap of (ts, id): next to drop
+        self.watermarks: dict[str | None, int] = {}  # per source, the newest applied event ts
+        self.dedup_window_s = checked_window(dedup_window_s)
         self.offsets: dict[str, int] = {}
 
-    def apply(self, events, definition, source=None, offset=None) -> int:
+    def watermark(self, source: str | None = None) -> int | None:
+        return self.watermarks.get(source)
+
+    def apply(self, events, definition, source=None, offset=None, on_late=None) -> int:
         n = 0
-        for e in events:
+        heap = self._by_ts.setdefault(source, [])
+        for e in checkable(events, self.watermarks.get(source), self.dedup_window_s, on_late):
             if e.event_id in self.applied:
                 continue
             definition.apply_user(self.users.setdefault(e.user_id, UserState()), e)
             definition.apply_item(self.item_states.setdefault(e.item_id, ItemState()), e)
-            self.applied.add(e.event_id)
+            self.applied[e.event_id] = e.ts
+            heapq.heappush(heap, (e.ts, e.event_id))
+            self.watermarks[source] = max(self.watermarks.get(source, e.ts), e.ts)
             n += 1
+        if self.dedup_window_s is not None and source in self.watermarks:
+            cutoff = self.watermarks[source] - self.dedup_window_s
+            while heap and heap[0][0] < cutoff:
+                del self.applied[heapq.heappop(heap)[1]]
         if source is not None and offset is not None:
             self.offsets[source] = offset
         return n
@@ -73,30 +141,49 @@ class SQLiteStore:
     SCHEMA = """
     CREATE TABLE IF NOT EXISTS users (user_id INTEGER PRIMARY KEY, state TEXT NOT NULL);
     CREATE TABLE IF NOT EXISTS items (item_id INTEGER PRIMARY KEY, state TEXT NOT NULL);
-    CREATE TABLE IF NOT EXISTS applied (event_id TEXT PRIMARY KEY);
+    CREATE TABLE IF NOT EXISTS applied (event_id TEXT PRIMARY KEY, ts INTEGER, source TEXT);
     CREATE TABLE IF NOT EXISTS offsets (source TEXT PRIMARY KEY, offset INTEGER NOT NULL);
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, dedup_window_s: int | None = DEFAULT_DEDUP_WINDOW_S):
         self.path = str(path)
+        self.dedup_window_s = checked_window(dedup_window_s)
         # explicit BEGIN/COMMIT below; one connection shared by the server's threads, so no thread check
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(self.SCHEMA)
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(applied)")}
+        for col, kind in (("ts", "INTEGER"), ("source", "TEXT")):
+            if col not in columns:  # a store written before the dedup window: its ids get NULL, kept forever
+                self.db.execute(f"ALTER TABLE applied ADD COLUMN {col} {kind}")
+        self.db.execute("CREATE INDEX IF NOT EXISTS applied_by_source_ts ON applied (source, ts)")
+
+    @staticmethod
+    def _source_key(source: str | None) -> str:
+        return "" if source is None else source  # NULL is the pre-window rows' marker
+
+    def watermark(self, source: str | None = None) -> int | None:
+        """The newest applied event's ts from `source` (an index lookup)."""
+        row = self.db.execute("SELECT MAX(ts) FROM applied WHERE source = ?", (self._source_key(source),)).fetchone()
+        return row[0]
 
     def _get(self, table: str, key: str, k: int, cls):
         row = self.db.execute(f"SELECT state FROM {table} WHERE {key} = ?", (k,)).fetchone()
         return cls.from_dict(json.loads(row[0])) if row else cls()
 
-    def apply(self, events, definition, source=None, offset=None) -> int:
+    def apply(self, events, definition, source=None, offset=None, on_late=None) -> int:
         users: dict[int, UserState] = {}
         items: dict[int, ItemState] = {}
         n = 0
         self.db.execute("BEGIN IMMEDIATE")
         try:
-            for e in events:
-                if self.db.execute("INSERT OR IGNORE INTO applied VALUES (?)", (e.event_id,)).rowcount == 0:
+            src = self._source_key(source)
+            watermark = self.watermark(source)
+            for e in checkable(events, watermark, self.dedup_window_s, on_late):
+                new = self.db.execute("INSERT OR IGNORE INTO applied VALUES (?, ?, ?)", (e.event_id, e.ts, src))
+                if new.rowcount == 0:
                     continue  # seen before: at-least-once delivery made it arrive again
+                watermark = e.ts if watermark is None else max(watermark, e.ts)
                 u = users.get(e.user_id) or self._get("users", "user_id", e.user_id, UserState)
                 users[e.user_id] = definition.apply_user(u, e)
                 it = items.get(e.item_id) or self._get("items", "item_id", e.item_id, ItemState)
@@ -108,6 +195,9 @@ class SQLiteStore:
                                 [(k, json.dumps(v.to_dict())) for k, v in items.items()])
             if source is not None and offset is not None:
                 self.db.execute("INSERT OR REPLACE INTO offsets VALUES (?, ?)", (source, offset))
+            if self.dedup_window_s is not None and watermark is not None:  # this source's ids past the window
+                self.db.execute("DELETE FROM applied WHERE source = ? AND ts < ?",
+                                (src, watermark - self.dedup_window_s))
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")  # nothing of a failed batch is kept; it will be re-read
@@ -140,14 +230,14 @@ class SQLiteStore:
         self.db.close()
 
 
-def open_store(spec: str) -> FeatureStore:
+def open_store(spec: str, dedup_window_s: int | None = DEFAULT_DEDUP_WINDOW_S) -> FeatureStore:
     """`memory`, `sqlite:PATH` (the embedded defaults) or `redis://HOST:PORT/DB`."""
     if spec.startswith("redis://"):
         from edgerec.features.redis_store import RedisStore
 
-        return RedisStore(spec)
+        return RedisStore(spec, dedup_window_s=dedup_window_s)
     if spec == "memory":
-        return MemoryStore()
+        return MemoryStore(dedup_window_s)
     if spec.startswith("sqlite:"):
-        return SQLiteStore(spec.split(":", 1)[1])
+        return SQLiteStore(spec.split(":", 1)[1], dedup_window_s)
     raise ConfigError(f"unknown feature store {spec!r}; use 'memory', 'sqlite:PATH' or 'redis://HOST:PORT/DB'")

@@ -7,7 +7,9 @@
 Delivery is at-least-once: the offset is committed in the same transaction as the batch's state, so
 a crash before the commit re-reads the batch, and the store's event-id check makes the re-read a
 no-op. Nothing is dropped silently: a malformed message goes to `<source>.rejected.jsonl` with
-its offset and the reason, and is counted.
+its offset and the reason, and is counted; so does an event older than the store's dedup window
+(edgerec/features/store.py), which could no longer be checked for duplicates. A batch rolled back
+after that (store unreachable) is re-read, so a dead letter can appear twice: at least once, too.
 
 Sources: `FileEventSource` (JSON lines, the embedded default) and `edgerec/serve/kafka.py` (a
 Kafka consumer group via confluent-kafka). The store, not the source, owns the offsets: a
@@ -96,7 +98,8 @@ class StreamStats:
     read: int = 0
     applied: int = 0
     duplicates: int = 0
-    rejected: int = 0
+    rejected: int = 0  # malformed messages and late events, both in the dead-letter file
+    late: int = 0  # of which: older than the store's dedup window
     batches: int = 0
     retries: int = 0
     lag_seconds: list[float] = field(default_factory=list)  # event time -> applied, per batch (max)
@@ -135,18 +138,31 @@ def run_stream(source, store: FeatureStore, definition: FeatureDefinition, batch
 
 def _consume(source, store, definition, batch_size, max_messages, stats: StreamStats) -> None:
     pending: dict[str, tuple[list[Event], int]] = {}
+    message_of: dict[str, Message] = {}  # event_id -> its message, for the dead letter of a late event
 
     def flush(name: str) -> None:
         batch, last = pending.pop(name)
         if name in source.revoked:  # partition moved to another consumer: it re-reads from the store
+            for e in batch:
+                message_of.pop(e.event_id, None)
             return
-        n = store.apply(batch, definition, name, last)
+        late: list[Event] = []
+
+        def on_late(e: Event, reason: str) -> None:
+            source.reject(message_of[e.event_id], reason)
+            late.append(e)
+
+        n = store.apply(batch, definition, name, last, on_late=on_late)
         if batch:
             stats.lag_seconds.append(max(time.time() - max(e.ts for e in batch), 0.0))
         source.committed(name, last)
         stats.applied += n
-        stats.duplicates += len(batch) - n
+        stats.late += len(late)
+        stats.rejected += len(late)
+        stats.duplicates += len(batch) - n - len(late)
         stats.batches += 1
+        for e in batch:
+            message_of.pop(e.event_id, None)
 
     for msg in source.messages(store):
         if msg is None:  # the source is idle: commit what is pending (bounded update delay)
@@ -158,7 +174,9 @@ def _consume(source, store, definition, batch_size, max_messages, stats: StreamS
         stats.read += 1
         batch, _ = pending.get(msg.source, ([], msg.offset))
         try:
-            batch.append(decode(msg.raw, f"{msg.source} offset {msg.offset}"))
+            event = decode(msg.raw, f"{msg.source} offset {msg.offset}")
+            batch.append(event)
+            message_of.setdefault(event.event_id, msg)
         except DataFormatError as e:
             source.reject(msg, str(e))  # kept, with its reason; its offset still advances
             stats.rejected += 1
