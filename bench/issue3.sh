@@ -8,6 +8,9 @@
 #   sh bench/issue3.sh abl3      seed 3 of the ablations, two queues
 #   sh bench/issue3.sh o2o       o2o-sim: GRU4Rec, SASRec, Time-LSTM, TiSASRec (seeds 1-3, at most 12 epochs)
 #   sh bench/issue3.sh o2oabl    o2o-sim: DiCycle w/o ATC and w/o RTC (seeds 1-3)
+#   sh bench/issue3.sh o2oabl2   o2o-sim: the other three ablations, w/o TCM, w/o gate, J=0 (seeds 1-3)
+#   sh bench/issue3.sh explain   o2o-sim seed 1: DiCycle and "+target head -month" trained, then `edgerec explain`
+#   sh bench/issue3.sh insttune  Instacart: lr of DIN and DiCycle on validation, then seeds 1-3 at the chosen lr
 #   sh bench/issue3.sh ext       o2o-sim, seed 1: the head / month-slot extensions (docs/results.md, explain)
 #   sh bench/issue3.sh merge     one table per dataset from the queues' result files
 # Every step is resumable (--resume skips finished runs); seeds 1-3, L = 50.
@@ -60,13 +63,27 @@ case "$1" in
   o2oabl)  # o2o-sim: the two time ablations where the simulator plants cycles (absolute, relative), seeds 1-3
     $PY bench/ctr.py --dataset o2o-sim --suffix o2osim --models "" --ablations="w/o ATC,w/o RTC" --lens 50 $T \
         --seed-major --resume --no-docs --out $R/ctr_o2osim_abl.json ;;
+  o2oabl2)
+    $PY bench/ctr.py --dataset o2o-sim --suffix o2osim --models "" --ablations="w/o TCM,w/o gate,J=0" --lens 50 $T \
+        --seed-major --resume --no-docs --out $R/ctr_o2osim_abl2.json ;;
+  explain)  # the runs behind the explain plots (gap_response, time_preference) in docs/results.md
+    $PY bench/ctr.py --dataset o2o-sim --suffix o2osim --models DiCycle --lens 50 --seeds 1 $T --resume --no-docs \
+        --out $R/ctr_o2osim_explainruns.json
+    $PY bench/ctr.py --dataset o2o-sim --suffix o2osim --models "" --ablations="+target head -month" --lens 50 --seeds 1 \
+        $T --resume --no-docs --out $R/ctr_o2osim_explainruns.json
+    for d in runs/bench/DiCycle_o2osim/*-seed1; do $PY -m edgerec.cli explain --run "$d" --samples 256; done ;;
+  insttune)  # the sixth Instacart test (docs/results.md): DIN and DiCycle tuned the way COUPA was
+    $PY bench/tune_lr.py --models DIN,DiCycle --suffix instacart --values 0.001,0.003,0.01 --seed 1 --epochs 12 \
+        $T --set train.progress=false --resume --out $R/lr_sweep_instacart.json
+    $PY bench/ctr.py --dataset instacart --suffix instacart --models DIN,DiCycle --lens 50 $T --set train.progress=false \
+        --resume --no-docs --out $R/ctr_instacart_tuned.json ;;
   merge)
     $PY bench/ctr.py --dataset ml-100k --models DIN,GRU4Rec,SASRec,TiSASRec,TimeLSTM,DiCycle --ablations all --lens 50 \
         --merge $R/ctr_ml100k_dicycle.json,$R/ctr_ml100k_abl2.json,$R/ctr_ml100k_abl3a.json,$R/ctr_ml100k_abl3b.json,$R/ctr_ml100k_attn.json,$R/ctr_ml100k_rnn.json,$R/ctr_ml100k.json \
         --out $R/ctr_ml100k_time.json
     $PY bench/ctr.py --dataset o2o-sim --models DIN,GRU4Rec,SASRec,TimeLSTM,TiSASRec,DiCycle \
-        --ablations="w/o ATC,w/o RTC,+target head,+target head -month,-month" --lens 50 \
-        --merge $R/ctr_o2osim_dicycle.json,$R/ctr_o2osim_din.json,$R/ctr_o2osim_prelim.json,$R/ctr_o2osim_head.json,$R/ctr_o2osim_seq.json,$R/ctr_o2osim_abl.json \
+        --ablations="w/o ATC,w/o RTC,w/o TCM,w/o gate,J=0,+target head,+target head -month,-month" --lens 50 \
+        --merge $R/ctr_o2osim_dicycle.json,$R/ctr_o2osim_din.json,$R/ctr_o2osim_prelim.json,$R/ctr_o2osim_head.json,$R/ctr_o2osim_seq.json,$R/ctr_o2osim_abl.json,$R/ctr_o2osim_abl2.json \
         --out $R/ctr_o2osim_time.json ;;
-  *) echo "usage: sh bench/issue3.sh tune|q1|q2a|q2b|abl2|abl3|ext|o2o|o2oabl|merge" >&2; exit 2 ;;
+  *) echo "usage: sh bench/issue3.sh tune|q1|q2a|q2b|abl2|abl3|ext|o2o|o2oabl|o2oabl2|explain|insttune|merge" >&2; exit 2 ;;
 esac
