@@ -29,7 +29,7 @@ def replace_block(key: str, block: str, path: Path = DOCS) -> None:
     write_text_atomic(path, text)
 
 
-def render_sweep(r: dict, block: str = "lr_sweep") -> None:
+def render_sweep(r: dict, block: str = "lr_sweep", path: Path = DOCS) -> None:
     """Validation sweep table (bench/tune_lr.py); older files name the value `lr`."""
     param = r.get("param", "train.lr")
     rows = [f"| model | {param} | best epoch / run | valid AUC | valid GAUC | valid logloss | chosen |",
@@ -40,8 +40,11 @@ def render_sweep(r: dict, block: str = "lr_sweep") -> None:
         rows.append(f"| {x['model']} | {value:g} | {x['best_epoch']} / {x['epochs_run']} | {v['AUC']:.4f} | "
                     f"{v['GAUC']:.4f} | {v['logloss']:.4f} | {chosen} |")
     extra = f", fixed: {', '.join(r['overrides'])}" if r.get("overrides") else ""
-    replace_block(block, "\n".join(rows) + f"\n\nMeasured {r['started'][:10]}, git {r['git']}, seed {r['seed']}, "
-                  f"L = {r['L']}, validation split only{extra}.")
+    # runs record their own date and commit (a resumed sweep spans sessions); older files only the report's
+    dates = sorted({x.get("measured", r["started"][:10]) for x in r["runs"]}) or [r["started"][:10]]
+    gits = list(dict.fromkeys(x.get("git", r["git"]) for x in r["runs"])) or [r["git"]]
+    replace_block(block, "\n".join(rows) + f"\n\nMeasured {', '.join(dates)}, git {', '.join(gits)}, seed {r['seed']}, "
+                  f"L = {r['L']}, validation split only{extra}.", path)
 
 
 def render_simulator(s: dict) -> None:

@@ -74,7 +74,8 @@ def main(argv=None) -> dict:
                 f"ledger={ROOT / 'runs' / 'tune' / 'ledger.jsonl'}"])
             r = run_experiment(cfg, sample_cache=cache, log=lambda *_: None)
             row = {"model": model, "value": value, "best_epoch": r.best_epoch, "epochs_run": r.epochs_run,
-                   "valid": r.valid, "train_seconds": r.train_seconds}
+                   "valid": r.valid, "train_seconds": r.train_seconds,  # when and where: a resumed sweep spans sessions
+                   "measured": datetime.now(timezone.utc).date().isoformat(), "git": report["git"]}
             if a.param == "train.lr":
                 row["lr"] = value
             print(row, flush=True)

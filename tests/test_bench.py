@@ -88,3 +88,21 @@ def test_paired_diagnose_pairs_by_seed_and_splits_positives(config_dir, tmp_path
     for r in rep["per_seed"]:
         assert 0.0 <= r["share"] <= 1.0 and 0.0 <= r["DNN"]["all"] <= 1.0
     assert json.loads((tmp_path / "d.json").read_text())["partition"] == "session"
+
+
+def test_a_resumed_sweep_names_every_session_it_ran_in(tmp_path):
+    from bench.docs_tables import render_sweep
+
+    def run(value, auc, **when):
+        return {"model": "DIN", "value": value, "best_epoch": 1, "epochs_run": 2,
+                "valid": {"AUC": auc, "GAUC": auc, "logloss": 0.5}, **when}
+
+    report = {"param": "train.lr", "started": "2026-11-25T10:00:00+00:00", "git": "bbbbbbb", "seed": 1, "L": 50,
+              "chosen": {"DIN": 0.001}, "overrides": [],
+              "runs": [run(0.003, 0.88, measured="2026-11-25", git="aaaaaaa"),
+                       run(0.001, 0.90, measured="2026-11-28", git="bbbbbbb")]}
+    doc = tmp_path / "results.md"
+    render_sweep(report, "sweep", doc)
+    text = doc.read_text()
+    assert "Measured 2026-11-25, 2026-11-28, git aaaaaaa, bbbbbbb, seed 1" in text
+    assert "| DIN | 0.001 | 1 / 2 | 0.9000 |" in text and text.count("✓") == 1
