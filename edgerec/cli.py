@@ -146,7 +146,8 @@ def _cmd_results(args: argparse.Namespace) -> int:
 def _cmd_explain(args: argparse.Namespace) -> int:
     from edgerec.train.explain import explain_run
 
-    for path in explain_run(args.run, args.out, samples=args.samples):
+    plots = tuple(p.strip() for p in args.plots.split(",") if p.strip())
+    for path in explain_run(args.run, args.out, samples=args.samples, plots=plots):
         print(f"wrote {path}")
     return 0
 
@@ -393,11 +394,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     x = sub.add_parser("explain", help="plot what a time-aware model learned (PNG)",
                        description="For a DiCycle run: the learned hour/weekday preference (target-time sweep over "
-                                   "test samples) and the relative-time kernel over 0-14 days, as PNG + JSON.")
+                                   "test samples), the relative-time kernel over 0-14 days and, on o2o-sim, the "
+                                   "model's response to the gap since the last same-category behaviour, as PNG + "
+                                   "JSON next to the simulator's truth and the log's own CTR lift. For a COUPA run: "
+                                   "intensities and examination curves.")
     x.add_argument("--run", required=True, help="run directory")
     x.add_argument("--out", help="output folder (default <run>/explain)")
     x.add_argument("--samples", type=int, default=256,
                    help="test samples replayed per category and hour of the week (default 256)")
+    x.add_argument("--plots", default="time,kernel,gap",
+                   help="DiCycle plots to write, comma list of time, kernel, gap (default %(default)s; "
+                        "time is the slow one)")
     x.set_defaults(func=_cmd_explain)
 
     r = sub.add_parser("results", help="show the results ledger", description="One row per run in the ledger.")

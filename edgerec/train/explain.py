@@ -235,7 +235,12 @@ def relative_kernel(model, days: int = 14, step_h: float = 0.5) -> dict:
     return {"dt_hours": dt.tolist(), "kernel": k.tolist(), "learned_periods_hours": sorted(periods)}
 
 
-def explain_run(run_dir: str | Path, out_dir: str | Path | None = None, samples: int = 256) -> list[Path]:
+PLOTS = ("time", "kernel", "gap")  # time_preference.png, relative_kernel.png, gap_response.png
+
+
+def explain_run(run_dir: str | Path, out_dir: str | Path | None = None, samples: int = 256,
+                plots: tuple[str, ...] = PLOTS) -> list[Path]:
+    """Write the PNGs (+ JSON) of `plots` for a DiCycle run (COUPA runs: explain_coupa's plots)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -243,6 +248,9 @@ def explain_run(run_dir: str | Path, out_dir: str | Path | None = None, samples:
 
     from edgerec.train.experiment import load_run
 
+    unknown = sorted(set(plots) - set(PLOTS))
+    if unknown:
+        raise EdgerecError(f"unknown plot(s) {unknown}; choose from {list(PLOTS)}.")
     cfg, model, sample_set = load_run(run_dir)
     if cfg.model not in ("DiCycle", "COUPA"):
         raise EdgerecError(f"explain supports DiCycle and COUPA runs; {run_dir} is a {cfg.model} run.")
@@ -252,12 +260,25 @@ def explain_run(run_dir: str | Path, out_dir: str | Path | None = None, samples:
         from edgerec.train.explain_coupa import explain_coupa
 
         return explain_coupa(cfg, model, sample_set, out, plt)
-    written = []
-
     from edgerec.data.registry import load as load_dataset
 
     ds = load_dataset(cfg.dataset)
     item_category, names = item_categories(sample_set, ds)
+    written = []
+    if "time" in plots:
+        written.append(_plot_time_preference(plt, cfg, model, sample_set, ds, item_category, names, out, samples))
+    if "kernel" in plots and getattr(model, "relative", None) is not None:
+        written.append(_plot_relative_kernel(plt, cfg, model, out))
+    gaps = np.arange(0.5, 14 * 24, 1.0)
+    rel_truth = planted_gap_curves(ds.meta.get("categories", []), names, gaps)
+    if "gap" in plots and rel_truth:
+        lift = empirical_gap_lift(ds, list(rel_truth), gaps)
+        written.append(_plot_gap_response(plt, cfg, model, sample_set, item_category, names, rel_truth, lift, out,
+                                          samples))
+    return written
+
+
+def _plot_time_preference(plt, cfg, model, sample_set, ds, item_category, names, out: Path, samples: int) -> Path:
     sweep = target_time_sweep(model, sample_set, item_category, names, n=samples)
     truth = planted_curves(ds.meta["categories"], names) if "categories" in ds.meta else {}
     if truth:
@@ -298,33 +319,80 @@ def explain_run(run_dir: str | Path, out_dir: str | Path | None = None, samples:
     fig.suptitle(f"{cfg.expid}: {cfg.dataset}: learned time preference per category "
                  f"({sweep['samples']} {sweep['split']} samples, Δt held fixed)", fontsize=9)
     fig.tight_layout()
-    written.append(_save(fig, out / "time_preference.png"))
+    path = _save(fig, out / "time_preference.png")
     plt.close(fig)
-
-    if getattr(model, "relative", None) is not None:
-        rk = relative_kernel(model)
-        write_json_atomic(out / "relative_kernel.json", rk)
-        fig, ax = plt.subplots(figsize=(10, 3.4))
-        ax.plot(np.asarray(rk["dt_hours"]) / 24, rk["kernel"])
-        for d in range(1, 15):
-            ax.axvline(d, color="grey", lw=0.4, ls=":")
-        ax.set(xlabel="Δt (days)", ylabel="<Φ(0), Φ(Δt)>", title=f"{cfg.expid}: learned relative-time kernel")
-        fig.tight_layout()
-        written.append(_save(fig, out / "relative_kernel.png"))
-        plt.close(fig)
-
-    rel_truth = planted_gap_curves(ds.meta.get("categories", []), names, np.arange(0.5, 14 * 24, 1.0))
-    if rel_truth:
-        written.append(_plot_gap_response(plt, cfg, model, sample_set, item_category, names, rel_truth, out, samples))
-    return written
+    return path
 
 
-def _plot_gap_response(plt, cfg, model, sample_set, item_category, names, truth, out: Path, samples: int) -> Path:
+def _plot_relative_kernel(plt, cfg, model, out: Path) -> Path:
+    rk = relative_kernel(model)
+    write_json_atomic(out / "relative_kernel.json", rk)
+    fig, ax = plt.subplots(figsize=(10, 3.4))
+    ax.plot(np.asarray(rk["dt_hours"]) / 24, rk["kernel"])
+    for d in range(1, 15):
+        ax.axvline(d, color="grey", lw=0.4, ls=":")
+    ax.set(xlabel="Δt (days)", ylabel="<Φ(0), Φ(Δt)>", title=f"{cfg.expid}: learned relative-time kernel")
+    fig.tight_layout()
+    path = _save(fig, out / "relative_kernel.png")
+    plt.close(fig)
+    return path
+
+
+def empirical_gap_lift(dataset, names: list[str], gap_hours: np.ndarray, min_exposures: int = 100) -> dict:
+    """Model-free reference from the LOG: per category, log(CTR of its exposures whose user last
+    clicked that category Δt earlier / the category's CTR), with Δt in bins centred on `gap_hours`
+    (evenly spaced). None where a bin has fewer than `min_exposures` exposures. What any model could
+    learn about the gap: the relative cycle as the log carries it."""
+    e, items = dataset.events, dataset.items
+    if items is None or "category" not in items.column_names or e.column("label").to_numpy().mean() >= 0.99:
+        return {}
+    cat_of = dict(zip(items.column("item_id").to_pylist(), items.column("category").to_pylist()))
+    cats = np.array([cat_of.get(i) for i in e.column("item_id").to_pylist()], dtype=object)
+    user, ts = e.column("user_id").to_numpy().astype(np.int64), e.column("ts").to_numpy().astype(np.int64)
+    y = e.column("label").to_numpy().astype(np.float64)
+    step = float(gap_hours[1] - gap_hours[0])
+    edges_lo = gap_hours[0] - step / 2
+    big = np.int64(ts.max() - ts.min() + 2)
+    out = {}
+    for name in names:
+        m = np.flatnonzero(cats == name)
+        order = m[np.lexsort((ts[m], user[m]))]  # by user, then time
+        u, t, c = user[order], ts[order] - ts.min(), y[order]
+        # per user, the latest click strictly earlier in the sequence: one running max over user-offset times
+        key = u * big + np.where(c == 1, t + 1, 0)  # +1: "no click yet" (0) sorts below any click
+        run = np.maximum.accumulate(key)
+        prev = np.concatenate([[np.int64(-1)], run[:-1]])  # exclusive: clicks before this row
+        has = (prev >= u * big + 1) & (np.concatenate([[False], u[1:] == u[:-1]]))
+        gap_h = (t - (prev - u * big - 1)) / 3600.0
+        b = np.floor((gap_h - edges_lo) / step).astype(np.int64)
+        ok = has & (b >= 0) & (b < len(gap_hours))
+        n = np.bincount(b[ok], minlength=len(gap_hours))
+        k = np.bincount(b[ok], weights=c[ok], minlength=len(gap_hours))
+        base = c.mean()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lift = np.where(n >= min_exposures, np.log((k / np.maximum(n, 1)) / base), np.nan)
+        out[name] = [float(v) if np.isfinite(v) else None for v in lift]
+    return out
+
+
+def _pearson(a, b) -> float | None:
+    a, b = _as_float(a), _as_float(b)
+    ok = np.isfinite(a) & np.isfinite(b)
+    return _round(np.corrcoef(a[ok], b[ok])[0, 1]) if ok.sum() > 2 else None
+
+
+def _plot_gap_response(plt, cfg, model, sample_set, item_category, names, truth, lift: dict, out: Path,
+                       samples: int) -> Path:
     gs = gap_response_sweep(model, sample_set, item_category, names, list(truth), n=samples)
     gaps = np.asarray(gs["gap_hours"])
     gs["planted_by_gap"] = {k: truth[k] for k in gs["categories"]}
-    gs["pearson_learned_vs_planted"] = {
-        k: _round(np.corrcoef(gs["logit_by_gap"][i], truth[k])[0, 1]) for i, k in enumerate(gs["categories"])}
+    gs["pearson_learned_vs_planted"] = {k: _pearson(gs["logit_by_gap"][i], truth[k])
+                                        for i, k in enumerate(gs["categories"])}
+    if lift:  # the log's own CTR lift by gap: what a model could learn at all
+        gs["log_ctr_lift_by_gap"] = {k: lift[k] for k in gs["categories"]}
+        gs["pearson_learned_vs_log_lift"] = {k: _pearson(gs["logit_by_gap"][i], lift[k])
+                                             for i, k in enumerate(gs["categories"])}
+        gs["pearson_log_lift_vs_planted"] = {k: _pearson(lift[k], truth[k]) for k in gs["categories"]}
     write_json_atomic(out / "gap_response.json", gs)
     fig, axes = plt.subplots(len(gs["categories"]), 1, figsize=(10, 1.9 * len(gs["categories"]) + 0.6),
                              sharex=True, squeeze=False)
@@ -334,8 +402,14 @@ def _plot_gap_response(plt, cfg, model, sample_set, item_category, names, truth,
         tw = ax.twinx()
         tw.fill_between(gaps / 24, truth[name], color="tab:orange", alpha=0.25, lw=0)
         tw.set_yticks([])
-        ax.set_title(f"{name}: Pearson r = {_fmt(gs['pearson_learned_vs_planted'][name])} with the planted demand "
-                     "(shaded) against the gap since the last same-category behaviour", fontsize=8, loc="left")
+        title = f"{name}: Pearson r = {_fmt(gs['pearson_learned_vs_planted'][name])} with the planted demand (shaded)"
+        if lift:
+            tw2 = ax.twinx()
+            tw2.plot(gaps / 24, _as_float(lift[name]), color="tab:green", lw=0.8, alpha=0.7)
+            tw2.set_yticks([])
+            title += (f"; r = {_fmt(gs['pearson_learned_vs_log_lift'][name])} with the log's CTR lift by gap (green; "
+                      f"lift vs planted r = {_fmt(gs['pearson_log_lift_vs_planted'][name])})")
+        ax.set_title(title, fontsize=8, loc="left")
         ax.tick_params(labelsize=7)
         for d in range(1, 15):
             ax.axvline(d, color="grey", lw=0.4, ls=":")
