@@ -213,17 +213,20 @@ def _as_float(curve) -> np.ndarray:
     return np.array([np.nan if v is None else v for v in curve], dtype=np.float64)
 
 
-def cycle_agreement(sweep: dict, truth: dict[str, list[float]]) -> dict[str, float]:
+def _pearson(a, b) -> float | None:
+    """Pearson r over the points where both are finite; None when undefined (too few points, or a
+    flat curve, e.g. an untrained model's)."""
+    a, b = _as_float(a), _as_float(b)
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() <= 2 or np.ptp(a[ok]) == 0 or np.ptp(b[ok]) == 0:
+        return None
+    return _round(np.corrcoef(a[ok], b[ok])[0, 1])
+
+
+def cycle_agreement(sweep: dict, truth: dict[str, list[float]]) -> dict[str, float | None]:
     """Pearson correlation over the 168 hours of the week between learned and planted curves."""
     rel = np.asarray(sweep["relative_by_hour_of_week"])
-    out = {}
-    for name, curve in truth.items():
-        learned = rel[sweep["categories"].index(name)]
-        ref = _as_float(curve)
-        ok = np.isfinite(ref) & np.isfinite(learned)
-        r = np.corrcoef(learned[ok], ref[ok])[0, 1] if ok.sum() > 2 else np.nan
-        out[name] = round(float(r), 4) if np.isfinite(r) else None
-    return out
+    return {name: _pearson(rel[sweep["categories"].index(name)], curve) for name, curve in truth.items()}
 
 
 def relative_kernel(model, days: int = 14, step_h: float = 0.5) -> dict:
@@ -289,7 +292,7 @@ def _plot_time_preference(plt, cfg, model, sample_set, ds, item_category, names,
             sweep["log_ctr_lift_by_hour_of_week"] = lift
             sweep["pearson_learned_vs_log_lift"] = cycle_agreement(sweep, lift)
             sweep["pearson_log_lift_vs_planted"] = {
-                n: _round(np.corrcoef(np.nan_to_num(_as_float(lift[n]), nan=0.0), truth[n])[0, 1]) for n in truth}
+                n: _pearson(np.nan_to_num(_as_float(lift[n]), nan=0.0), truth[n]) for n in truth}
     write_json_atomic(out / "time_preference.json", sweep)
     rel = np.asarray(sweep["relative_by_hour_of_week"])
     shown = [n for n in names if n in truth] or names[:8]
@@ -375,10 +378,6 @@ def empirical_gap_lift(dataset, names: list[str], gap_hours: np.ndarray, min_exp
     return out
 
 
-def _pearson(a, b) -> float | None:
-    a, b = _as_float(a), _as_float(b)
-    ok = np.isfinite(a) & np.isfinite(b)
-    return _round(np.corrcoef(a[ok], b[ok])[0, 1]) if ok.sum() > 2 else None
 
 
 def _plot_gap_response(plt, cfg, model, sample_set, item_category, names, truth, lift: dict, out: Path,
