@@ -130,6 +130,10 @@ def test_http_feedback_updates_online_features_once(client):
     assert store.user(7).clicks == before + 1
     bad = c.post("/feedback", json={"events": [{**ev, "kind": "purchase"}]})
     assert bad.status_code == 422 and "kind" in str(bad.json()["detail"][0]["loc"])
+    # far older than the store's dedup window: refused with the reason, nothing applied (not a 500)
+    old = c.post("/feedback", json={"events": [{**ev, "event_id": "fb-old", "ts": 1_770_000_000 - 30 * 86400}]})
+    assert old.status_code == 422 and "dedup window" in old.json()["detail"][0]["msg"], old.text
+    assert store.user(7).clicks == before + 1
 
 
 def test_openapi_schema_is_published(client):

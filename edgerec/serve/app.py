@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from edgerec.errors import EdgerecError
 from edgerec.features.definition import Event
+from edgerec.features.store import LateEventError
 
 
 class RecommendRequest(BaseModel):
@@ -78,7 +79,11 @@ def create_app(service):
     @app.post("/feedback")
     async def feedback(body: Feedback) -> dict:
         events = [Event(**e.model_dump()) for e in body.events]
-        return {"accepted": service.feedback(events)}
+        try:
+            return {"accepted": service.feedback(events)}
+        except LateEventError as e:  # in-process store: an event too old for its duplicate check
+            raise HTTPException(status_code=422, detail=[{"loc": ["body", "events", "ts"], "msg": str(e),
+                                                          "type": "value_error"}]) from None
 
     @app.get("/health")
     async def health() -> dict:
