@@ -73,6 +73,7 @@ def checkable(events: Iterable[Event], watermark: int | None, window_s: int | No
 
 
 def checked_window(dedup_window_s: int | None) -> int | None:
+    """The constructor argument, validated: positive seconds, or None to keep every id."""
     if dedup_window_s is not None and dedup_window_s <= 0:
         raise ConfigError(f"dedup window must be positive seconds or None (keep every id), got {dedup_window_s}")
     return dedup_window_s
@@ -89,6 +90,8 @@ class FeatureStore(Protocol):
     def items(self, item_ids: list[int]) -> list[ItemState]: ...  # one round trip (serving's stage 1)
 
     def offset(self, source: str) -> int | None: ...
+
+    def watermark(self, source: str | None = None) -> int | None: ...  # newest applied event ts of `source`
 
 
 class MemoryStore:
