@@ -12,6 +12,7 @@
 #   sh bench/issue3.sh explain   o2o-sim seed 1: DiCycle and "+target head -month" trained, then `edgerec explain`
 #   sh bench/issue3.sh insttune  Instacart: lr of DIN and DiCycle on validation, then seeds 1-3 at the chosen lr
 #   sh bench/issue3.sh ext       o2o-sim, seed 1: the head / month-slot extensions (docs/results.md, explain)
+#   (SASRec seed 2 on ml-100k ran alone into ctr_ml100k_attn_s2.json, beside q2a, on 2026-11-28)
 #   sh bench/issue3.sh merge     one table per dataset from the queues' result files
 # Every step is resumable (--resume skips finished runs); seeds 1-3, L = 50.
 set -e
@@ -79,7 +80,7 @@ case "$1" in
         --resume --no-docs --out $R/ctr_instacart_tuned.json ;;
   merge)
     $PY bench/ctr.py --dataset ml-100k --models DIN,GRU4Rec,SASRec,TiSASRec,TimeLSTM,DiCycle --ablations all --lens 50 \
-        --merge $R/ctr_ml100k_dicycle.json,$R/ctr_ml100k_abl2.json,$R/ctr_ml100k_abl3a.json,$R/ctr_ml100k_abl3b.json,$R/ctr_ml100k_attn.json,$R/ctr_ml100k_rnn.json,$R/ctr_ml100k.json \
+        --merge $R/ctr_ml100k_dicycle.json,$R/ctr_ml100k_abl2.json,$R/ctr_ml100k_abl3a.json,$R/ctr_ml100k_abl3b.json,$R/ctr_ml100k_attn.json,$R/ctr_ml100k_attn_s2.json,$R/ctr_ml100k_rnn.json,$R/ctr_ml100k.json \
         --out $R/ctr_ml100k_time.json
     $PY bench/ctr.py --dataset o2o-sim --models DIN,GRU4Rec,SASRec,TimeLSTM,TiSASRec,DiCycle \
         --ablations="w/o ATC,w/o RTC,w/o TCM,w/o gate,J=0,+target head,+target head -month,-month" --lens 50 \
