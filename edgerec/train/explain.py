@@ -100,6 +100,11 @@ def _set_items(batch: dict[str, torch.Tensor], samples, item: torch.Tensor) -> d
     return out
 
 
+def gap_grid(days: int = 14, step_h: float = 1.0) -> np.ndarray:
+    """Gaps Δt in hours, mid-step (0.5, 1.5, ...), so Δt never equals the request time."""
+    return np.arange(step_h / 2, days * 24, step_h)
+
+
 @torch.no_grad()
 def gap_response_sweep(model, samples, item_category: np.ndarray, names: list[str], categories: list[str],
                        days: int = 14, step_h: float = 1.0, split: str = "test", n: int = 256,
@@ -118,7 +123,7 @@ def gap_response_sweep(model, samples, item_category: np.ndarray, names: list[st
     base = samples.make_batch(sp, idx)
     base.pop("hist_slots", None)  # the model recomputes slots from hist_ts
     B, L = base["hist_item"].shape
-    gaps = np.arange(step_h / 2, days * 24, step_h)  # hours; mid-step, so Δt never equals the request time
+    gaps = gap_grid(days, step_h)
     out = {"categories": [], "gap_hours": gaps.tolist(), "logit_by_gap": [], "logit_without": [],
            "samples": int(B), "split": split}
     for name in categories:
@@ -150,42 +155,50 @@ def gap_response_sweep(model, samples, item_category: np.ndarray, names: list[st
     return out
 
 
+def _category(meta: dict):
+    """A simulator Category from its JSON form in the dataset's metadata (lists back to tuples)."""
+    from edgerec.data.simulator import Category
+
+    return Category(**{**meta, "nouns": tuple(meta["nouns"]), "hours": tuple(meta["hours"]),
+                       "week_peaks": tuple(tuple(p) for p in meta["week_peaks"])})
+
+
 def planted_gap_curves(categories: list[dict], names: list[str], gap_hours: np.ndarray) -> dict[str, list[float]]:
     """The simulator's true demand against the gap since the last same-category click (phase 0)."""
-    from edgerec.data.simulator import Category, cycle_demand
+    from edgerec.data.simulator import cycle_demand
 
-    out = {}
-    for c in categories:
-        if c["kind"] == "relative" and c["name"] in names:
-            cat = Category(**{**c, "nouns": tuple(c["nouns"]), "hours": tuple(c["hours"]),
-                              "week_peaks": tuple(tuple(p) for p in c["week_peaks"])})
-            out[cat.name] = cycle_demand(cat, np.zeros_like(gap_hours), np.zeros_like(gap_hours), gap_hours).tolist()
-    return out
+    zeros = np.zeros_like(gap_hours)
+    return {c["name"]: cycle_demand(_category(c), zeros, zeros, gap_hours).tolist()
+            for c in categories if c["kind"] == "relative" and c["name"] in names}
 
 
 def planted_curves(categories: list[dict], names: list[str]) -> dict[str, list[float]]:
     """The simulator's true demand per hour of week for each daily/weekly category (user phase 0)."""
-    from edgerec.data.simulator import Category, cycle_demand
+    from edgerec.data.simulator import cycle_demand
 
     how = np.arange(HOURS_PER_WEEK) + 0.5
-    out = {}
-    for c in categories:
-        cat = Category(**{**c, "nouns": tuple(c["nouns"]), "hours": tuple(c["hours"]),
-                          "week_peaks": tuple(tuple(p) for p in c["week_peaks"])})
-        if cat.kind in ("daily", "weekly") and cat.name in names:
-            out[cat.name] = cycle_demand(cat, how, np.zeros_like(how)).tolist()
-    return out
+    return {c["name"]: cycle_demand(_category(c), how, np.zeros_like(how)).tolist()
+            for c in categories if c["kind"] in ("daily", "weekly") and c["name"] in names}
+
+
+def _logged_categories(dataset) -> np.ndarray | None:
+    """The category of every logged event's item, or None when the log cannot give a CTR by category
+    (no `category` per item, or clicks only: no exposures to divide by)."""
+    e, items = dataset.events, dataset.items
+    if items is None or "category" not in items.column_names or e.column("label").to_numpy().mean() >= 0.99:
+        return None
+    cat_of = dict(zip(items.column("item_id").to_pylist(), items.column("category").to_pylist()))
+    return np.array([cat_of.get(i) for i in e.column("item_id").to_pylist()], dtype=object)
 
 
 def empirical_lift(dataset, names: list[str]) -> dict[str, list[float]]:
     """Model-free reference from the LOG: per category, log(CTR in each hour of the week / the
     category's CTR) over all exposures (needs `category` per item and exposures with labels).
     What a model could learn about time x category; NaN where an hour has under 100 exposures."""
-    e, items = dataset.events, dataset.items
-    if items is None or "category" not in items.column_names or e.column("label").to_numpy().mean() >= 0.99:
+    cats = _logged_categories(dataset)
+    if cats is None:
         return {}
-    cat_of = dict(zip(items.column("item_id").to_pylist(), items.column("category").to_pylist()))
-    cats = np.array([cat_of.get(i) for i in e.column("item_id").to_pylist()], dtype=object)
+    e = dataset.events
     ts, y = e.column("ts").to_numpy(), e.column("label").to_numpy().astype(np.float64)
     s = time_slots(ts)
     how = s["weekday"] * 24 + s["hour"]
@@ -272,12 +285,13 @@ def explain_run(run_dir: str | Path, out_dir: str | Path | None = None, samples:
         written.append(_plot_time_preference(plt, cfg, model, sample_set, ds, item_category, names, out, samples))
     if "kernel" in plots and getattr(model, "relative", None) is not None:
         written.append(_plot_relative_kernel(plt, cfg, model, out))
-    gaps = np.arange(0.5, 14 * 24, 1.0)
-    rel_truth = planted_gap_curves(ds.meta.get("categories", []), names, gaps)
-    if "gap" in plots and rel_truth:
-        lift = empirical_gap_lift(ds, list(rel_truth), gaps)
-        written.append(_plot_gap_response(plt, cfg, model, sample_set, item_category, names, rel_truth, lift, out,
-                                          samples))
+    if "gap" in plots:
+        gaps = gap_grid()  # the sweep's own default grid: truth and log lift line up with it
+        rel_truth = planted_gap_curves(ds.meta.get("categories", []), names, gaps)
+        if rel_truth:
+            lift = empirical_gap_lift(ds, list(rel_truth), gaps)
+            written.append(_plot_gap_response(plt, cfg, model, sample_set, item_category, names, rel_truth, lift,
+                                              out, samples))
     return written
 
 
@@ -346,11 +360,10 @@ def empirical_gap_lift(dataset, names: list[str], gap_hours: np.ndarray, min_exp
     clicked that category Δt earlier / the category's CTR), with Δt in bins centred on `gap_hours`
     (evenly spaced). None where a bin has fewer than `min_exposures` exposures. What any model could
     learn about the gap: the relative cycle as the log carries it."""
-    e, items = dataset.events, dataset.items
-    if items is None or "category" not in items.column_names or e.column("label").to_numpy().mean() >= 0.99:
+    cats = _logged_categories(dataset)
+    if cats is None:
         return {}
-    cat_of = dict(zip(items.column("item_id").to_pylist(), items.column("category").to_pylist()))
-    cats = np.array([cat_of.get(i) for i in e.column("item_id").to_pylist()], dtype=object)
+    e = dataset.events
     user, ts = e.column("user_id").to_numpy().astype(np.int64), e.column("ts").to_numpy().astype(np.int64)
     y = e.column("label").to_numpy().astype(np.float64)
     step = float(gap_hours[1] - gap_hours[0])
@@ -376,8 +389,6 @@ def empirical_gap_lift(dataset, names: list[str], gap_hours: np.ndarray, min_exp
             lift = np.where(n >= min_exposures, np.log((k / np.maximum(n, 1)) / base), np.nan)
         out[name] = [float(v) if np.isfinite(v) else None for v in lift]
     return out
-
-
 
 
 def _plot_gap_response(plt, cfg, model, sample_set, item_category, names, truth, lift: dict, out: Path,
