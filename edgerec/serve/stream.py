@@ -137,19 +137,19 @@ def run_stream(source, store: FeatureStore, definition: FeatureDefinition, batch
 
 
 def _consume(source, store, definition, batch_size, max_messages, stats: StreamStats) -> None:
-    pending: dict[str, tuple[list[Event], int]] = {}
-    message_of: dict[str, Message] = {}  # event_id -> its message, for the dead letter of a late event
+    # per source: the decoded events, each with the message it came in (for a late event's dead letter)
+    pending: dict[str, tuple[list[tuple[Event, Message]], int]] = {}
 
     def flush(name: str) -> None:
-        batch, last = pending.pop(name)
+        pairs, last = pending.pop(name)
         if name in source.revoked:  # partition moved to another consumer: it re-reads from the store
-            for e in batch:
-                message_of.pop(e.event_id, None)
             return
+        batch = [e for e, _ in pairs]
+        message_of = {id(e): m for e, m in pairs}  # the store hands back the same Event objects
         late: list[Event] = []
 
         def on_late(e: Event, reason: str) -> None:
-            source.reject(message_of[e.event_id], reason)
+            source.reject(message_of[id(e)], reason)
             late.append(e)
 
         n = store.apply(batch, definition, name, last, on_late=on_late)
@@ -161,8 +161,6 @@ def _consume(source, store, definition, batch_size, max_messages, stats: StreamS
         stats.rejected += len(late)
         stats.duplicates += len(batch) - n - len(late)
         stats.batches += 1
-        for e in batch:
-            message_of.pop(e.event_id, None)
 
     for msg in source.messages(store):
         if msg is None:  # the source is idle: commit what is pending (bounded update delay)
@@ -172,16 +170,14 @@ def _consume(source, store, definition, batch_size, max_messages, stats: StreamS
         if max_messages is not None and stats.read >= max_messages:
             break
         stats.read += 1
-        batch, _ = pending.get(msg.source, ([], msg.offset))
+        pairs, _ = pending.get(msg.source, ([], msg.offset))
         try:
-            event = decode(msg.raw, f"{msg.source} offset {msg.offset}")
-            batch.append(event)
-            message_of.setdefault(event.event_id, msg)
+            pairs.append((decode(msg.raw, f"{msg.source} offset {msg.offset}"), msg))
         except DataFormatError as e:
             source.reject(msg, str(e))  # kept, with its reason; its offset still advances
             stats.rejected += 1
-        pending[msg.source] = (batch, msg.offset)
-        if len(batch) >= batch_size:
+        pending[msg.source] = (pairs, msg.offset)
+        if len(pairs) >= batch_size:
             flush(msg.source)
     for name in list(pending):
         flush(name)
