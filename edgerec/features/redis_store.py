@@ -29,7 +29,7 @@ from typing import Iterable
 
 from edgerec.errors import EdgerecError, StoreUnavailable
 from edgerec.features.definition import Event, FeatureDefinition, ItemState, UserState
-from edgerec.features.store import DEFAULT_DEDUP_WINDOW_S, OnLate, checkable, checked_window
+from edgerec.features.store import DEFAULT_DEDUP_WINDOW_S, OnLate, checkable, checked_window, source_key
 
 
 def redis_server_args(port: int, data_dir: str) -> list[str]:
@@ -72,7 +72,7 @@ class RedisStore:
 
     # interface --------------------------------------------------------------------------------
     def _applied_at(self, source: str | None) -> str:
-        return f"{self.prefix}:applied_at:{'' if source is None else source}"
+        return f"{self.prefix}:applied_at:{source_key(source)}"
 
     def watermark(self, source: str | None = None) -> int | None:
         """The newest applied event's ts from `source`."""
@@ -123,7 +123,7 @@ class RedisStore:
                 pipe.mset({**{self._u(u): json.dumps(s.to_dict()) for u, s in users.items()},
                            **{self._i(i): json.dumps(s.to_dict()) for i, s in items.items()}})
             if fresh:
-                pipe.hset(self._applied_ids, mapping={e.event_id: "" if source is None else source for e in fresh})
+                pipe.hset(self._applied_ids, mapping={e.event_id: source_key(source) for e in fresh})
                 pipe.zadd(zkey, {e.event_id: e.ts for e in fresh})
             if expired:
                 pipe.zremrangebyscore(zkey, "-inf", f"({cutoff}")

@@ -72,6 +72,11 @@ def checkable(events: Iterable[Event], watermark: int | None, window_s: int | No
     return kept
 
 
+def source_key(source: str | None) -> str:
+    """How a store names `source` beside its applied ids ('' for direct applies, which have none)."""
+    return "" if source is None else source
+
+
 def checked_window(dedup_window_s: int | None) -> int | None:
     """The constructor argument, validated: positive seconds, or None to keep every id."""
     if dedup_window_s is not None and dedup_window_s <= 0:
@@ -161,13 +166,9 @@ class SQLiteStore:
                 self.db.execute(f"ALTER TABLE applied ADD COLUMN {col} {kind}")
         self.db.execute("CREATE INDEX IF NOT EXISTS applied_by_source_ts ON applied (source, ts)")
 
-    @staticmethod
-    def _source_key(source: str | None) -> str:
-        return "" if source is None else source  # NULL is the pre-window rows' marker
-
     def watermark(self, source: str | None = None) -> int | None:
         """The newest applied event's ts from `source` (an index lookup)."""
-        row = self.db.execute("SELECT MAX(ts) FROM applied WHERE source = ?", (self._source_key(source),)).fetchone()
+        row = self.db.execute("SELECT MAX(ts) FROM applied WHERE source = ?", (source_key(source),)).fetchone()
         return row[0]
 
     def _get(self, table: str, key: str, k: int, cls):
@@ -180,7 +181,7 @@ class SQLiteStore:
         n = 0
         self.db.execute("BEGIN IMMEDIATE")
         try:
-            src = self._source_key(source)
+            src = source_key(source)  # NULL marks the pre-window rows
             watermark = self.watermark(source)
             for e in checkable(events, watermark, self.dedup_window_s, on_late):
                 new = self.db.execute("INSERT OR IGNORE INTO applied VALUES (?, ?, ?)", (e.event_id, e.ts, src))
