@@ -425,7 +425,8 @@ def _plot_gap_response(plt, cfg, model, sample_set, item_category, names, truth,
             ax.axvline(d, color="grey", lw=0.4, ls=":")
     axes[0, 0].legend(fontsize=7, loc="upper right")
     axes[-1, 0].set_xlabel("Δt since the last same-category behaviour (days)")
-    fig.suptitle(f"{cfg.expid}: {cfg.dataset}: gap response ({gs['samples']} {gs['split']} samples per Δt)", fontsize=9)
+    fig.suptitle(f"{cfg.expid}: {cfg.dataset}: gap response ({gs['samples']} {gs['split']} samples per Δt)",
+                 fontsize=9)
     fig.tight_layout()
     path = _save(fig, out / "gap_response.png")
     plt.close(fig)
