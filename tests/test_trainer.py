@@ -82,3 +82,49 @@ def test_train_device_is_validated_and_resolved(config_dir):
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="sees no CUDA device; use train.device=cpu"):
             resolve_device("cuda")
+
+
+def test_lr_scale_zero_freezes_the_fourier_frequencies_and_nothing_else(samples_for_lr_scale):
+    from edgerec.train.trainer import make_optimizer
+
+    cfg_train, model, batch = samples_for_lr_scale
+    cfg_train.lr_scale = {"*omega": 0.0}
+    opt = make_optimizer(model, cfg_train)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    model.loss(batch, model(batch)).backward()
+    opt.step()
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert "relative.omega" not in moved
+    assert any(n.startswith("mlp.") for n in moved) and any(n.startswith("absolute.") for n in moved)
+    assert sorted(g["lr"] for g in opt.param_groups) == [0.0, cfg_train.lr]
+
+
+def test_lr_scale_pattern_that_matches_nothing_is_a_config_error(samples_for_lr_scale):
+    from edgerec.errors import ConfigError
+    from edgerec.train.trainer import make_optimizer
+
+    cfg_train, model, _ = samples_for_lr_scale
+    cfg_train.lr_scale = {"*omgea": 0.01}
+    with pytest.raises(ConfigError, match=r"\*omgea.*match no parameter of DiCycle.*relative\.omega"):
+        make_optimizer(model, cfg_train)
+
+
+def test_lr_scale_negative_factor_is_rejected_by_the_config(config_dir):
+    from edgerec.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"lr_scale\['\*omega'\] = -1.*>= 0"):
+        _cfg(config_dir, "DiCycle_test", "train.lr_scale.*omega=-1")
+
+
+@pytest.fixture()
+def samples_for_lr_scale(ml100k):
+    import numpy as np
+
+    from edgerec.data.samples import build_dicycle
+    from edgerec.models import DiCycle
+    from edgerec.train.config import TrainConfig
+
+    torch.manual_seed(0)
+    s = build_dicycle(ml100k, max_len=10)
+    model = DiCycle(s.spec, embedding_dim=8)
+    return TrainConfig(lr=1e-2), model, s.make_batch(s.splits["train"], np.arange(64))

@@ -112,4 +112,8 @@ EXTENSIONS: dict[str, list[str]] = {
     "-month": ["model_args.granularities=[hour,weekday]"],
     "+target head -month": ["model_args.feed_target=true", "model_args.feed_target_time=true",
                                "model_args.granularities=[hour,weekday]"],
+    # the Fourier frequencies ω at 1/100 of the learning rate, or frozen at their 24 h / 168 h grid:
+    # at the full rate Adam moves them by ~lr per step and the learned periods wander (docs/results.md)
+    "omega lr/100": ["train.lr_scale.*omega=0.01"],
+    "omega frozen": ["train.lr_scale.*omega=0"],
 }

@@ -57,6 +57,10 @@ class TrainConfig:
     weight_decay: float = 0.0
     optimizer: str = "adam"  # adam | adamw | sgd
     grad_clip: float | None = None
+    # learning-rate multipliers by parameter name (fnmatch pattern -> factor; the first match wins; 0 freezes).
+    # Why: Adam moves every parameter by about lr per step whatever its scale, and a Fourier frequency ω is
+    # read as ω·Δt with Δt up to hundreds of hours, so lr 1e-2 scrambles the 24 h / 168 h periods.
+    lr_scale: dict[str, float] = field(default_factory=dict)
     patience: int = 2  # epochs without validation improvement before stopping
     monitor: str = "AUC"  # validation metric that picks the best checkpoint
     metrics: list[str] = field(default_factory=lambda: ["AUC", "GAUC", "logloss"])
@@ -291,6 +295,10 @@ def _check_semantics(cfg: ExperimentConfig, where: str) -> None:
         raise ConfigError(f"{where}: train.monitor {cfg.train.monitor!r} must be one of train.metrics {cfg.train.metrics}.")
     if cfg.train.optimizer not in ("adam", "adamw", "sgd"):
         raise ConfigError(f"{where}: train.optimizer must be adam, adamw or sgd, got {cfg.train.optimizer!r}.")
+    for pattern, factor in cfg.train.lr_scale.items():
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor < 0:
+            raise ConfigError(f"{where}: train.lr_scale[{pattern!r}] = {factor!r} must be a number >= 0 "
+                              f"(a multiplier of train.lr; 0 freezes the matching parameters).")
     if not re.fullmatch(r"cpu|auto|cuda(:\d+)?", str(cfg.train.device)):
         raise ConfigError(f"{where}: train.device must be cpu, cuda, cuda:N or auto, got {cfg.train.device!r}.")
     for key in ("epochs", "batch_size", "eval_batch_size", "threads"):

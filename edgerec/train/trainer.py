@@ -8,6 +8,7 @@ at the end; `save_checkpoint` writes them as safetensors next to a JSON config, 
 from __future__ import annotations
 
 import copy
+import fnmatch
 import json
 import math
 import os
@@ -24,7 +25,7 @@ from tqdm.auto import tqdm
 from edgerec.data.samples import SampleSet
 from edgerec.io import atomic_path, write_json_atomic
 from edgerec.models.base import CTRModel
-from edgerec.train.config import TrainConfig
+from edgerec.train.config import ConfigError, TrainConfig
 from edgerec.train.metrics import LOWER_IS_BETTER, evaluate
 
 
@@ -64,8 +65,31 @@ class FitResult:
     samples_per_second: float = 0.0
 
 
+def param_groups(model: torch.nn.Module, lr: float, lr_scale: dict[str, float]) -> list[dict]:
+    """Parameter groups for `train.lr_scale`: each parameter takes the factor of the first pattern its
+    name matches (fnmatch), else 1. A pattern that matches nothing is a config error, not a silent no-op."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    used: set[str] = set()
+    groups: dict[float, list[torch.nn.Parameter]] = {}
+    for name, p in named:
+        factor = 1.0
+        for pattern, f in lr_scale.items():
+            if fnmatch.fnmatchcase(name, pattern):
+                factor = float(f)
+                used.add(pattern)
+                break
+        groups.setdefault(factor, []).append(p)
+    unused = [pat for pat in lr_scale if pat not in used]
+    if unused:
+        names = ", ".join(n for n, _ in named[:12])
+        raise ConfigError(f"train.lr_scale: pattern(s) {unused} match no parameter of {type(model).__name__}. "
+                          f"Patterns are fnmatch on parameter names such as: {names}, ...")
+    return [{"params": ps, "lr": lr * f} for f, ps in groups.items()]
+
+
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = param_groups(model, cfg.lr, cfg.lr_scale) if cfg.lr_scale else \
+        [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
