@@ -2,7 +2,7 @@
 # The issue-3 benchmark exactly as it was run for docs/results.md (2 cores: two 1-thread queues).
 #   sh bench/issue3.sh tune      validation sweeps (lr for DiCycle and the sequential baselines, then δ)
 #   sh bench/issue3.sh q1        o2o-sim DiCycle + DIN, then ml-100k DiCycle and its five ablations
-#   sh bench/issue3.sh q2a       ml-100k: SASRec and TiSASRec (at most 12 epochs)
+#   sh bench/issue3.sh q2a       ml-100k: SASRec and TiSASRec (at most 12 epochs; SASRec seed 2 is its own file)
 #   sh bench/issue3.sh q2b       ml-100k: GRU4Rec and Time-LSTM (at most 12 epochs)
 #   sh bench/issue3.sh abl2      a second ablation queue (seeds 2, 3)
 #   sh bench/issue3.sh abl3      seed 3 of the ablations, two queues
@@ -13,6 +13,10 @@
 #   sh bench/issue3.sh insttune  Instacart: lr of DIN and DiCycle on validation, then seeds 1-3 at the chosen lr
 #   sh bench/issue3.sh ext       o2o-sim, seed 1: the head / month-slot extensions (docs/results.md, explain)
 #   (SASRec seed 2 on ml-100k ran alone into ctr_ml100k_attn_s2.json, beside q2a, on 2026-11-28)
+#   sh bench/issue3.sh instseq   Instacart: GRU4Rec and Time-LSTM (at most 12 epochs)
+#   sh bench/issue3.sh instattn  Instacart: SASRec and TiSASRec, seed-major (at most 12 epochs)
+#   sh bench/issue3.sh instabl   Instacart: the five Table-3 ablations of DiCycle (seeds 1-3)
+#   sh bench/issue3.sh omega     o2o-sim seed 1: Fourier frequencies at lr/100 and frozen, then `edgerec explain`
 #   sh bench/issue3.sh merge     one table per dataset from the queues' result files
 # Every step is resumable (--resume skips finished runs); seeds 1-3, L = 50.
 set -e
@@ -36,8 +40,10 @@ case "$1" in
         --no-docs --out $R/ctr_ml100k_dicycle.json
     $PY bench/ctr.py --dataset ml-100k --suffix ml100k --models DiCycle --ablations all --lens 50 $T --resume --seed-major \
         --no-docs --out $R/ctr_ml100k_dicycle.json ;;
-  q2a)
-    $PY bench/ctr.py --dataset ml-100k --suffix ml100k --models SASRec,TiSASRec --lens 50 $T --set train.epochs=12 --seed-major \
+  q2a)  # SASRec seed 2 ran beside this queue into its own file, so SASRec here is seeds 1 and 3
+    $PY bench/ctr.py --dataset ml-100k --suffix ml100k --models SASRec --lens 50 --seeds 1,3 $T --set train.epochs=12 \
+        --resume --no-docs --out $R/ctr_ml100k_attn.json
+    $PY bench/ctr.py --dataset ml-100k --suffix ml100k --models TiSASRec --lens 50 $T --set train.epochs=12 \
         --resume --no-docs --out $R/ctr_ml100k_attn.json ;;
   q2b)
     $PY bench/ctr.py --dataset ml-100k --suffix ml100k --models GRU4Rec,TimeLSTM --lens 50 $T --set train.epochs=12 --seed-major \
@@ -78,6 +84,21 @@ case "$1" in
         $T --set train.progress=false --resume --out $R/lr_sweep_instacart.json
     $PY bench/ctr.py --dataset instacart --suffix instacart --models DIN,DiCycle --lens 50 $T --set train.progress=false \
         --resume --no-docs --out $R/ctr_instacart_tuned.json ;;
+  instseq)
+    $PY bench/ctr.py --dataset instacart --suffix instacart --models GRU4Rec,TimeLSTM --lens 50 $T --set train.progress=false \
+        --set train.epochs=12 --resume --no-docs --out $R/ctr_instacart_seq.json ;;
+  instattn)
+    $PY bench/ctr.py --dataset instacart --suffix instacart --models SASRec,TiSASRec --lens 50 $T --set train.progress=false \
+        --set train.epochs=12 --seed-major --resume --no-docs --out $R/ctr_instacart_attn.json ;;
+  instabl)
+    $PY bench/ctr.py --dataset instacart --suffix instacart --models "" --ablations all --lens 50 $T \
+        --set train.progress=false --seed-major --resume --no-docs --out $R/ctr_instacart_abl.json ;;
+  omega)  # does the 24 h relative cycle appear once the frequencies stop wandering? (docs/results.md)
+    $PY bench/ctr.py --dataset o2o-sim --suffix o2osim --models "" --ablations="omega lr/100,omega frozen" --lens 50 \
+        --seeds 1 $T --set train.progress=false --resume --no-docs --out $R/ctr_o2osim_omega.json
+    for d in $($PY -c "import json; print(' '.join(r['run_dir'] for r in json.load(open('$R/ctr_o2osim_omega.json'))['runs']))"); do
+      $PY -m edgerec.cli explain --run "$d" --samples 256 --plots kernel,gap
+    done ;;
   merge)
     $PY bench/ctr.py --dataset ml-100k --models DIN,GRU4Rec,SASRec,TiSASRec,TimeLSTM,DiCycle --ablations all --lens 50 \
         --merge $R/ctr_ml100k_dicycle.json,$R/ctr_ml100k_abl2.json,$R/ctr_ml100k_abl3a.json,$R/ctr_ml100k_abl3b.json,$R/ctr_ml100k_attn.json,$R/ctr_ml100k_attn_s2.json,$R/ctr_ml100k_rnn.json,$R/ctr_ml100k.json \
@@ -85,6 +106,9 @@ case "$1" in
     $PY bench/ctr.py --dataset o2o-sim --models DIN,GRU4Rec,SASRec,TimeLSTM,TiSASRec,DiCycle \
         --ablations="w/o ATC,w/o RTC,w/o TCM,w/o gate,J=0,+target head,+target head -month,-month" --lens 50 \
         --merge $R/ctr_o2osim_dicycle.json,$R/ctr_o2osim_din.json,$R/ctr_o2osim_prelim.json,$R/ctr_o2osim_head.json,$R/ctr_o2osim_seq.json,$R/ctr_o2osim_abl.json,$R/ctr_o2osim_abl2.json \
-        --out $R/ctr_o2osim_time.json ;;
-  *) echo "usage: sh bench/issue3.sh tune|q1|q2a|q2b|abl2|abl3|ext|o2o|o2oabl|o2oabl2|explain|insttune|merge" >&2; exit 2 ;;
+        --out $R/ctr_o2osim_time.json
+    $PY bench/ctr.py --dataset instacart --models DIN,GRU4Rec,SASRec,TiSASRec,TimeLSTM,DiCycle,COUPA --ablations all --lens 50 \
+        --merge $R/ctr_instacart_tuned.json,$R/ctr_instacart_seq.json,$R/ctr_instacart_attn.json,$R/ctr_instacart_coupa_same.json,$R/ctr_instacart_abl.json \
+        --out $R/ctr_instacart_all.json ;;
+  *) echo "usage: sh bench/issue3.sh tune|q1|q2a|q2b|abl2|abl3|ext|o2o|o2oabl|o2oabl2|explain|insttune|instseq|instattn|instabl|omega|merge" >&2; exit 2 ;;
 esac
