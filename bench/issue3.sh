@@ -96,8 +96,13 @@ case "$1" in
   omega)  # does the 24 h relative cycle appear once the frequencies stop wandering? (docs/results.md)
     $PY bench/ctr.py --dataset o2o-sim --suffix o2osim --models "" --ablations="omega lr/100,omega frozen" --lens 50 \
         --seeds 1 $T --set train.progress=false --resume --no-docs --out $R/ctr_o2osim_omega.json
-    for d in $($PY -c "import json; print(' '.join(r['run_dir'] for r in json.load(open('$R/ctr_o2osim_omega.json'))['runs']))"); do
-      $PY -m edgerec.cli explain --run "$d" --samples 256 --plots kernel,gap
+    $PY bench/ctr.py --dataset o2o-sim --suffix o2osim --models "" --ablations="+target head -month" --lens 50 \
+        --seeds 1 $T --set train.progress=false --set 'train.lr_scale.*omega=0' --resume --no-docs \
+        --out $R/ctr_o2osim_omega_head.json
+    for f in ctr_o2osim_omega ctr_o2osim_omega_head; do
+      for d in $($PY -c "import json; print(' '.join(r['run_dir'] for r in json.load(open('$R/$f.json'))['runs']))"); do
+        $PY -m edgerec.cli explain --run "$d" --samples 256 --plots kernel,gap
+      done
     done ;;
   merge)
     $PY bench/ctr.py --dataset ml-100k --models DIN,GRU4Rec,SASRec,TiSASRec,TimeLSTM,DiCycle --ablations all --lens 50 \

@@ -264,3 +264,12 @@ def test_empirical_gap_lift_equals_a_plain_loop(sim_samples):
     assert sum(w is not None for w in want) > 20  # the test has something to compare
     for a, b in zip(got["taxi"], want):
         assert (a is None and b is None) or abs(a - b) < 1e-9
+
+
+def test_whole_minus_half_day_separates_a_daily_cycle_from_recency():
+    from edgerec.train.explain import gap_grid, whole_minus_half_day
+
+    g = gap_grid(14)
+    assert whole_minus_half_day(g, np.cos(2 * np.pi * g / 24)) == pytest.approx(2.0, abs=0.05)
+    assert whole_minus_half_day(g, -np.exp(-g / 100.0)) == pytest.approx(0.0, abs=0.1)  # recency: smooth decay
+    assert abs(whole_minus_half_day(g, np.cos(2 * np.pi * g / 168))) < 0.2  # a weekly cycle is not a daily one

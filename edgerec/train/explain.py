@@ -155,6 +155,19 @@ def gap_response_sweep(model, samples, item_category: np.ndarray, names: list[st
     return out
 
 
+def whole_minus_half_day(gap_hours, curve) -> float:
+    """Mean of `curve` at whole-day gaps (1, 2, ... days) minus at half-day gaps (0.5, 1.5, ...), each
+    read at the nearest grid point: how much more the model makes of a behaviour exactly k days old.
+    A 24 h relative cycle shows as a clearly positive number; a recency effect alone gives about 0."""
+    g, y = np.asarray(gap_hours, dtype=float), _as_float(curve)
+
+    def at(hours: float) -> float:
+        return y[int(np.argmin(np.abs(g - hours)))]
+
+    days = range(1, max(2, int(g.max() // 24)))
+    return float(np.mean([at(24.0 * d) for d in days]) - np.mean([at(24.0 * d - 12.0) for d in days]))
+
+
 def _category(meta: dict):
     """A simulator Category from its JSON form in the dataset's metadata (lists back to tuples)."""
     from edgerec.data.simulator import Category
@@ -398,6 +411,8 @@ def _plot_gap_response(plt, cfg, model, sample_set, item_category, names, truth,
     gs["planted_by_gap"] = {k: truth[k] for k in gs["categories"]}
     gs["pearson_learned_vs_planted"] = {k: _pearson(gs["logit_by_gap"][i], truth[k])
                                         for i, k in enumerate(gs["categories"])}
+    gs["whole_minus_half_day"] = {k: _round(whole_minus_half_day(gaps, gs["logit_by_gap"][i]))
+                                  for i, k in enumerate(gs["categories"])}
     if lift:  # the log's own CTR lift by gap: what a model could learn at all
         gs["log_ctr_lift_by_gap"] = {k: lift[k] for k in gs["categories"]}
         gs["pearson_learned_vs_log_lift"] = {k: _pearson(gs["logit_by_gap"][i], lift[k])
