@@ -183,6 +183,9 @@ def main(argv=None) -> dict:
     p.add_argument("--methods", default="kd,tinybert,cross")
     p.add_argument("--seeds", default="1,2,3")
     p.add_argument("--epochs", type=int, default=6, help="distillation epochs (all methods)")
+    p.add_argument("--augment", type=int, default=0,
+                   help="teacher-labelled perturbed copies per training sentence (edgerec/compress/augment.py); "
+                        "its students are separate rows, e.g. 'cross+aug4'")
     p.add_argument("--latency-sentences", type=int, default=300)
     p.add_argument("--skip-baselines", action="store_true", help="only the students (teacher/TF-IDF rows kept)")
     p.add_argument("--out")
@@ -210,19 +213,21 @@ def main(argv=None) -> dict:
             fp32, int8 = teacher_rows(t, d, n_lat)
             report["baselines"][t] = {"teacher fp32": fp32, "teacher int8 (ORT)": int8, "TF-IDF + LR": tfidf_row(d, n_lat)}
             write_json_atomic(out, report)
-    done = {(s["method"], s["seed"]) for s in report["students"]}
+    done = {(s.get("variant", s["method"]), s["seed"]) for s in report["students"]}
     packs = Path(tempfile.mkdtemp())
     for seed in seeds:  # seed-major: a cut-short run still has every method at the first seeds
         for m in methods:
-            if (m, seed) in done:
+            variant = f"{m}+aug{a.augment}" if a.augment else m
+            if (variant, seed) in done:
                 continue
-            print(f"student {m} seed {seed} ...", flush=True)
-            pack = (ROOT / "runs" / "eibert" / f"{m}-seed{seed}.pack") if not a.quick else packs / "q.pack"
+            print(f"student {variant} seed {seed} ...", flush=True)
+            pack = (ROOT / "runs" / "eibert" / f"{variant}-seed{seed}.pack") if not a.quick else packs / "q.pack"
+            distill = {"epochs": a.epochs, **({"augment": a.augment} if a.augment else {})}
             r = build(CompressConfig(method=m, seed=seed, teacher_epochs=teacher_epochs, limit_per_split=limit,
-                                     distill={"epochs": a.epochs}), pack, progress=not a.quick)
+                                     distill=distill), pack, progress=not a.quick)
             edge = EdgeModel.load(pack)
             lat = {t: _lat(lambda x, t=t: edge.logits([x], t), tasks[t].text["test"][:n_lat]) for t in tasks}
-            report["students"].append({"method": m, "seed": seed, "acc": r["student"]["test_acc_packed_numpy"],
+            report["students"].append({"method": m, "variant": variant, "seed": seed, "acc": r["student"]["test_acc_packed_numpy"],
                                        "acc_fp32": r["student"]["test_acc_fp32"], "bytes": r["artifact"]["total"],
                                        "breakdown": {k: r["artifact"][k] for k in ("embeddings", "encoder", "heads",
                                                                                    "vocabulary", "header_and_padding")},
@@ -256,8 +261,9 @@ def markdown(r: dict) -> str:
         for name, row in base.items():
             rows.append(f"| {t} | {name} | {row['size_mb']:.2f} | {_ms(row['acc'])} | "
                         f"{np.mean(row['acc']) / ref:.1%} | {row['p50_ms']:.2f} / {row['p99_ms']:.2f} |")
-        for m in ("kd", "tinybert", "cross"):
-            runs = [s for s in r["students"] if s["method"] == m]
+        variants = dict.fromkeys(s.get("variant", s["method"]) for s in r["students"])  # in run order
+        for m in sorted(variants, key=lambda v: (("kd", "tinybert", "cross").index(v.split("+")[0]), v)):
+            runs = [s for s in r["students"] if s.get("variant", s["method"]) == m]
             if not runs:
                 continue
             acc = [s["acc"][t] for s in runs]

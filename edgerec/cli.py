@@ -301,6 +301,8 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     if unknown:
         raise EdgerecError(f"--tasks: unknown task(s) {unknown}; choose from {list(TASKS)}")
     distill = {"epochs": args.epochs} if args.epochs else {}
+    if args.augment:
+        distill["augment"] = args.augment
     cfg = CompressConfig(method=args.method, tasks=tasks, seed=args.seed, vocab_size=args.vocab,
                          embedding_bits=args.embedding_bits, teacher_epochs=args.teacher_epochs, distill=distill,
                          limit_per_split=args.limit)
@@ -493,6 +495,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--vocab", type=int, default=7000, help="tokens kept by pruning (default %(default)s)")
     c.add_argument("--embedding-bits", type=int, choices=[8, 4], default=8)
     c.add_argument("--epochs", type=int, help="distillation epochs (default 6)")
+    c.add_argument("--augment", type=int, default=0,
+                   help="teacher-labelled perturbed copies per training sentence (word masking, n-gram windows; "
+                        "soft labels only), 0 = off (default)")
     c.add_argument("--teacher-epochs", type=int, default=3, help="0 = no fine-tuning (smoke runs)")
     c.add_argument("--limit", type=int, help="first N sentences of each split (smoke runs)")
     c.add_argument("--out", default="runs/eibert/eibert.pack")

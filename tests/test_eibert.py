@@ -81,7 +81,7 @@ def smoke(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("eibert") / "m.pack"
     cfg = CompressConfig(method="cross", teacher_epochs=0, limit_per_split=60, vocab_size=2500,
-                         distill={"epochs": 1})
+                         distill={"epochs": 1, "augment": 1})  # the transfer-set path rides along
     return build(cfg, out, log=lambda *a: None, progress=False), out
 
 
@@ -92,6 +92,7 @@ def test_smoke_build_fits_the_size_limit_and_reports_every_stage(smoke):
         == r["artifact"]["total"]
     assert r["pruning"]["vocab_after"] <= 2500 < r["pruning"]["vocab_before"]
     assert set(r["student"]["test_acc_int8"]) == set(TASKS)
+    assert r["student"]["augmented_sentences"] == {t: 60 for t in TASKS}  # one copy of each train sentence
 
 
 def test_numpy_runtime_matches_the_pytorch_int8_model(smoke):
@@ -137,3 +138,35 @@ def test_corrupted_or_truncated_artifact_gives_a_clear_error(smoke, tmp_path, da
     bad.write_bytes(damage(out.read_bytes()))
     with pytest.raises(ArtifactError, match=match):
         read_artifact(bad)
+
+
+def _words(ids, cont):
+    from edgerec.compress.augment import word_spans
+
+    return [tuple(ids[a:b]) for a, b in word_spans(ids, cont)]
+
+
+def test_augment_perturbs_whole_words_only_and_is_seeded():
+    from edgerec.compress.augment import augment
+    from edgerec.compress.data import Encoded
+
+    # ids: 0 [CLS], 1 [SEP], 2 [MASK], 3-9 word starts, 10-12 "##" continuations
+    cont = np.zeros(13, dtype=bool)
+    cont[10:] = True
+    sents = [[0, 3, 10, 4, 5, 11, 12, 6, 7, 8, 9, 1], [0, 9, 1], [0, 1]]
+    enc = Encoded(sents, np.array([1, 0, 1]))
+    a = augment(enc, 5, cont, mask_id=2, seed=3, p_mask=0.3, p_ngram=0.5)
+    assert len(a) == 10 and (a.y == -1).all()  # the word-less sentence is skipped
+    assert a.ids == augment(enc, 5, cont, mask_id=2, seed=3, p_mask=0.3, p_ngram=0.5).ids
+    assert a.ids != augment(enc, 5, cont, mask_id=2, seed=4, p_mask=0.3, p_ngram=0.5).ids
+    src = _words(sents[0], cont)
+    for ids in a.ids[:5]:
+        assert ids[0] == 0 and ids[-1] == 1
+        out = _words(ids, cont)
+        assert 1 <= len(out) <= len(src)
+        assert all(w in src or w == (2,) for w in out)  # a word is kept whole or becomes one [MASK]
+    assert augment(enc, 2, cont, 2, p_mask=0.0, p_ngram=0.0).ids[:2] == [sents[0], sents[0]]
+    masked = augment(enc, 1, cont, 2, p_mask=1.0, p_ngram=0.0).ids[0]
+    assert masked == [0] + [2] * len(src) + [1]
+    windows = augment(enc, 50, cont, 2, p_mask=0.0, p_ngram=1.0).ids[:50]
+    assert all(1 <= len(_words(w, cont)) <= 5 for w in windows) and len({tuple(w) for w in windows}) > 5

@@ -54,6 +54,11 @@ class DistillConfig:
     mutual_weight: float = 0.1  # cross: teacher KL toward the student
     teacher_trainable_layers: int = 2  # cross
     seed: int = 0
+    # teacher-labelled transfer set (edgerec/compress/augment.py): perturbed copies per training
+    # sentence, matched on the teacher's soft labels only; built by the pipeline, 0 = off
+    augment: int = 0
+    augment_mask_p: float = 0.1
+    augment_ngram_p: float = 0.25
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -153,14 +158,17 @@ def _pad_att(items: list[torch.Tensor], T: int) -> torch.Tensor:
 def distill(student: EIBert, teachers: dict[str, EIBert], data_s: dict[str, dict[str, Encoded]],
             data_t: dict[str, dict[str, Encoded]], cfg: DistillConfig, log=print, progress: bool = True) -> dict:
     """Train `student` in place. data_s[task][split]: student ids; data_t: the same sentences as
-    teacher ids (the student's pieces mapped to the teacher vocabulary)."""
+    teacher ids (the student's pieces mapped to the teacher vocabulary). An optional split
+    "augmented" (labels -1) is trained on the teacher's soft labels only: the KD term at full weight,
+    no cross-entropy, and (cross) no teacher update."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng([cfg.seed, 17])
     tasks = list(teachers)
     n_layers_t = len(next(iter(teachers.values())).encoder.layers)
     n_frozen = n_layers_t - cfg.teacher_trainable_layers
     t0 = time.time()
-    caches = {t: teacher_cache(teachers[t], t, data_t[t]["train"], cfg, n_frozen) for t in tasks}
+    splits = {t: [s for s in ("train", "augmented") if len(data_s[t].get(s, ()))] for t in tasks}
+    caches = {(t, s): teacher_cache(teachers[t], t, data_t[t][s], cfg, n_frozen) for t in tasks for s in splits[t]}
     cache_s = time.time() - t0
     params = list(student.parameters())
     extra = nn.ModuleDict()
@@ -174,7 +182,7 @@ def distill(student: EIBert, teachers: dict[str, EIBert], data_s: dict[str, dict
             tp = [p for layer in teachers[t].encoder.layers[n_frozen:] for p in layer.parameters()]
             tp += list(teachers[t].heads.parameters())
             t_opts[t] = torch.optim.AdamW(tp, lr=cfg.teacher_lr, weight_decay=0.01)
-    steps_per_epoch = sum((len(data_s[t]["train"]) + cfg.batch_size - 1) // cfg.batch_size for t in tasks)
+    steps_per_epoch = sum((len(data_s[t][s]) + cfg.batch_size - 1) // cfg.batch_size for t in tasks for s in splits[t])
     total = cfg.epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (0.05 * total)) * max(0.0, 1 - s / total))
     smap = LAYER_MAP.get(student.config.layers, list(range(student.config.layers)))
@@ -182,24 +190,26 @@ def distill(student: EIBert, teachers: dict[str, EIBert], data_s: dict[str, dict
     best, best_state = -1.0, None
     for ep in range(cfg.epochs):
         student.train()
-        plan = [(t, idx) for t in tasks for idx in batches(data_s[t]["train"], cfg.batch_size, rng)]
+        plan = [(t, s, idx) for t in tasks for s in splits[t] for idx in batches(data_s[t][s], cfg.batch_size, rng)]
         rng.shuffle(plan)
         it = plan
         if progress:
             from tqdm import tqdm
 
             it = tqdm(plan, desc=f"{cfg.method} epoch {ep + 1}/{cfg.epochs}", leave=False)
-        for task, idx in it:
-            enc = data_s[task]["train"]
+        for task, split, idx in it:
+            enc = data_s[task][split]
+            soft = split == "augmented"  # teacher-labelled only: no gold label, no teacher update
+            kd_weight = 1.0 if soft else cfg.kd_weight
             ids, mask = pad([enc.ids[i] for i in idx])
             y = torch.from_numpy(enc.y[idx])
             T = ids.shape[1]
-            cached = [caches[task][i] for i in idx]
+            cached = [caches[task, split][i] for i in idx]
             out = student(ids, mask, task)
-            loss = (1 - cfg.kd_weight) * F.cross_entropy(out["logits"], y)
+            loss = out["logits"].new_zeros(()) if soft else (1 - cfg.kd_weight) * F.cross_entropy(out["logits"], y)
             if cfg.method in ("kd", "tinybert"):
                 t_logits = torch.stack([c["logits"] for c in cached])
-                loss = loss + cfg.kd_weight * _kd(out["logits"], t_logits, cfg.temperature)
+                loss = loss + kd_weight * _kd(out["logits"], t_logits, cfg.temperature)
             if cfg.method == "tinybert":
                 m = mask.unsqueeze(-1).float()
                 th = _pad_cached([c["hidden"] for c in cached], T)
@@ -211,16 +221,18 @@ def distill(student: EIBert, teachers: dict[str, EIBert], data_s: dict[str, dict
                     loss = loss + cfg.attention_weight * (((sa - ta) ** 2) * mm).sum() / mm.sum()
             if cfg.method == "cross":
                 teacher = teachers[task]
-                teacher.train()
-                x = _pad_cached([c["mid"] for c in cached], T)
-                bias = (1.0 - mask[:, None, None, :].float()) * -1e4
-                for layer in teacher.encoder.layers[n_frozen:]:
-                    x, _ = layer(x, bias)
-                m = mask.unsqueeze(-1).float()
-                t_pooled = (x * m).sum(1) / m.sum(1)  # (B, 384)
-                t_logits = teacher.heads[task](teacher.drop(t_pooled))
-                loss = loss + cfg.kd_weight * _kd(out["logits"], t_logits.detach(), cfg.temperature)
+                teacher.train(not soft)
+                with torch.set_grad_enabled(not soft):
+                    x = _pad_cached([c["mid"] for c in cached], T)
+                    bias = (1.0 - mask[:, None, None, :].float()) * -1e4
+                    for layer in teacher.encoder.layers[n_frozen:]:
+                        x, _ = layer(x, bias)
+                    m = mask.unsqueeze(-1).float()
+                    t_pooled = (x * m).sum(1) / m.sum(1)  # (B, 384)
+                    t_logits = teacher.heads[task](teacher.drop(t_pooled))
+                loss = loss + kd_weight * _kd(out["logits"], t_logits.detach(), cfg.temperature)
                 loss = loss + cfg.hidden_weight * F.mse_loss(out["up"], t_pooled.detach())
+            if cfg.method == "cross" and not soft:
                 shoes = F.cross_entropy(teacher.heads[task](out["up"].detach()), y)
                 mutual = F.kl_div(F.log_softmax(t_logits, -1), F.softmax(out["logits"].detach(), -1),
                                   reduction="batchmean")

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgerec.compress.augment import augment
 from edgerec.compress.data import Encoded, accuracy, encode
 from edgerec.compress.distill import DistillConfig, distill, init_heads, init_student
 from edgerec.compress.pack import write_artifact
@@ -114,6 +115,14 @@ def build(cfg: CompressConfig, out: str | Path, log=print, progress: bool = True
     work_teachers = {t: copy.deepcopy(m) for t, m in teachers.items()}  # cross trains them
     init_heads(student, work_teachers, P)
     report["student"]["init_valid_acc"] = {t: accuracy(student, enc_s[t]["valid"], t) for t in tasks}
+    if dcfg.augment > 0:  # the teacher-labelled transfer set, in the student's pieces and the teacher's ids
+        cont = np.array([p.startswith("##") for p in kept])
+        mask_id = tok_s.index["[MASK]"]
+        for i, t in enumerate(tasks):
+            enc_s[t]["augmented"] = augment(enc_s[t]["train"], dcfg.augment, cont, mask_id, seed=dcfg.seed * 100 + i,
+                                            p_mask=dcfg.augment_mask_p, p_ngram=dcfg.augment_ngram_p)
+            enc_st[t]["augmented"] = _to_teacher_ids({"a": enc_s[t]["augmented"]}, kept_old)["a"]
+        report["student"]["augmented_sentences"] = {t: len(enc_s[t]["augmented"]) for t in tasks}
     report["student"]["distill"] = distill(student, work_teachers, enc_s, enc_st, dcfg, log=log, progress=progress)
     report["student"]["params"] = int(sum(p.numel() for n, p in student.named_parameters()))
     report["student"]["test_acc_fp32"] = {t: accuracy(student, enc_s[t]["test"], t) for t in tasks}
