@@ -213,7 +213,7 @@ def main(argv=None) -> dict:
             fp32, int8 = teacher_rows(t, d, n_lat)
             report["baselines"][t] = {"teacher fp32": fp32, "teacher int8 (ORT)": int8, "TF-IDF + LR": tfidf_row(d, n_lat)}
             write_json_atomic(out, report)
-    done = {(s.get("variant", s["method"]), s["seed"]) for s in report["students"]}
+    done = {(_variant(s), s["seed"]) for s in report["students"]}
     packs = Path(tempfile.mkdtemp())
     for seed in seeds:  # seed-major: a cut-short run still has every method at the first seeds
         for m in methods:
@@ -245,6 +245,11 @@ def main(argv=None) -> dict:
     return report
 
 
+def _variant(student: dict) -> str:
+    """A student row's name: its method, plus '+augN' with a transfer set (older rows have no variant)."""
+    return student.get("variant", student["method"])
+
+
 def _ms(v: list[float]) -> str:
     v = np.asarray(v, dtype=np.float64)
     return f"{v.mean():.4f} ± {v.std(ddof=1):.4f}" if len(v) > 1 else f"{v.mean():.4f} (1 seed)"
@@ -261,9 +266,9 @@ def markdown(r: dict) -> str:
         for name, row in base.items():
             rows.append(f"| {t} | {name} | {row['size_mb']:.2f} | {_ms(row['acc'])} | "
                         f"{np.mean(row['acc']) / ref:.1%} | {row['p50_ms']:.2f} / {row['p99_ms']:.2f} |")
-        variants = dict.fromkeys(s.get("variant", s["method"]) for s in r["students"])  # in run order
+        variants = dict.fromkeys(_variant(s) for s in r["students"])
         for m in sorted(variants, key=lambda v: (("kd", "tinybert", "cross").index(v.split("+")[0]), v)):
-            runs = [s for s in r["students"] if s.get("variant", s["method"]) == m]
+            runs = [s for s in r["students"] if _variant(s) == m]
             if not runs:
                 continue
             acc = [s["acc"][t] for s in runs]

@@ -57,8 +57,9 @@ def _limit(task: TaskData, n: int | None) -> TaskData:
                     {s: v[:n] for s, v in task.y.items()})
 
 
-def _to_teacher_ids(enc: dict[str, Encoded], kept_old: np.ndarray) -> dict[str, Encoded]:
-    return {s: Encoded([kept_old[np.asarray(x)].tolist() for x in e.ids], e.y) for s, e in enc.items()}
+def _to_teacher_ids(e: Encoded, kept_old: np.ndarray) -> Encoded:
+    """The same sentences in the student's pieces, as teacher vocabulary ids."""
+    return Encoded([kept_old[np.asarray(x)].tolist() for x in e.ids], e.y)
 
 
 def build(cfg: CompressConfig, out: str | Path, log=print, progress: bool = True) -> dict:
@@ -89,7 +90,7 @@ def build(cfg: CompressConfig, out: str | Path, log=print, progress: bool = True
     kept_old = remap(tok_t.vocab, kept)
     tok_s = WordPiece(kept)
     enc_s = {t: encode(tok_s, d, cfg.max_len) for t, d in tasks.items()}
-    enc_st = {t: _to_teacher_ids(enc_s[t], kept_old) for t in tasks}  # student pieces, teacher ids
+    enc_st = {t: {s: _to_teacher_ids(e, kept_old) for s, e in enc_s[t].items()} for t in tasks}
     E = cfg.hidden
     report["pruning"] = {
         "vocab_before": V, "vocab_after": len(kept),
@@ -121,7 +122,7 @@ def build(cfg: CompressConfig, out: str | Path, log=print, progress: bool = True
         for i, t in enumerate(tasks):
             enc_s[t]["augmented"] = augment(enc_s[t]["train"], dcfg.augment, cont, mask_id, seed=dcfg.seed * 100 + i,
                                             p_mask=dcfg.augment_mask_p, p_ngram=dcfg.augment_ngram_p)
-            enc_st[t]["augmented"] = _to_teacher_ids({"a": enc_s[t]["augmented"]}, kept_old)["a"]
+            enc_st[t]["augmented"] = _to_teacher_ids(enc_s[t]["augmented"], kept_old)
         report["student"]["augmented_sentences"] = {t: len(enc_s[t]["augmented"]) for t in tasks}
     report["student"]["distill"] = distill(student, work_teachers, enc_s, enc_st, dcfg, log=log, progress=progress)
     report["student"]["params"] = int(sum(p.numel() for n, p in student.named_parameters()))
