@@ -3,6 +3,8 @@
     python bench/nlu.py                                   # everything, student seeds 1-3
     python bench/nlu.py --methods cross,kd --seeds 1      # a subset (resumable: --resume)
     python bench/nlu.py --quick                           # smoke: 60 sentences per split, 1 epoch
+    python bench/nlu.py --methods kd --out runs/bench/kd.json ...   # in parallel with another run, then:
+    python bench/nlu.py --resume --skip-baselines --methods '' --merge runs/bench/kd.json
 
 Rows per task:
   teacher fp32        all-MiniLM-L6-v2 fine-tuned on the task (seed 0; edgerec/compress/teacher.py)
@@ -190,9 +192,12 @@ def main(argv=None) -> dict:
     p.add_argument("--skip-baselines", action="store_true", help="only the students (teacher/TF-IDF rows kept)")
     p.add_argument("--out")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--merge", default="",
+                   help="comma-separated result files of parallel runs (each with its own --out): their student "
+                        "rows are added (a (variant, seed) already present is kept), then the table is rewritten")
     p.add_argument("--quick", action="store_true")
     a = p.parse_args(argv)
-    methods, seeds = a.methods.split(","), [int(s) for s in a.seeds.split(",")]
+    methods, seeds = [m for m in a.methods.split(",") if m], [int(s) for s in a.seeds.split(",")]
     limit, teacher_epochs, n_lat = None, 3, a.latency_sentences
     if a.quick:
         methods, seeds, a.epochs, limit, teacher_epochs, n_lat = ["cross"], [1], 1, 60, 0, 20
@@ -204,6 +209,8 @@ def main(argv=None) -> dict:
     if a.resume and out.exists():
         old = json.loads(out.read_text())
         report["baselines"], report["students"] = old.get("baselines", {}), old.get("students", [])
+    for f in filter(None, a.merge.split(",")):
+        merge_students(report, json.loads(Path(f).read_text()))
     tasks = {t: load_task(t) for t in TASKS}
     if not a.skip_baselines and not a.quick:
         for t, d in tasks.items():
@@ -240,9 +247,17 @@ def main(argv=None) -> dict:
     write_json_atomic(out, report)
     table = markdown(report)
     print(table)
-    if not a.quick:
+    if not a.quick and not a.out:  # a run with its own --out is merged into the main file later
         replace_block("nlu", table + f"\n\nRaw: bench/results/nlu.json; git {report['git']}.")
     return report
+
+
+def merge_students(report: dict, other: dict) -> int:
+    """Add `other`'s student rows to `report`; a (variant, seed) already there is kept. -> rows added."""
+    have = {(_variant(s), s["seed"]) for s in report["students"]}
+    new = [s for s in other.get("students", []) if (_variant(s), s["seed"]) not in have]
+    report["students"] += new
+    return len(new)
 
 
 def _variant(student: dict) -> str:

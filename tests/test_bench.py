@@ -106,3 +106,25 @@ def test_a_resumed_sweep_names_every_session_it_ran_in(tmp_path):
     text = doc.read_text()
     assert "Measured 2026-11-25, 2026-11-28, git aaaaaaa, bbbbbbb, seed 1" in text
     assert "| DIN | 0.001 | 1 / 2 | 0.9000 |" in text and text.count("✓") == 1
+
+
+def test_nlu_merge_keeps_existing_rows_and_tables_variants_apart():
+    from bench.nlu import markdown, merge_students
+    from edgerec.compress.tasks import TASKS
+
+    def row(method, seed, acc, variant=None):
+        r = {"method": method, "seed": seed, "acc": dict.fromkeys(TASKS, acc), "bytes": 1_800_000,
+             "latency": dict.fromkeys(TASKS, {"p50_ms": 1.0, "p99_ms": 2.0}),
+             "edge_latency_32": {"encoder_only": {"p50_ms": 1.0, "p99_ms": 2.0}, "with_tokenizer": {"p50_ms": 1.1},
+                                 "sentences": 10}}
+        return {**r, "variant": variant} if variant else r  # older rows carry no variant
+
+    report = {"baselines": {"sentiment": {"teacher fp32": {"acc": [0.8], "size_mb": 90.0, "p50_ms": 9.0,
+                                                           "p99_ms": 9.0}}},
+              "students": [row("cross", 1, 0.70)]}
+    other = {"students": [row("cross", 1, 0.10), row("cross", 1, 0.76, "cross+aug4"), row("cross", 2, 0.78, "cross+aug4")]}
+    assert merge_students(report, other) == 2  # the plain cross seed 1 already there is kept, not replaced
+    table = markdown(report)
+    plain = next(line for line in table.splitlines() if "student cross (" in line)
+    aug = next(line for line in table.splitlines() if "student cross+aug4 (" in line)
+    assert "0.7000 (1 seed)" in plain and "0.7700 ± 0.0141" in aug and "96.2%" in aug
