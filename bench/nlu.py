@@ -192,6 +192,8 @@ def main(argv=None) -> dict:
     p.add_argument("--skip-baselines", action="store_true", help="only the students (teacher/TF-IDF rows kept)")
     p.add_argument("--out")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--baselines-from", help="take the teacher and TF-IDF rows from this result file (e.g. a "
+                   "baselines-only run: --methods '' --out F) instead of keeping or measuring them")
     p.add_argument("--merge", default="",
                    help="comma-separated result files of parallel runs (each with its own --out): their student "
                         "rows are added (a (variant, seed) already present is kept), then the table is rewritten")
@@ -209,6 +211,8 @@ def main(argv=None) -> dict:
     if a.resume and out.exists():
         old = json.loads(out.read_text())
         report["baselines"], report["students"] = old.get("baselines", {}), old.get("students", [])
+    if a.baselines_from:
+        report["baselines"] = json.loads(Path(a.baselines_from).read_text())["baselines"]
     for f in filter(None, a.merge.split(",")):
         merge_students(report, json.loads(Path(f).read_text()))
     tasks = {t: load_task(t) for t in TASKS}
@@ -236,6 +240,7 @@ def main(argv=None) -> dict:
             lat = {t: _lat(lambda x, t=t: edge.logits([x], t), tasks[t].text["test"][:n_lat]) for t in tasks}
             report["students"].append({"method": m, "variant": variant, "seed": seed, "acc": r["student"]["test_acc_packed_numpy"],
                                        "acc_fp32": r["student"]["test_acc_fp32"], "bytes": r["artifact"]["total"],
+                                       "teacher_acc": {t: v["test_acc"] for t, v in r["teacher"].items()},
                                        "breakdown": {k: r["artifact"][k] for k in ("embeddings", "encoder", "heads",
                                                                                    "vocabulary", "header_and_padding")},
                                        "pruning": r["pruning"], "latency": lat, "seconds": r["seconds"],
