@@ -188,6 +188,8 @@ def main(argv=None) -> dict:
     p.add_argument("--augment", type=int, default=0,
                    help="teacher-labelled perturbed copies per training sentence (edgerec/compress/augment.py); "
                         "its students are separate rows, e.g. 'cross+aug4'")
+    p.add_argument("--lr", type=float, help="the student's peak learning rate (DistillConfig.lr, default 2e-3); "
+                   "its rows are named e.g. 'kd+aug4+lr0.0005'")
     p.add_argument("--latency-sentences", type=int, default=300)
     p.add_argument("--skip-baselines", action="store_true", help="only the students (teacher/TF-IDF rows kept)")
     p.add_argument("--out")
@@ -228,12 +230,13 @@ def main(argv=None) -> dict:
     packs = Path(tempfile.mkdtemp())
     for seed in seeds:  # seed-major: a cut-short run still has every method at the first seeds
         for m in methods:
-            variant = f"{m}+aug{a.augment}" if a.augment else m
+            variant = m + (f"+aug{a.augment}" if a.augment else "") + (f"+lr{a.lr:g}" if a.lr else "")
             if (variant, seed) in done:
                 continue
             print(f"student {variant} seed {seed} ...", flush=True)
             pack = (ROOT / "runs" / "eibert" / f"{variant}-seed{seed}.pack") if not a.quick else packs / "q.pack"
-            distill = {"epochs": a.epochs, **({"augment": a.augment} if a.augment else {})}
+            distill = {"epochs": a.epochs, **({"augment": a.augment} if a.augment else {}),
+                       **({"lr": a.lr} if a.lr else {})}
             r = build(CompressConfig(method=m, seed=seed, teacher_epochs=teacher_epochs, limit_per_split=limit,
                                      distill=distill), pack, progress=not a.quick)
             edge = EdgeModel.load(pack)
