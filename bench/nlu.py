@@ -244,6 +244,7 @@ def main(argv=None) -> dict:
             report["students"].append({"method": m, "variant": variant, "seed": seed, "acc": r["student"]["test_acc_packed_numpy"],
                                        "acc_fp32": r["student"]["test_acc_fp32"], "bytes": r["artifact"]["total"],
                                        "teacher_acc": {t: v["test_acc"] for t, v in r["teacher"].items()},
+                                       "init_valid_acc": r["student"]["init_valid_acc"],
                                        "breakdown": {k: r["artifact"][k] for k in ("embeddings", "encoder", "heads",
                                                                                    "vocabulary", "header_and_padding")},
                                        "pruning": r["pruning"], "latency": lat, "seconds": r["seconds"],
