@@ -23,6 +23,22 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+def sgemm_gflops(n: int = 128, m: int = 32, reps: int = 2000) -> float:
+    """Single-thread float32 GFLOP/s on the runtime's typical matmul shape ((32, 128) @ (128, 128)): a
+    yardstick for comparing latencies taken on different machines or phases of a shared VM."""
+    import time
+
+    import numpy as np
+
+    a, b = np.ones((m, n), np.float32), np.ones((n, n), np.float32)
+    for _ in range(50):
+        a @ b
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return round(2 * m * n * n * reps / (time.perf_counter() - t) / 1e9, 2)
+
+
 def main(argv=None) -> dict:
     from bench.nlu import edge_latency_32
     from edgerec.compress.tasks import load_task
@@ -32,8 +48,9 @@ def main(argv=None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     pack = Path(argv[0] if argv else ROOT / "runs" / "eibert" / "cross-seed1.pack")
     r = {"benchmark": "nlu_latency", "pack": str(pack), "bytes": pack.stat().st_size, "git": git_commit(),
-         "machine": machine_info(), "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+         "machine": machine_info(), "sgemm_gflops_before": sgemm_gflops(), "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
          **edge_latency_32(pack, load_task("sentiment").text["test"], "sentiment", 300)}
+    r["sgemm_gflops_after"] = sgemm_gflops()
     out = ROOT / "bench" / "results" / "nlu_latency.json"
     write_json_atomic(out, r)
     print(r)
