@@ -175,6 +175,7 @@ def edge_latency_32(pack: Path, texts: list[str], task: str, n: int = 300, round
 
 def main(argv=None) -> dict:
     from bench.docs_tables import replace_block
+    from edgerec.compress.distill import DistillConfig
     from edgerec.compress.pipeline import CompressConfig, build
     from edgerec.compress.tasks import TASKS, load_task
     from edgerec.io import write_json_atomic
@@ -187,9 +188,9 @@ def main(argv=None) -> dict:
     p.add_argument("--epochs", type=int, default=6, help="distillation epochs (all methods)")
     p.add_argument("--augment", type=int, default=0,
                    help="teacher-labelled perturbed copies per training sentence (edgerec/compress/augment.py); "
-                        "its students are separate rows, e.g. 'cross+aug4'")
+                        "its students are separate rows, e.g. 'cross+aug4 lr 0.002'")
     p.add_argument("--lr", type=float, help="the student's peak learning rate (DistillConfig.lr, default 2e-3); "
-                   "its rows are named e.g. 'kd+aug4+lr0.0005'")
+                   "every row's name carries its rate, e.g. 'kd+aug4 lr 0.0005'")
     p.add_argument("--latency-sentences", type=int, default=300)
     p.add_argument("--skip-baselines", action="store_true", help="only the students (teacher/TF-IDF rows kept)")
     p.add_argument("--out")
@@ -230,11 +231,11 @@ def main(argv=None) -> dict:
     packs = Path(tempfile.mkdtemp())
     for seed in seeds:  # seed-major: a cut-short run still has every method at the first seeds
         for m in methods:
-            variant = m + (f"+aug{a.augment}" if a.augment else "") + (f"+lr{a.lr:g}" if a.lr else "")
+            variant = variant_name(m, a.augment, a.lr or DistillConfig.lr)
             if (variant, seed) in done:
                 continue
             print(f"student {variant} seed {seed} ...", flush=True)
-            pack = (ROOT / "runs" / "eibert" / f"{variant}-seed{seed}.pack") if not a.quick else packs / "q.pack"
+            pack = (ROOT / "runs" / "eibert" / f"{variant.replace(' ', '_')}-seed{seed}.pack") if not a.quick else packs / "q.pack"
             distill = {"epochs": a.epochs, **({"augment": a.augment} if a.augment else {}),
                        **({"lr": a.lr} if a.lr else {})}
             r = build(CompressConfig(method=m, seed=seed, teacher_epochs=teacher_epochs, limit_per_split=limit,
@@ -269,8 +270,17 @@ def merge_students(report: dict, other: dict) -> int:
     return len(new)
 
 
+def variant_name(method: str, augment: int, lr: float) -> str:
+    """A student row's name: its method, '+augN' with a transfer set, and its peak learning rate."""
+    return method + (f"+aug{augment}" if augment else "") + f" lr {lr:g}"
+
+
 def _variant(student: dict) -> str:
-    """A student row's name: its method, plus '+augN' with a transfer set (older rows have no variant)."""
+    """The name of a stored row, from the distillation settings it ran with (rows written before the
+    learning rate was in the name read correctly too)."""
+    if "distill" in student:
+        c = student["distill"]["config"]
+        return variant_name(student["method"], c.get("augment", 0), c["lr"])
     return student.get("variant", student["method"])
 
 
@@ -291,7 +301,7 @@ def markdown(r: dict) -> str:
             rows.append(f"| {t} | {name} | {row['size_mb']:.2f} | {_ms(row['acc'])} | "
                         f"{np.mean(row['acc']) / ref:.1%} | {row['p50_ms']:.2f} / {row['p99_ms']:.2f} |")
         variants = dict.fromkeys(_variant(s) for s in r["students"])
-        for m in sorted(variants, key=lambda v: (("kd", "tinybert", "cross").index(v.split("+")[0]), v)):
+        for m in sorted(variants, key=lambda v: (("kd", "tinybert", "cross").index(v.split("+")[0].split(" ")[0]), v)):
             runs = [s for s in r["students"] if _variant(s) == m]
             if not runs:
                 continue
@@ -299,11 +309,11 @@ def markdown(r: dict) -> str:
             lat = runs[0]["latency"][t]
             rows.append(f"| {t} | student {m} (int8, packed, numpy) | {runs[0]['bytes'] / 1e6:.3f} | {_ms(acc)} | "
                         f"{np.mean(acc) / ref:.1%} | {lat['p50_ms']:.2f} / {lat['p99_ms']:.2f} |")
-    e = [s["edge_latency_32"] for s in r["students"]]
+    e = [s["edge_latency_32"]["encoder_only"]["p50_ms"] for s in r["students"]]
     if e:
-        rows += ["", f"numpy runtime, 32-token sentence, batch 1, one core: encoder p50 "
-                     f"{e[0]['encoder_only']['p50_ms']:.2f} ms / p99 {e[0]['encoder_only']['p99_ms']:.2f} ms; "
-                     f"with tokenization p50 {e[0]['with_tokenizer']['p50_ms']:.2f} ms ({e[0]['sentences']} sentences)."]
+        rows += ["", f"numpy runtime, 32-token sentence, batch 1, one core, encoder p50 over the {len(e)} student rows: "
+                     f"{min(e):.2f}–{max(e):.2f} ms, each taken under whatever ran beside it (bench/nlu_latency.py "
+                     "measures it on an idle machine)."]
     return "\n".join(rows)
 
 

@@ -122,9 +122,12 @@ def test_nlu_merge_keeps_existing_rows_and_tables_variants_apart():
     report = {"baselines": {"sentiment": {"teacher fp32": {"acc": [0.8], "size_mb": 90.0, "p50_ms": 9.0,
                                                            "p99_ms": 9.0}}},
               "students": [row("cross", 1, 0.70)]}
-    other = {"students": [row("cross", 1, 0.10), row("cross", 1, 0.76, "cross+aug4"), row("cross", 2, 0.78, "cross+aug4")]}
-    assert merge_students(report, other) == 2  # the plain cross seed 1 already there is kept, not replaced
+    lr5 = {"distill": {"config": {"lr": 5e-4, "augment": 0}}}  # current rows: named by their settings
+    other = {"students": [row("cross", 1, 0.10), row("cross", 1, 0.76, "cross+aug4"), row("cross", 2, 0.78, "cross+aug4"),
+                          {**row("kd", 1, 0.5), **lr5}]}
+    assert merge_students(report, other) == 3  # the plain cross seed 1 already there is kept, not replaced
     table = markdown(report)
     plain = next(line for line in table.splitlines() if "student cross (" in line)
     aug = next(line for line in table.splitlines() if "student cross+aug4 (" in line)
     assert "0.7000 (1 seed)" in plain and "0.7700 ± 0.0141" in aug and "96.2%" in aug
+    assert "student kd lr 0.0005 (" in table
