@@ -259,6 +259,7 @@ def main(argv=None) -> dict:
     print(table)
     if not a.quick and not a.out:  # a run with its own --out is merged into the main file later
         replace_block("nlu", table + f"\n\nRaw: bench/results/nlu.json; git {report['git']}.")
+        replace_block("nlu_lr", lr_markdown(report))
     return report
 
 
@@ -268,6 +269,29 @@ def merge_students(report: dict, other: dict) -> int:
     new = [s for s in other.get("students", []) if (_variant(s), s["seed"]) not in have]
     report["students"] += new
     return len(new)
+
+
+def lr_markdown(r: dict, seed: int = 1) -> str:
+    """The learning-rate choice: validation accuracy (best epoch by the mean over tasks) of every
+    seed-`seed` row; ✓ = the chosen rate per method (highest mean, without a transfer set)."""
+    rows, best = [], {}
+    for s in r["students"]:
+        if s["seed"] != seed or "distill" not in s:
+            continue
+        c, hist = s["distill"]["config"], s["distill"]["valid_by_epoch"]
+        k = int(np.argmax([np.mean(list(h.values())) for h in hist]))
+        mean = float(np.mean(list(hist[k].values())))
+        rows.append((s["method"], c.get("augment", 0), c["lr"], k + 1, hist[k], mean))
+        if not c.get("augment") and mean > best.get(s["method"], (-1, None))[0]:
+            best[s["method"]] = (mean, c["lr"])
+    from edgerec.compress.tasks import TASKS
+
+    out = [f"| method | transfer copies | lr | best epoch | {' | '.join(TASKS)} | valid mean | chosen |",
+           "|---|---|---|---|" + "---|" * len(TASKS) + "---|---|"]
+    for m, aug, lr, ep, h, mean in sorted(rows, key=lambda x: (("kd", "tinybert", "cross").index(x[0]), x[1], x[2])):
+        mark = "✓" if not aug and best.get(m, (0, None))[1] == lr else ""
+        out.append(f"| {m} | {aug} | {lr:g} | {ep} | " + " | ".join(f"{h[t]:.4f}" for t in TASKS) + f" | {mean:.4f} | {mark} |")
+    return "\n".join(out)
 
 
 def variant_name(method: str, augment: int, lr: float) -> str:
