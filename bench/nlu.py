@@ -292,7 +292,8 @@ def lr_markdown(r: dict, seed: int = 1) -> str:
     out = [f"| method | transfer copies | lr | best epoch | {' | '.join(TASKS)} | valid mean | chosen |",
            "|---|---|---|---|" + "---|" * len(TASKS) + "---|---|"]
     for m, aug, lr, ep, h, mean in sorted(rows, key=lambda x: (("kd", "tinybert", "cross").index(x[0]), x[1], x[2])):
-        mark = "✓" if not aug and best.get(m, (0, None))[1] == lr else ""
+        n_rates = len({x[2] for x in rows if x[0] == m and not x[1]})
+        mark = ("✓" if n_rates > 1 else "only rate tried") if not aug and best.get(m, (0, None))[1] == lr else ""
         out.append(f"| {m} | {aug} | {lr:g} | {ep} | " + " | ".join(f"{h[t]:.4f}" for t in TASKS) + f" | {mean:.4f} | {mark} |")
     return "\n".join(out)
 
