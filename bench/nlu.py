@@ -189,7 +189,7 @@ def main(argv=None) -> dict:
     p.add_argument("--augment", type=int, default=0,
                    help="teacher-labelled perturbed copies per training sentence (edgerec/compress/augment.py); "
                         "its students are separate rows, e.g. 'cross+aug4 lr 0.002'")
-    p.add_argument("--lr", type=float, help="the student's peak learning rate (DistillConfig.lr, default 2e-3); "
+    p.add_argument("--lr", type=float, help="the student's peak learning rate (default: DistillConfig.lr, 5e-4); "
                    "every row's name carries its rate, e.g. 'kd+aug4 lr 0.0005'")
     p.add_argument("--latency-sentences", type=int, default=300)
     p.add_argument("--skip-baselines", action="store_true", help="only the students (teacher/TF-IDF rows kept)")

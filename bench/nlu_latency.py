@@ -1,6 +1,6 @@
 """Single-core latency of the numpy EI-BERT runtime on 32-token sentences (issue 6 target: p50 <= 2 ms).
 
-    python bench/nlu_latency.py runs/eibert/cross-seed1.pack
+    python bench/nlu_latency.py runs/eibert/cross_lr_0.0005-seed2.pack   # default: cross, seed 1
 
 Batch 1, BLAS threads 1, 300 sentences of exactly 32 pieces cut from the sentiment test split,
 5 warm-up calls. Encoder only (ids in, pooled vector and head out) and with tokenization.
@@ -46,7 +46,11 @@ def main(argv=None) -> dict:
     from edgerec.train.ledger import git_commit, machine_info
 
     argv = sys.argv[1:] if argv is None else argv
-    pack = Path(argv[0] if argv else ROOT / "runs" / "eibert" / "cross-seed1.pack")
+    from bench.nlu import variant_name
+    from edgerec.compress.distill import DistillConfig
+
+    default = ROOT / "runs" / "eibert" / f"{variant_name('cross', 0, DistillConfig.lr).replace(' ', '_')}-seed1.pack"
+    pack = Path(argv[0] if argv else default)  # bench/nlu.py's file for cross, seed 1
     r = {"benchmark": "nlu_latency", "pack": str(pack), "bytes": pack.stat().st_size, "git": git_commit(),
          "machine": machine_info(), "sgemm_gflops_before": sgemm_gflops(), "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
          **edge_latency_32(pack, load_task("sentiment").text["test"], "sentiment", 300)}
