@@ -41,6 +41,8 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from edgerec.compress.distill import METHODS  # noqa: E402
+
 torch.set_num_threads(1)
 
 
@@ -235,7 +237,7 @@ def main(argv=None) -> dict:
             if (variant, seed) in done:
                 continue
             print(f"student {variant} seed {seed} ...", flush=True)
-            pack = (ROOT / "runs" / "eibert" / f"{variant.replace(' ', '_')}-seed{seed}.pack") if not a.quick else packs / "q.pack"
+            pack = pack_path(variant, seed) if not a.quick else packs / "q.pack"
             distill = {"epochs": a.epochs, **({"augment": a.augment} if a.augment else {}),
                        **({"lr": a.lr} if a.lr else {})}
             r = build(CompressConfig(method=m, seed=seed, teacher_epochs=teacher_epochs, limit_per_split=limit,
@@ -291,7 +293,7 @@ def lr_markdown(r: dict, seed: int = 1) -> str:
 
     out = [f"| method | transfer copies | lr | best epoch | {' | '.join(TASKS)} | valid mean | chosen |",
            "|---|---|---|---|" + "---|" * len(TASKS) + "---|---|"]
-    for m, aug, lr, ep, h, mean in sorted(rows, key=lambda x: (("kd", "tinybert", "cross").index(x[0]), x[1], x[2])):
+    for m, aug, lr, ep, h, mean in sorted(rows, key=lambda x: (METHODS.index(x[0]), x[1], x[2])):
         n_rates = len({x[2] for x in rows if x[0] == m and not x[1]})
         mark = ("✓" if n_rates > 1 else "only rate tried") if not aug and best.get(m, (0, None))[1] == lr else ""
         out.append(f"| {m} | {aug} | {lr:g} | {ep} | " + " | ".join(f"{h[t]:.4f}" for t in TASKS) + f" | {mean:.4f} | {mark} |")
@@ -301,6 +303,16 @@ def lr_markdown(r: dict, seed: int = 1) -> str:
 def variant_name(method: str, augment: int, lr: float) -> str:
     """A student row's name: its method, '+augN' with a transfer set, and its peak learning rate."""
     return method + (f"+aug{augment}" if augment else "") + f" lr {lr:g}"
+
+
+def _method_of(variant: str) -> str:
+    """The method a variant name starts with (inverse of variant_name's prefix)."""
+    return variant.split("+")[0].split(" ")[0]
+
+
+def pack_path(variant: str, seed: int) -> Path:
+    """Where a student's packed file is kept (bench/nlu_latency.py reads it from here)."""
+    return ROOT / "runs" / "eibert" / f"{variant.replace(' ', '_')}-seed{seed}.pack"
 
 
 def _variant(student: dict) -> str:
@@ -324,7 +336,7 @@ def headline_variants(r: dict) -> list[str]:
         count[_variant(s)] = count.get(_variant(s), 0) + 1
     best: dict[str, str] = {}
     for v, n in count.items():
-        m = v.split("+")[0].split(" ")[0]
+        m = _method_of(v)
         if m not in best or n > count[best[m]]:
             best[m] = v
     return list(best.values())
@@ -336,9 +348,9 @@ def others_markdown(r: dict, exclude: list[str]) -> str:
 
     out = [f"| student setting | seeds | {' | '.join(TASKS)} | mean |", "|---|---|" + "---|" * len(TASKS) + "---|"]
     for v in sorted(dict.fromkeys(_variant(s) for s in r["students"])):
-        runs = [s for s in r["students"] if _variant(s) == v]
         if v in exclude:
             continue
+        runs = [s for s in r["students"] if _variant(s) == v]
         acc = [float(np.mean([s["acc"][t] for s in runs])) for t in TASKS]
         out.append(f"| {v} | {','.join(str(s['seed']) for s in runs)} | " + " | ".join(f"{a:.4f}" for a in acc)
                    + f" | {np.mean(acc):.4f} |")
@@ -357,7 +369,7 @@ def markdown(r: dict, variants: list[str] | None = None) -> str:
         for name, row in base.items():
             rows.append(f"| {t} | {name} | {row['size_mb']:.2f} | {_ms(row['acc'])} | "
                         f"{np.mean(row['acc']) / ref:.1%} | {row['p50_ms']:.2f} / {row['p99_ms']:.2f} |")
-        for m in sorted(variants or dict.fromkeys(_variant(s) for s in r["students"]), key=lambda v: (("kd", "tinybert", "cross").index(v.split("+")[0].split(" ")[0]), v)):
+        for m in sorted(variants or dict.fromkeys(_variant(s) for s in r["students"]), key=lambda v: (METHODS.index(_method_of(v)), v)):
             runs = [s for s in r["students"] if _variant(s) == m]
             if not runs:
                 continue

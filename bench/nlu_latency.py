@@ -46,11 +46,10 @@ def main(argv=None) -> dict:
     from edgerec.train.ledger import git_commit, machine_info
 
     argv = sys.argv[1:] if argv is None else argv
-    from bench.nlu import variant_name
+    from bench.nlu import pack_path, variant_name
     from edgerec.compress.distill import DistillConfig
 
-    default = ROOT / "runs" / "eibert" / f"{variant_name('cross', 0, DistillConfig.lr).replace(' ', '_')}-seed1.pack"
-    pack = Path(argv[0] if argv else default)  # bench/nlu.py's file for cross, seed 1
+    pack = Path(argv[0]) if argv else pack_path(variant_name("cross", 0, DistillConfig.lr), 1)
     r = {"benchmark": "nlu_latency", "pack": str(pack), "bytes": pack.stat().st_size, "git": git_commit(),
          "machine": machine_info(), "sgemm_gflops_before": sgemm_gflops(), "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
          **edge_latency_32(pack, load_task("sentiment").text["test"], "sentiment", 300)}
