@@ -191,6 +191,9 @@ def main(argv=None) -> dict:
     p.add_argument("--augment", type=int, default=0,
                    help="teacher-labelled perturbed copies per training sentence (edgerec/compress/augment.py); "
                         "its students are separate rows, e.g. 'cross+aug4 lr 0.002'")
+    p.add_argument("--general", action="store_true",
+                   help="start every student from general distillation on unlabeled text "
+                        "(edgerec/compress/general.py; cached, shared by methods and seeds); rows are named '+gd'")
     p.add_argument("--lr", type=float, help="the student's peak learning rate (default: DistillConfig.lr, 5e-4); "
                    "every row's name carries its rate, e.g. 'kd+aug4 lr 0.0005'")
     p.add_argument("--latency-sentences", type=int, default=300)
@@ -233,7 +236,7 @@ def main(argv=None) -> dict:
     packs = Path(tempfile.mkdtemp())
     for seed in seeds:  # seed-major: a cut-short run still has every method at the first seeds
         for m in methods:
-            variant = variant_name(m, a.augment, a.lr or DistillConfig.lr)
+            variant = variant_name(m, a.augment, a.lr or DistillConfig.lr, a.general)
             if (variant, seed) in done:
                 continue
             print(f"student {variant} seed {seed} ...", flush=True)
@@ -241,7 +244,8 @@ def main(argv=None) -> dict:
             distill = {"epochs": a.epochs, **({"augment": a.augment} if a.augment else {}),
                        **({"lr": a.lr} if a.lr else {})}
             r = build(CompressConfig(method=m, seed=seed, teacher_epochs=teacher_epochs, limit_per_split=limit,
-                                     distill=distill), pack, progress=not a.quick)
+                                     distill=distill, general={} if a.general else None), pack,
+                      progress=not a.quick)
             edge = EdgeModel.load(pack)
             lat = {t: _lat(lambda x, t=t: edge.logits([x], t), tasks[t].text["test"][:n_lat]) for t in tasks}
             report["students"].append({"method": m, "variant": variant, "seed": seed, "acc": r["student"]["test_acc_packed_numpy"],
@@ -253,6 +257,7 @@ def main(argv=None) -> dict:
                                        "pruning": r["pruning"], "latency": lat, "seconds": r["seconds"],
                                        "distill": r["student"]["distill"],
                                        "teacher_after_cross": r.get("teacher_after_cross"),
+                                       "general": r.get("general"),
                                        "edge_latency_32": edge_latency_32(pack, tasks["sentiment"].text["test"],
                                                                           "sentiment", n_lat)})
             write_json_atomic(out, report)
@@ -300,9 +305,10 @@ def lr_markdown(r: dict, seed: int = 1) -> str:
     return "\n".join(out)
 
 
-def variant_name(method: str, augment: int, lr: float) -> str:
-    """A student row's name: its method, '+augN' with a transfer set, and its peak learning rate."""
-    return method + (f"+aug{augment}" if augment else "") + f" lr {lr:g}"
+def variant_name(method: str, augment: int, lr: float, general: bool = False) -> str:
+    """A student row's name: its method, '+gd' after general distillation, '+augN' with a transfer
+    set, and its peak learning rate."""
+    return method + ("+gd" if general else "") + (f"+aug{augment}" if augment else "") + f" lr {lr:g}"
 
 
 def _method_of(variant: str) -> str:
@@ -320,7 +326,7 @@ def _variant(student: dict) -> str:
     learning rate was in the name read correctly too)."""
     if "distill" in student:
         c = student["distill"]["config"]
-        return variant_name(student["method"], c.get("augment", 0), c["lr"])
+        return variant_name(student["method"], c.get("augment", 0), c["lr"], bool(student.get("general")))
     return student.get("variant", student["method"])
 
 

@@ -305,7 +305,8 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         distill["augment"] = args.augment
     cfg = CompressConfig(method=args.method, tasks=tasks, seed=args.seed, vocab_size=args.vocab,
                          embedding_bits=args.embedding_bits, teacher_epochs=args.teacher_epochs, distill=distill,
-                         limit_per_split=args.limit)
+                         limit_per_split=args.limit,
+                         general={"epochs": args.general_epochs} if args.general_epochs else None)
     r = build(cfg, args.out)
     write_json_atomic(Path(args.out).with_suffix(".json"), r)
     a = r["artifact"]
@@ -498,6 +499,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--augment", type=int, default=0,
                    help="teacher-labelled perturbed copies per training sentence (word masking, n-gram windows; "
                         "soft labels only), 0 = off (default)")
+    c.add_argument("--general-epochs", type=int, default=0,
+                   help="epochs of general distillation on unlabeled text before the task phase (cached per student "
+                        "shape and vocabulary), 0 = off (default)")
     c.add_argument("--teacher-epochs", type=int, default=3, help="0 = no fine-tuning (smoke runs)")
     c.add_argument("--limit", type=int, help="first N sentences of each split (smoke runs)")
     c.add_argument("--out", default="runs/eibert/eibert.pack")

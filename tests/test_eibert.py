@@ -81,8 +81,11 @@ def smoke(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("eibert") / "m.pack"
     cfg = CompressConfig(method="cross", teacher_epochs=0, limit_per_split=60, vocab_size=2500,
-                         distill={"epochs": 1, "augment": 1})  # the transfer-set path rides along
-    return build(cfg, out, log=lambda *a: None, progress=False), out
+                         distill={"epochs": 1, "augment": 1},  # the transfer-set path rides along
+                         general={"epochs": 1, "max_sentences": 200})  # and general distillation
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EDGEREC_CACHE", str(tmp_path_factory.mktemp("cache")))
+        return build(cfg, out, log=lambda *a: None, progress=False), out
 
 
 def test_smoke_build_fits_the_size_limit_and_reports_every_stage(smoke):
@@ -93,6 +96,7 @@ def test_smoke_build_fits_the_size_limit_and_reports_every_stage(smoke):
     assert r["pruning"]["vocab_after"] <= 2500 < r["pruning"]["vocab_before"]
     assert set(r["student"]["test_acc_int8"]) == set(TASKS)
     assert r["student"]["augmented_sentences"] == {t: 60 for t in TASKS}  # one copy of each train sentence
+    assert r["general"]["sentences"] == 200 and len(r["general"]["loss_by_epoch"]) == 1
 
 
 def test_numpy_runtime_matches_the_pytorch_int8_model(smoke):
@@ -170,3 +174,42 @@ def test_augment_perturbs_whole_words_only_and_is_seeded():
     assert masked == [0] + [2] * len(src) + [1]
     windows = augment(enc, 50, cont, 2, p_mask=0.0, p_ngram=1.0).ids[:50]
     assert all(1 <= len(_words(w, cont)) <= 5 for w in windows) and len({tuple(w) for w in windows}) > 5
+
+
+def test_general_corpus_holds_no_validation_or_test_sentence():
+    from edgerec.compress.general import unlabeled_corpus
+
+    tasks = {t: load_task(t) for t in TASKS}
+    corpus = unlabeled_corpus(tasks, 30_000)
+    held_out = {_norm(x) for d in tasks.values() for s in ("valid", "test") for x in d.text[s]}
+    assert len(corpus) == 30_000 and not held_out & {_norm(x) for x in corpus}
+    assert _norm(corpus[0]) == _norm(tasks[TASKS[0]].text["train"][0])  # task train text comes first
+    assert len({_norm(x) for x in corpus}) == len(corpus)
+
+
+def test_general_distillation_learns_the_teacher_and_its_cache_reloads(tmp_path, monkeypatch):
+    from edgerec.compress.distill import init_student
+    from edgerec.compress.general import GeneralConfig, cached_general
+    from edgerec.compress.prune import remap
+    from edgerec.compress.teacher import load_pretrained
+    from edgerec.models.eibert import EIBertConfig
+    from edgerec.serve.edge.tokenizer import WordPiece
+
+    monkeypatch.setenv("EDGEREC_CACHE", str(tmp_path))
+    tasks = {"trec": load_task("trec")}
+    tok_t = teacher_tokenizer()
+    kept = tok_t.vocab[:3000]  # specials and the commonest pieces come first in BERT's vocabulary
+    kept_old, tok_s = remap(tok_t.vocab, kept), WordPiece(kept)
+    teacher = load_pretrained({})
+    cfg = GeneralConfig(epochs=3, max_sentences=256, batch_size=32, lr=2e-3)
+    scfg = EIBertConfig(vocab_size=len(kept), hidden=64, layers=2, heads=2, ffn=128, max_positions=64)
+    torch.manual_seed(0)
+    a = init_student(teacher, kept_old, scfg)
+    info = cached_general(a, teacher, tasks, tok_s, kept_old, cfg, log=lambda *x: None, progress=False)
+    first, last = info["loss_by_epoch"][0], info["loss_by_epoch"][-1]
+    assert last["hidden_mse"] < first["hidden_mse"] and last["pooled_cos_loss"] < first["pooled_cos_loss"]
+    assert len(list(tmp_path.glob("eibert/general_*.safetensors"))) == 1
+    b = init_student(teacher, kept_old, scfg)
+    again = cached_general(b, teacher, tasks, tok_s, kept_old, cfg, log=lambda *x: None, progress=False)
+    assert again["cached"] and torch.equal(a.projection, b.projection)
+    assert all(torch.equal(x, y) for x, y in zip(a.encoder.state_dict().values(), b.encoder.state_dict().values()))

@@ -103,6 +103,10 @@ def init_student(teacher: EIBert, kept_old_ids: np.ndarray, cfg: EIBertConfig) -
 
 
 def init_heads(student: EIBert, teachers: dict[str, EIBert], P: torch.Tensor) -> None:
+    """Heads that read the student's pooled vector through P (384, H), the map back into the
+    teacher's space: the SVD projection, or W learnt by general distillation (with its bias)."""
+    b = getattr(student, "projection_bias", None)
+    b = torch.zeros(P.shape[0]) if b is None else b  # (384,)
     with torch.no_grad():
         for task, t in teachers.items():
             th = t.heads[task]
@@ -110,10 +114,10 @@ def init_heads(student: EIBert, teachers: dict[str, EIBert], P: torch.Tensor) ->
                 student.heads[task].weight.copy_(th.weight)
                 student.heads[task].bias.copy_(th.bias)
                 student.up[task].weight.copy_(P)  # (384, H): back into the teacher's space
-                student.up[task].bias.zero_()
+                student.up[task].bias.copy_(b)
             else:
                 student.heads[task].weight.copy_(th.weight @ P)
-                student.heads[task].bias.copy_(th.bias)
+                student.heads[task].bias.copy_(th.weight @ b + th.bias)
 
 
 def _kd(s_logits, t_logits, T):
@@ -174,6 +178,10 @@ def distill(student: EIBert, teachers: dict[str, EIBert], data_s: dict[str, dict
     extra = nn.ModuleDict()
     if cfg.method == "tinybert":
         extra["hid"] = nn.Linear(student.config.hidden, teachers[tasks[0]].config.hidden)
+        if getattr(student, "projection_bias", None) is not None:  # general distillation learnt this map
+            with torch.no_grad():
+                extra["hid"].weight.copy_(student.projection)
+                extra["hid"].bias.copy_(student.projection_bias)
         params += list(extra.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
     t_opts = {}

@@ -22,6 +22,7 @@ import torch
 from edgerec.compress.augment import augment
 from edgerec.compress.data import Encoded, accuracy, encode
 from edgerec.compress.distill import DistillConfig, distill, init_heads, init_student
+from edgerec.compress.general import GeneralConfig, cached_general
 from edgerec.compress.pack import write_artifact
 from edgerec.compress.prune import attention_importance, remap, select_vocab, unk_rate
 from edgerec.compress.quantize import dequantized, export_tensors
@@ -47,6 +48,7 @@ class CompressConfig:
     embedding_bits: int = 8
     teacher_epochs: int = 3
     distill: dict = field(default_factory=dict)  # DistillConfig overrides
+    general: dict | None = None  # GeneralConfig overrides; None = no general distillation phase
     limit_per_split: int | None = None  # smoke runs: first N sentences of each split
 
 
@@ -112,6 +114,9 @@ def build(cfg: CompressConfig, out: str | Path, log=print, progress: bool = True
     torch.manual_seed(cfg.seed)
     pretrained = load_pretrained({})
     student = init_student(pretrained, kept_old, scfg)
+    if cfg.general is not None:  # task-agnostic phase on unlabeled text (edgerec/compress/general.py)
+        report["general"] = cached_general(student, pretrained, tasks, tok_s, kept_old, GeneralConfig(**cfg.general),
+                                           log=log, progress=progress)
     P = student.projection
     work_teachers = {t: copy.deepcopy(m) for t, m in teachers.items()}  # cross trains them
     init_heads(student, work_teachers, P)
