@@ -194,6 +194,9 @@ def main(argv=None) -> dict:
     p.add_argument("--general", action="store_true",
                    help="start every student from general distillation on unlabeled text "
                         "(edgerec/compress/general.py; cached, shared by methods and seeds); rows are named '+gd'")
+    p.add_argument("--transfer", default="",
+                   help="task:N,... unlabeled sentences (in no task split; Hutto snippets, then movie dialogue) that "
+                        "the task's teacher labels, soft labels only; rows are named '+trN', e.g. sentiment:12000")
     p.add_argument("--lr", type=float, help="the student's peak learning rate (default: DistillConfig.lr, 5e-4); "
                    "every row's name carries its rate, e.g. 'kd+aug4 lr 0.0005'")
     p.add_argument("--latency-sentences", type=int, default=300)
@@ -208,6 +211,10 @@ def main(argv=None) -> dict:
     p.add_argument("--quick", action="store_true")
     a = p.parse_args(argv)
     methods, seeds = [m for m in a.methods.split(",") if m], [int(s) for s in a.seeds.split(",")]
+    try:
+        transfer = {t: int(n) for t, n in (x.split(":") for x in a.transfer.split(",") if x)}
+    except ValueError:
+        p.error(f"--transfer {a.transfer!r}: expected task:N[,task:N], e.g. sentiment:12000")
     limit, teacher_epochs, n_lat = None, 3, a.latency_sentences
     if a.quick:
         methods, seeds, a.epochs, limit, teacher_epochs, n_lat = ["cross"], [1], 1, 60, 0, 20
@@ -236,7 +243,7 @@ def main(argv=None) -> dict:
     packs = Path(tempfile.mkdtemp())
     for seed in seeds:  # seed-major: a cut-short run still has every method at the first seeds
         for m in methods:
-            variant = variant_name(m, a.augment, a.lr or DistillConfig.lr, a.general)
+            variant = variant_name(m, a.augment, a.lr or DistillConfig.lr, a.general, transfer)
             if (variant, seed) in done:
                 continue
             print(f"student {variant} seed {seed} ...", flush=True)
@@ -244,7 +251,7 @@ def main(argv=None) -> dict:
             distill = {"epochs": a.epochs, **({"augment": a.augment} if a.augment else {}),
                        **({"lr": a.lr} if a.lr else {})}
             r = build(CompressConfig(method=m, seed=seed, teacher_epochs=teacher_epochs, limit_per_split=limit,
-                                     distill=distill, general={} if a.general else None), pack,
+                                     distill=distill, general={} if a.general else None, transfer=transfer), pack,
                       progress=not a.quick)
             edge = EdgeModel.load(pack)
             lat = {t: _lat(lambda x, t=t: edge.logits([x], t), tasks[t].text["test"][:n_lat]) for t in tasks}
@@ -257,7 +264,7 @@ def main(argv=None) -> dict:
                                        "pruning": r["pruning"], "latency": lat, "seconds": r["seconds"],
                                        "distill": r["student"]["distill"],
                                        "teacher_after_cross": r.get("teacher_after_cross"),
-                                       "general": r.get("general"),
+                                       "general": r.get("general"), "transfer": transfer,
                                        "edge_latency_32": edge_latency_32(pack, tasks["sentiment"].text["test"],
                                                                           "sentiment", n_lat)})
             write_json_atomic(out, report)
@@ -282,8 +289,9 @@ def merge_students(report: dict, other: dict) -> int:
 
 
 def lr_markdown(r: dict, seed: int = 1) -> str:
-    """The learning-rate choice: validation accuracy (best epoch by the mean over tasks) of every
-    seed-`seed` row; ✓ = the chosen rate per method (highest mean, without a transfer set)."""
+    """The learning-rate choice, and every other seed-`seed` setting on validation: accuracy at the best
+    epoch by the mean over tasks. ✓ = the chosen rate per method (highest mean among the plain rows:
+    no general distillation, perturbed copies or transfer set)."""
     rows, best = [], {}
     for s in r["students"]:
         if s["seed"] != seed or "distill" not in s:
@@ -291,24 +299,27 @@ def lr_markdown(r: dict, seed: int = 1) -> str:
         c, hist = s["distill"]["config"], s["distill"]["valid_by_epoch"]
         k = int(np.argmax([np.mean(list(h.values())) for h in hist]))
         mean = float(np.mean(list(hist[k].values())))
-        rows.append((s["method"], c.get("augment", 0), c["lr"], k + 1, hist[k], mean))
-        if not c.get("augment") and mean > best.get(s["method"], (-1, None))[0]:
+        setting = _variant(s).split(" lr ")[0][len(s["method"]):] or "—"
+        rows.append((s["method"], setting, c["lr"], k + 1, hist[k], mean))
+        if setting == "—" and mean > best.get(s["method"], (-1, None))[0]:
             best[s["method"]] = (mean, c["lr"])
     from edgerec.compress.tasks import TASKS
 
-    out = [f"| method | transfer copies | lr | best epoch | {' | '.join(TASKS)} | valid mean | chosen |",
+    out = [f"| method | setting | lr | best epoch | {' | '.join(TASKS)} | valid mean | chosen |",
            "|---|---|---|---|" + "---|" * len(TASKS) + "---|---|"]
-    for m, aug, lr, ep, h, mean in sorted(rows, key=lambda x: (METHODS.index(x[0]), x[1], x[2])):
-        n_rates = len({x[2] for x in rows if x[0] == m and not x[1]})
-        mark = ("✓" if n_rates > 1 else "only rate tried") if not aug and best.get(m, (0, None))[1] == lr else ""
-        out.append(f"| {m} | {aug} | {lr:g} | {ep} | " + " | ".join(f"{h[t]:.4f}" for t in TASKS) + f" | {mean:.4f} | {mark} |")
+    for m, setting, lr, ep, h, mean in sorted(rows, key=lambda x: (METHODS.index(x[0]), x[1] != "—", x[1], x[2])):
+        n_rates = len({x[2] for x in rows if x[0] == m and x[1] == "—"})
+        mark = ("✓" if n_rates > 1 else "only rate tried") if setting == "—" and best.get(m, (0, None))[1] == lr else ""
+        out.append(f"| {m} | {setting} | {lr:g} | {ep} | " + " | ".join(f"{h[t]:.4f}" for t in TASKS)
+                   + f" | {mean:.4f} | {mark} |")
     return "\n".join(out)
 
 
-def variant_name(method: str, augment: int, lr: float, general: bool = False) -> str:
-    """A student row's name: its method, '+gd' after general distillation, '+augN' with a transfer
-    set, and its peak learning rate."""
-    return method + ("+gd" if general else "") + (f"+aug{augment}" if augment else "") + f" lr {lr:g}"
+def variant_name(method: str, augment: int, lr: float, general: bool = False, transfer: dict | None = None) -> str:
+    """A student row's name: its method, '+gd' after general distillation, '+augN' with perturbed
+    copies, '+trN' with N unlabeled transfer sentences, and its peak learning rate."""
+    tr = "".join(f"+tr{n}" + ("" if t == "sentiment" else f"{t}") for t, n in (transfer or {}).items())
+    return method + ("+gd" if general else "") + (f"+aug{augment}" if augment else "") + tr + f" lr {lr:g}"
 
 
 def _method_of(variant: str) -> str:
@@ -326,7 +337,8 @@ def _variant(student: dict) -> str:
     learning rate was in the name read correctly too)."""
     if "distill" in student:
         c = student["distill"]["config"]
-        return variant_name(student["method"], c.get("augment", 0), c["lr"], bool(student.get("general")))
+        return variant_name(student["method"], c.get("augment", 0), c["lr"], bool(student.get("general")),
+                            student.get("transfer"))
     return student.get("variant", student["method"])
 
 
@@ -336,14 +348,20 @@ def _ms(v: list[float]) -> str:
 
 
 def headline_variants(r: dict) -> list[str]:
-    """Per method, the student setting with the most seeds (the one the seeds were spent on)."""
+    """Per method, the student setting with the most seeds (the one the seeds were spent on); a tie
+    goes to the higher mean validation accuracy (best epoch), never to the test split."""
     count: dict[str, int] = {}
+    valid: dict[str, list[float]] = {}
     for s in r["students"]:
-        count[_variant(s)] = count.get(_variant(s), 0) + 1
+        v = _variant(s)
+        count[v] = count.get(v, 0) + 1
+        if "distill" in s:
+            valid.setdefault(v, []).append(max(float(np.mean(list(h.values()))) for h in s["distill"]["valid_by_epoch"]))
     best: dict[str, str] = {}
     for v, n in count.items():
         m = _method_of(v)
-        if m not in best or n > count[best[m]]:
+        key = (n, float(np.mean(valid.get(v, [0.0]))))
+        if m not in best or key > (count[best[m]], float(np.mean(valid.get(best[m], [0.0])))):
             best[m] = v
     return list(best.values())
 

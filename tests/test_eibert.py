@@ -82,7 +82,8 @@ def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("eibert") / "m.pack"
     cfg = CompressConfig(method="cross", teacher_epochs=0, limit_per_split=60, vocab_size=2500,
                          distill={"epochs": 1, "augment": 1},  # the transfer-set path rides along
-                         general={"epochs": 1, "max_sentences": 200})  # and general distillation
+                         general={"epochs": 1, "max_sentences": 200},  # and general distillation
+                         transfer={"sentiment": 50})  # and the unlabeled transfer set
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("EDGEREC_CACHE", str(tmp_path_factory.mktemp("cache")))
         return build(cfg, out, log=lambda *a: None, progress=False), out
@@ -97,6 +98,7 @@ def test_smoke_build_fits_the_size_limit_and_reports_every_stage(smoke):
     assert set(r["student"]["test_acc_int8"]) == set(TASKS)
     assert r["student"]["augmented_sentences"] == {t: 60 for t in TASKS}  # one copy of each train sentence
     assert r["general"]["sentences"] == 200 and len(r["general"]["loss_by_epoch"]) == 1
+    assert r["student"]["transfer_sentences"] == {"sentiment": 50}
 
 
 def test_numpy_runtime_matches_the_pytorch_int8_model(smoke):
@@ -213,3 +215,31 @@ def test_general_distillation_learns_the_teacher_and_its_cache_reloads(tmp_path,
     again = cached_general(b, teacher, tasks, tok_s, kept_old, cfg, log=lambda *x: None, progress=False)
     assert again["cached"] and torch.equal(a.projection, b.projection)
     assert all(torch.equal(x, y) for x, y in zip(a.encoder.state_dict().values(), b.encoder.state_dict().values()))
+
+
+def test_transfer_sentences_are_in_no_task_split():
+    from edgerec.compress.general import transfer_sentences
+
+    tasks = {t: load_task(t) for t in TASKS}
+    pool = transfer_sentences(tasks, 14_000)
+    labelled = {_norm(x) for d in tasks.values() for s in d.text.values() for x in s}
+    assert len(pool) == 14_000 and not labelled & {_norm(x) for x in pool}
+    assert pool[0].startswith("troubleshooting ad-2500")  # Hutto's Amazon snippets come first
+
+
+def test_factorized_student_embeddings_are_the_best_low_rank_split():
+    from edgerec.compress.distill import init_student
+    from edgerec.compress.teacher import load_pretrained
+    from edgerec.models.eibert import EIBertConfig
+
+    teacher = load_pretrained({})
+    kept_old = np.arange(1000, 3000)
+    full = init_student(teacher, kept_old, EIBertConfig(vocab_size=2000, hidden=64, layers=2, heads=2, ffn=128))
+    fact = init_student(teacher, kept_old, EIBertConfig(vocab_size=2000, hidden=64, layers=2, heads=2, ffn=128,
+                                                        emb_dim=24))
+    A = full.encoder.word.weight.detach()  # (V', H)
+    B = fact.encoder.word.weight.detach() @ fact.encoder.emb_proj.weight.detach().T  # (V', H)
+    s = torch.linalg.svdvals(A)
+    err = torch.linalg.matrix_norm(A - B)
+    assert torch.isclose(err, s[24:].norm(), rtol=1e-3)  # exactly the discarded singular values
+    assert err < 0.9 * A.norm()

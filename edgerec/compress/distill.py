@@ -78,9 +78,12 @@ def init_student(teacher: EIBert, kept_old_ids: np.ndarray, cfg: EIBertConfig) -
     _, vecs = torch.linalg.eigh(torch.cov(X.T))  # ascending eigenvalues
     P = vecs[:, -H:].flip(-1).contiguous()  # (384, H): the top-H principal directions
     with torch.no_grad():
-        if cfg.emb_dim and cfg.emb_dim != H:
-            raise ValueError("SVD init assumes emb_dim == hidden")
-        se.word.weight.copy_(E_t @ P)
+        if cfg.emb_dim and cfg.emb_dim != H:  # factorized: the best rank-E split of E_t P (Eckart-Young)
+            U, S, Vh = torch.linalg.svd(E_t @ P, full_matrices=False)  # (V', H), (H,), (H, H)
+            se.word.weight.copy_(U[:, : cfg.emb_dim] * S[: cfg.emb_dim])  # (V', E)
+            se.emb_proj.weight.copy_(Vh[: cfg.emb_dim].T)  # (H, E)
+        else:
+            se.word.weight.copy_(E_t @ P)
         se.position.weight.copy_(te.position.weight[: cfg.max_positions] @ P)
         se.type0.copy_(te.type0 @ P)
         se.emb_ln.weight.copy_((P ** 2).T @ te.emb_ln.weight)

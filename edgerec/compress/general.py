@@ -186,3 +186,13 @@ def cached_general(student, teacher, tasks: dict[str, TaskData], tok_s: WordPiec
     student.projection = W.weight.detach().clone()  # (Ht, H)
     student.projection_bias = W.bias.detach().clone()  # (Ht,)
     return info
+
+
+def transfer_sentences(tasks: dict[str, TaskData], n: int, seed: int = 0) -> list[str]:
+    """Up to `n` unlabeled sentences that are in NO task split (train, validation or test): Hutto's
+    snippets first, then movie dialogue. A teacher labels them for task distillation (a transfer
+    set of real text, where `augment` perturbs training sentences)."""
+    labelled = {_norm(t) for d in tasks.values() for s in d.text.values() for t in s}
+    n_train = sum(len(d.text["train"]) for d in tasks.values())
+    pool = unlabeled_corpus(tasks, n_train + n + 1, seed)
+    return [t for t in pool if _norm(t) not in labelled][:n]

@@ -22,7 +22,7 @@ import torch
 from edgerec.compress.augment import augment
 from edgerec.compress.data import Encoded, accuracy, encode
 from edgerec.compress.distill import DistillConfig, distill, init_heads, init_student
-from edgerec.compress.general import GeneralConfig, cached_general
+from edgerec.compress.general import GeneralConfig, cached_general, transfer_sentences
 from edgerec.compress.pack import write_artifact
 from edgerec.compress.prune import attention_importance, remap, select_vocab, unk_rate
 from edgerec.compress.quantize import dequantized, export_tensors
@@ -44,11 +44,13 @@ class CompressConfig:
     layers: int = 4
     heads: int = 4
     ffn: int = 512
+    emb_dim: int | None = None  # < hidden: factorized word embeddings (V x E, then E -> H)
     max_len: int = 64
     embedding_bits: int = 8
     teacher_epochs: int = 3
     distill: dict = field(default_factory=dict)  # DistillConfig overrides
     general: dict | None = None  # GeneralConfig overrides; None = no general distillation phase
+    transfer: dict = field(default_factory=dict)  # task -> unlabeled sentences its teacher labels (soft only)
     limit_per_split: int | None = None  # smoke runs: first N sentences of each split
 
 
@@ -93,7 +95,7 @@ def build(cfg: CompressConfig, out: str | Path, log=print, progress: bool = True
     tok_s = WordPiece(kept)
     enc_s = {t: encode(tok_s, d, cfg.max_len) for t, d in tasks.items()}
     enc_st = {t: {s: _to_teacher_ids(e, kept_old) for s, e in enc_s[t].items()} for t in tasks}
-    E = cfg.hidden
+    E = cfg.emb_dim or cfg.hidden
     report["pruning"] = {
         "vocab_before": V, "vocab_after": len(kept),
         "embedding_bytes_saved_int8": (V - len(kept)) * (E + 4),  # rows x (int8 values + fp32 scale)
@@ -109,7 +111,8 @@ def build(cfg: CompressConfig, out: str | Path, log=print, progress: bool = True
     # ---- student + distillation -------------------------------------------------------------
     dcfg = DistillConfig(method=cfg.method, seed=cfg.seed, **cfg.distill)
     scfg = EIBertConfig(vocab_size=len(kept), hidden=cfg.hidden, layers=cfg.layers, heads=cfg.heads, ffn=cfg.ffn,
-                        max_positions=cfg.max_len, tasks={t: len(d.labels) for t, d in tasks.items()},
+                        max_positions=cfg.max_len, emb_dim=cfg.emb_dim,
+                        tasks={t: len(d.labels) for t, d in tasks.items()},
                         head_via=384 if cfg.method == "cross" else None)
     torch.manual_seed(cfg.seed)
     pretrained = load_pretrained({})
@@ -129,6 +132,17 @@ def build(cfg: CompressConfig, out: str | Path, log=print, progress: bool = True
                                             p_mask=dcfg.augment_mask_p, p_ngram=dcfg.augment_ngram_p)
             enc_st[t]["augmented"] = _to_teacher_ids(enc_s[t]["augmented"], kept_old)
         report["student"]["augmented_sentences"] = {t: len(enc_s[t]["augmented"]) for t in tasks}
+    if cfg.transfer:  # real unlabeled text in no task split, labelled by the task's teacher (soft only)
+        unknown = sorted(set(cfg.transfer) - set(tasks))
+        if unknown:
+            raise ValueError(f"transfer: unknown task(s) {unknown}; tasks are {list(tasks)}")
+        pool = transfer_sentences(tasks, max(cfg.transfer.values()))
+        for t, n in cfg.transfer.items():
+            extra = Encoded([tok_s.encode(x, cfg.max_len) for x in pool[:n]], np.full(min(n, len(pool)), -1))
+            have = enc_s[t].get("augmented")
+            enc_s[t]["augmented"] = extra if have is None else Encoded(have.ids + extra.ids, np.concatenate([have.y, extra.y]))
+            enc_st[t]["augmented"] = _to_teacher_ids(enc_s[t]["augmented"], kept_old)
+        report["student"]["transfer_sentences"] = {t: min(n, len(pool)) for t, n in cfg.transfer.items()}
     report["student"]["distill"] = distill(student, work_teachers, enc_s, enc_st, dcfg, log=log, progress=progress)
     report["student"]["params"] = int(sum(p.numel() for n, p in student.named_parameters()))
     report["student"]["test_acc_fp32"] = {t: accuracy(student, enc_s[t]["test"], t) for t in tasks}
