@@ -197,6 +197,9 @@ def main(argv=None) -> dict:
     p.add_argument("--transfer", default="",
                    help="task:N,... unlabeled sentences (in no task split; Hutto snippets, then movie dialogue) that "
                         "the task's teacher labels, soft labels only; rows are named '+trN', e.g. sentiment:12000")
+    p.add_argument("--shape", default="",
+                   help="student shape hidden,ffn[,emb_dim] instead of the default 128,512 (4 layers, 4 heads); "
+                        "rows are named '+hH', e.g. --shape 160,512,80 -> 'cross+h160 lr 0.0005'")
     p.add_argument("--lr", type=float, help="the student's peak learning rate (default: DistillConfig.lr, 5e-4); "
                    "every row's name carries its rate, e.g. 'kd+aug4 lr 0.0005'")
     p.add_argument("--latency-sentences", type=int, default=300)
@@ -215,6 +218,13 @@ def main(argv=None) -> dict:
         transfer = {t: int(n) for t, n in (x.split(":") for x in a.transfer.split(",") if x)}
     except ValueError:
         p.error(f"--transfer {a.transfer!r}: expected task:N[,task:N], e.g. sentiment:12000")
+    try:
+        dims = [int(x) for x in a.shape.split(",") if x]
+        shape = dict(zip(("hidden", "ffn", "emb_dim"), dims)) if 2 <= len(dims) <= 3 else ({} if not dims else None)
+    except ValueError:
+        shape = None
+    if shape is None:
+        p.error(f"--shape {a.shape!r}: expected hidden,ffn[,emb_dim], e.g. 160,512,80")
     limit, teacher_epochs, n_lat = None, 3, a.latency_sentences
     if a.quick:
         methods, seeds, a.epochs, limit, teacher_epochs, n_lat = ["cross"], [1], 1, 60, 0, 20
@@ -243,7 +253,7 @@ def main(argv=None) -> dict:
     packs = Path(tempfile.mkdtemp())
     for seed in seeds:  # seed-major: a cut-short run still has every method at the first seeds
         for m in methods:
-            variant = variant_name(m, a.augment, a.lr or DistillConfig.lr, a.general, transfer)
+            variant = variant_name(m, a.augment, a.lr or DistillConfig.lr, a.general, transfer, shape)
             if (variant, seed) in done:
                 continue
             print(f"student {variant} seed {seed} ...", flush=True)
@@ -251,7 +261,8 @@ def main(argv=None) -> dict:
             distill = {"epochs": a.epochs, **({"augment": a.augment} if a.augment else {}),
                        **({"lr": a.lr} if a.lr else {})}
             r = build(CompressConfig(method=m, seed=seed, teacher_epochs=teacher_epochs, limit_per_split=limit,
-                                     distill=distill, general={} if a.general else None, transfer=transfer), pack,
+                                     distill=distill, general={} if a.general else None, transfer=transfer,
+                                     **shape), pack,
                       progress=not a.quick)
             edge = EdgeModel.load(pack)
             lat = {t: _lat(lambda x, t=t: edge.logits([x], t), tasks[t].text["test"][:n_lat]) for t in tasks}
@@ -264,7 +275,7 @@ def main(argv=None) -> dict:
                                        "pruning": r["pruning"], "latency": lat, "seconds": r["seconds"],
                                        "distill": r["student"]["distill"],
                                        "teacher_after_cross": r.get("teacher_after_cross"),
-                                       "general": r.get("general"), "transfer": transfer,
+                                       "general": r.get("general"), "transfer": transfer, "shape": shape,
                                        "edge_latency_32": edge_latency_32(pack, tasks["sentiment"].text["test"],
                                                                           "sentiment", n_lat)})
             write_json_atomic(out, report)
@@ -315,11 +326,14 @@ def lr_markdown(r: dict, seed: int = 1) -> str:
     return "\n".join(out)
 
 
-def variant_name(method: str, augment: int, lr: float, general: bool = False, transfer: dict | None = None) -> str:
-    """A student row's name: its method, '+gd' after general distillation, '+augN' with perturbed
-    copies, '+trN' with N unlabeled transfer sentences, and its peak learning rate."""
+def variant_name(method: str, augment: int, lr: float, general: bool = False, transfer: dict | None = None,
+                 shape: dict | None = None) -> str:
+    """A student row's name: its method, '+hH' for a non-default width, '+gd' after general
+    distillation, '+augN' with perturbed copies, '+trN' with N unlabeled transfer sentences, and its
+    peak learning rate."""
     tr = "".join(f"+tr{n}" + ("" if t == "sentiment" else f"{t}") for t, n in (transfer or {}).items())
-    return method + ("+gd" if general else "") + (f"+aug{augment}" if augment else "") + tr + f" lr {lr:g}"
+    h = f"+h{shape['hidden']}" if shape else ""
+    return method + h + ("+gd" if general else "") + (f"+aug{augment}" if augment else "") + tr + f" lr {lr:g}"
 
 
 def _method_of(variant: str) -> str:
@@ -338,7 +352,7 @@ def _variant(student: dict) -> str:
     if "distill" in student:
         c = student["distill"]["config"]
         return variant_name(student["method"], c.get("augment", 0), c["lr"], bool(student.get("general")),
-                            student.get("transfer"))
+                            student.get("transfer"), student.get("shape"))
     return student.get("variant", student["method"])
 
 
