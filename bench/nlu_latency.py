@@ -1,6 +1,6 @@
 """Single-core latency of the numpy EI-BERT runtime on 32-token sentences (issue 6 target: p50 <= 2 ms).
 
-    python bench/nlu_latency.py runs/eibert/cross_lr_0.0005-seed2.pack   # default: cross, seed 1
+    python bench/nlu_latency.py runs/eibert/cross+gd_lr_0.0005-seed2.pack   # default: cross+gd, seed 1
 
 Batch 1, BLAS threads 1, 300 sentences of exactly 32 pieces cut from the sentiment test split,
 5 warm-up calls. Encoder only (ids in, pooled vector and head out) and with tokenization.
@@ -45,13 +45,20 @@ def main(argv=None) -> dict:
     from edgerec.io import write_json_atomic
     from edgerec.train.ledger import git_commit, machine_info
 
-    argv = sys.argv[1:] if argv is None else argv
+    import argparse
+
     from bench.nlu import pack_path, variant_name
     from edgerec.compress.distill import DistillConfig
 
-    pack = Path(argv[0]) if argv else pack_path(variant_name("cross", 0, DistillConfig.lr), 1)
+    default = pack_path(variant_name("cross", 0, DistillConfig.lr, general=True), 1)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("pack", nargs="?", default=str(default), help="packed EI-BERT file (default: %(default)s)")
+    pack = Path(p.parse_args(argv).pack)
+    if not pack.is_file():
+        p.error(f"{pack}: no such packed file; build one with `python bench/nlu.py` or `edgerec compress --out PATH`")
     r = {"benchmark": "nlu_latency", "pack": str(pack), "bytes": pack.stat().st_size, "git": git_commit(),
-         "machine": machine_info(), "sgemm_gflops_before": sgemm_gflops(), "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+         "machine": machine_info(), "sgemm_gflops_before": sgemm_gflops(),
+         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
          **edge_latency_32(pack, load_task("sentiment").text["test"], "sentiment", 300)}
     r["sgemm_gflops_after"] = sgemm_gflops()
     out = ROOT / "bench" / "results" / "nlu_latency.json"
