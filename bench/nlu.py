@@ -363,7 +363,8 @@ def _ms(v: list[float]) -> str:
 
 def headline_variants(r: dict) -> list[str]:
     """Per method, the student setting with the most seeds (the one the seeds were spent on); a tie
-    goes to the higher mean validation accuracy (best epoch), never to the test split."""
+    goes to the higher mean validation accuracy (best epoch), never to the test split. Only the
+    default student shape competes (the methods are compared at one size); '+hH' rows are others."""
     count: dict[str, int] = {}
     valid: dict[str, list[float]] = {}
     for s in r["students"]:
@@ -374,6 +375,8 @@ def headline_variants(r: dict) -> list[str]:
     best: dict[str, str] = {}
     for v, n in count.items():
         m = _method_of(v)
+        if v.startswith(m + "+h"):
+            continue
         key = (n, float(np.mean(valid.get(v, [0.0]))))
         if m not in best or key > (count[best[m]], float(np.mean(valid.get(best[m], [0.0])))):
             best[m] = v
