@@ -218,13 +218,14 @@ def main(argv=None) -> dict:
         transfer = {t: int(n) for t, n in (x.split(":") for x in a.transfer.split(",") if x)}
     except ValueError:
         p.error(f"--transfer {a.transfer!r}: expected task:N[,task:N], e.g. sentiment:12000")
+    bad_shape = f"--shape {a.shape!r}: expected hidden,ffn[,emb_dim], e.g. 160,512,80"
     try:
         dims = [int(x) for x in a.shape.split(",") if x]
-        shape = dict(zip(("hidden", "ffn", "emb_dim"), dims)) if 2 <= len(dims) <= 3 else ({} if not dims else None)
     except ValueError:
-        shape = None
-    if shape is None:
-        p.error(f"--shape {a.shape!r}: expected hidden,ffn[,emb_dim], e.g. 160,512,80")
+        p.error(bad_shape)
+    if dims and not 2 <= len(dims) <= 3:
+        p.error(bad_shape)
+    shape = dict(zip(("hidden", "ffn", "emb_dim"), dims))
     limit, teacher_epochs, n_lat = None, 3, a.latency_sentences
     if a.quick:
         methods, seeds, a.epochs, limit, teacher_epochs, n_lat = ["cross"], [1], 1, 60, 0, 20
@@ -368,6 +369,8 @@ def headline_variants(r: dict) -> list[str]:
     count: dict[str, int] = {}
     valid: dict[str, list[float]] = {}
     for s in r["students"]:
+        if s.get("shape"):  # a non-default width
+            continue
         v = _variant(s)
         count[v] = count.get(v, 0) + 1
         if "distill" in s:
@@ -375,8 +378,6 @@ def headline_variants(r: dict) -> list[str]:
     best: dict[str, str] = {}
     for v, n in count.items():
         m = _method_of(v)
-        if v.startswith(m + "+h"):
-            continue
         key = (n, float(np.mean(valid.get(v, [0.0]))))
         if m not in best or key > (count[best[m]], float(np.mean(valid.get(best[m], [0.0])))):
             best[m] = v

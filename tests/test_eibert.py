@@ -200,7 +200,7 @@ def test_general_distillation_learns_the_teacher_and_its_cache_reloads(tmp_path,
     monkeypatch.setenv("EDGEREC_CACHE", str(tmp_path))
     tasks = {"trec": load_task("trec")}
     tok_t = teacher_tokenizer()
-    kept = tok_t.vocab[:3000]  # specials and the commonest pieces come first in BERT's vocabulary
+    kept = tok_t.vocab[:3000]  # [PAD], [unused*], [UNK]/[CLS]/[SEP]/[MASK], characters and ## pieces, the first words
     kept_old, tok_s = remap(tok_t.vocab, kept), WordPiece(kept)
     teacher = load_pretrained({})
     cfg = GeneralConfig(epochs=3, max_sentences=256, batch_size=32, lr=2e-3)

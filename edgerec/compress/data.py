@@ -1,4 +1,5 @@
-"""Token ids for the NLU tasks and length-bucketed batches (issue 6)."""
+"""Token ids for the NLU tasks, length-bucketed batches and the training schedule shared by the
+teacher, general distillation and task distillation (issue 6)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,18 @@ class Encoded:
 
 def encode(tok: WordPiece, task: TaskData, max_len: int = 64) -> dict[str, Encoded]:
     return {s: Encoded([tok.encode(t, max_len) for t in task.text[s]], task.y[s]) for s in task.text}
+
+
+def to_teacher_ids(e: Encoded, kept_old: np.ndarray) -> Encoded:
+    """The same sentences in the student's pieces, as teacher vocabulary ids (kept_old[i]: the
+    teacher id of student token i), so student and teacher read aligned sequences."""
+    return Encoded([kept_old[np.asarray(x)].tolist() for x in e.ids], e.y)
+
+
+def warmup_linear(opt: torch.optim.Optimizer, total: int, warmup: float) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over the first `warmup` share of `total` steps, then linear decay to 0."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / (warmup * total)) * max(0.0, 1 - s / total))
 
 
 def pad(ids: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

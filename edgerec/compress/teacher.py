@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from edgerec.compress.data import Encoded, accuracy, batches, pad
+from edgerec.compress.data import Encoded, accuracy, batches, pad, warmup_linear
 from edgerec.data.assets import TEACHER, cache_dir
 from edgerec.errors import AssetError
 from edgerec.io import atomic_path
@@ -52,7 +52,7 @@ def finetune(task: str, n_classes: int, data: dict[str, Encoded], epochs: int = 
     model = load_pretrained({task: n_classes})
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     steps = epochs * ((len(data["train"]) + batch_size - 1) // batch_size)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (0.06 * steps)) * max(0.0, 1 - s / steps))
+    sched = warmup_linear(opt, steps, 0.06)
     rng = np.random.default_rng(seed)
     best, best_state, hist = -1.0, None, []
     t0 = time.time()
