@@ -191,6 +191,14 @@ def main(argv=None) -> dict:
     p.add_argument("--augment", type=int, default=0,
                    help="teacher-labelled perturbed copies per training sentence (edgerec/compress/augment.py); "
                         "its students are separate rows, e.g. 'cross+aug4 lr 0.002'")
+    p.add_argument("--augment-replace", type=float, default=0.0,
+                   help="with --augment: probability that a single-piece word is swapped for one of its 15 "
+                        "nearest words in the teacher's embeddings (TinyBERT-style word replacement); rows get '+wrP'")
+    p.add_argument("--augment-tasks", default="",
+                   help="with --augment: only these tasks get copies (comma-separated); rows get '@task,...'")
+    p.add_argument("--augment-rotate", action="store_true",
+                   help="with --augment N: epoch e trains on copy e mod N only, a fresh copy each epoch for "
+                        "the cost of one; rows get 'rot', e.g. 'cross+gd+aug6rot+wr0.4@sentiment lr 0.0005'")
     p.add_argument("--general", action="store_true",
                    help="start every student from general distillation on unlabeled text "
                         "(edgerec/compress/general.py; cached, shared by methods and seeds); rows are named '+gd'")
@@ -226,6 +234,17 @@ def main(argv=None) -> dict:
     if dims and not 2 <= len(dims) <= 3:
         p.error(bad_shape)
     shape = dict(zip(("hidden", "ffn", "emb_dim"), dims))
+    aug_tasks = [t for t in a.augment_tasks.split(",") if t]
+    if sorted(set(aug_tasks) - set(TASKS)):
+        p.error(f"--augment-tasks {a.augment_tasks!r}: unknown task(s) {sorted(set(aug_tasks) - set(TASKS))}; "
+                f"tasks are {list(TASKS)}")
+    if (a.augment_replace or aug_tasks or a.augment_rotate) and not a.augment:
+        p.error("--augment-replace, --augment-tasks and --augment-rotate need --augment N (copies per sentence)")
+    if not 0 <= a.augment_replace <= 0.9:
+        p.error(f"--augment-replace {a.augment_replace}: a probability in [0, 0.9] (the rest is kept or masked)")
+    aug = {"augment": a.augment, **({"augment_replace_p": a.augment_replace} if a.augment_replace else {}),
+           **({"augment_tasks": aug_tasks} if aug_tasks else {}),
+           **({"augment_rotate": True} if a.augment_rotate else {})} if a.augment else {}
     limit, teacher_epochs, n_lat = None, 3, a.latency_sentences
     if a.quick:
         methods, seeds, a.epochs, limit, teacher_epochs, n_lat = ["cross"], [1], 1, 60, 0, 20
@@ -254,13 +273,12 @@ def main(argv=None) -> dict:
     packs = Path(tempfile.mkdtemp())
     for seed in seeds:  # seed-major: a cut-short run still has every method at the first seeds
         for m in methods:
-            variant = variant_name(m, a.augment, a.lr or DistillConfig.lr, a.general, transfer, shape)
+            variant = variant_name(m, aug, a.lr or DistillConfig.lr, a.general, transfer, shape)
             if (variant, seed) in done:
                 continue
             print(f"student {variant} seed {seed} ...", flush=True)
             pack = pack_path(variant, seed) if not a.quick else packs / "q.pack"
-            distill = {"epochs": a.epochs, **({"augment": a.augment} if a.augment else {}),
-                       **({"lr": a.lr} if a.lr else {})}
+            distill = {"epochs": a.epochs, **aug, **({"lr": a.lr} if a.lr else {})}
             r = build(CompressConfig(method=m, seed=seed, teacher_epochs=teacher_epochs, limit_per_split=limit,
                                      distill=distill, general={} if a.general else None, transfer=transfer,
                                      **shape), pack,
@@ -327,14 +345,21 @@ def lr_markdown(r: dict, seed: int = 1) -> str:
     return "\n".join(out)
 
 
-def variant_name(method: str, augment: int, lr: float, general: bool = False, transfer: dict | None = None,
+def variant_name(method: str, augment: int | dict, lr: float, general: bool = False, transfer: dict | None = None,
                  shape: dict | None = None) -> str:
     """A student row's name: its method, '+hH' for a non-default width, '+gd' after general
-    distillation, '+augN' with perturbed copies, '+trN' with N unlabeled transfer sentences, and its
-    peak learning rate."""
+    distillation, '+augN' with perturbed copies ('rot': one copy per epoch, '+wrP': word replacement
+    with probability P, '@tasks': only those tasks), '+trN' with N unlabeled transfer sentences, and
+    its peak learning rate. `augment`: the copies, or the DistillConfig augment_* settings."""
+    c = augment if isinstance(augment, dict) else {"augment": augment}
+    ag = ""
+    if c.get("augment"):
+        ag = (f"+aug{c['augment']}" + ("rot" if c.get("augment_rotate") else "")
+              + (f"+wr{c['augment_replace_p']:g}" if c.get("augment_replace_p") else "")
+              + ("@" + ",".join(c["augment_tasks"]) if c.get("augment_tasks") else ""))
     tr = "".join(f"+tr{n}" + ("" if t == "sentiment" else f"{t}") for t, n in (transfer or {}).items())
     h = f"+h{shape['hidden']}" if shape else ""
-    return method + h + ("+gd" if general else "") + (f"+aug{augment}" if augment else "") + tr + f" lr {lr:g}"
+    return method + h + ("+gd" if general else "") + ag + tr + f" lr {lr:g}"
 
 
 def _method_of(variant: str) -> str:
@@ -352,7 +377,7 @@ def _variant(student: dict) -> str:
     learning rate was in the name read correctly too)."""
     if "distill" in student:
         c = student["distill"]["config"]
-        return variant_name(student["method"], c.get("augment", 0), c["lr"], bool(student.get("general")),
+        return variant_name(student["method"], c, c["lr"], bool(student.get("general")),
                             student.get("transfer"), student.get("shape"))
     return student.get("variant", student["method"])
 

@@ -81,7 +81,10 @@ def smoke(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("eibert") / "m.pack"
     cfg = CompressConfig(method="cross", teacher_epochs=0, limit_per_split=60, vocab_size=2500,
-                         distill={"epochs": 1, "augment": 1},  # the transfer-set path rides along
+                         # the transfer-set path rides along: 2 copies of sentiment and trec, word
+                         # replacement, one copy per epoch
+                         distill={"epochs": 1, "augment": 2, "augment_replace_p": 0.3,
+                                  "augment_tasks": ["sentiment", "trec"], "augment_rotate": True},
                          general={"epochs": 1, "max_sentences": 200},  # and general distillation
                          transfer={"sentiment": 50})  # and the unlabeled transfer set
     with pytest.MonkeyPatch.context() as mp:
@@ -96,7 +99,7 @@ def test_smoke_build_fits_the_size_limit_and_reports_every_stage(smoke):
         == r["artifact"]["total"]
     assert r["pruning"]["vocab_after"] <= 2500 < r["pruning"]["vocab_before"]
     assert set(r["student"]["test_acc_int8"]) == set(TASKS)
-    assert r["student"]["augmented_sentences"] == {t: 60 for t in TASKS}  # one copy of each train sentence
+    assert r["student"]["augmented_sentences"] == {"sentiment": 2 * 60, "trec": 2 * 60}  # transfer: below
     assert r["general"]["sentences"] == 200 and len(r["general"]["loss_by_epoch"]) == 1
     assert r["student"]["transfer_sentences"] == {"sentiment": 50}
 
@@ -176,6 +179,41 @@ def test_augment_perturbs_whole_words_only_and_is_seeded():
     assert masked == [0] + [2] * len(src) + [1]
     windows = augment(enc, 50, cont, 2, p_mask=0.0, p_ngram=1.0).ids[:50]
     assert all(1 <= len(_words(w, cont)) <= 5 for w in windows) and len({tuple(w) for w in windows}) > 5
+
+
+def test_word_replacement_swaps_single_piece_words_for_embedding_neighbours():
+    from edgerec.compress.augment import augment, neighbour_table
+    from edgerec.compress.data import Encoded
+
+    vocab = ["[CLS]", "[SEP]", "[MASK]", "good", "great", "bad", "film", "movie", "##s", "7"]
+    emb = np.zeros((len(vocab), 3))
+    emb[3:6] = [[1, 0, 0], [0.9, 0.1, 0], [0.8, -0.2, 0]]  # good, great, bad: one cluster
+    emb[6:8] = [[0, 1, 0], [0, 0.95, 0.1]]  # film, movie: another
+    emb[8:] = [[1, 0, 0], [1, 0, 0]]  # "##s" and "7" sit next to "good" but are never candidates
+    nb = neighbour_table(emb, vocab, k=2)
+    assert (nb[[0, 1, 2, 8, 9]] == -1).all()  # special tokens, pieces and digits: not candidates
+    assert set(nb[3]) == {4, 5} and set(nb[6]) == {7, 4}  # film: movie, then great (cos 0.11 > 0 > bad)
+    assert all(i not in row for i, row in enumerate(nb))  # never itself
+    cont = np.array([v.startswith("##") for v in vocab])
+    sent = [0, 3, 6, 8, 9, 1]  # good film##s 7
+    a = augment(Encoded([sent], np.array([1])), 3, cont, 2, seed=0, p_mask=0.0, p_ngram=0.0, p_replace=1.0,
+                neighbours=nb)
+    for ids in a.ids:
+        assert ids[1] in nb[3] and ids[2:] == [6, 8, 9, 1]  # "films" (two pieces) and "7" stay
+    assert a.group.tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match="neighbour table"):
+        augment(Encoded([sent], np.array([1])), 1, cont, 2, p_replace=0.5)
+
+
+def test_rotating_copies_show_one_copy_per_epoch_and_every_transfer_sentence():
+    from edgerec.compress.data import Encoded, batches
+    from edgerec.compress.distill import epoch_rows
+
+    enc = Encoded([[0, 1]] * 7, np.full(7, -1), np.array([0, 1, 2, 0, 1, 2, -1]))
+    assert epoch_rows(enc, 0).tolist() == [0, 3, 6] and epoch_rows(enc, 4).tolist() == [1, 4, 6]
+    assert epoch_rows(Encoded([[0, 1]], np.array([-1])), 0) is None  # no copies: everything
+    seen = sorted(int(i) for b in batches(enc, 2, np.random.default_rng(0), subset=epoch_rows(enc, 2)) for i in b)
+    assert seen == [2, 5, 6]
 
 
 def test_general_corpus_holds_no_validation_or_test_sentence():

@@ -17,6 +17,7 @@ from edgerec.serve.edge.tokenizer import WordPiece
 class Encoded:
     ids: list[list[int]]  # per sentence, [CLS] ... [SEP]
     y: np.ndarray
+    group: np.ndarray | None = None  # augmented sets: the copy each sentence belongs to (-1: every epoch)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -29,7 +30,7 @@ def encode(tok: WordPiece, task: TaskData, max_len: int = 64) -> dict[str, Encod
 def to_teacher_ids(e: Encoded, kept_old: np.ndarray) -> Encoded:
     """The same sentences in the student's pieces, as teacher vocabulary ids (kept_old[i]: the
     teacher id of student token i), so student and teacher read aligned sequences."""
-    return Encoded([kept_old[np.asarray(x)].tolist() for x in e.ids], e.y)
+    return Encoded([kept_old[np.asarray(x)].tolist() for x in e.ids], e.y, e.group)
 
 
 def warmup_linear(opt: torch.optim.Optimizer, total: int, warmup: float) -> torch.optim.lr_scheduler.LambdaLR:
@@ -59,14 +60,18 @@ def accuracy(model, enc: Encoded, task: str, batch_size: int = 256) -> float:
     return correct / max(len(enc), 1)
 
 
-def batches(enc: Encoded, batch_size: int, rng: np.random.Generator | None = None) -> Iterator[np.ndarray]:
-    """Index arrays; with `rng`, shuffled but bucketed by length (sort within chunks of 50 batches)
-    so padding stays small, and the batch order shuffled."""
+def batches(enc: Encoded, batch_size: int, rng: np.random.Generator | None = None,
+            subset: np.ndarray | None = None) -> Iterator[np.ndarray]:
+    """Index arrays (of `subset` only, if given); with `rng`, shuffled but bucketed by length (sort
+    within chunks of 50 batches) so padding stays small, and the batch order shuffled."""
     n = len(enc)
     if rng is None:
         order = np.argsort([len(x) for x in enc.ids], kind="stable")  # eval: by length
-        return (order[i: i + batch_size] for i in range(0, n, batch_size))
-    perm = rng.permutation(n)
+        if subset is not None:
+            order = order[np.isin(order, subset)]
+        return (order[i: i + batch_size] for i in range(0, len(order), batch_size))
+    perm = rng.permutation(n) if subset is None else rng.permutation(np.asarray(subset))
+    n = len(perm)
     chunk = batch_size * 50
     out = []
     for lo in range(0, n, chunk):

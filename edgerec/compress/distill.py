@@ -59,10 +59,17 @@ class DistillConfig:
     augment: int = 0
     augment_mask_p: float = 0.1
     augment_ngram_p: float = 0.25
+    augment_replace_p: float = 0.0  # word replacement by embedding neighbours (0 = mask and n-gram only)
+    augment_tasks: tuple[str, ...] | None = None  # tasks that get copies; None = all
+    # True: epoch e trains on copy e mod `augment` only (a fresh copy each epoch, at the cost of one
+    # extra pass); False: on all copies every epoch
+    augment_rotate: bool = False
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"distillation method {self.method!r}: choose one of {METHODS}")
+        if self.augment_tasks is not None:
+            self.augment_tasks = tuple(self.augment_tasks)  # YAML / JSON give lists
 
 
 LAYER_MAP = {4: [1, 2, 4, 5], 3: [1, 3, 5], 2: [2, 5], 6: [0, 1, 2, 3, 4, 5]}
@@ -164,12 +171,23 @@ def _pad_att(items: list[torch.Tensor], T: int) -> torch.Tensor:
     return out
 
 
+def epoch_rows(enc: Encoded, epoch: int) -> np.ndarray | None:
+    """Rotating copies: the rows of an augmented set that epoch `epoch` trains on, the copy
+    epoch mod (number of copies) plus every row of group -1 (transfer sentences); None = all rows
+    (no copy groups)."""
+    g = enc.group
+    if g is None or not (g >= 0).any():
+        return None
+    return np.flatnonzero((g == epoch % (int(g.max()) + 1)) | (g < 0))
+
+
 def distill(student: EIBert, teachers: dict[str, EIBert], data_s: dict[str, dict[str, Encoded]],
             data_t: dict[str, dict[str, Encoded]], cfg: DistillConfig, log=print, progress: bool = True) -> dict:
     """Train `student` in place. data_s[task][split]: student ids; data_t: the same sentences as
     teacher ids (the student's pieces mapped to the teacher vocabulary). An optional split
     "augmented" (labels -1) is trained on the teacher's soft labels only: the KD term at full weight,
-    no cross-entropy, and (cross) no teacher update."""
+    no cross-entropy, and (cross) no teacher update. With cfg.augment_rotate, epoch e uses only its
+    rows whose `group` is e mod the number of copies (or -1, transfer sentences: every epoch)."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng([cfg.seed, 17])
     tasks = list(teachers)
@@ -195,7 +213,14 @@ def distill(student: EIBert, teachers: dict[str, EIBert], data_s: dict[str, dict
             tp = [p for layer in teachers[t].encoder.layers[n_frozen:] for p in layer.parameters()]
             tp += list(teachers[t].heads.parameters())
             t_opts[t] = torch.optim.AdamW(tp, lr=cfg.teacher_lr, weight_decay=0.01)
-    steps_per_epoch = sum((len(data_s[t][s]) + cfg.batch_size - 1) // cfg.batch_size for t in tasks for s in splits[t])
+    def rows(t: str, s: str, ep: int) -> np.ndarray | None:
+        return epoch_rows(data_s[t][s], ep) if s == "augmented" and cfg.augment_rotate else None
+
+    def n_rows(t: str, s: str, ep: int) -> int:
+        r = rows(t, s, ep)
+        return len(data_s[t][s]) if r is None else len(r)
+
+    steps_per_epoch = sum((n_rows(t, s, 0) + cfg.batch_size - 1) // cfg.batch_size for t in tasks for s in splits[t])
     total = cfg.epochs * steps_per_epoch
     sched = warmup_linear(opt, total, 0.05)
     smap = LAYER_MAP.get(student.config.layers, list(range(student.config.layers)))
@@ -203,7 +228,8 @@ def distill(student: EIBert, teachers: dict[str, EIBert], data_s: dict[str, dict
     best, best_state = -1.0, None
     for ep in range(cfg.epochs):
         student.train()
-        plan = [(t, s, idx) for t in tasks for s in splits[t] for idx in batches(data_s[t][s], cfg.batch_size, rng)]
+        plan = [(t, s, idx) for t in tasks for s in splits[t]
+                for idx in batches(data_s[t][s], cfg.batch_size, rng, subset=rows(t, s, ep))]
         rng.shuffle(plan)
         it = plan
         if progress:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgerec.compress.augment import augment
+from edgerec.compress.augment import augment, neighbour_table
 from edgerec.compress.data import Encoded, accuracy, encode, to_teacher_ids
 from edgerec.compress.distill import DistillConfig, distill, init_heads, init_student
 from edgerec.compress.general import GeneralConfig, cached_general, transfer_sentences
@@ -119,22 +119,35 @@ def build(cfg: CompressConfig, out: str | Path, log=print, progress: bool = True
     init_heads(student, work_teachers)
     report["student"]["init_valid_acc"] = {t: accuracy(student, enc_s[t]["valid"], t) for t in tasks}
     if dcfg.augment > 0:  # the teacher-labelled transfer set, in the student's pieces and the teacher's ids
+        unknown = sorted(set(dcfg.augment_tasks or ()) - set(tasks))
+        if unknown:
+            raise ValueError(f"distill.augment_tasks: unknown task(s) {unknown}; tasks are {list(tasks)}")
         cont = np.array([p.startswith("##") for p in kept])
         mask_id = tok_s.index["[MASK]"]
+        neighbours = None
+        if dcfg.augment_replace_p > 0:  # cosine neighbours in the pre-trained teacher's embeddings
+            neighbours = neighbour_table(pretrained.encoder.word.weight.detach()[torch.from_numpy(kept_old)].numpy(),
+                                         kept)
         for i, t in enumerate(tasks):
+            if dcfg.augment_tasks is not None and t not in dcfg.augment_tasks:
+                continue
             enc_s[t]["augmented"] = augment(enc_s[t]["train"], dcfg.augment, cont, mask_id, seed=dcfg.seed * 100 + i,
-                                            p_mask=dcfg.augment_mask_p, p_ngram=dcfg.augment_ngram_p)
+                                            p_mask=dcfg.augment_mask_p, p_ngram=dcfg.augment_ngram_p,
+                                            p_replace=dcfg.augment_replace_p, neighbours=neighbours)
             enc_st[t]["augmented"] = to_teacher_ids(enc_s[t]["augmented"], kept_old)
-        report["student"]["augmented_sentences"] = {t: len(enc_s[t]["augmented"]) for t in tasks}
+        report["student"]["augmented_sentences"] = {t: len(enc_s[t]["augmented"]) for t in tasks
+                                                    if "augmented" in enc_s[t]}
     if cfg.transfer:  # real unlabeled text in no task split, labelled by the task's teacher (soft only)
         unknown = sorted(set(cfg.transfer) - set(tasks))
         if unknown:
             raise ValueError(f"transfer: unknown task(s) {unknown}; tasks are {list(tasks)}")
         pool = transfer_sentences(tasks, max(cfg.transfer.values()))
         for t, n in cfg.transfer.items():
-            extra = Encoded([tok_s.encode(x, cfg.max_len) for x in pool[:n]], np.full(min(n, len(pool)), -1))
-            have = enc_s[t].get("augmented")
-            enc_s[t]["augmented"] = extra if have is None else Encoded(have.ids + extra.ids, np.concatenate([have.y, extra.y]))
+            m = min(n, len(pool))
+            extra = Encoded([tok_s.encode(x, cfg.max_len) for x in pool[:n]], np.full(m, -1), np.full(m, -1))
+            have = enc_s[t].get("augmented")  # group -1: every epoch, also when copies rotate
+            enc_s[t]["augmented"] = extra if have is None else Encoded(
+                have.ids + extra.ids, np.concatenate([have.y, extra.y]), np.concatenate([have.group, extra.group]))
             enc_st[t]["augmented"] = to_teacher_ids(enc_s[t]["augmented"], kept_old)
         report["student"]["transfer_sentences"] = {t: min(n, len(pool)) for t, n in cfg.transfer.items()}
     report["student"]["distill"] = distill(student, work_teachers, enc_s, enc_st, dcfg, log=log, progress=progress)
