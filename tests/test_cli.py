@@ -49,3 +49,11 @@ def test_train_then_eval(config_dir, capsys):
     assert main(["results", "--ledger", str(config_dir / "l.jsonl")]) == 0
     assert "LR_test" in capsys.readouterr().out
     assert main(["eval", "--run", str(config_dir)]) == 2  # not a run directory
+
+
+def test_compress_augmentation_flags_are_checked_before_any_work(capsys):
+    for argv, msg in ((["--augment-rotate"], "need --augment N"),
+                      (["--augment", "2", "--augment-tasks", "spam", "--tasks", "trec"], "not among the tasks"),
+                      (["--augment", "2", "--augment-replace", "1.5"], "a probability in")):
+        assert main(["compress", *argv]) == 2
+        assert msg in capsys.readouterr().err
