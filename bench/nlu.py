@@ -388,25 +388,37 @@ def _ms(v: list[float]) -> str:
 
 
 def headline_variants(r: dict) -> list[str]:
-    """Per method, the student setting with the most seeds (the one the seeds were spent on); a tie
-    goes to the higher mean validation accuracy (best epoch), never to the test split. Only the
-    default student shape competes (the methods are compared at one size); '+hH' rows are others."""
-    count: dict[str, int] = {}
-    valid: dict[str, list[float]] = {}
+    """The rows the headline table shows: ONE student setting for every method, so the methods are
+    compared at the same size and budget. The setting (a variant name without its method and rate)
+    that covers the most methods, then has the most seeds for its worst-covered method, then the
+    higher mean validation accuracy (best epoch) over all its rows; never the test split. Per
+    method, its rate with the most seeds at that setting (ties: validation). Only the default student
+    shape competes; '+hH' rows are others. A method without that setting shows its own best."""
+    runs: dict[str, list[float]] = {}  # variant -> best-epoch mean validation per seed
     for s in r["students"]:
         if s.get("shape"):  # a non-default width
             continue
-        v = _variant(s)
-        count[v] = count.get(v, 0) + 1
-        if "distill" in s:
-            valid.setdefault(v, []).append(max(float(np.mean(list(h.values()))) for h in s["distill"]["valid_by_epoch"]))
-    best: dict[str, str] = {}
-    for v, n in count.items():
-        m = _method_of(v)
-        key = (n, float(np.mean(valid.get(v, [0.0]))))
-        if m not in best or key > (count[best[m]], float(np.mean(valid.get(best[m], [0.0])))):
-            best[m] = v
-    return list(best.values())
+        hist = s.get("distill", {}).get("valid_by_epoch") or [{"_": 0.0}]
+        runs.setdefault(_variant(s), []).append(max(float(np.mean(list(h.values()))) for h in hist))
+
+    def setting(v: str) -> str:
+        return v.split(" lr ")[0][len(_method_of(v)):]
+
+    def pick(vs: list[str]) -> str:
+        return max(vs, key=lambda v: (len(runs[v]), float(np.mean(runs[v]))))
+
+    by_method: dict[str, dict[str, list[str]]] = {}
+    for v in runs:
+        by_method.setdefault(_method_of(v), {}).setdefault(setting(v), []).append(v)
+    scores = {}
+    for st in {setting(v) for v in runs}:
+        chosen = [pick(vs[st]) for vs in by_method.values() if st in vs]
+        scores[st] = (len(chosen), min(len(runs[v]) for v in chosen),
+                      float(np.mean([x for v in chosen for x in runs[v]])))
+    if not scores:
+        return []
+    top = max(scores, key=scores.get)
+    return [pick(vs[top]) if top in vs else pick([v for x in vs.values() for v in x]) for vs in by_method.values()]
 
 
 def others_markdown(r: dict, exclude: list[str]) -> str:

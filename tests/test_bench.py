@@ -131,3 +131,25 @@ def test_nlu_merge_keeps_existing_rows_and_tables_variants_apart():
     aug = next(line for line in table.splitlines() if "student cross+aug4 (" in line)
     assert "0.7000 (1 seed)" in plain and "0.7700 ± 0.0141" in aug and "96.2%" in aug
     assert "student kd lr 0.0005 (" in table
+
+
+def test_nlu_headline_compares_every_method_at_one_setting():
+    from bench.nlu import headline_variants
+
+    def row(method, seed, valid, aug=0, shape=None):
+        c = {"lr": 5e-4, "augment": aug}
+        return {"method": method, "seed": seed, "general": {"x": 1}, "shape": shape,
+                "distill": {"config": c, "valid_by_epoch": [{"a": valid - 0.01}, {"a": valid}]}}
+
+    base = [row(m, s, 0.80) for m in ("kd", "cross", "tinybert") for s in (1, 2, 3)]
+    aug = [row(m, s, 0.82, aug=2) for m in ("kd", "cross") for s in (1, 2, 3)]
+    # the augmented setting has higher validation but lacks tinybert: every method stays on +gd
+    assert sorted(headline_variants({"students": base + aug})) == [
+        "cross+gd lr 0.0005", "kd+gd lr 0.0005", "tinybert+gd lr 0.0005"]
+    tiny = [row("tinybert", s, 0.79, aug=2) for s in (1, 2)]
+    assert "tinybert+gd+aug2 lr 0.0005" not in headline_variants({"students": base + aug + tiny})  # 2 seeds < 3
+    tiny.append(row("tinybert", 3, 0.79, aug=2))
+    assert sorted(headline_variants({"students": base + aug + tiny})) == [  # all 3 x 3: validation decides
+        "cross+gd+aug2 lr 0.0005", "kd+gd+aug2 lr 0.0005", "tinybert+gd+aug2 lr 0.0005"]
+    wide = [row(m, s, 0.95, shape={"hidden": 160}) for m in ("kd", "cross", "tinybert") for s in (1, 2, 3, 4)]
+    assert "kd+h160+gd lr 0.0005" not in headline_variants({"students": base + wide})  # other widths never compete
