@@ -52,7 +52,7 @@ def test_train_then_eval(config_dir, capsys):
 
 
 def test_compress_augmentation_flags_are_checked_before_any_work(capsys):
-    for argv, msg in ((["--augment-rotate"], "need --augment N"),
+    for argv, msg in ((["--augment", "0", "--augment-rotate"], "need --augment N"),
                       (["--augment", "2", "--augment-tasks", "spam", "--tasks", "trec"], "not among the tasks"),
                       (["--augment", "2", "--augment-replace", "1.5"], "a probability in")):
         assert main(["compress", *argv]) == 2
