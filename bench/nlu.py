@@ -307,6 +307,7 @@ def main(argv=None) -> dict:
     if not a.quick and not a.out:  # a run with its own --out is merged into the main file later
         replace_block("nlu", table + f"\n\nRaw: bench/results/nlu.json; git {report['git']}.")
         replace_block("nlu_lr", lr_markdown(report))
+        replace_block("nlu_paired", paired_markdown(report, shown))
     return report
 
 
@@ -419,6 +420,34 @@ def headline_variants(r: dict) -> list[str]:
         return []
     top = max(scores, key=scores.get)
     return [pick(vs[top]) if top in vs else pick([v for x in vs.values() for v in x]) for vs in by_method.values()]
+
+
+def paired_markdown(r: dict, shown: list[str]) -> str:
+    """Differences paired by seed (test accuracy of the packed file): the headline methods against
+    each other, and each headline row against every other setting of its method that shares at
+    least 2 seeds. Mean over the four tasks, and sentiment alone; mean ± std over the shared seeds."""
+    from edgerec.compress.tasks import TASKS
+
+    acc: dict[str, dict[int, dict]] = {}
+    for s in r["students"]:
+        acc.setdefault(_variant(s), {})[s["seed"]] = s["acc"]
+    head = {_method_of(v): v for v in shown}
+    pairs = [(head[a], head[b]) for a, b in (("cross", "kd"), ("cross", "tinybert"), ("tinybert", "kd"))
+             if a in head and b in head]
+    for m in METHODS:
+        if m in head:
+            pairs += [(head[m], v) for v in sorted(acc) if _method_of(v) == m and v != head[m]]
+    out = ["| A − B | seeds | mean over 4 tasks | per seed | sentiment |", "|---|---|---|---|---|"]
+    for a, b in pairs:
+        seeds = sorted(set(acc[a]) & set(acc[b]))
+        if len(seeds) < 2:
+            continue
+        d = [float(np.mean([acc[a][k][t] - acc[b][k][t] for t in TASKS])) for k in seeds]
+        ds = [acc[a][k]["sentiment"] - acc[b][k]["sentiment"] for k in seeds]
+        sd = lambda v: f"{np.mean(v):+.4f} ± {np.std(v, ddof=1):.4f}"  # noqa: E731
+        out.append(f"| {a.split(' lr ')[0]} − {b.split(' lr ')[0]} | {','.join(map(str, seeds))} | {sd(d)} | "
+                   + ", ".join(f"{x:+.3f}" for x in d) + f" | {sd(ds)} |")
+    return "\n".join(out)
 
 
 def others_markdown(r: dict, exclude: list[str]) -> str:

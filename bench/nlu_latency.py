@@ -1,6 +1,6 @@
 """Single-core latency of the numpy EI-BERT runtime on 32-token sentences (issue 6 target: p50 <= 2 ms).
 
-    python bench/nlu_latency.py runs/eibert/cross+gd_lr_0.0005-seed2.pack   # default: cross+gd, seed 1
+    python bench/nlu_latency.py runs/eibert/cross+gd_lr_0.0005-seed2.pack   # default: the headline cross, seed 1
 
 Batch 1, BLAS threads 1, 300 sentences of exactly 32 pieces cut from the sentiment test split,
 5 warm-up calls. Encoder only (ids in, pooled vector and head out) and with tokenization.
@@ -50,7 +50,8 @@ def main(argv=None) -> dict:
     from bench.nlu import pack_path, variant_name
     from edgerec.compress.distill import DistillConfig
 
-    default = pack_path(variant_name("cross", 0, DistillConfig.lr, general=True), 1)
+    headline = {"augment": 6, "augment_rotate": True, "augment_replace_p": 0.4, "augment_tasks": ["sentiment"]}
+    default = pack_path(variant_name("cross", headline, DistillConfig.lr, general=True), 1)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("pack", nargs="?", default=str(default), help="packed EI-BERT file (default: %(default)s)")
     pack = Path(p.parse_args(argv).pack)
