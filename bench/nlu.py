@@ -58,6 +58,16 @@ def _lat(fn, items, repeat_warm: int = 5) -> dict:
 
 
 def tfidf_row(task, n_lat: int) -> dict:
+    C, pipe = tfidf_fit(task)
+    size = len(pickle.dumps(pipe))
+    test = float((pipe.predict(task.text["test"]) == task.y["test"]).mean())
+    lat = _lat(lambda x: pipe.predict([x]), task.text["test"][:n_lat])
+    return {"acc": [test], "size_mb": size / 1e6, "C": C, **lat}
+
+
+def tfidf_fit(task):
+    """TF-IDF (word 1-2 grams + character 2-5 grams) + logistic regression, C chosen on validation.
+    -> (C, fitted pipeline)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline, make_union
@@ -72,11 +82,7 @@ def tfidf_row(task, n_lat: int) -> dict:
         acc = float((pipe.predict(task.text["valid"]) == task.y["valid"]).mean())
         if best is None or acc > best[0]:
             best = (acc, C, pipe)
-    _, C, pipe = best
-    size = len(pickle.dumps(pipe))
-    test = float((pipe.predict(task.text["test"]) == task.y["test"]).mean())
-    lat = _lat(lambda x: pipe.predict([x]), task.text["test"][:n_lat])
-    return {"acc": [test], "size_mb": size / 1e6, "C": C, **lat}
+    return best[1], best[2]
 
 
 def teacher_rows(name, task, n_lat: int) -> tuple[dict, dict]:

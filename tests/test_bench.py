@@ -153,3 +153,15 @@ def test_nlu_headline_compares_every_method_at_one_setting():
         "cross+gd+aug2 lr 0.0005", "kd+gd+aug2 lr 0.0005", "tinybert+gd+aug2 lr 0.0005"]
     wide = [row(m, s, 0.95, shape={"hidden": 160}) for m in ("kd", "cross", "tinybert") for s in (1, 2, 3, 4)]
     assert "kd+h160+gd lr 0.0005" not in headline_variants({"students": base + wide})  # other widths never compete
+
+
+def test_paired_bootstrap_of_two_models_on_the_same_sentences():
+    from bench.nlu_significance import paired_bootstrap
+
+    a = np.array([1, 1, 0, 1] * 50)
+    same = paired_bootstrap(a, a)
+    assert same["diff"] == 0 and same["ci95"] == [0, 0] and same["p_not_ahead"] == 1.0
+    better = paired_bootstrap(np.ones(200), a)  # ahead on 50 of 200 sentences, never behind
+    assert better["diff"] == 0.25 and 0 < better["ci95"][0] < 0.25 < better["ci95"][1] and better["p_not_ahead"] == 0
+    noisy = paired_bootstrap(np.array([1, 0] * 100), np.array([0, 1] * 100))  # level on average
+    assert noisy["ci95"][0] < 0 < noisy["ci95"][1] and 0.3 < noisy["p_not_ahead"] < 0.7
