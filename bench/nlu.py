@@ -428,6 +428,13 @@ def headline_variants(r: dict) -> list[str]:
     return [pick(vs[top]) if top in vs else pick([v for x in vs.values() for v in x]) for vs in by_method.values()]
 
 
+def headline_variant(method: str, path: Path = ROOT / "bench" / "results" / "nlu.json") -> str:
+    """The row name the headline table of `path` shows for `method` (the default pack of the
+    latency and significance benchmarks)."""
+    r = json.loads(path.read_text())
+    return next(v for v in headline_variants(r) if _method_of(v) == method)
+
+
 def paired_markdown(r: dict, shown: list[str]) -> str:
     """Differences paired by seed (test accuracy of the packed file): the headline methods against
     each other, and each headline row against every other setting of its method that shares at

@@ -47,11 +47,9 @@ def main(argv=None) -> dict:
 
     import argparse
 
-    from bench.nlu import pack_path, variant_name
-    from edgerec.compress.distill import DistillConfig
+    from bench.nlu import headline_variant, pack_path
 
-    headline = {"augment": 6, "augment_rotate": True, "augment_replace_p": 0.4, "augment_tasks": ["sentiment"]}
-    default = pack_path(variant_name("cross", headline, DistillConfig.lr, general=True), 1)
+    default = pack_path(headline_variant("cross"), 1)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("pack", nargs="?", default=str(default), help="packed EI-BERT file (default: %(default)s)")
     pack = Path(p.parse_args(argv).pack)

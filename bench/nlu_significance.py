@@ -19,7 +19,6 @@ for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_v, "1")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -40,7 +39,7 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, n: int = 10_000, seed: int = 
 
 
 def main(argv=None) -> dict:
-    from bench.nlu import headline_variants, pack_path, tfidf_fit
+    from bench.nlu import headline_variant, pack_path, tfidf_fit
     from edgerec.compress.tasks import load_task
     from edgerec.io import write_json_atomic
     from edgerec.serve.edge.runtime import EdgeModel
@@ -51,10 +50,7 @@ def main(argv=None) -> dict:
     p.add_argument("--seeds", default="1,2,3")
     p.add_argument("--tasks", default="sentiment,trec")
     a = p.parse_args(argv)
-    variant = a.variant
-    if variant is None:
-        r = json.loads((ROOT / "bench" / "results" / "nlu.json").read_text())
-        variant = next(v for v in headline_variants(r) if v.startswith("cross"))
+    variant = a.variant or headline_variant("cross")
     out = {"benchmark": "nlu_significance", "variant": variant, "git": git_commit(), "machine": machine_info(),
            "tasks": {}}
     for t in a.tasks.split(","):

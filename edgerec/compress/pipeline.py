@@ -61,6 +61,13 @@ def _limit(task: TaskData, n: int | None) -> TaskData:
                     {s: v[:n] for s, v in task.y.items()})
 
 
+def _check_tasks(key: str, named, tasks) -> None:
+    """A config key that names tasks may only name tasks being built."""
+    unknown = sorted(set(named) - set(tasks))
+    if unknown:
+        raise ValueError(f"{key}: unknown task(s) {unknown}; tasks are {list(tasks)}")
+
+
 def build(cfg: CompressConfig, out: str | Path, log=print, progress: bool = True) -> dict:
     t0 = time.time()
     tok_t = teacher_tokenizer()
@@ -119,9 +126,7 @@ def build(cfg: CompressConfig, out: str | Path, log=print, progress: bool = True
     init_heads(student, work_teachers)
     report["student"]["init_valid_acc"] = {t: accuracy(student, enc_s[t]["valid"], t) for t in tasks}
     if dcfg.augment > 0:  # the teacher-labelled transfer set, in the student's pieces and the teacher's ids
-        unknown = sorted(set(dcfg.augment_tasks or ()) - set(tasks))
-        if unknown:
-            raise ValueError(f"distill.augment_tasks: unknown task(s) {unknown}; tasks are {list(tasks)}")
+        _check_tasks("distill.augment_tasks", dcfg.augment_tasks or (), tasks)
         cont = np.array([p.startswith("##") for p in kept])
         mask_id = tok_s.index["[MASK]"]
         neighbours = None
@@ -138,9 +143,7 @@ def build(cfg: CompressConfig, out: str | Path, log=print, progress: bool = True
         report["student"]["augmented_sentences"] = {t: len(enc_s[t]["augmented"]) for t in tasks
                                                     if "augmented" in enc_s[t]}
     if cfg.transfer:  # real unlabeled text in no task split, labelled by the task's teacher (soft only)
-        unknown = sorted(set(cfg.transfer) - set(tasks))
-        if unknown:
-            raise ValueError(f"transfer: unknown task(s) {unknown}; tasks are {list(tasks)}")
+        _check_tasks("transfer", cfg.transfer, tasks)
         pool = transfer_sentences(tasks, max(cfg.transfer.values()))
         for t, n in cfg.transfer.items():
             m = min(n, len(pool))
