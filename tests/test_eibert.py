@@ -281,3 +281,11 @@ def test_factorized_student_embeddings_are_the_best_low_rank_split():
     err = torch.linalg.matrix_norm(A - B)
     assert torch.isclose(err, s[24:].norm(), rtol=1e-3)  # exactly the discarded singular values
     assert err < 0.9 * A.norm()
+
+
+def test_config_keys_that_name_tasks_reject_unknown_ones():
+    from edgerec.compress.pipeline import _check_tasks
+
+    _check_tasks("transfer", {"sentiment": 10}, ("sentiment", "trec"))
+    with pytest.raises(ValueError, match=r"distill.augment_tasks: unknown task\(s\) \['spam'\]; tasks are"):
+        _check_tasks("distill.augment_tasks", ("spam", "trec"), ("sentiment", "trec"))
