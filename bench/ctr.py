@@ -33,6 +33,12 @@ from edgerec.train.ledger import git_commit, machine_info  # noqa: E402
 from edgerec.train.report import aggregate, markdown_table  # noqa: E402
 
 METRICS = ["AUC", "GAUC", "logloss"]
+# the repeat / new-item pair subsets (edgerec.train.metrics), tabled when every run has them
+SUBSET_METRICS = ["GAUC:repeat", "GAUC:new"]
+
+
+def _metrics(runs: list[dict]) -> list[str]:
+    return METRICS + [m for m in SUBSET_METRICS if runs and all(m in r["test"] for r in runs)]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -165,24 +171,26 @@ def ablation_markdown(report: dict, metric: str = "AUC") -> str:
 
 
 def summarize(runs: list[dict]) -> list[dict]:
-    flat = [{"model": r["model"], "L": r["L"], **{m: r["test"][m] for m in METRICS},
+    metrics = _metrics(runs)
+    flat = [{"model": r["model"], "L": r["L"], **{m: r["test"][m] for m in metrics},
              "train_seconds": r["train_seconds"], "epochs_run": r["epochs_run"]} for r in runs]
-    return aggregate(flat, ["model", "L"], [*METRICS, "train_seconds", "epochs_run"])
+    return aggregate(flat, ["model", "L"], [*metrics, "train_seconds", "epochs_run"])
 
 
 def markdown(report: dict) -> str:
     rows = []
+    metrics = _metrics(report["runs"])
     order = {m: i for i, m in enumerate(report.get("models", []))}
     for s in sorted(report["summary"], key=lambda s: (s["L"], order.get(s["model"], len(order)))):
         row = {"model": s["model"], "L": s["L"], "seeds": s["n"]}
         one = s["n"] < 2  # no spread from one seed: say so instead of printing ± 0
-        for m in METRICS:
+        for m in metrics:
             row[m] = f"{s[m]:.4f} (1 seed)" if one else f"{s[m]:.4f} ± {s[m + '_std']:.4f}"
         row["epochs"] = f"{s['epochs_run']:.1f}"
         row["train s"] = f"{s['train_seconds']:.0f}" if one else f"{s['train_seconds']:.0f} ± {s['train_seconds_std']:.0f}"
         rows.append(row)
-    cols = ["model", "L", "seeds", *METRICS, "epochs", "train s"]
-    return markdown_table(rows, cols, ["model", "L", "seeds", "test AUC", "test GAUC", "test logloss",
+    cols = ["model", "L", "seeds", *metrics, "epochs", "train s"]
+    return markdown_table(rows, cols, ["model", "L", "seeds", *(f"test {m}" for m in metrics),
                                        "epochs run", "train time (s)"])
 
 

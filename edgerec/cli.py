@@ -265,7 +265,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     recipe = server.ServiceRecipe(store=args.store, run=args.run, dataset=args.dataset, feedback_to=args.feedback_to,
-                                  kafka=args.kafka, topic=args.topic, threads=args.threads)
+                                  kafka=args.kafka, topic=args.topic, threads=args.threads,
+                                  index_period=args.index_period)
     server.check_workers(recipe, args.workers)
     service = server.build_service(recipe)  # also with --workers > 1: fails here, readably, before any worker
     if args.openapi:
@@ -499,6 +500,10 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default %(default)s); "
                     "more than 1 needs a shared --store (sqlite: or redis://)")
     sv.add_argument("--threads", type=int, default=1, help="torch threads per worker (default %(default)s)")
+    sv.add_argument("--index-period", choices=["all", "train"], default="all",
+                    help="stage 1's per-hour click counts from the whole log (all, default: a live service) or "
+                         "only from the run's training period (train: replaying held-out events for evaluation, "
+                         "so stage 1 knows nothing of the test period)")
     sv.add_argument("--log-level", default="warning")
     sv.add_argument("--openapi", metavar="PATH", help="write the OpenAPI schema to PATH (without --run: and exit)")
     sv.set_defaults(func=_cmd_serve)

@@ -289,3 +289,48 @@ def test_config_keys_that_name_tasks_reject_unknown_ones():
     _check_tasks("transfer", {"sentiment": 10}, ("sentiment", "trec"))
     with pytest.raises(ValueError, match=r"distill.augment_tasks: unknown task\(s\) \['spam'\]; tasks are"):
         _check_tasks("distill.augment_tasks", ("spam", "trec"), ("sentiment", "trec"))
+
+
+@pytest.mark.parametrize("method", ["kd", "tinybert", "cross"])
+def test_every_method_matches_the_student_against_dropout_free_teacher_targets(method, monkeypatch):
+    """kd and tinybert read cached eval-mode teacher outputs; cross's targets come from its live,
+    co-trained teacher and must be eval-mode too (they once came from its train-mode, dropout-on
+    forward). One sentence repeated with dropout 0.5: every target row must be the same, and equal
+    to the eval-mode teacher's logits (the teacher does not move: teacher_lr 0)."""
+    import edgerec.compress.distill as distill_mod
+    from edgerec.compress.data import Encoded, pad
+    from edgerec.compress.distill import DistillConfig, distill
+    from edgerec.models.eibert import EIBert, EIBertConfig
+
+    torch.manual_seed(0)
+    small = dict(vocab_size=20, max_positions=16, dropout=0.5, tasks={"a": 3})
+    teacher = EIBert(EIBertConfig(hidden=32, layers=6, heads=2, ffn=64, **small))
+    student = EIBert(EIBertConfig(hidden=16, layers=2, heads=2, ffn=32, head_via=32 if method == "cross" else None,
+                                  **small))
+    sent = [1, 5, 7, 9, 11, 2]
+    enc = Encoded([sent] * 8, np.array([0, 1, 2, 0, 1, 2, 0, 1]))
+    with torch.no_grad():
+        ref = teacher.eval()(*pad([sent]), "a")["logits"][0]  # (C,)
+    seen = []
+    kd = distill_mod._kd
+    monkeypatch.setattr(distill_mod, "_kd", lambda s, t, T: seen.append(t.detach().clone()) or kd(s, t, T))
+    data = {"a": {"train": enc, "valid": enc}}  # teacher ids = student ids
+    distill(student, {"a": teacher}, data, data, DistillConfig(method=method, epochs=1, batch_size=4, teacher_lr=0.0),
+            log=lambda *a: None, progress=False)
+    assert len(seen) == 2
+    for t_logits in seen:  # (4, C)
+        assert torch.allclose(t_logits, t_logits[0].expand_as(t_logits), atol=1e-5), "targets vary: dropout is on"
+        assert torch.allclose(t_logits, ref.expand_as(t_logits), atol=1e-2)  # cross: from the half-precision cache
+    if method == "cross":  # the pooled target too; the teacher's mode is left as it was
+        from edgerec.compress.distill import teacher_cache, teacher_targets
+
+        cfg = DistillConfig(method="cross")
+        cached = teacher_cache(teacher, "a", enc, cfg, n_frozen=4)[:4]
+        mask = pad([sent] * 4)[1]
+        teacher.train()
+        a, b = (teacher_targets(teacher, "a", cached, mask, "cross", n_frozen=4) for _ in range(2))
+        assert teacher.training
+        assert all(torch.equal(a[k], b[k]) for k in ("logits", "pooled"))
+        with torch.no_grad():
+            pooled = teacher.eval().encoder(*pad([sent]))["pooled"][0]  # (32,)
+        assert torch.allclose(a["pooled"], pooled.expand_as(a["pooled"]), atol=1e-2)

@@ -5,7 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from edgerec.data.samples import build_dicycle, build_impressions
+from edgerec.data.schema import EventDataset, make_events
 from edgerec.errors import ConfigError
 
 
@@ -21,6 +25,13 @@ def _user_sequences(ds):
     return u[order], i[order], t[order]
 
 
+def _toy(rows: list[tuple[int, int, int]], name: str = "toy") -> EventDataset:
+    """A log of positive interactions (user, item, ts), in file order."""
+    u, i, t = (list(c) for c in zip(*rows))
+    return EventDataset(name, make_events({"user_id": u, "item_id": i, "ts": t, "label": [1] * len(rows),
+                                                 "position": pa.nulls(len(rows), pa.int16())}))
+
+
 def test_leave_last_out_splits(ml100k, ml_samples):
     s = ml_samples
     n_users = 943
@@ -28,17 +39,60 @@ def test_leave_last_out_splits(ml100k, ml_samples):
         sp = s.splits[name]
         assert len(sp) == 2 * n_users and sp.label.sum() == n_users
         assert len(np.unique(sp.user)) == n_users
-    # test target is each user's last interaction, validation the second-to-last
-    te, va = s.splits["test"], s.splits["valid"]
+    te, va, tr = s.splits["test"], s.splits["valid"], s.splits["train"]
     pos_te, pos_va = te.label == 1, va.label == 1
-    assert np.all(te.hist_end[pos_te] == va.hist_end[pos_va] + 1)
-    assert np.all(s.store_item[te.hist_end[pos_te]] == te.item[pos_te])
-    # train targets are strictly before the validation target of the same user
-    tr = s.splits["train"]
-    last_train = np.zeros(n_users + 1, dtype=np.int64)
-    np.maximum.at(last_train, tr.user, tr.hist_end)
-    assert np.all(last_train[va.user[pos_va]] < va.hist_end[pos_va])
-    assert len(tr) == 2 * (100_000 - 3 * n_users)  # every interaction but first/valid/test, x2 for negatives
+    # test target: each user's last interaction (the store's last entry of the user)
+    last = np.zeros(n_users + 1, dtype=np.int64)
+    np.maximum.at(last, tr.user, tr.hist_end)
+    # validation is strictly earlier in time than test, every training target strictly earlier than validation
+    assert (va.ts[pos_va] < te.ts[pos_te]).all()
+    last_train_ts = np.zeros(s.spec.n_users, dtype=np.int64)
+    np.maximum.at(last_train_ts, tr.user, tr.ts)
+    assert (last_train_ts[va.user[pos_va]] < va.ts[pos_va]).all()
+    # every interaction is a target unless it is a user's first moment or shares an evaluation moment
+    n_targets = len(tr) // 2 + 2 * n_users
+    assert n_targets + s.info["same_moment_not_targets"] + (s.store_ts.size - n_targets - s.info["same_moment_not_targets"]) \
+        == 100_000
+    assert s.info["same_moment_not_targets"] > 0  # ml-100k rates many films in the same second
+
+
+def test_same_timestamp_behaviours_are_not_history():
+    """Two purchases in one basket (same ts): neither is the other's history, at any split.
+    (The old cut by position in the store let the earlier line of a basket into the later's history.)"""
+    rows = [(1, 10, 100), (1, 11, 200), (1, 12, 200), (1, 13, 300), (1, 14, 300), (1, 15, 400), (1, 16, 400),
+            (1, 17, 500)] + [(2, i, 10 * i) for i in range(20, 60)]  # user 2: a catalogue to draw negatives from
+    s = build_dicycle(_toy(rows), max_len=10, seed=0)
+    for sp in s.splits.values():
+        b = s.make_batch(sp, np.arange(len(sp)))
+        m = b["hist_mask"].numpy()
+        assert (b["hist_ts"].numpy()[m] < np.repeat(b["ts"].numpy(), m.sum(1))).all()
+    one = {name: sp.subset(np.flatnonzero((sp.user == 1) & (sp.label == 1))) for name, sp in s.splits.items()}
+    assert one["test"].ts.tolist() == [500] and s.store_ts[one["test"].hist_end[0] - 1] == 400
+    assert one["valid"].ts.tolist() == [400]  # the last interaction of the moment before the test's
+    assert s.item_ids[one["valid"].item - 1].tolist() == [16]
+    assert s.store_ts[one["valid"].hist_end[0] - 1] == 300  # item 15, bought with it, is not its history
+    assert sorted(one["train"].ts.tolist()) == [200, 200, 300, 300]  # 100: no history; 400: validation's
+    assert one["train"].hist_end.tolist() == [1, 1, 3, 3]
+
+
+def test_history_is_causal_like_serving(tiny_sim):
+    """The DiCycle protocol's history equals what serving's feature definition shows at that time."""
+    from edgerec.features.definition import Event, FeatureDefinition, UserState
+
+    s = build_dicycle(tiny_sim.dataset, max_len=8, seed=0)
+    d = FeatureDefinition(max_len=10_000)  # the whole log folded; the request cut takes the causal part
+    clicks = tiny_sim.dataset.events.filter(pc.equal(tiny_sim.dataset.events.column("label"), 1))
+    states: dict[int, UserState] = {}
+    for n, (u, i, t) in enumerate(zip(*(clicks.column(c).to_pylist() for c in ("user_id", "item_id", "ts")))):
+        d.apply_user(states.setdefault(u, UserState()), Event(str(n), u, i, t, "click"))
+    te = s.splits["test"]
+    b = s.make_batch(te, np.arange(len(te)))
+    for r in range(0, len(te), 2):
+        raw_user = int(s.user_ids[te.user[r] - 1])
+        served = d.user_features(states[raw_user], int(te.ts[r]))
+        m = b["hist_mask"].numpy()[r]
+        assert b["hist_ts"].numpy()[r][m].tolist() == served["hist_ts"][-8:]
+        assert s.item_ids[b["hist_item"].numpy()[r][m] - 1].tolist() == served["hist_item"][-8:]
 
 
 def test_negatives_never_interacted_and_share_time_and_history(ml_samples):
@@ -55,17 +109,41 @@ def test_negatives_never_interacted_and_share_time_and_history(ml_samples):
         assert not any((u, i) in seen for u, i in zip(sp.user[neg], sp.item[neg]))
 
 
-def test_history_is_strictly_before_target_and_left_padded(ml_samples):
-    s = ml_samples
-    b = s.make_batch(s.splits["train"], np.arange(4096), max_len=20)
-    mask, hist_ts, ts = b["hist_mask"].numpy(), b["hist_ts"].numpy(), b["ts"].numpy()
-    assert (hist_ts[mask] <= np.repeat(ts, mask.sum(1))).all()
-    # left padding: once a row has a real behaviour, every later slot is real too
-    assert (np.diff(mask.astype(int), axis=1) >= 0).all()
-    assert (b["hist_item"].numpy()[~mask] == 0).all()
-    # the most recent behaviour sits in the last slot and is the event just before the target
-    sp = s.splits["train"]
-    np.testing.assert_array_equal(b["hist_item"].numpy()[:, -1], s.store_item[sp.hist_end[:4096] - 1])
+def test_own_history_negatives_do_not_give_the_label_away():
+    """A repeat positive's negative comes from the user's own earlier history and was not taken at that
+    moment. Under the literature's sampler it never comes from the history, so 'the candidate is in
+    the history' would mean 'positive'."""
+    rng = np.random.default_rng(0)
+    rows = [(u, int(i), 1000 * t) for u in range(1, 41) for t in range(1, 13)  # 3 items a basket, 8 shared
+            for i in rng.choice(np.r_[1:9, 9 + 5 * u: 14 + 5 * u], 3, replace=False)]
+    taken = set(rows)
+    ds = _toy(rows)
+    own = build_dicycle(ds, max_len=50, seed=1, negatives="own_history")
+    old = build_dicycle(ds, max_len=50, seed=1, negatives="uniform_unseen")
+    for s, from_history in ((own, True), (old, False)):
+        for name, sp in s.splits.items():
+            neg = np.flatnonzero(sp.label == 0)
+            rep = neg[sp.repeat[neg]]  # pairs whose positive is a repeat
+            assert len(rep) > 0
+            in_hist = np.array([sp.item[j] in set(s.store_item[sp.hist_start[j]:sp.hist_end[j]]) for j in rep])
+            assert in_hist.all() if from_history else not in_hist.any(), name
+            raw = zip(s.user_ids[sp.user[rep] - 1], s.item_ids[sp.item[rep] - 1], sp.ts[rep])
+            assert not any((int(u), int(i), int(t)) in taken for u, i, t in raw), name  # never taken then
+    # own_history: a pair's negative is in the history exactly when its positive is
+    for sp in own.splits.values():
+        pos, neg = sp.label == 1, sp.label == 0
+        in_hist = np.array([sp.item[j] in set(own.store_item[sp.hist_start[j]:sp.hist_end[j]])
+                            for j in range(len(sp))])
+        np.testing.assert_array_equal(in_hist[pos], in_hist[neg])
+        np.testing.assert_array_equal(in_hist[pos], sp.repeat[pos])
+
+
+def test_new_item_negatives_are_unseen_under_both_samplers(ml100k):
+    """ml-100k has no repeats: the two samplers draw the same kind of negative there."""
+    s = build_dicycle(ml100k, max_len=5, seed=3, negatives="own_history")
+    assert not any(sp.repeat.any() for sp in s.splits.values())
+    with pytest.raises(ConfigError, match="negatives must be one of"):
+        build_dicycle(ml100k, negatives="random")
 
 
 def test_seeded_and_resampled_negatives(ml100k):

@@ -239,3 +239,57 @@ def test_two_workers_need_a_shared_store(trained, capsys):
 
     assert main(["serve", "--run", trained.run_dir, "--store", "memory", "--workers", "2"]) == 2
     assert "needs a store the workers share" in capsys.readouterr().err
+
+
+def test_unknown_ids_get_the_oov_index_and_never_match_as_the_same_item(ranker):
+    """Unseen candidates and unseen history items map to the OOV index (not 0 = padding), and COUPA's
+    same-item kernel never fires between two unknown ids (before, both were 0 and it fired)."""
+    from edgerec.models.coupa import COUPA
+
+    spec = ranker.samples.spec
+    unknown = np.array([10**9, 10**9 + 1])
+    assert ranker.item_index(unknown).tolist() == [spec.oov_item] * 2
+    req = ranker.encode_request(10**9, 1767571200, {"hist_item": [10**9 + 5, 10**9 + 6], "hist_ts": [1767500000, 1767510000],
+                                                     "hist_position": [1, 2]})
+    assert req["hist_item"][0, -2:].tolist() == [spec.oov_item] * 2 and req["hist_mask"][0, -2:].all()
+    assert int(req["user"][0]) == spec.oov_user
+    torch.manual_seed(0)
+    model = COUPA(spec, embedding_dim=8, time_dim=8, pp_units=(16,), exam_units=(16,), mlp_units=(16,),
+                  pp_same_item=True).eval()
+    same_item_on = Ranker(model, ranker.samples, ranker.definition)
+    before = same_item_on.score(req, unknown)
+    with torch.no_grad():
+        model.time.self_excite.bias.fill_(5.0)  # a strong same-item term: would move the score if it fired
+    np.testing.assert_allclose(same_item_on.score(req, unknown), before, atol=1e-7)
+    known = np.array([int(ranker.samples.item_ids[0])])
+    req_known = ranker.encode_request(1, 1767571200, {"hist_item": [int(known[0])], "hist_ts": [1767500000],
+                                                      "hist_position": [1]})
+    with torch.no_grad():
+        model.time.self_excite.bias.fill_(0.0)
+    off = same_item_on.score(req_known, known)
+    with torch.no_grad():
+        model.time.self_excite.bias.fill_(5.0)
+    assert abs(same_item_on.score(req_known, known)[0] - off[0]) > 1e-4  # a known repeat does fire
+
+
+def test_cold_start_user_gets_stage_one_order(ranker, dataset):
+    service = RecommendService(ranker, CandidateIndex.from_dataset(dataset), MemoryStore())
+    out = service.recommend(10**12, ts=1767571200 + 8 * 3600, k=10)
+    assert out["cold_start"] and out["history_length"] == 0
+    pre = [it["prerank_score"] for it in out["items"]]
+    assert pre == sorted(pre, reverse=True) and [it["score"] for it in out["items"]] == pre
+    known = int(ranker.samples.user_ids[0])
+    assert not service.recommend(known, ts=1767571200 + 8 * 3600, k=10)["cold_start"]
+
+
+def test_candidate_index_for_evaluation_sees_only_the_training_period(ranker, dataset):
+    from edgerec.serve.service import training_cut
+
+    cut = training_cut(ranker.samples)
+    assert cut == ranker.samples.splits["valid"].ts.min() or cut <= ranker.samples.splits["valid"].ts.min()
+    full = CandidateIndex.from_dataset(dataset)
+    train = CandidateIndex.from_dataset(dataset, until_ts=cut)
+    ev = dataset.events
+    clicks = ev.column("label").to_numpy() == 1
+    before = clicks & (ev.column("ts").to_numpy() < cut)
+    assert train.slot_clicks.sum() == before.sum() < full.slot_clicks.sum() == clicks.sum()

@@ -18,6 +18,11 @@ token-level matching possible and is the "student's view" the teacher is put int
             to what the student can represent. Its bottom 4 layers stay frozen (their outputs are
             cached once per sentence: the CPU cost of a trainable teacher stays bounded).
 
+Teacher TARGETS (the logits, hidden states and attentions the student is matched against) come from
+the teacher in eval mode, dropout off, in all three methods (`teacher_targets`): cached for kd and
+tinybert, live for cross (its teacher changes as it trains); only cross's own teacher update runs
+with dropout, so the methods differ in the method, not in how noisy their targets are.
+
 Student init [C]: a PCA projection of the teacher. P = the top-H principal directions of the
 teacher's word-embedding table; embeddings E·P, each student layer j takes teacher
 layer map[j]'s matrices as Pᵀ·W·P (the FFN keeps its 4H rows of largest norm), heads W·P.
@@ -26,6 +31,7 @@ layer map[j]'s matrices as Pᵀ·W·P (the FFN keeps its 4H rows of largest norm
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -171,6 +177,42 @@ def _pad_att(items: list[torch.Tensor], T: int) -> torch.Tensor:
     return out
 
 
+def _teacher_top(teacher: EIBert, task: str, cached: list[dict], mask: torch.Tensor,
+                 n_frozen: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cross: the teacher's trainable top layers and head from the cached frozen part, in whatever
+    mode (train / eval) and grad state the caller has set. -> (pooled (B, 384), logits (B, C))."""
+    x = _pad_cached([c["mid"] for c in cached], mask.shape[1])  # (B, T, 384)
+    bias = (1.0 - mask[:, None, None, :].float()) * -1e4  # (B, 1, 1, T)
+    for layer in teacher.encoder.layers[n_frozen:]:
+        x, _ = layer(x, bias)  # (B, T, 384)
+    m = mask.unsqueeze(-1).float()  # (B, T, 1)
+    pooled = (x * m).sum(1) / m.sum(1)  # (B, 384)
+    return pooled, teacher.heads[task](teacher.drop(pooled))  # (B, 384), (B, C)
+
+
+@torch.no_grad()
+def teacher_targets(teacher: EIBert, task: str, cached: list[dict], mask: torch.Tensor, method: str,
+                    n_frozen: int, att_layers: Sequence[int] = ()) -> dict:
+    """What the student is matched against, for every method from the teacher in EVAL mode (no
+    dropout), so kd, tinybert and cross compare methods, not target noise. kd / tinybert: the
+    frozen teacher's cached outputs (teacher_cache runs it in eval mode); cross: a live forward of
+    the co-trained top layers (its teacher changes every step), in eval mode, the mode restored after.
+    -> logits (B, C); tinybert: hidden (B, T, 384), att [(B, T, T) for teacher layer i in att_layers];
+    cross: pooled (B, 384)."""
+    if method == "cross":
+        was_training = teacher.training
+        teacher.eval()
+        pooled, logits = _teacher_top(teacher, task, cached, mask, n_frozen)  # (B, 384), (B, C)
+        teacher.train(was_training)
+        return {"logits": logits, "pooled": pooled}
+    out = {"logits": torch.stack([c["logits"] for c in cached])}  # (B, C)
+    if method == "tinybert":
+        T = mask.shape[1]
+        out["hidden"] = _pad_cached([c["hidden"] for c in cached], T)  # (B, T, 384)
+        out["att"] = [_pad_att([c["att"][i] for c in cached], T) for i in att_layers]  # (B, T, T) each
+    return out
+
+
 def epoch_rows(enc: Encoded, epoch: int) -> np.ndarray | None:
     """Rotating copies: the rows of an augmented set that epoch `epoch` trains on, the copy
     epoch mod (number of copies) plus every row of group -1 (transfer sentences); None = all rows
@@ -242,36 +284,25 @@ def distill(student: EIBert, teachers: dict[str, EIBert], data_s: dict[str, dict
             kd_weight = 1.0 if soft else cfg.kd_weight
             ids, mask = pad([enc.ids[i] for i in idx])
             y = torch.from_numpy(enc.y[idx])
-            T = ids.shape[1]
             cached = [caches[task, split][i] for i in idx]
             out = student(ids, mask, task)
+            teacher = teachers[task]
+            tgt = teacher_targets(teacher, task, cached, mask, cfg.method, n_frozen, smap)  # eval mode, no grad
             loss = out["logits"].new_zeros(()) if soft else (1 - cfg.kd_weight) * F.cross_entropy(out["logits"], y)
-            if cfg.method in ("kd", "tinybert"):
-                t_logits = torch.stack([c["logits"] for c in cached])
-                loss = loss + kd_weight * _kd(out["logits"], t_logits, cfg.temperature)
+            loss = loss + kd_weight * _kd(out["logits"], tgt["logits"], cfg.temperature)
             if cfg.method == "tinybert":
-                m = mask.unsqueeze(-1).float()
-                th = _pad_cached([c["hidden"] for c in cached], T)
+                m = mask.unsqueeze(-1).float()  # (B, T, 1)
+                th = tgt["hidden"]  # (B, T, 384)
                 loss = loss + cfg.hidden_weight * (((extra["hid"](out["hidden"]) - th) ** 2) * m).sum() / (m.sum() * th.shape[-1])
                 mm = (mask.unsqueeze(1) * mask.unsqueeze(2)).float()  # (B, T, T)
-                for j, i in enumerate(smap):
-                    ta = _pad_att([c["att"][i] for c in cached], T)
-                    sa = out["attentions"][j].mean(1)
+                for j, ta in enumerate(tgt["att"]):  # ta (B, T, T): teacher layer smap[j]
+                    sa = out["attentions"][j].mean(1)  # (B, T, T)
                     loss = loss + cfg.attention_weight * (((sa - ta) ** 2) * mm).sum() / mm.sum()
             if cfg.method == "cross":
-                teacher = teachers[task]
-                teacher.train(not soft)
-                with torch.set_grad_enabled(not soft):
-                    x = _pad_cached([c["mid"] for c in cached], T)
-                    bias = (1.0 - mask[:, None, None, :].float()) * -1e4
-                    for layer in teacher.encoder.layers[n_frozen:]:
-                        x, _ = layer(x, bias)
-                    m = mask.unsqueeze(-1).float()
-                    t_pooled = (x * m).sum(1) / m.sum(1)  # (B, 384)
-                    t_logits = teacher.heads[task](teacher.drop(t_pooled))
-                loss = loss + kd_weight * _kd(out["logits"], t_logits.detach(), cfg.temperature)
-                loss = loss + cfg.hidden_weight * F.mse_loss(out["up"], t_pooled.detach())
-            if cfg.method == "cross" and not soft:
+                loss = loss + cfg.hidden_weight * F.mse_loss(out["up"], tgt["pooled"])  # (B, 384) vs (B, 384)
+            if cfg.method == "cross" and not soft:  # the teacher's own update: train mode (dropout), with grad
+                teacher.train()
+                _, t_logits = _teacher_top(teacher, task, cached, mask, n_frozen)  # (B, C)
                 shoes = F.cross_entropy(teacher.heads[task](out["up"].detach()), y)
                 mutual = F.kl_div(F.log_softmax(t_logits, -1), F.softmax(out["logits"].detach(), -1),
                                   reduction="batchmean")

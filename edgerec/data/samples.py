@@ -1,20 +1,43 @@
 """Sample builders: turn an EventDataset into train/validation/test CTR samples.
 
+One causal rule everywhere (`edgerec.features.definition.causal_end`): a behaviour enters a
+sample's history only if its time is STRICTLY before the target's, exactly as serving cuts a
+request's history. Clicks of the same second, request or basket are never history for each other.
+
 Two protocols:
-  * `dicycle` (dicycle.md section 5.3): per user, interactions sorted by time; the last one is the
-    test positive, the second-to-last the validation positive, every earlier one (with a non-empty
-    history) a training positive. Each positive gets one random negative: an item the user never
-    interacted with, with the same timestamp and history (so time features cannot leak the label).
-    Negatives are seeded; validation/test negatives are frozen, training negatives are either frozen
-    (`train_negatives: fixed`) or redrawn every epoch (`resample`).
+  * `dicycle` (dicycle.md section 5.3, leave-last-out): per user, positive interactions sorted by
+    time. The test positive is the user's last interaction; the validation positive is the last
+    interaction of the previous MOMENT (the latest timestamp strictly before the test's); training
+    positives are every interaction strictly before the validation moment that has a non-empty
+    history. Other interactions that share the test or validation timestamp (the rest of an
+    Instacart basket, ratings of the same second on ml-100k) are not targets: training never sees a
+    label from the evaluation moments. `min_events` counts a user's distinct timestamps.
+    Each positive gets one negative with the same timestamp and history (so neither can leak the
+    label), drawn by the `negatives` sampler:
+      - `own_history` (default): a positive whose item the user already had before (a repeat) gets
+        a negative from his own earlier history that he did not take at that moment (drawn in
+        proportion to how often it occurs there); a new-item positive gets a uniform item he never
+        took. So "the candidate is already in the history" says nothing about the label: it holds
+        for a pair's positive exactly when it holds for its negative.
+      - `uniform_unseen`: the literature's sampler, uniform among items the user never took (future
+        ones included). With repeat purchases it gives the label away (a candidate from the history
+        is always the positive); kept for comparison with published numbers.
+    Both coincide on logs without repeats (ml-100k). Negatives are seeded; validation/test
+    negatives are frozen, training negatives are fixed (`train_negatives: fixed`) or redrawn every
+    epoch (`resample`).
   * `impression`: for logs with exposures (Open Bandit, o2o-sim) every exposure is a sample with
     its click label and display position; history = the user's clicks strictly before it; split by
     time (first 80% of the time span for training, next 10% validation, last 10% test by default).
 
+Every split records per sample whether its pair's positive item (impression protocol: the
+exposed item) was already in the user's history (`Split.repeat`), for the `:repeat` / `:new`
+metric subsets (edgerec.train.metrics).
+
 Memory: behaviour sequences are stored once, concatenated and sorted by (user, ts); a sample
 stores only [hist_start, hist_end) into that store and `batches()` gathers the last L behaviours
-(left-padded with 0) per batch, vectorized. Item and user ids are re-indexed to 1..V (0 = padding
-or unknown).
+(left-padded with 0) per batch, vectorized. Item and user ids are re-indexed to 1..V; 0 is
+padding and V + 1 the out-of-vocabulary index (`FeatureSpec.oov_item`, `oov_user`) that serving
+maps never-seen ids to.
 """
 
 from __future__ import annotations
@@ -29,6 +52,7 @@ import torch
 
 from edgerec.data.schema import EventDataset
 from edgerec.errors import ConfigError
+from edgerec.features.definition import causal_ends, time_key
 from edgerec.features.spec import FeatureSpec
 from edgerec.features.time import pack_slots
 
@@ -45,9 +69,14 @@ class Split:
     hist_end: np.ndarray  # int64: one past the last behaviour before the target
     position: np.ndarray | None = None  # int64 1-based display position (impression protocol)
     event_row: np.ndarray | None = None  # int64 row of the sample in the dataset's events (impression protocol)
+    repeat: np.ndarray | None = None  # bool: the (pair's positive) item was in the user's history before ts
 
     def __len__(self) -> int:
         return len(self.label)
+
+    def metric_subsets(self) -> dict[str, np.ndarray]:
+        """Sample masks for the `:repeat` / `:new` metric subsets (empty when not recorded)."""
+        return {} if self.repeat is None else {"repeat": self.repeat, "new": ~self.repeat}
 
     def subset(self, idx: np.ndarray) -> "Split":
         return Split(**{k: (v[idx] if v is not None else None) for k, v in self.__dict__.items()})
@@ -135,7 +164,8 @@ def _index(values: np.ndarray, vocab: np.ndarray) -> np.ndarray:
 
 def _encode_side(table: pa.Table | None, key: str, vocab: np.ndarray, names: list[str],
                  kind: str) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-    """Categorical side features as codes aligned with the 1-based entity index (0 = unknown)."""
+    """Categorical side features as codes aligned with the 1-based entity index (0 = unknown; the
+    OOV index, one past the last entity, also gets 0)."""
     feats, sizes = {}, {}
     if not names:
         return feats, sizes
@@ -148,18 +178,21 @@ def _encode_side(table: pa.Table | None, key: str, vocab: np.ndarray, names: lis
         keys = table.column(key).to_numpy()
         col = pc.cast(table.column(name), pa.string()).to_numpy(zero_copy_only=False)
         cats, codes = np.unique(col.astype(str), return_inverse=True)
-        out = np.zeros(len(vocab) + 1, dtype=np.int64)
+        out = np.zeros(len(vocab) + 2, dtype=np.int64)  # padding, 1..V, OOV
         present = np.isin(keys, vocab)
         out[_index(keys[present], vocab)] = codes[present] + 1
         feats[name], sizes[name] = out, len(cats) + 1
     return feats, sizes
 
 
+NEGATIVE_SAMPLERS = ("own_history", "uniform_unseen")
+
+
 class NegativeSampler:
-    """Uniform negatives among items a user never interacted with (vectorized rejection)."""
+    """`uniform_unseen`: uniform negatives among items a user never took (vectorized rejection)."""
 
     def __init__(self, user: np.ndarray, item: np.ndarray, n_items: int, popularity: bool = False):
-        self.n_items = n_items
+        self.n_items = n_items  # real items are 1..n_items
         self.seen = np.unique(user * (n_items + 1) + item)  # sorted keys of (user, item) pairs
         # popularity = True: draw items in proportion to their interaction count (hard negatives that
         # remove the "popular vs random item" shortcut); items never interacted with are never drawn.
@@ -171,7 +204,7 @@ class NegativeSampler:
             return rng.integers(1, self.n_items + 1, n)
         return rng.choice(self.n_items, size=n, p=self.p) + 1
 
-    def sample(self, user: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def sample_users(self, user: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         out = self._draw(len(user), rng)
         for _ in range(1000):
             keys = user * (self.n_items + 1) + out
@@ -182,9 +215,63 @@ class NegativeSampler:
             out[clash] = self._draw(int(clash.sum()), rng)
         raise RuntimeError("could not draw negatives: some user has interacted with almost every item")
 
+    def sample(self, pos: "Split", rng: np.random.Generator) -> np.ndarray:
+        """(P,) a negative item for each positive of `pos`."""
+        return self.sample_users(pos.user, rng)
 
-def _with_negatives(pos: Split, sampler: NegativeSampler, rng: np.random.Generator) -> Split:
-    neg_item = sampler.sample(pos.user, rng)
+
+class OwnHistorySampler:
+    """`own_history`: repeat positives get an item from the user's own earlier history that he did
+    not take at that moment; new-item positives get a `uniform_unseen` negative (module docstring).
+
+    The history item is drawn from the positive's [hist_start, hist_end) (strictly earlier
+    behaviours), so in proportion to how often the user took it. When every earlier item was taken
+    again at that moment, the positive falls back to a uniform negative; `fallbacks` counts them."""
+
+    def __init__(self, store_user: np.ndarray, store_item: np.ndarray, store_ts: np.ndarray,
+                 uniform: NegativeSampler):
+        self.uniform = uniform
+        self.store_item = store_item
+        self.n_items = uniform.n_items
+        self.moments = np.unique(time_key(store_user, store_ts))  # sorted (user, ts) keys
+        moment = np.searchsorted(self.moments, time_key(store_user, store_ts))
+        self.taken = np.unique(moment * (self.n_items + 1) + store_item)  # (moment, item) pairs taken
+        self.fallbacks = 0
+
+    def _taken_at(self, user: np.ndarray, ts: np.ndarray, item: np.ndarray) -> np.ndarray:
+        moment = np.searchsorted(self.moments, time_key(user, ts))
+        keys = moment * (self.n_items + 1) + item
+        hit = np.minimum(np.searchsorted(self.taken, keys), len(self.taken) - 1)
+        return self.taken[hit] == keys
+
+    def sample(self, pos: "Split", rng: np.random.Generator, tries: int = 64) -> np.ndarray:
+        out = self.uniform.sample(pos, rng)  # (P,) new-item positives keep these
+        todo = np.flatnonzero(pos.repeat & (pos.hist_end > pos.hist_start))
+        for _ in range(tries):
+            if not len(todo):
+                break
+            lo, n = pos.hist_start[todo], pos.hist_end[todo] - pos.hist_start[todo]
+            cand = self.store_item[lo + (rng.random(len(todo)) * n).astype(np.int64)]  # (T,) a history item
+            ok = ~self._taken_at(pos.user[todo], pos.ts[todo], cand)
+            out[todo[ok]] = cand[ok]
+            todo = todo[~ok]
+        self.fallbacks = int(len(todo))
+        return out
+
+
+def _repeat_flags(store_user: np.ndarray, store_item: np.ndarray, store_ts: np.ndarray, n_items: int,
+                  user: np.ndarray, item: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """(Q,) True where the user took `item` strictly before `ts` (by the stored behaviours)."""
+    pair = store_user * (n_items + 2) + store_item
+    keys, first = np.unique(pair, return_index=True)  # the store is time-sorted per user: first = earliest
+    first_ts = store_ts[first]
+    q = user * (n_items + 2) + item
+    hit = np.minimum(np.searchsorted(keys, q), max(len(keys) - 1, 0))
+    return (keys[hit] == q) & (first_ts[hit] < ts) if len(keys) else np.zeros(len(q), bool)
+
+
+def _with_negatives(pos: Split, sampler, rng: np.random.Generator) -> Split:
+    neg_item = sampler.sample(pos, rng)
     n = len(pos)
     both = Split(
         user=np.concatenate([pos.user, pos.user]), item=np.concatenate([pos.item, neg_item]),
@@ -192,6 +279,7 @@ def _with_negatives(pos: Split, sampler: NegativeSampler, rng: np.random.Generat
         label=np.concatenate([np.ones(n, np.float32), np.zeros(n, np.float32)]),
         hist_start=np.concatenate([pos.hist_start, pos.hist_start]),
         hist_end=np.concatenate([pos.hist_end, pos.hist_end]),
+        repeat=np.concatenate([pos.repeat, pos.repeat]),  # the pair's positive was a repeat
     )
     # interleave so each positive sits next to its negative (stable order, nice for debugging)
     order = np.arange(2 * n).reshape(2, n).T.ravel()
@@ -204,26 +292,35 @@ def _with_negatives(pos: Split, sampler: NegativeSampler, rng: np.random.Generat
 
 def build_dicycle(ds: EventDataset, max_len: int = 50, seed: int = 0, min_events: int = 3,
                   item_features: list[str] | None = None, user_features: list[str] | None = None,
-                  train_negatives: str = "fixed", eval_negatives: str = "uniform") -> SampleSet:
-    """Leave-last-out CTR samples with 1 random negative per positive (see module docstring).
+                  train_negatives: str = "fixed", eval_negatives: str = "uniform",
+                  negatives: str = "own_history") -> SampleSet:
+    """Leave-last-out CTR samples with 1 negative per positive (see module docstring).
 
-    eval_negatives: 'uniform' (the paper's protocol) or 'popularity' (validation/test negatives drawn
-    in proportion to item popularity: a diagnostic that removes the popularity shortcut).
+    negatives: 'own_history' (default) or 'uniform_unseen' (the literature's sampler).
+    eval_negatives: 'uniform' (the paper's protocol) or 'popularity' (validation/test negatives for
+    new-item positives drawn in proportion to item popularity: a diagnostic that removes the
+    popularity shortcut).
     """
     if train_negatives not in ("fixed", "resample"):
         raise ConfigError(f"train_negatives must be 'fixed' or 'resample', got {train_negatives!r}")
     if eval_negatives not in ("uniform", "popularity"):
         raise ConfigError(f"eval_negatives must be 'uniform' or 'popularity', got {eval_negatives!r}")
+    if negatives not in NEGATIVE_SAMPLERS:
+        raise ConfigError(f"negatives must be one of {NEGATIVE_SAMPLERS}, got {negatives!r}")
     if min_events < 3:
-        raise ConfigError("min_events must be >= 3 (one test, one validation, one training target)")
+        raise ConfigError("min_events must be >= 3 (one test, one validation, one training moment)")
     e = ds.events.filter(pc.equal(ds.events.column("label"), 1))
     raw_user = e.column("user_id").to_numpy()
     raw_item = e.column("item_id").to_numpy()
     ts = e.column("ts").to_numpy()
     order = np.lexsort((np.arange(len(ts)), ts, raw_user))  # stable: ties keep file order
     raw_user, raw_item, ts = raw_user[order], raw_item[order], ts[order]
-    counts = np.bincount(np.unique(raw_user, return_inverse=True)[1])
-    keep_user = np.unique(raw_user)[counts >= min_events]
+    # distinct timestamps ("moments") per user: the split and min_events count moments
+    u_vals, u_inv = np.unique(raw_user, return_inverse=True)
+    key = time_key(u_inv, ts)
+    new_moment = np.r_[True, key[1:] != key[:-1]]
+    moments_per_user = np.bincount(u_inv, weights=new_moment).astype(np.int64)
+    keep_user = u_vals[moments_per_user >= min_events]
     keep = np.isin(raw_user, keep_user)
     raw_user, raw_item, ts = raw_user[keep], raw_item[keep], ts[keep]
 
@@ -235,34 +332,51 @@ def build_dicycle(ds: EventDataset, max_len: int = 50, seed: int = 0, min_events
     item = _index(raw_item, item_vocab)
     n_users, n_items = len(user_vocab), len(item_vocab)
 
-    # per-event rank k within its user and the user's first index in the store
-    first = np.flatnonzero(np.r_[True, user[1:] != user[:-1]])
-    n_per = np.diff(np.r_[first, len(user)])
-    start = np.repeat(first, n_per)
-    k = np.arange(len(user)) - start
-    n_u = np.repeat(n_per, n_per)
-    pos_split = np.where(k == n_u - 1, "test", np.where(k == n_u - 2, "valid", "train"))
-    pos_split[k == 0] = "none"  # first behaviour has no history: it is only history
+    # the store: every positive, sorted by (user, ts); targets see it through the causal cut
+    key = time_key(user, ts)
+    start = np.searchsorted(key, time_key(user, 0), side="left")  # (S,) the user's first behaviour
+    hist_end = causal_ends(key, key)  # (S,) behaviours strictly before each one
+    new_moment = np.r_[True, key[1:] != key[:-1]]
+    last_of_moment = np.r_[key[1:] != key[:-1], True]
+    moment = np.cumsum(new_moment) - 1  # global moment id
+    first_moment = moment[start]
+    m_rank = moment - first_moment  # 0 = the user's first moment
+    n_moments = np.bincount(user, weights=new_moment, minlength=n_users + 1).astype(np.int64)[user]
+    pos_split = np.full(len(user), "none", dtype=object)  # 'none': history only, never a target
+    pos_split[(m_rank >= 1) & (m_rank <= n_moments - 3)] = "train"
+    pos_split[last_of_moment & (m_rank == n_moments - 2)] = "valid"
+    pos_split[last_of_moment & (m_rank == n_moments - 1)] = "test"
+    repeat = _repeat_flags(user, item, ts, n_items, user, item, ts)
 
-    sampler = NegativeSampler(user, item, n_items)
-    eval_sampler = NegativeSampler(user, item, n_items, popularity=eval_negatives == "popularity")
+    uniform = NegativeSampler(user, item, n_items)
+    eval_uniform = NegativeSampler(user, item, n_items, popularity=eval_negatives == "popularity")
+    if negatives == "own_history":
+        sampler = OwnHistorySampler(user, item, ts, uniform)
+        eval_sampler = OwnHistorySampler(user, item, ts, eval_uniform)
+    else:
+        sampler, eval_sampler = uniform, eval_uniform
     rng = np.random.default_rng([seed, 104729])
-    splits, train_pos = {}, None
+    splits, train_pos, fallbacks = {}, None, {}
     for name in ("train", "valid", "test"):
         m = pos_split == name
         positive = Split(user=user[m], item=item[m], ts=ts[m], label=np.ones(int(m.sum()), np.float32),
-                         hist_start=start[m], hist_end=np.flatnonzero(m))
+                         hist_start=start[m], hist_end=hist_end[m], repeat=repeat[m])
         if name == "train":
             train_pos = positive
-        splits[name] = _with_negatives(positive, sampler if name == "train" else eval_sampler, rng)
+        chosen = sampler if name == "train" else eval_sampler
+        splits[name] = _with_negatives(positive, chosen, rng)
+        fallbacks[name] = getattr(chosen, "fallbacks", 0)
 
     item_feats, item_sizes = _encode_side(ds.items, "item_id", item_vocab, list(item_features or []), "item")
     user_feats, user_sizes = _encode_side(ds.users, "user_id", user_vocab, list(user_features or []), "user")
-    spec = FeatureSpec(n_users=n_users + 1, n_items=n_items + 1, max_len=max_len,
+    spec = FeatureSpec(n_users=n_users + 2, n_items=n_items + 2, max_len=max_len,
                        item_features=item_sizes, user_features=user_sizes, n_positions=0)
-    info = {"protocol": "dicycle", "users": n_users, "items": n_items, "behaviours": len(item),
-            "dropped_users_lt_min_events": int((counts < min_events).sum()),
-            **{f"{k}_samples": len(v) for k, v in splits.items()}}
+    info = {"protocol": "dicycle", "negatives": negatives, "users": n_users, "items": n_items,
+            "behaviours": len(item), "dropped_users_lt_min_events": int((moments_per_user < min_events).sum()),
+            "same_moment_not_targets": int(((pos_split == "none") & (m_rank >= 1)).sum()),
+            **{f"{k}_samples": len(v) for k, v in splits.items()},
+            **{f"{k}_repeat_share": round(float(v.repeat.mean()), 4) if len(v) else None for k, v in splits.items()},
+            **{f"{k}_negative_fallbacks": v for k, v in fallbacks.items()}}
     return SampleSet(spec, item, ts, splits, item_feats, user_feats, "dicycle", info,
                      _neg_sampler=sampler, _train_positive=train_pos,
                      resample_negatives=train_negatives == "resample", seed=seed,
@@ -291,10 +405,10 @@ def build_impressions(ds: EventDataset, max_len: int = 50, split_fractions=(0.8,
     clicks = np.flatnonzero(label == 1)
     c_order = clicks[np.lexsort((clicks, ts[clicks], user[clicks]))]
     s_user, s_item, s_ts = user[c_order], item[c_order], ts[c_order]
-    big = np.int64(1) << 36  # > any unix-second timestamp until year 4147
-    store_key = s_user * big + s_ts
-    hist_end = np.searchsorted(store_key, user * big + ts, side="left")  # strictly earlier clicks
-    hist_start = np.searchsorted(store_key, user * big, side="left")
+    store_key = time_key(s_user, s_ts)
+    hist_end = causal_ends(store_key, time_key(user, ts))  # strictly earlier clicks
+    hist_start = np.searchsorted(store_key, time_key(user, 0), side="left")
+    repeat = _repeat_flags(s_user, s_item, s_ts, len(item_vocab), user, item, ts)  # clicked it before
 
     lo, hi = ts.min(), ts.max()
     t1 = lo + (hi - lo) * split_fractions[0]
@@ -307,10 +421,10 @@ def build_impressions(ds: EventDataset, max_len: int = 50, split_fractions=(0.8,
         m = np.flatnonzero(which == i)
         splits[name] = Split(user=user[m], item=item[m], ts=ts[m], label=label[m],
                              hist_start=hist_start[m], hist_end=hist_end[m], position=position[m],
-                             event_row=m.astype(np.int64))
+                             event_row=m.astype(np.int64), repeat=repeat[m])
     item_feats, item_sizes = _encode_side(ds.items, "item_id", item_vocab, list(item_features or []), "item")
     user_feats, user_sizes = _encode_side(ds.users, "user_id", user_vocab, list(user_features or []), "user")
-    spec = FeatureSpec(n_users=len(user_vocab) + 1, n_items=len(item_vocab) + 1, max_len=max_len,
+    spec = FeatureSpec(n_users=len(user_vocab) + 2, n_items=len(item_vocab) + 2, max_len=max_len,
                        item_features=item_sizes, user_features=user_sizes, n_positions=n_pos + 1)
     info = {"protocol": "impression", "users": len(user_vocab), "items": len(item_vocab),
             "split_time_cuts": [int(t1), int(t2)], **{f"{k}_samples": len(v) for k, v in splits.items()},

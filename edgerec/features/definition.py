@@ -22,6 +22,8 @@ from __future__ import annotations
 import bisect
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
 from edgerec.errors import DataFormatError
 from edgerec.features.time import SECONDS_PER_DAY, SECONDS_PER_HOUR
 
@@ -65,6 +67,32 @@ class Event:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def causal_end(sorted_ts: list[int], now: int) -> int:
+    """THE causal cut: how many behaviours of a time-sorted history a request at `now` may see.
+
+    A behaviour is visible only if its time is STRICTLY before the request's (a click in the same
+    second, the same request or the same basket is not history yet). Serving reads it through
+    `FeatureDefinition.user_features`; the sample builders through `causal_ends`, its vectorized
+    twin; tests/test_samples.py checks the two agree event by event."""
+    return bisect.bisect_left(sorted_ts, now)
+
+
+_USER_STRIDE = np.int64(1) << 36  # > any unix-second timestamp until year 4147
+
+
+def time_key(user: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """(user, ts) -> one sortable int64 key: user-major, then time (ts must be >= 0)."""
+    return np.asarray(user, dtype=np.int64) * _USER_STRIDE + np.asarray(ts, dtype=np.int64)
+
+
+def causal_ends(store_key: np.ndarray, query_key: np.ndarray) -> np.ndarray:
+    """`causal_end` for many queries at once over one sorted behaviour store.
+
+    store_key (S,) sorted `time_key`s of the stored behaviours, query_key (Q,) the same
+    key of each request -> (Q,) one past the last behaviour of that user strictly before it."""
+    return np.searchsorted(store_key, query_key, side="left")
 
 
 def hour_of_week(ts: int) -> int:
@@ -136,7 +164,7 @@ class FeatureDefinition:
 
     def user_features(self, s: UserState, now: int) -> dict:
         """What a model reads for a request at `now`: only behaviour strictly before it."""
-        k = bisect.bisect_left(s.recent_ts, now)
+        k = causal_end(s.recent_ts, now)
         total = max(sum(s.position_clicks), 1)
         return {"hist_item": s.recent_item[:k], "hist_ts": s.recent_ts[:k], "hist_position": s.recent_position[:k],
                 "slot_clicks": list(s.slot_clicks), "position_click_share": [c / total for c in s.position_clicks],

@@ -58,6 +58,8 @@ class COUPA(CTRModel):
         if mark_feature is not None and mark_feature not in spec.item_features:
             raise ValueError(f"mark_feature {mark_feature!r} is not an item feature of the samples "
                              f"({sorted(spec.item_features)}); add it to data.item_features")
+        if mark_feature is not None and spec.item_features[mark_feature] < 2:
+            raise ValueError(f"mark_feature {mark_feature!r} has no categories besides 0 = unknown")
         self.emb = FeatureEmbedding(spec, embedding_dim, use_user_id=use_user_id)
         d, du = self.emb.item_dim, self.emb.user_dim
         self.position_mode = position_mode
@@ -67,7 +69,9 @@ class COUPA(CTRModel):
         self.pp_events, self.pp_mc_points, self.mark_feature = pp_events, pp_mc_points, mark_feature
         self.pp_same_item = use_point_process and pp_same_item
         if use_point_process:
-            n_marks = 0 if pp_loss_weight <= 0 else (spec.item_features[mark_feature] if mark_feature else 1)
+            # the likelihood's marks are the side feature's real categories, code - 1 (see forward): its
+            # compensator Σ_c ∫λ_c must sum over exactly the marks that can occur, not over code 0 = unknown
+            n_marks = 0 if pp_loss_weight <= 0 else (spec.item_features[mark_feature] - 1 if mark_feature else 1)
             self.time = PointProcessIntensity(d, du, time_dim, pp_units, harmonics, use_decay=pp_decay, n_marks=n_marks,
                                               excitation=pp_excitation, same_item=pp_same_item)
             self.interest = None
@@ -89,8 +93,15 @@ class COUPA(CTRModel):
         e_k = self.emb.history(batch, packed)  # (N, d)
         e_u = self.emb.user(batch)  # (B, du) or None
         hist = self.time.history_side(batch["ts"], e_k, packed.pack(batch["hist_ts"]), packed) if self.time else e_k
-        same = packed.pack(batch["hist_item"]) == packed.rows(batch["item"]) if self.pp_same_item else None  # (N,)
+        same = self.same_item(packed.pack(batch["hist_item"]), packed.rows(batch["item"])) \
+            if self.pp_same_item else None  # (N,)
         return self._score(batch, e_i, hist, packed, e_u, same=same)
+
+    def same_item(self, hist_item: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
+        """Which history events are the target item, for the same-item kernel: broadcasting ==, except
+        that the out-of-vocabulary index never matches. Two ids the run never saw both map to
+        spec.oov_item; they are not known to be the same item, so no repurchase may be read off them."""
+        return (hist_item == item) & (item != self.spec.oov_item)
 
     def _score(self, batch, e_i, hist, packed: PackedHistory | None, e_u, pp: dict | None = None,
                same: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -144,7 +155,7 @@ class COUPA(CTRModel):
         e_i = self.emb.target(batch)  # (C, d)
         e_u = None if cache["e_user"] is None else cache["e_user"].expand(C, -1)
         if self.time is not None:  # dense over (C, N): one history, no tiling
-            same = items[:, None] == cache["hist_item"][None] if self.pp_same_item else None  # (C, N)
+            same = self.same_item(cache["hist_item"][None], items[:, None]) if self.pp_same_item else None  # (C, N)
             pp = self.time.target_side_one_history(e_i, batch["ts"], cache["hist"], e_u, same)
             return torch.sigmoid(self._score(batch, e_i, None, None, e_u, pp=pp)["z"])
         packed = PackedHistory(cache["mask"].expand(C, -1))  # every candidate row sees the same history

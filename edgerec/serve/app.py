@@ -27,7 +27,10 @@ from edgerec.features.store import LateEventError
 
 class RecommendRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    user_id: int = Field(..., ge=0, description="raw user id; unknown users get a cold-start ranking")
+    user_id: int = Field(..., ge=0, description="raw user id. Cold start: a user the model never saw and with "
+                         "no online history gets stage 1's order (popularity in this hour of the week x online "
+                         "CTR, cold_start = true); one with online history is ranked by the model without a "
+                         "user vector")
     ts: int | None = Field(None, ge=0, description="request time, unix seconds (default: now)")
     channel: str = Field("all", description="'all' or one item category, e.g. 'coffee'")
     n_candidates: int = Field(200, ge=1, le=5000, description="stage-1 candidates passed to stage 2")
@@ -35,7 +38,8 @@ class RecommendRequest(BaseModel):
 
 class RankedItem(BaseModel):
     item_id: int
-    score: float = Field(description="stage-2 relevance (the model's served score, no position)")
+    score: float = Field(description="stage-2 relevance (the model's served score, no position); for a cold-start "
+                                     "reply, the stage-1 score")
     prerank_score: float = Field(description="stage-1 time-slot share x online CTR")
     title: str
 
@@ -45,6 +49,7 @@ class RecommendResponse(BaseModel):
     channel: str
     n_candidates: int
     history_length: int
+    cold_start: bool = Field(description="true: unknown user without history, ranked by stage 1 alone")
     items: list[RankedItem]
     timing_ms: dict[str, float]
 

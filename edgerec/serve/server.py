@@ -42,6 +42,7 @@ class ServiceRecipe:
     topic: str = "edgerec-events"
     threads: int = 1
     seed: int = 0
+    index_period: str = "all"  # stage 1's click counts: 'all' (live service) | 'train' (offline evaluation)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -92,13 +93,16 @@ def build_service(recipe: ServiceRecipe, ranker=None, dataset: str | None = None
 
     from edgerec.data import registry
     from edgerec.features.store import open_store
-    from edgerec.serve.service import CandidateIndex, FileEventSink, RecommendService
+    from edgerec.serve.service import CandidateIndex, FileEventSink, RecommendService, training_cut
 
     torch.set_num_threads(recipe.threads)
     if ranker is None:
         ranker, dataset = build_ranker(recipe)
+    if recipe.index_period not in ("all", "train"):
+        raise EdgerecError(f"index_period must be 'all' or 'train', got {recipe.index_period!r}")
     store = open_store(recipe.store)
-    index = CandidateIndex.from_dataset(registry.load(dataset))
+    until = training_cut(ranker.samples) if recipe.index_period == "train" else None
+    index = CandidateIndex.from_dataset(registry.load(dataset), until_ts=until)
     if recipe.kafka:
         from edgerec.serve.kafka import KafkaEventSink, ensure_topic
 

@@ -52,14 +52,19 @@ class Ranker:
         return cls(model, samples, d)
 
     def item_index(self, raw: np.ndarray) -> np.ndarray:
-        """Raw item ids -> the model's 1-based indices; 0 for items the model never saw."""
+        """Raw item ids -> the model's 1-based indices; the OOV index for items the model never saw
+        (never 0: that is padding, and a masked-in padding slot would be a behaviour of "item 0")."""
         i = np.searchsorted(self.item_ids, raw)
         ok = (i < len(self.item_ids)) & (self.item_ids[np.minimum(i, len(self.item_ids) - 1)] == raw)
-        return np.where(ok, i + 1, 0).astype(np.int64)
+        return np.where(ok, i + 1, self.samples.spec.oov_item).astype(np.int64)
 
     def user_index(self, raw: int) -> int:
+        """Raw user id -> index; the OOV user for users the run never saw (cold start)."""
         i = int(np.searchsorted(self.user_ids, raw))
-        return i + 1 if i < len(self.user_ids) and self.user_ids[i] == raw else 0
+        return i + 1 if i < len(self.user_ids) and self.user_ids[i] == raw else self.samples.spec.oov_user
+
+    def knows_user(self, raw: int) -> bool:
+        return self.user_index(raw) != self.samples.spec.oov_user
 
     def encode_request(self, user_id: int, ts: int, feats: dict) -> dict[str, torch.Tensor]:
         """Online features (FeatureDefinition.user_features) -> a batch of 1 in the training layout:
@@ -122,7 +127,12 @@ class CandidateIndex:
     slot_clicks: np.ndarray  # (N, 168) clicks per hour of the week
 
     @classmethod
-    def from_dataset(cls, ds) -> "CandidateIndex":
+    def from_dataset(cls, ds, until_ts: int | None = None) -> "CandidateIndex":
+        """The catalogue and its hour-of-week click counts from the log's clicks before `until_ts`.
+
+        Evaluating a model offline (a bench, a parity test against held-out events) must pass the
+        training period's end (`training_cut`), so stage 1 knows nothing of the test period; the live
+        service passes None and uses the whole log it was given (docs/design.md, "Serving")."""
         items = ds.items
         if items is None or "item_id" not in items.column_names:
             raise EdgerecError(f"{ds.name}: serving needs an item table (item_id, title, category).")
@@ -135,6 +145,8 @@ class CandidateIndex:
                   if "title" in items.column_names else [str(i) for i in ids])
         ev = ds.events
         clicked = ev.column("label").to_numpy() == 1
+        if until_ts is not None:
+            clicked &= ev.column("ts").to_numpy() < until_ts
         it = ev.column("item_id").to_numpy()[clicked]
         how = np.asarray([hour_of_week(int(t)) for t in ev.column("ts").to_numpy()[clicked]], dtype=np.int64)
         counts = np.zeros((len(ids), HOURS_PER_WEEK), dtype=np.float64)
@@ -164,6 +176,16 @@ class CandidateIndex:
         return self.item_ids[top], score[top]
 
 
+def training_cut(samples) -> int:
+    """First timestamp after the training period of a SampleSet: stage 1's statistics for evaluation
+    come from strictly before it (impression protocol: the train/valid time cut; dicycle protocol:
+    the earliest validation target)."""
+    cuts = samples.info.get("split_time_cuts")
+    if cuts:
+        return int(cuts[0])
+    return int(samples.splits["valid"].ts.min())
+
+
 class RecommendService:
     """Stage 1 + stage 2 over the online store; feedback goes to the event sink (stream)."""
 
@@ -173,6 +195,12 @@ class RecommendService:
 
     def recommend(self, user_id: int, ts: int | None = None, channel: str = "all", n_candidates: int = 200,
                   k: int = 20) -> dict:
+        """Top-k for a user at time ts (now when None).
+
+        Cold start: a user the model never saw AND with no online history gets stage 1's order as
+        it is (popularity in this hour of the week x online CTR; `cold_start: true` in the reply). A
+        user the model never saw but with online history is ranked by stage 2 with the OOV user
+        index (no user vector) and that history."""
         ts = int(time.time()) if ts is None else int(ts)
         t0 = time.perf_counter()
         state = self.store.user(user_id)
@@ -184,12 +212,16 @@ class RecommendService:
         order1 = np.argsort(-pre, kind="stable")
         cand, pre = cand[order1], pre[order1]
         t2 = time.perf_counter()
-        req = self.ranker.encode_request(user_id, ts, feats)
-        scores = self.ranker.score(req, cand)
+        cold = not feats["hist_item"] and not self.ranker.knows_user(user_id)
+        if cold:
+            scores = pre
+        else:
+            req = self.ranker.encode_request(user_id, ts, feats)
+            scores = self.ranker.score(req, cand)
         order = np.argsort(-scores, kind="stable")[:k]
         t3 = time.perf_counter()
         return {"user_id": user_id, "ts": ts, "channel": channel, "n_candidates": int(len(cand)),
-                "history_length": len(feats["hist_item"]),
+                "history_length": len(feats["hist_item"]), "cold_start": cold,
                 "items": [{"item_id": int(cand[j]), "score": float(scores[j]), "prerank_score": float(pre[j]),
                            "title": self._title.get(int(cand[j]), "")} for j in order],
                 "timing_ms": {"features": 1e3 * (t1 - t0), "stage1": 1e3 * (t2 - t1), "stage2": 1e3 * (t3 - t2)}}

@@ -43,7 +43,8 @@ class DataConfig:
     user_features: list[str] = field(default_factory=list)  # categorical user side features
     train_negatives: str = "fixed"  # dicycle protocol: fixed | resample (every epoch)
     eval_negatives: str = "uniform"  # dicycle protocol: uniform | popularity (validation/test negatives)
-    min_events: int = 3  # dicycle protocol: users with fewer interactions are dropped
+    negatives: str = "own_history"  # dicycle protocol: own_history | uniform_unseen (edgerec.data.samples)
+    min_events: int = 3  # dicycle protocol: users with fewer distinct interaction times are dropped
     split_fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])  # impression protocol
     max_position: int | None = None  # impression protocol: clip positions above this
 

@@ -42,7 +42,7 @@ def build_samples(cfg: ExperimentConfig) -> SampleSet:
                   seed=cfg.train.seed)
     if cfg.protocol == "dicycle":
         return PROTOCOLS["dicycle"](ds, min_events=d.min_events, train_negatives=d.train_negatives,
-                                    eval_negatives=d.eval_negatives, **common)
+                                    eval_negatives=d.eval_negatives, negatives=d.negatives, **common)
     return PROTOCOLS["impression"](ds, split_fractions=tuple(d.split_fractions), max_position=d.max_position, **common)
 
 

@@ -9,6 +9,10 @@ Conventions (tested against scikit-learn and brute force in tests/test_metrics.p
            ranking within each group (user or request); groups without a positive are skipped;
            binary relevance; ties are broken pessimistically (a positive is ranked after every
            negative with the same score), so a constant predictor gets no credit.
+  NAME:SUBSET
+           any metric above on a subset of the samples that the split names (`Split.metric_subsets`):
+           `GAUC:repeat` over the pairs whose positive item the user had before ("which of his usual
+           items now"), `GAUC:new` over the rest. NaN when the subset is empty.
 """
 
 from __future__ import annotations
@@ -114,6 +118,7 @@ LOWER_IS_BETTER = {"logloss"}
 
 
 def parse_metric(name: str) -> tuple[str, int | None]:
+    name = name.split(":", 1)[0]
     m = re.fullmatch(r"(NDCG|HR)@(\d+)", name)
     if m:
         return m.group(1), int(m.group(2))
@@ -122,10 +127,22 @@ def parse_metric(name: str) -> tuple[str, int | None]:
     raise ValueError(f"unknown metric {name!r}; known: {', '.join(METRIC_NAMES)} (e.g. NDCG@10)")
 
 
-def evaluate(names: list[str], y: np.ndarray, p: np.ndarray, group: np.ndarray | None = None) -> dict[str, float]:
+def evaluate(names: list[str], y: np.ndarray, p: np.ndarray, group: np.ndarray | None = None,
+             subsets: dict[str, np.ndarray] | None = None) -> dict[str, float]:
+    """Each metric of `names` on (labels y, scores p, group ids); NAME:SUBSET on the samples where
+    the boolean mask subsets[SUBSET] is True."""
     out = {}
     for name in names:
         base, k = parse_metric(name)
+        if ":" in name:
+            sub = name.split(":", 1)[1]
+            if sub not in (subsets or {}):
+                raise ValueError(f"metric {name}: this split has no subset {sub!r}; it has "
+                                 f"{sorted(subsets or {}) or 'none'} (subsets come from the dicycle and impression protocols)")
+            m = subsets[sub]
+            out[name] = evaluate([name.split(":", 1)[0]], y[m], p[m], None if group is None else group[m])[
+                name.split(":", 1)[0]] if m.any() else float("nan")
+            continue
         if base in _SIMPLE:
             out[name] = _SIMPLE[base](y, p)
         elif group is None:

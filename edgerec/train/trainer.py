@@ -116,7 +116,7 @@ def predict(model: CTRModel, samples: SampleSet, split: str, batch_size: int = 8
 def evaluate_split(model: CTRModel, samples: SampleSet, split: str, metrics: list[str],
                    batch_size: int = 8192) -> dict[str, float]:
     y, p, user = predict(model, samples, split, batch_size)
-    return evaluate(metrics, y, p, user)
+    return evaluate(metrics, y, p, user, samples.splits[split].metric_subsets())
 
 
 class Trainer:
@@ -171,7 +171,7 @@ class Trainer:
             record = {"epoch": epoch + 1, "train_loss": loss_sum / max(n_batches, 1), **{f"valid_{k}": v for k, v in valid.items()}}
             history.append(record)
             score = sign * valid[cfg.monitor]
-            improved = score > best
+            improved = score > best  # False for NaN: an epoch with an undefined metric never becomes the best
             self.log(f"  epoch {epoch + 1:>2}  loss {record['train_loss']:.4f}  "
                      + "  ".join(f"{k} {v:.4f}" for k, v in valid.items()) + ("  *" if improved else ""))
             if improved:
@@ -181,11 +181,22 @@ class Trainer:
                 bad_epochs += 1
                 if bad_epochs >= cfg.patience:
                     break
-        if best_state is not None:
-            model.load_state_dict(best_state)
+        if best_epoch < 0:
+            raise ConfigError(_no_best_epoch_message(cfg.monitor, len(history)))
+        model.load_state_dict(best_state)
         model.to("cpu")  # callers (test evaluation, checkpoints, serving) get a CPU model back
         valid_best = {k[len("valid_"):]: v for k, v in history[best_epoch - 1].items() if k.startswith("valid_")}
         return FitResult(best_epoch, valid_best, history, t_train, n_seen / max(t_train, 1e-9))
+
+
+def _no_best_epoch_message(monitor: str, epochs: int) -> str:
+    """Why no epoch could be picked: without this check `history[best_epoch - 1]` with best_epoch = -1
+    would silently report the second-to-last epoch as the best one."""
+    return (f"train.monitor={monitor!r} was NaN on the validation split in every epoch ({epochs} run), so no "
+            f"epoch can be picked as the best. The metric is undefined there: most likely the validation split "
+            f"has a single class (only clicks or only non-clicks; for per-user metrics such as GAUC, no user "
+            f"with both), e.g. because it is too small. Monitor another metric of train.metrics (e.g. "
+            f"--set train.monitor=logloss) or use a larger validation split.")
 
 
 def save_checkpoint(run_dir: str | Path, model: CTRModel, config: dict) -> None:

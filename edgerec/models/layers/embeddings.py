@@ -3,6 +3,10 @@
 The target item and the history share one table per feature (item id, and each item side
 feature), so an item means the same vector in both places. Each item-side vector is the
 concatenation [item id emb ; side feature embs], of size item_dim.
+
+Row 0 of every table is padding (zero, never trained). The item and user-id tables' last row is
+the out-of-vocabulary index (FeatureSpec.oov_item / oov_user): training never sees it, so it stays
+zero, and an id the run never saw reads as "nothing known" rather than as a random vector.
 """
 
 from __future__ import annotations
@@ -29,6 +33,10 @@ class FeatureEmbedding(nn.Module):
             nn.init.normal_(emb.weight, std=0.01)
             with torch.no_grad():
                 emb.weight[0].zero_()
+        with torch.no_grad():  # the OOV rows
+            self.item.weight[spec.oov_item].zero_()
+            if use_user_id:
+                self.user_side["__id__"].weight[spec.oov_user].zero_()
 
     def target(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, item_dim)"""
