@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pytest
 import torch
 
 from edgerec.data.samples import build_impressions
+from edgerec.features.spec import FeatureSpec
 from edgerec.models.coupa import COUPA
 from edgerec.models.layers.point_process import PointProcessIntensity, cyclic_features
 from edgerec.models.layers.position import ExaminationModel, click_position_profile
@@ -285,3 +288,236 @@ def test_two_stage_serving_equals_one_pass(imp, use_pp, history, decay, excitati
     with torch.no_grad():
         single = model(full)["y_pred"]
     assert (two_stage - single).abs().max() <= 1e-5
+
+
+# ---- evaluation integrity: marks, causality, out-of-vocabulary ids, what each switch removes
+
+def test_likelihood_marks_are_exactly_the_categories_that_occur(imp):
+    """The compensator Σ_c ∫λ_c integrates every mark of the table: the table must hold the side
+    feature's real categories (codes 1.., fed as code - 1), not also a mark for code 0 = unknown that
+    no event ever has."""
+    model = COUPA(imp.spec, embedding_dim=8, time_dim=8, pp_loss_weight=0.1, mark_feature="category_id",
+                  position_mode="none")
+    codes = imp.item_feats["category_id"][1:]  # (n_items - 1,) the real items' category codes
+    occurring = set((codes[codes > 0] - 1).tolist())  # the marks the likelihood can be fed
+    assert set(range(model.time.marks.num_embeddings)) == occurring
+    assert model.time.marks.num_embeddings == imp.spec.item_features["category_id"] - 1
+
+
+def _with_events_at(b: dict, offsets_s: list[int], real: bool) -> dict:
+    """`b` with history slots appended (most recent last), one per offset, at the target's own time
+    + offset and of the target item itself (so the same-item term would fire); real=False: the same
+    slots as padding. Both versions have the same (B, L + k) layout."""
+    from edgerec.features.time import pack_slots
+
+    B, k = len(b["item"]), len(offsets_s)
+    extra = {"hist_item": b["item"][:, None].expand(-1, k),
+             "hist_ts": b["ts"][:, None] + torch.tensor(offsets_s)[None],
+             "hist_mask": torch.full((B, k), real),
+             "hist_category_id": b["item_category_id"][:, None].expand(-1, k),
+             "hist_position": torch.ones(B, k, dtype=torch.int64)}  # (B, k) each
+    extra["hist_slots"] = pack_slots(extra["hist_ts"])
+    return {**b, **{n: torch.cat([b[n], v.to(b[n].dtype)], 1) for n, v in extra.items()}}
+
+
+@pytest.mark.parametrize("excitation,same_item", [("attention", False), ("sum", False), ("attention", True)])
+def test_events_at_or_after_the_target_time_do_not_score(imp, excitation, same_item):
+    """The likelihood (dense path) only reads events strictly before t; the scoring paths must too: a
+    history event with Δt = 0 (logged with the target's own timestamp) or Δt < 0 scores exactly like
+    padding, in the training forward and in two-stage serving."""
+    torch.manual_seed(0)
+    model = COUPA(imp.spec, embedding_dim=8, time_dim=8, position_mode="none", pp_excitation=excitation,
+                  pp_same_item=same_item).eval()
+    if same_item:
+        _nonzero_self_kernel(model.time)
+    sp = imp.splits["train"]
+    batch = imp.make_batch(sp, np.flatnonzero(sp.hist_end - sp.hist_start >= 2)[:8])  # something to attend
+    with_events = _with_events_at(batch, [0, 3600], real=True)
+    padding = _with_events_at(batch, [0, 3600], real=False)
+    with torch.no_grad():
+        got, want = model(with_events), model(padding)
+    torch.testing.assert_close(got["y_pred"], want["y_pred"], rtol=0, atol=0)
+    assert torch.all(got["attention"][:, -2:] == 0)
+
+    def served(b, row):  # serve_user + serve_candidates for one request of `b`, its own item first
+        one = {k: v[row:row + 1] for k, v in b.items()}
+        cache = model.serve_user({k: v for k, v in one.items() if k not in ("item", "label", "position")})
+        items = torch.cat([one["item"], torch.arange(1, 20)])  # (C,)
+        codes = torch.from_numpy(imp.item_feats["category_id"])[items]
+        return model.serve_candidates(cache, items, {"category_id": codes})
+
+    for row in range(len(batch["item"])):
+        torch.testing.assert_close(served(with_events, row), served(padding, row), rtol=0, atol=0)
+
+
+def test_packed_and_dense_intensity_ignore_the_same_events():
+    """Layer level: an event at the query time or later takes no attention and no excitation in the
+    packed, the one-history (serving) and the dense path alike."""
+    torch.manual_seed(0)
+    pp = PointProcessIntensity(8, time_dim=8, units=(16,), same_item=True)
+    _nonzero_self_kernel(pp)
+    ts, hist_ts, mask, e_hist, e_t = _history()
+    hist_ts = hist_ts.clone()
+    hist_ts[:, -1] = ts  # the most recent event at the query time ...
+    hist_ts[1, -2] = ts[1] + 600  # ... and one after it
+    same_dense = torch.ones(*mask.shape, dtype=torch.bool)  # every event is the target item
+    causal = mask & (hist_ts < ts[:, None])  # (B, L) what the intensity may read
+    dense = pp.dense_log_intensity(e_t[:, None], ts[:, None], e_hist, hist_ts, mask, same=same_dense[:, None])
+    for m in (mask, causal):
+        packed = PackedHistory(m)
+        out = pp(e_t, ts, packed.pack(e_hist), packed.pack(hist_ts), packed, same=packed.pack(same_dense))
+        torch.testing.assert_close(out["log_intensity"], dense[:, 0], rtol=1e-5, atol=1e-5)
+    for b in range(len(ts)):  # serving: the 5 candidates e_t[b] + noise against row b's history
+        packed = PackedHistory(mask[b:b + 1])
+        hist = pp.serving_history(pp.history_side(ts[b:b + 1], packed.pack(e_hist[b:b + 1]),
+                                                  packed.pack(hist_ts[b:b + 1]), packed))
+        cand = e_t[b] + 0.1 * torch.randn(5, 8)
+        one = pp.target_side_one_history(cand, ts[b].expand(5), hist, same=torch.ones(5, int(mask[b].sum()),
+                                                                                       dtype=torch.bool))
+        ref = pp.dense_log_intensity(cand[None], ts[b].expand(1, 5), e_hist[b:b + 1], hist_ts[b:b + 1],
+                                     mask[b:b + 1], same=same_dense[b:b + 1, None].expand(1, 5, -1))[0]
+        torch.testing.assert_close(one["log_intensity"], ref, rtol=1e-5, atol=1e-5)
+
+
+def _one_request(target: int, hist_items: list[int]) -> dict[str, torch.Tensor]:
+    """A batch of one sample, its history one event per hour before the target time."""
+    L, ts = len(hist_items), torch.tensor([1_700_000_000])
+    return {"user": torch.tensor([1]), "item": torch.tensor([target]), "ts": ts, "label": torch.tensor([1.0]),
+            "hist_item": torch.tensor([hist_items]), "hist_ts": ts[:, None] - 3600 * torch.arange(L, 0, -1)[None],
+            "hist_mask": torch.ones(1, L, dtype=torch.bool)}
+
+
+def _same_item_model(spec: FeatureSpec, twins: dict[int, int], same_item: bool = True) -> COUPA:
+    """COUPA (with a non-zero same-item kernel when same_item is on) in which each `twins` pair
+    item -> twin shares one embedding: swapping one for the other in a history can then only matter
+    through the exact-match (same-item) term."""
+    torch.manual_seed(0)
+    model = COUPA(spec, embedding_dim=8, time_dim=8, position_mode="none", pp_same_item=same_item).eval()
+    if same_item:
+        _nonzero_self_kernel(model.time)
+    with torch.no_grad():
+        for item, twin in twins.items():
+            model.emb.item.weight[twin] = model.emb.item.weight[item]
+    return model
+
+
+def _served(model: COUPA, request: dict, items: torch.Tensor) -> torch.Tensor:
+    cache = model.serve_user({k: v for k, v in request.items() if k not in ("item", "label")})
+    return model.serve_candidates(cache, items)
+
+
+def test_out_of_vocabulary_ids_never_match_each_other():
+    """Every id the run never saw maps to spec.oov_item: an unknown candidate against unknown history
+    items is not a repurchase, so the same-item kernel must not fire for it (training forward and
+    serving), while a known item against itself still does."""
+    spec = FeatureSpec(n_users=4, n_items=10, max_len=4)
+    oov, other = spec.oov_item, 8  # `other`: a known item with the OOV embedding, never equal to oov
+    model = _same_item_model(spec, {oov: other})
+    oov_hist, other_hist = _one_request(oov, [oov] * 4), _one_request(oov, [other] * 4)
+    with torch.no_grad():
+        torch.testing.assert_close(model(oov_hist)["y_pred"], model(other_hist)["y_pred"], rtol=0, atol=0)
+        items = torch.tensor([oov, 3])  # (C,) an unknown and a known candidate
+        torch.testing.assert_close(_served(model, oov_hist, items), _served(model, other_hist, items),
+                                   rtol=0, atol=0)
+        assert not model.same_item(oov_hist["hist_item"], oov_hist["item"][:, None]).any()
+        # the check can fail: the known item against its own history does fire the kernel
+        fires = model(_one_request(other, [other] * 4))["y_pred"]
+        assert not torch.allclose(fires, model(_one_request(other, [oov] * 4))["y_pred"])
+
+
+@pytest.mark.parametrize("same_item", [False, True])
+def test_pp_same_item_false_ignores_which_history_item_is_the_target(same_item):
+    """pp_same_item = False removes the exact-match input: with twin items (equal embeddings) the
+    score cannot tell the target item from its twin in the history; with the term on it can."""
+    spec = FeatureSpec(n_users=4, n_items=10, max_len=4)
+    model = _same_item_model(spec, {3: 7}, same_item=same_item)
+    bought, twin = _one_request(3, [3, 5, 3, 6]), _one_request(3, [7, 5, 7, 6])
+    with torch.no_grad():
+        a, b = model(bought)["y_pred"], model(twin)["y_pred"]
+        served = _served(model, bought, torch.tensor([3])), _served(model, twin, torch.tensor([3]))
+    assert torch.equal(a, b) == (not same_item)
+    assert torch.equal(*served) == (not same_item)
+
+
+@dataclass(frozen=True)
+class Reading:
+    """A COUPA configuration, the mode it runs in and the output that is compared."""
+    args: dict
+    train: bool = False
+    output: str = "y_pred"
+
+
+def _move_times(b: dict) -> dict:
+    """Target time moved by 5 h, every history event by a different amount: new gaps and new slots."""
+    from edgerec.features.time import pack_slots
+
+    hist_ts = torch.where(b["hist_mask"], b["hist_ts"] - 7200 * torch.arange(b["hist_ts"].shape[1]), 0)  # (B, L)
+    return dict(b, ts=b["ts"] + 5 * 3600 + 17, hist_ts=hist_ts, hist_slots=pack_slots(hist_ts))
+
+
+def _move_positions(b: dict) -> dict:
+    """Another displayed position for the target and for every past click (the 6 positions of o2o-sim:tiny,
+    1..6 -> 2..6, 1)."""
+    return dict(_move_click_positions(b), position=b["position"] % 6 + 1)
+
+
+def _move_click_positions(b: dict) -> dict:
+    return dict(b, hist_position=torch.where(b["hist_mask"], b["hist_position"] % 6 + 1, 0))
+
+
+# What each COUPA switch (bench/coupa.py's variants and the model's flags) stops reading: the switched
+# configuration, the perturbation of that input, and a reference configuration that does read it
+COUPA_SWITCHES = {
+    "w/o TPP: no time": (Reading(dict(use_point_process=False)), _move_times, Reading({})),
+    "personalized serves without positions": (Reading({}), _move_positions, Reading({}, True, "log_click")),
+    "pal serves without positions": (Reading(dict(position_mode="pal")), _move_positions,
+                                     Reading(dict(position_mode="pal"), True, "log_click")),
+    "feature serves without positions": (Reading(dict(position_mode="feature")), _move_positions,
+                                         Reading(dict(position_mode="feature"), True)),
+    "none trains without positions": (Reading(dict(position_mode="none"), True), _move_positions,
+                                      Reading(dict(position_mode="feature"), True)),
+    "w/o click history": (Reading(dict(use_click_history=False), True, "log_examination"), _move_click_positions,
+                          Reading({}, True, "log_examination")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(COUPA_SWITCHES))
+def test_every_coupa_switch_removes_its_input(imp, name):
+    """The switched model's output is unchanged when the input it drops changes; the reference
+    model's changes (so the check can fail). pp_same_item: see the test above."""
+    switched, perturb, reference = COUPA_SWITCHES[name]
+    sp = imp.splits["train"]
+    batch = imp.make_batch(sp, np.flatnonzero(sp.hist_end - sp.hist_start >= 2)[:32])  # (32, L) with histories
+
+    def changes(r: Reading) -> bool:
+        torch.manual_seed(0)
+        model = COUPA(imp.spec, embedding_dim=8, time_dim=8, **r.args).train(r.train)
+        with torch.no_grad():
+            return not torch.equal(model(dict(batch))[r.output], model(perturb(batch))[r.output])
+
+    assert not changes(switched)
+    assert changes(reference)
+
+
+@pytest.mark.parametrize("n_marks", [1, 3])
+def test_log_likelihood_of_a_constant_intensity_is_the_poisson_value(n_marks):
+    """With no excitation and a constant base rate every mark has λ_c(t) = λ, so the log-likelihood
+    of an event after a gap Δ is log λ - C λ Δ (Δ in hours) exactly: the Monte-Carlo integral of a
+    constant is exact, whatever the points drawn."""
+    torch.manual_seed(0)
+    pp = PointProcessIntensity(8, time_dim=8, units=(16,), n_marks=n_marks)
+    with torch.no_grad():
+        pp.excite.net[-1].weight.zero_()  # ψ = 0
+        pp.excite.net[-1].bias.zero_()
+        pp.base.net[-1].weight.zero_()  # μ = 0.3 for every user, mark and time
+        pp.base.net[-1].bias.fill_(0.3)
+    _, hist_ts, mask, _, _ = _history()  # (3, 6), row 0 with two padding slots
+    marks = torch.randint(0, n_marks, mask.shape)
+    ll = pp.log_likelihood(marks, hist_ts, mask, events=4, mc_points=3)  # (B,)
+    lam = torch.nn.functional.softplus(torch.tensor(0.3)) + 1e-6  # the layer's λ, with its 1e-6 floor
+    gap_h = (hist_ts[:, 2:] - hist_ts[:, 1:-1]).double() / 3600  # (B, 4): the last 4 events' gaps
+    ok = mask[:, 2:] & mask[:, 1:-1]  # (B, 4) both ends real
+    per_event = torch.log(lam.double()) - n_marks * lam.double() * gap_h  # (B, 4)
+    want = (per_event * ok).sum(-1) / ok.sum(-1)
+    assert ok[0].sum() == 3 and ok[1:].all()  # the padding row scores 3 events, the others 4
+    torch.testing.assert_close(ll.double(), want, rtol=1e-5, atol=1e-5)

@@ -273,3 +273,102 @@ def test_whole_minus_half_day_separates_a_daily_cycle_from_recency():
     assert whole_minus_half_day(g, np.cos(2 * np.pi * g / 24)) == pytest.approx(2.0, abs=0.05)
     assert whole_minus_half_day(g, -np.exp(-g / 100.0)) == pytest.approx(0.0, abs=0.1)  # recency: smooth decay
     assert abs(whole_minus_half_day(g, np.cos(2 * np.pi * g / 168))) < 0.2  # a weekly cycle is not a daily one
+
+
+# ---- every ablation removes its input: what each variant of bench/ctr.py stops reading, as a
+# perturbation of the batch (or of the model part only that input reaches), given the model and a batch
+
+def _move_calendar(model, b):
+    """Request and history moved by 3 days 5 h together: every gap kept, every calendar slot moved."""
+    from edgerec.train.explain import shift_sample_time
+
+    return shift_sample_time(b, b["ts"] + 3 * 86400 + 5 * 3600)
+
+
+def _move_gaps(model, b):
+    """Every past event 7 h earlier, its calendar slots (the precomputed hist_slots) kept: only the gaps move."""
+    assert "hist_slots" in b  # else the absolute encoding would read the moved hist_ts too
+    return dict(b, hist_ts=torch.where(b["hist_mask"], b["hist_ts"] - 7 * 3600, 0))
+
+
+def _move_by_four_weeks(model, b):
+    """28 days later: same hour and weekday, another month (ml-100k spans September to April)."""
+    from edgerec.train.explain import shift_sample_time
+
+    return shift_sample_time(b, b["ts"] + 28 * 86400)
+
+
+def _raise_gate_threshold(model, b):
+    """The gated filter's cut-off δ: only the time-cycle module reads it."""
+    model.gate_threshold = 0.5
+    return b
+
+
+def _mask_filtered_behaviours(model, b):
+    """How filtered behaviours enter the attention (as zeros or masked): moot when nothing is filtered."""
+    model.mask_filtered = True
+    return b
+
+
+def _redraw_unused_hours(model, b):
+    """New embeddings for the hour slots no event of the batch falls in: with J > 0 they are the
+    neighbours that the slot tables of the used hours convolve; with J = 0 nothing reads them."""
+    from edgerec.features.time import unpack_slots
+
+    hist_hours = unpack_slots(b["hist_slots"][b["hist_mask"]])["hour"]  # (N,)
+    used = set(time_slots(b["ts"])["hour"].tolist()) | set(hist_hours.tolist())
+    unused = [h for h in range(24) if h not in used]
+    assert unused  # the batch must leave some hours free for the check to mean anything
+    table = model.absolute.slots["hour"].weight  # (24, d)
+    with torch.no_grad():
+        table[unused] = torch.randn(len(unused), table.shape[1])
+    return b
+
+
+REMOVED_INPUT = {
+    "w/o ATC": _move_calendar,
+    "w/o RTC": _move_gaps,
+    "w/o TCM": _raise_gate_threshold,
+    "w/o gate": _mask_filtered_behaviours,
+    "J=0": _redraw_unused_hours,
+    "-month": _move_by_four_weeks,
+    "+target head -month": _move_by_four_weeks,
+}
+NOT_A_REMOVAL = {  # variants that add an input or only change training
+    "+target head": "adds e_a and q_a to the head's input",
+    "omega lr/100": "a learning-rate factor (tests/test_trainer.py: lr_scale)",
+    "omega frozen": "a learning-rate factor (tests/test_trainer.py: lr_scale)",
+}
+
+
+def _model_args(overrides: list[str]) -> dict:
+    """The model_args.* keys of a variant's config overrides, parsed as the config loader does."""
+    from edgerec.train.config import parse_override
+
+    return {keys[1]: value for keys, value in map(parse_override, overrides) if keys[0] == "model_args"}
+
+
+def test_every_variant_is_checked_or_adds_nothing_to_remove():
+    from edgerec.models.dicycle import ABLATIONS, EXTENSIONS
+
+    assert set(ABLATIONS) | set(EXTENSIONS) == set(REMOVED_INPUT) | set(NOT_A_REMOVAL)
+    assert set(ABLATIONS) <= set(REMOVED_INPUT)
+
+
+@pytest.mark.parametrize("name", sorted(REMOVED_INPUT))
+def test_every_ablation_removes_its_input(samples, name):
+    """The variant's logits are unchanged when the input it removes changes, the full model's are not
+    (so the check can fail). The overrides are the ones bench/ctr.py applies."""
+    from edgerec.models.dicycle import ABLATIONS, EXTENSIONS
+
+    batch = samples.make_batch(samples.splits["test"], np.arange(32))
+
+    def changes(args: dict) -> bool:
+        torch.manual_seed(0)
+        model = DiCycle(samples.spec, embedding_dim=8, **args).eval()
+        with torch.no_grad():
+            before = model(batch)["logit"]
+            return not torch.equal(before, model(REMOVED_INPUT[name](model, batch))["logit"])
+
+    assert not changes(_model_args({**ABLATIONS, **EXTENSIONS}[name]))
+    assert changes({})

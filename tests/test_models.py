@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from edgerec.data.samples import build_dicycle
-from edgerec.models import DIN, DNN, LR, MODELS, DiCycle, GRU4Rec, SASRec, TiSASRec, TimeLSTM
+from edgerec.data.samples import build_dicycle, build_impressions
+from edgerec.models import COUPA, DIN, DNN, LR, MODELS, DiCycle, GRU4Rec, SASRec, TiSASRec, TimeLSTM
 from edgerec.models.layers import Dice, TargetAttention
 
 
@@ -33,17 +33,35 @@ def test_forward_returns_logit_and_probability(samples, name):
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad and p.ndim > 1)
 
 
-@pytest.mark.parametrize("cls", [LR, DNN, DIN, DiCycle, GRU4Rec, SASRec, TiSASRec, TimeLSTM])
-def test_extra_padding_does_not_change_scores(samples, cls):
+@pytest.fixture(scope="module")
+def impressions(tiny_sim):
+    """Samples with display positions, for COUPA's position modes."""
+    return build_impressions(tiny_sim.dataset, max_len=30, item_features=["category_id"], user_features=["device"])
+
+
+@pytest.mark.parametrize("cls,kwargs,data", [
+    *[(cls, {}, "samples") for cls in [LR, DNN, DIN, DiCycle, GRU4Rec, SASRec, TiSASRec, TimeLSTM]],
+    (COUPA, {"position_mode": "none"}, "samples"),
+    (COUPA, {"position_mode": "personalized"}, "impressions"),
+    (COUPA, {"position_mode": "none", "pp_excitation": "sum"}, "samples"),  # sums, so padding would add up
+], ids=lambda v: v.__name__ if isinstance(v, type) else ("-".join(map(str, v.values())) or "default") if isinstance(v, dict) else v)
+def test_extra_padding_does_not_change_scores(request, cls, kwargs, data):
     """The same history padded to L=30 or L=500 gives the same score (padding is fully masked)."""
+    samples = request.getfixturevalue(data)
     torch.manual_seed(0)
-    model = cls(samples.spec).eval()
+    model = cls(samples.spec, **kwargs).eval()
     sp = samples.splits["test"]
     short = np.flatnonzero(sp.hist_end - sp.hist_start < 25)[:32]
     with torch.no_grad():
         a = model(samples.make_batch(sp, short, max_len=30))["logit"]
         b = model(samples.make_batch(sp, short, max_len=500))["logit"]
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    if getattr(model, "examination", None) is not None:  # COUPA's training-time θ_u(p) reads the click history
+        model.train()
+        with torch.no_grad():
+            a = model(samples.make_batch(sp, short, max_len=30))["log_click"]
+            b = model(samples.make_batch(sp, short, max_len=500))["log_click"]
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_packed_target_attention_equals_textbook_din():

@@ -128,3 +128,29 @@ def samples_for_lr_scale(ml100k):
     s = build_dicycle(ml100k, max_len=10)
     model = DiCycle(s.spec, embedding_dim=8)
     return TrainConfig(lr=1e-2), model, s.make_batch(s.splits["train"], np.arange(64))
+
+
+def _validation_aucs(monkeypatch, aucs):
+    """Make the validation AUC of epoch e be aucs[e] (the other metrics stay finite)."""
+    import edgerec.train.trainer as trainer
+
+    it = iter(aucs)
+    monkeypatch.setattr(trainer, "evaluate_split", lambda model, samples, split, metrics, batch_size=8192:
+                        {m: next(it) if m == "AUC" else 0.5 for m in metrics})
+
+
+def test_monitor_nan_in_every_epoch_is_an_error_not_a_best_epoch(config_dir, monkeypatch):
+    """All-NaN validation AUC (e.g. a validation split with one class): no epoch is the best. Before,
+    best_epoch stayed -1 and history[-2] was reported as the best epoch."""
+    from edgerec.errors import ConfigError
+
+    _validation_aucs(monkeypatch, [float("nan")] * 3)
+    with pytest.raises(ConfigError, match=r"train.monitor='AUC' was NaN .* in all 3 epochs run.*single class"
+                                          r".*train.monitor=logloss"):
+        run_experiment(_cfg(config_dir, "DNN_test", "train.epochs=3", "train.patience=5"), log=lambda *_: None)
+
+
+def test_monitor_nan_in_some_epochs_counts_as_not_improved(config_dir, monkeypatch):
+    _validation_aucs(monkeypatch, [float("nan"), 0.6, float("nan"), 0.55])
+    r = run_experiment(_cfg(config_dir, "DNN_test", "train.epochs=4", "train.patience=5"), log=lambda *_: None)
+    assert r.best_epoch == 2 and r.valid["AUC"] == 0.6 and r.epochs_run == 4

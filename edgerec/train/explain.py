@@ -36,7 +36,7 @@ HOURS_PER_WEEK = 168
 
 
 def item_categories(samples, dataset) -> tuple[np.ndarray, list[str]]:
-    """(n_items + 1,) category code per 1-based item index (-1 = unknown) and the category names.
+    """(n_items + 2,) category code per item index (padding 0, 1..V, OOV; -1 = unknown) and the names.
 
     Uses the dataset's item table: `category` (o2o-sim) or `genre` (MovieLens)."""
     items = dataset.items
@@ -48,7 +48,7 @@ def item_categories(samples, dataset) -> tuple[np.ndarray, list[str]]:
     names = sorted({str(x) for x in names_raw if x is not None})
     code_of = {n: i for i, n in enumerate(names)}
     raw_ids = items.column("item_id").to_numpy()
-    out = np.full(len(samples.item_ids) + 1, -1, dtype=np.int64)
+    out = np.full(len(samples.item_ids) + 2, -1, dtype=np.int64)
     pos = np.searchsorted(samples.item_ids, raw_ids)
     ok = (pos < len(samples.item_ids)) & (samples.item_ids[np.minimum(pos, len(samples.item_ids) - 1)] == raw_ids)
     out[pos[ok] + 1] = [code_of[str(x)] if x is not None else -1 for x in names_raw[ok]]

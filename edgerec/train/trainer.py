@@ -192,7 +192,7 @@ class Trainer:
 def _no_best_epoch_message(monitor: str, epochs: int) -> str:
     """Why no epoch could be picked: without this check `history[best_epoch - 1]` with best_epoch = -1
     would silently report the second-to-last epoch as the best one."""
-    return (f"train.monitor={monitor!r} was NaN on the validation split in every epoch ({epochs} run), so no "
+    return (f"train.monitor={monitor!r} was NaN on the validation split in all {epochs} epochs run, so no "
             f"epoch can be picked as the best. The metric is undefined there: most likely the validation split "
             f"has a single class (only clicks or only non-clicks; for per-user metrics such as GAUC, no user "
             f"with both), e.g. because it is too small. Monitor another metric of train.metrics (e.g. "

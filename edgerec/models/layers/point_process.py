@@ -2,7 +2,9 @@
 Spec: shared/specs/coupa.md §2.2 (every equation there is a reference design [R]; our choices are
 in docs/design.md, "COUPA").
 
-For user u, target item i (or mark c) and time t, given the user's past events (i_j, t_j), t_j < t:
+For user u, target item i (or mark c) and time t, given the user's past events (i_j, t_j), t_j < t
+(strictly: an event at t or later takes no attention and no excitation, on the scoring paths as in the
+likelihood, so a history event logged with the target's own timestamp cannot leak into its score):
 
     Δ_j        = (t - t_j) in hours                                 continuous, never bucketed
     cyc(t)     = [cos, sin](2π k t / P), P in {24 h, 168 h}, k = 1..K   daily and weekly cyclic terms
@@ -92,14 +94,19 @@ class PointProcessIntensity(nn.Module):
 
     def history_side(self, ts: torch.Tensor, e_hist: torch.Tensor, hist_ts: torch.Tensor,
                      packed: PackedHistory) -> dict[str, torch.Tensor]:
-        """Everything that does not depend on the candidate (serving stage 1): (N, ...) tensors."""
-        dt_h = (packed.rows(ts) - hist_ts).clamp_min(0).to(torch.float32) / SECONDS_PER_HOUR  # (N,)
+        """Everything that does not depend on the candidate (serving stage 1): (N, ...) tensors.
+
+        `seen` (N,) marks the events strictly before the target time, the only ones the intensity may
+        read (as in dense_log_intensity); the others are kept in the packed layout but weigh nothing."""
+        dt = packed.rows(ts) - hist_ts  # (N,) seconds
+        seen = dt > 0  # (N,) causal
+        dt_h = dt.clamp_min(0).to(torch.float32) / SECONDS_PER_HOUR  # (N,)
         phi = self.phi(dt_h)  # (N, t)
         k = self.key(torch.cat([e_hist, phi, cyclic_features(hist_ts, self.harmonics)], -1))  # (N, d)
         v = self.value(torch.cat([e_hist, phi], -1))  # (N, d)
-        out = {"e_hist": e_hist, "dt_h": dt_h, "phi": phi, "k": k, "v": v}
-        if self.self_excite is not None:
-            out["self_k"] = self.self_excite(phi).squeeze(-1)  # (N,) each event's self-excitation
+        out = {"e_hist": e_hist, "dt_h": dt_h, "phi": phi, "k": k, "v": v, "seen": seen}
+        if self.self_excite is not None:  # (N,) each event's self-excitation, none from the not yet seen
+            out["self_k"] = self.self_excite(phi).squeeze(-1).masked_fill(~seen, 0.0)
         return out
 
     def _same(self, same: torch.Tensor | None) -> torch.Tensor | None:
@@ -118,13 +125,14 @@ class PointProcessIntensity(nn.Module):
         same = self._same(same)
         cyc_t = cyclic_features(ts, self.harmonics)  # (B, c)
         q = self.query(torch.cat([e_target, cyc_t], -1))  # (B, d)
-        a = packed.softmax((packed.rows(q) * hist["k"]).sum(-1) / math.sqrt(q.shape[-1]))  # (N,)
+        logits = (packed.rows(q) * hist["k"]).sum(-1) / math.sqrt(q.shape[-1])  # (N,)
+        a = packed.softmax(logits, keep=hist["seen"])  # (N,) 0 for events not before ts
         e_t, e_h = packed.rows(e_target), hist["e_hist"]  # (N, d) each
         psi = self.excite(torch.cat([e_h, e_t, e_h * e_t, hist["phi"]], -1)).squeeze(-1)  # (N,)
         psi = psi * torch.exp(-self.decay() * hist["dt_h"])  # (N,) continuous-time decay
         parts = [e_target, cyc_t] if e_user is None else [e_user, e_target, cyc_t]
         mu = self.base(torch.cat(parts, -1)).squeeze(-1)  # (B,)
-        w = a if self.excitation == "attention" else torch.ones_like(a)  # (N,)
+        w = a if self.excitation == "attention" else hist["seen"].to(psi.dtype)  # (N,) 0 where not seen
         excitation = packed.pool(w, psi.unsqueeze(-1)).squeeze(-1)  # (B,)
         if same is not None:  # + Σ_{j: i_j = i} w_s^T Φ(Δ_j) + b_s
             excitation = excitation + packed.pool(same.to(psi.dtype), hist["self_k"].unsqueeze(-1)).squeeze(-1)
@@ -144,7 +152,7 @@ class PointProcessIntensity(nn.Module):
         d, t = hist["e_hist"].shape[-1], hist["phi"].shape[-1]
         w_h, _, _, w_p = first.weight.split([d, d, d, t], dim=1)  # (h, d) x 3, (h, t)
         pre = torch.addmm(first.bias, hist["e_hist"], w_h.T) + hist["phi"] @ w_p.T  # (N, h)
-        decay = torch.exp(-self.decay() * hist["dt_h"])  # (N,)
+        decay = torch.exp(-self.decay() * hist["dt_h"]) * hist["seen"]  # (N,) 0 for events not yet seen
         return {**hist, "excite_pre": pre, "excite_decay": decay}
 
     def target_side_one_history(self, e_target: torch.Tensor, ts: torch.Tensor, hist: dict[str, torch.Tensor],
@@ -166,7 +174,8 @@ class PointProcessIntensity(nn.Module):
             log_lam = torch.log(F.softplus(mu, beta=self.beta) + 1e-6)
             return {"log_intensity": log_lam, "h_time": e_target.new_zeros(C, d), "attention": e_target.new_zeros(C, 0)}
         q = self.query(torch.cat([e_target, cyc_t], -1))  # (C, d)
-        a = torch.softmax(q @ hist["k"].T / math.sqrt(d), dim=-1)  # (C, N)
+        logits = (q @ hist["k"].T / math.sqrt(d)).masked_fill(~hist["seen"], float("-inf"))  # (C, N)
+        a = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # (C, N); all zero if no event is seen yet
         first = self.excite.net[0]
         _, w_t, w_x, _ = first.weight.split([d, d, d, first.in_features - 3 * d], dim=1)  # (h, d) each
         prod = (e_target[:, None, :] * hist["e_hist"][None]).view(C * N, d)  # (C*N, d): e_t ⊙ e_h per pair
