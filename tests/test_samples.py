@@ -33,27 +33,29 @@ def _toy(rows: list[tuple[int, int, int]], name: str = "toy") -> EventDataset:
 
 
 def test_leave_last_out_splits(ml100k, ml_samples):
+    """Test = every rating of a user's last second, validation = of the second before, training =
+    every earlier one but the first second's; each positive has one negative."""
     s = ml_samples
     n_users = 943
-    for name in ("valid", "test"):
-        sp = s.splits[name]
-        assert len(sp) == 2 * n_users and sp.label.sum() == n_users
-        assert len(np.unique(sp.user)) == n_users
     te, va, tr = s.splits["test"], s.splits["valid"], s.splits["train"]
-    pos_te, pos_va = te.label == 1, va.label == 1
-    # test target: each user's last interaction (the store's last entry of the user)
-    last = np.zeros(n_users + 1, dtype=np.int64)
-    np.maximum.at(last, tr.user, tr.hist_end)
-    # validation is strictly earlier in time than test, every training target strictly earlier than validation
-    assert (va.ts[pos_va] < te.ts[pos_te]).all()
-    last_train_ts = np.zeros(s.spec.n_users, dtype=np.int64)
-    np.maximum.at(last_train_ts, tr.user, tr.ts)
-    assert (last_train_ts[va.user[pos_va]] < va.ts[pos_va]).all()
-    # every interaction is a target unless it is a user's first moment or shares an evaluation moment
-    n_targets = len(tr) // 2 + 2 * n_users
-    assert n_targets + s.info["same_moment_not_targets"] + (s.store_ts.size - n_targets - s.info["same_moment_not_targets"]) \
-        == 100_000
-    assert s.info["same_moment_not_targets"] > 0  # ml-100k rates many films in the same second
+    e = ml100k.events
+    u, t = e.column("user_id").to_numpy(), e.column("ts").to_numpy()
+    moments = np.unique(np.stack([u, t], 1), axis=0)  # (user, second) pairs, sorted
+    last, first = np.r_[moments[1:, 0] != moments[:-1, 0], True], np.r_[True, moments[1:, 0] != moments[:-1, 0]]
+    last_ts = dict(zip(moments[last, 0], moments[last, 1]))
+    prev_ts = dict(zip(moments[np.flatnonzero(last) - 1, 0], moments[np.flatnonzero(last) - 1, 1]))
+    first_ts = dict(zip(moments[first, 0], moments[first, 1]))
+    for sp, want in ((te, last_ts), (va, prev_ts)):
+        pos = sp.label == 1
+        assert len(np.unique(sp.user)) == n_users and pos.sum() * 2 == len(sp)
+        raw = s.user_ids[sp.user[pos] - 1]
+        assert all(want[int(r)] == ts for r, ts in zip(raw, sp.ts[pos]))
+        n_at = sum(int(((u == k) & (t == v)).sum()) for k, v in want.items())
+        assert pos.sum() == n_at  # every interaction of that moment, none dropped
+    raw_tr = s.user_ids[tr.user - 1]
+    assert all(first_ts[int(r)] < ts < prev_ts[int(r)] for r, ts in zip(raw_tr[::97], tr.ts[::97]))
+    n_first = sum(int(((u == k) & (t == v)).sum()) for k, v in first_ts.items())
+    assert len(tr) // 2 == 100_000 - n_first - (te.label == 1).sum() - (va.label == 1).sum()
 
 
 def test_same_timestamp_behaviours_are_not_history():
@@ -68,9 +70,9 @@ def test_same_timestamp_behaviours_are_not_history():
         assert (b["hist_ts"].numpy()[m] < np.repeat(b["ts"].numpy(), m.sum(1))).all()
     one = {name: sp.subset(np.flatnonzero((sp.user == 1) & (sp.label == 1))) for name, sp in s.splits.items()}
     assert one["test"].ts.tolist() == [500] and s.store_ts[one["test"].hist_end[0] - 1] == 400
-    assert one["valid"].ts.tolist() == [400]  # the last interaction of the moment before the test's
-    assert s.item_ids[one["valid"].item - 1].tolist() == [16]
-    assert s.store_ts[one["valid"].hist_end[0] - 1] == 300  # item 15, bought with it, is not its history
+    assert one["valid"].ts.tolist() == [400, 400]  # both lines of the moment before the test's
+    assert s.item_ids[one["valid"].item - 1].tolist() == [15, 16]
+    assert one["valid"].hist_end.tolist() == [5, 5]  # neither sees the other (history ends at ts 300)
     assert sorted(one["train"].ts.tolist()) == [200, 200, 300, 300]  # 100: no history; 400: validation's
     assert one["train"].hist_end.tolist() == [1, 1, 3, 3]
 
@@ -138,11 +140,14 @@ def test_own_history_negatives_do_not_give_the_label_away():
         np.testing.assert_array_equal(in_hist[pos], sp.repeat[pos])
 
 
-def test_new_item_negatives_are_unseen_under_both_samplers(ml100k):
-    """ml-100k has no repeats: the two samplers draw the same kind of negative there."""
-    s = build_dicycle(ml100k, max_len=5, seed=3, negatives="own_history")
-    assert not any(sp.repeat.any() for sp in s.splits.values())
-    with pytest.raises(ConfigError, match="negatives must be one of"):
+def test_the_samplers_coincide_without_repeats(ml100k):
+    """ml-100k has no repeats: both samplers draw exactly the same negatives there."""
+    own = build_dicycle(ml100k, max_len=5, seed=3, negatives="own_history")
+    old = build_dicycle(ml100k, max_len=5, seed=3, negatives="uniform_unseen")
+    assert not any(sp.repeat.any() for sp in own.splits.values())
+    for name in own.splits:
+        np.testing.assert_array_equal(own.splits[name].item, old.splits[name].item)
+    with pytest.raises(ConfigError, match="data.negatives must be one of"):
         build_dicycle(ml100k, negatives="random")
 
 

@@ -5,20 +5,21 @@ sample's history only if its time is STRICTLY before the target's, exactly as se
 request's history. Clicks of the same second, request or basket are never history for each other.
 
 Two protocols:
-  * `dicycle` (dicycle.md section 5.3, leave-last-out): per user, positive interactions sorted by
-    time. The test positive is the user's last interaction; the validation positive is the last
-    interaction of the previous MOMENT (the latest timestamp strictly before the test's); training
-    positives are every interaction strictly before the validation moment that has a non-empty
-    history. Other interactions that share the test or validation timestamp (the rest of an
-    Instacart basket, ratings of the same second on ml-100k) are not targets: training never sees a
-    label from the evaluation moments. `min_events` counts a user's distinct timestamps.
+  * `dicycle` (dicycle.md section 5.3, leave-last-out by moment): per user, positive interactions
+    sorted by time; a MOMENT is one distinct timestamp (an Instacart basket, the ratings of one
+    second on ml-100k). The test positives are every interaction of the user's last moment, the
+    validation positives every interaction of the moment before, the training positives every
+    interaction of the earlier moments but the first (which has no history). So training never sees
+    a label from an evaluation moment, and no line of a basket is preferred over another (the old
+    "last line" was the last product added to the cart). `min_events` counts moments.
     Each positive gets one negative with the same timestamp and history (so neither can leak the
     label), drawn by the `negatives` sampler:
       - `own_history` (default): a positive whose item the user already had before (a repeat) gets
         a negative from his own earlier history that he did not take at that moment (drawn in
         proportion to how often it occurs there); a new-item positive gets a uniform item he never
-        took. So "the candidate is already in the history" says nothing about the label: it holds
-        for a pair's positive exactly when it holds for its negative.
+        took. So "the candidate is somewhere in the user's history" holds for a pair's positive
+        exactly when it holds for its negative. (Within the last L behaviours a model reads, the
+        re-bought item is still more often present than its negative: recency is real signal.)
       - `uniform_unseen`: the literature's sampler, uniform among items the user never took (future
         ones included). With repeat purchases it gives the label away (a candidate from the history
         is always the positive); kept for comparison with published numbers.
@@ -69,13 +70,15 @@ class Split:
     hist_end: np.ndarray  # int64: one past the last behaviour before the target
     position: np.ndarray | None = None  # int64 1-based display position (impression protocol)
     event_row: np.ndarray | None = None  # int64 row of the sample in the dataset's events (impression protocol)
-    repeat: np.ndarray | None = None  # bool: the (pair's positive) item was in the user's history before ts
+    # bool: dicycle protocol: the pair's POSITIVE item was in the user's history before ts (so a pair
+    # is all-repeat or all-new); impression protocol: this exposure's own item had been clicked before
+    repeat: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.label)
 
     def metric_subsets(self) -> dict[str, np.ndarray]:
-        """Sample masks for the `:repeat` / `:new` metric subsets (empty when not recorded)."""
+        """Sample masks for the metric subsets (edgerec.train.metrics.SUBSETS; empty when not recorded)."""
         return {} if self.repeat is None else {"repeat": self.repeat, "new": ~self.repeat}
 
     def subset(self, idx: np.ndarray) -> "Split":
@@ -90,8 +93,8 @@ class SampleSet:
     store_item: np.ndarray  # (S,) item index of each stored behaviour, sorted by (user, ts)
     store_ts: np.ndarray  # (S,) its timestamp
     splits: dict[str, Split]
-    item_feats: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (n_items+1,) codes
-    user_feats: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (n_users+1,) codes
+    item_feats: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (spec.n_items,) codes
+    user_feats: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (spec.n_users,) codes
     protocol: str = ""
     info: dict = field(default_factory=dict)
     _neg_sampler: "NegativeSampler | None" = None
@@ -186,6 +189,20 @@ def _encode_side(table: pa.Table | None, key: str, vocab: np.ndarray, names: lis
 
 
 NEGATIVE_SAMPLERS = ("own_history", "uniform_unseen")
+_HISTORY_DRAWS = 64  # vectorized draws before the few left-over repeat positives are settled one by one
+
+
+def _lookup(sorted_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(found, position) of each key in a sorted unique int64 array."""
+    if not len(sorted_keys):
+        return np.zeros(len(keys), bool), np.zeros(len(keys), np.int64)
+    at = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+    return sorted_keys[at] == keys, at
+
+
+def _pair_key(user: np.ndarray, item: np.ndarray, n_items: int) -> np.ndarray:
+    """(user, item) -> one int64 key; items are 0..n_items + 1 (padding, real items, OOV)."""
+    return np.asarray(user, dtype=np.int64) * (n_items + 2) + item
 
 
 class NegativeSampler:
@@ -193,7 +210,7 @@ class NegativeSampler:
 
     def __init__(self, user: np.ndarray, item: np.ndarray, n_items: int, popularity: bool = False):
         self.n_items = n_items  # real items are 1..n_items
-        self.seen = np.unique(user * (n_items + 1) + item)  # sorted keys of (user, item) pairs
+        self.seen = np.unique(_pair_key(user, item, n_items))  # (user, item) pairs ever taken
         # popularity = True: draw items in proportion to their interaction count (hard negatives that
         # remove the "popular vs random item" shortcut); items never interacted with are never drawn.
         counts = np.bincount(item, minlength=n_items + 1)[1:].astype(np.float64)
@@ -204,20 +221,15 @@ class NegativeSampler:
             return rng.integers(1, self.n_items + 1, n)
         return rng.choice(self.n_items, size=n, p=self.p) + 1
 
-    def sample_users(self, user: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        out = self._draw(len(user), rng)
+    def sample(self, pos: "Split", rng: np.random.Generator) -> np.ndarray:
+        """(P,) a negative item for each positive of `pos`."""
+        out = self._draw(len(pos), rng)
         for _ in range(1000):
-            keys = user * (self.n_items + 1) + out
-            pos = np.minimum(np.searchsorted(self.seen, keys), len(self.seen) - 1)
-            clash = self.seen[pos] == keys
+            clash = _lookup(self.seen, _pair_key(pos.user, out, self.n_items))[0]
             if not clash.any():
                 return out
             out[clash] = self._draw(int(clash.sum()), rng)
         raise RuntimeError("could not draw negatives: some user has interacted with almost every item")
-
-    def sample(self, pos: "Split", rng: np.random.Generator) -> np.ndarray:
-        """(P,) a negative item for each positive of `pos`."""
-        return self.sample_users(pos.user, rng)
 
 
 class OwnHistorySampler:
@@ -225,8 +237,9 @@ class OwnHistorySampler:
     not take at that moment; new-item positives get a `uniform_unseen` negative (module docstring).
 
     The history item is drawn from the positive's [hist_start, hist_end) (strictly earlier
-    behaviours), so in proportion to how often the user took it. When every earlier item was taken
-    again at that moment, the positive falls back to a uniform negative; `fallbacks` counts them."""
+    behaviours), so in proportion to how often the user took it. Only when every earlier item was
+    taken again at that moment does a repeat positive fall back to a uniform negative (the samples'
+    info counts these: `negative_fallbacks`)."""
 
     def __init__(self, store_user: np.ndarray, store_item: np.ndarray, store_ts: np.ndarray,
                  uniform: NegativeSampler):
@@ -234,40 +247,46 @@ class OwnHistorySampler:
         self.store_item = store_item
         self.n_items = uniform.n_items
         self.moments = np.unique(time_key(store_user, store_ts))  # sorted (user, ts) keys
-        moment = np.searchsorted(self.moments, time_key(store_user, store_ts))
-        self.taken = np.unique(moment * (self.n_items + 1) + store_item)  # (moment, item) pairs taken
-        self.fallbacks = 0
+        self.taken = np.unique(_pair_key(self._moment(store_user, store_ts), store_item, self.n_items))
 
-    def _taken_at(self, user: np.ndarray, ts: np.ndarray, item: np.ndarray) -> np.ndarray:
-        moment = np.searchsorted(self.moments, time_key(user, ts))
-        keys = moment * (self.n_items + 1) + item
-        hit = np.minimum(np.searchsorted(self.taken, keys), len(self.taken) - 1)
-        return self.taken[hit] == keys
+    def _moment(self, user: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.moments, time_key(user, ts))
 
-    def sample(self, pos: "Split", rng: np.random.Generator, tries: int = 64) -> np.ndarray:
+    def _taken_then(self, user: np.ndarray, ts: np.ndarray, item: np.ndarray) -> np.ndarray:
+        """(Q,) the user took `item` at that very moment (the positive's own basket or request)."""
+        return _lookup(self.taken, _pair_key(self._moment(user, ts), item, self.n_items))[0]
+
+    def sample(self, pos: "Split", rng: np.random.Generator) -> np.ndarray:
         out = self.uniform.sample(pos, rng)  # (P,) new-item positives keep these
         todo = np.flatnonzero(pos.repeat & (pos.hist_end > pos.hist_start))
-        for _ in range(tries):
+        for _ in range(_HISTORY_DRAWS):
             if not len(todo):
                 break
             lo, n = pos.hist_start[todo], pos.hist_end[todo] - pos.hist_start[todo]
             cand = self.store_item[lo + (rng.random(len(todo)) * n).astype(np.int64)]  # (T,) a history item
-            ok = ~self._taken_at(pos.user[todo], pos.ts[todo], cand)
+            ok = ~self._taken_then(pos.user[todo], pos.ts[todo], cand)
             out[todo[ok]] = cand[ok]
             todo = todo[~ok]
-        self.fallbacks = int(len(todo))
+        for j in todo:  # unlucky draws: choose among the eligible earlier behaviours explicitly
+            hist = self.store_item[pos.hist_start[j]:pos.hist_end[j]]
+            ok = hist[~self._taken_then(np.full(len(hist), pos.user[j]), np.full(len(hist), pos.ts[j]), hist)]
+            if len(ok):
+                out[j] = ok[rng.integers(len(ok))]
         return out
 
 
-def _repeat_flags(store_user: np.ndarray, store_item: np.ndarray, store_ts: np.ndarray, n_items: int,
-                  user: np.ndarray, item: np.ndarray, ts: np.ndarray) -> np.ndarray:
-    """(Q,) True where the user took `item` strictly before `ts` (by the stored behaviours)."""
-    pair = store_user * (n_items + 2) + store_item
-    keys, first = np.unique(pair, return_index=True)  # the store is time-sorted per user: first = earliest
-    first_ts = store_ts[first]
-    q = user * (n_items + 2) + item
-    hit = np.minimum(np.searchsorted(keys, q), max(len(keys) - 1, 0))
-    return (keys[hit] == q) & (first_ts[hit] < ts) if len(keys) else np.zeros(len(q), bool)
+class _FirstTaken:
+    """When each user first took each item, from the time-sorted store: repeat flags and fallbacks."""
+
+    def __init__(self, store_user: np.ndarray, store_item: np.ndarray, store_ts: np.ndarray, n_items: int):
+        self.n_items = n_items
+        self.keys, first = np.unique(_pair_key(store_user, store_item, n_items), return_index=True)
+        self.first_ts = store_ts[first]  # the store is time-sorted per user: first = earliest
+
+    def before(self, user: np.ndarray, item: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """(Q,) True where the user took `item` strictly before `ts`."""
+        found, at = _lookup(self.keys, _pair_key(user, item, self.n_items))
+        return found & (self.first_ts[at] < ts)
 
 
 def _with_negatives(pos: Split, sampler, rng: np.random.Generator) -> Split:
@@ -306,23 +325,23 @@ def build_dicycle(ds: EventDataset, max_len: int = 50, seed: int = 0, min_events
     if eval_negatives not in ("uniform", "popularity"):
         raise ConfigError(f"eval_negatives must be 'uniform' or 'popularity', got {eval_negatives!r}")
     if negatives not in NEGATIVE_SAMPLERS:
-        raise ConfigError(f"negatives must be one of {NEGATIVE_SAMPLERS}, got {negatives!r}")
+        raise ConfigError(f"data.negatives must be one of {', '.join(NEGATIVE_SAMPLERS)}, got {negatives!r}")
     if min_events < 3:
-        raise ConfigError("min_events must be >= 3 (one test, one validation, one training moment)")
+        raise ConfigError("data.min_events must be >= 3: a user needs a first moment (history only), a "
+                          "validation and a test moment")
     e = ds.events.filter(pc.equal(ds.events.column("label"), 1))
     raw_user = e.column("user_id").to_numpy()
     raw_item = e.column("item_id").to_numpy()
     ts = e.column("ts").to_numpy()
     order = np.lexsort((np.arange(len(ts)), ts, raw_user))  # stable: ties keep file order
     raw_user, raw_item, ts = raw_user[order], raw_item[order], ts[order]
-    # distinct timestamps ("moments") per user: the split and min_events count moments
+    # moments: a user's distinct timestamps; the split and min_events count them
     u_vals, u_inv = np.unique(raw_user, return_inverse=True)
-    key = time_key(u_inv, ts)
+    key = time_key(u_inv, ts)  # sorted
     new_moment = np.r_[True, key[1:] != key[:-1]]
     moments_per_user = np.bincount(u_inv, weights=new_moment).astype(np.int64)
-    keep_user = u_vals[moments_per_user >= min_events]
-    keep = np.isin(raw_user, keep_user)
-    raw_user, raw_item, ts = raw_user[keep], raw_item[keep], ts[keep]
+    keep = (moments_per_user >= min_events)[u_inv]
+    raw_user, raw_item, ts, key, new_moment = raw_user[keep], raw_item[keep], ts[keep], key[keep], new_moment[keep]
 
     user_vocab = np.unique(raw_user)
     item_vocab = np.unique(raw_item)
@@ -333,20 +352,18 @@ def build_dicycle(ds: EventDataset, max_len: int = 50, seed: int = 0, min_events
     n_users, n_items = len(user_vocab), len(item_vocab)
 
     # the store: every positive, sorted by (user, ts); targets see it through the causal cut
-    key = time_key(user, ts)
-    start = np.searchsorted(key, time_key(user, 0), side="left")  # (S,) the user's first behaviour
+    first = np.r_[True, user[1:] != user[:-1]]  # (S,) the user's first behaviour
+    start = np.flatnonzero(first)[np.cumsum(first) - 1]  # (S,) where the user's behaviours begin
     hist_end = causal_ends(key, key)  # (S,) behaviours strictly before each one
-    new_moment = np.r_[True, key[1:] != key[:-1]]
-    last_of_moment = np.r_[key[1:] != key[:-1], True]
-    moment = np.cumsum(new_moment) - 1  # global moment id
-    first_moment = moment[start]
-    m_rank = moment - first_moment  # 0 = the user's first moment
+    moment = np.cumsum(new_moment) - 1  # (S,) global moment id
+    m_rank = moment - moment[start]  # (S,) 0 = the user's first moment
     n_moments = np.bincount(user, weights=new_moment, minlength=n_users + 1).astype(np.int64)[user]
-    pos_split = np.full(len(user), "none", dtype=object)  # 'none': history only, never a target
+    pos_split = np.full(len(user), "none", dtype=object)  # 'none': the first moment, history only
     pos_split[(m_rank >= 1) & (m_rank <= n_moments - 3)] = "train"
-    pos_split[last_of_moment & (m_rank == n_moments - 2)] = "valid"
-    pos_split[last_of_moment & (m_rank == n_moments - 1)] = "test"
-    repeat = _repeat_flags(user, item, ts, n_items, user, item, ts)
+    pos_split[m_rank == n_moments - 2] = "valid"  # every line of the previous moment
+    pos_split[m_rank == n_moments - 1] = "test"  # every line of the last moment (a whole basket)
+    first_taken = _FirstTaken(user, item, ts, n_items)
+    repeat = first_taken.before(user, item, ts)
 
     uniform = NegativeSampler(user, item, n_items)
     eval_uniform = NegativeSampler(user, item, n_items, popularity=eval_negatives == "popularity")
@@ -363,9 +380,10 @@ def build_dicycle(ds: EventDataset, max_len: int = 50, seed: int = 0, min_events
                          hist_start=start[m], hist_end=hist_end[m], repeat=repeat[m])
         if name == "train":
             train_pos = positive
-        chosen = sampler if name == "train" else eval_sampler
-        splits[name] = _with_negatives(positive, chosen, rng)
-        fallbacks[name] = getattr(chosen, "fallbacks", 0)
+        splits[name] = _with_negatives(positive, sampler if name == "train" else eval_sampler, rng)
+        neg = splits[name].subset(np.flatnonzero(splits[name].label == 0))
+        # repeat positives whose negative is not from the history (own_history: nothing eligible)
+        fallbacks[name] = int((neg.repeat & ~first_taken.before(neg.user, neg.item, neg.ts)).sum())
 
     item_feats, item_sizes = _encode_side(ds.items, "item_id", item_vocab, list(item_features or []), "item")
     user_feats, user_sizes = _encode_side(ds.users, "user_id", user_vocab, list(user_features or []), "user")
@@ -373,7 +391,6 @@ def build_dicycle(ds: EventDataset, max_len: int = 50, seed: int = 0, min_events
                        item_features=item_sizes, user_features=user_sizes, n_positions=0)
     info = {"protocol": "dicycle", "negatives": negatives, "users": n_users, "items": n_items,
             "behaviours": len(item), "dropped_users_lt_min_events": int((moments_per_user < min_events).sum()),
-            "same_moment_not_targets": int(((pos_split == "none") & (m_rank >= 1)).sum()),
             **{f"{k}_samples": len(v) for k, v in splits.items()},
             **{f"{k}_repeat_share": round(float(v.repeat.mean()), 4) if len(v) else None for k, v in splits.items()},
             **{f"{k}_negative_fallbacks": v for k, v in fallbacks.items()}}
@@ -408,7 +425,7 @@ def build_impressions(ds: EventDataset, max_len: int = 50, split_fractions=(0.8,
     store_key = time_key(s_user, s_ts)
     hist_end = causal_ends(store_key, time_key(user, ts))  # strictly earlier clicks
     hist_start = np.searchsorted(store_key, time_key(user, 0), side="left")
-    repeat = _repeat_flags(s_user, s_item, s_ts, len(item_vocab), user, item, ts)  # clicked it before
+    repeat = _FirstTaken(s_user, s_item, s_ts, len(item_vocab)).before(user, item, ts)  # clicked it before
 
     lo, hi = ts.min(), ts.max()
     t1 = lo + (hi - lo) * split_fractions[0]

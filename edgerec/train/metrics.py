@@ -115,10 +115,28 @@ _TOPK: dict[str, Callable] = {"NDCG": ndcg_at_k, "HR": hr_at_k}
 METRIC_NAMES = ["AUC", "GAUC", "logloss", "NDCG@k", "HR@k"]
 # Larger is better for all but these:
 LOWER_IS_BETTER = {"logloss"}
+# The sample subsets a metric can be restricted to (NAME:SUBSET); the sample builders fill them in
+# (edgerec.data.samples.Split.metric_subsets): pairs whose positive the user had before, and the rest.
+SUBSETS = ("repeat", "new")
+
+
+def lower_is_better(name: str) -> bool:
+    """True for metrics to minimise (logloss, logloss:repeat, ...)."""
+    return parse_metric(name)[0] in LOWER_IS_BETTER
+
+
+def split_subset(name: str) -> tuple[str, str | None]:
+    """'GAUC:repeat' -> ('GAUC', 'repeat'); 'AUC' -> ('AUC', None). Unknown subsets are an error."""
+    base, _, sub = name.partition(":")
+    if sub and sub not in SUBSETS:
+        raise ValueError(f"unknown metric subset {sub!r} in {name!r}; subsets: {', '.join(SUBSETS)} "
+                         f"(e.g. GAUC:repeat)")
+    return base, sub or None
 
 
 def parse_metric(name: str) -> tuple[str, int | None]:
-    name = name.split(":", 1)[0]
+    """A metric name (optionally NAME:SUBSET) -> (base metric, k for @k metrics); errors name the fix."""
+    name = split_subset(name)[0]
     m = re.fullmatch(r"(NDCG|HR)@(\d+)", name)
     if m:
         return m.group(1), int(m.group(2))
@@ -134,14 +152,14 @@ def evaluate(names: list[str], y: np.ndarray, p: np.ndarray, group: np.ndarray |
     out = {}
     for name in names:
         base, k = parse_metric(name)
-        if ":" in name:
-            sub = name.split(":", 1)[1]
+        whole, sub = split_subset(name)
+        if sub is not None:
             if sub not in (subsets or {}):
-                raise ValueError(f"metric {name}: this split has no subset {sub!r}; it has "
-                                 f"{sorted(subsets or {}) or 'none'} (subsets come from the dicycle and impression protocols)")
+                raise ValueError(f"metric {name}: these samples record no {sub!r} subset (the dicycle and impression "
+                                 f"protocols record one); drop {name} from train.metrics")
             m = subsets[sub]
-            out[name] = evaluate([name.split(":", 1)[0]], y[m], p[m], None if group is None else group[m])[
-                name.split(":", 1)[0]] if m.any() else float("nan")
+            out[name] = evaluate([whole], y[m], p[m], None if group is None else group[m])[whole] if m.any() \
+                else float("nan")
             continue
         if base in _SIMPLE:
             out[name] = _SIMPLE[base](y, p)

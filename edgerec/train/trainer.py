@@ -26,7 +26,7 @@ from edgerec.data.samples import SampleSet
 from edgerec.io import atomic_path, write_json_atomic
 from edgerec.models.base import CTRModel
 from edgerec.train.config import ConfigError, TrainConfig
-from edgerec.train.metrics import LOWER_IS_BETTER, evaluate
+from edgerec.train.metrics import evaluate, lower_is_better
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
@@ -131,7 +131,7 @@ class Trainer:
         seed_everything(cfg.seed, cfg.deterministic)
         model.to(device)
         opt = make_optimizer(model, cfg)
-        sign = -1.0 if cfg.monitor in LOWER_IS_BETTER else 1.0
+        sign = -1.0 if lower_is_better(cfg.monitor) else 1.0
         best, best_state, best_epoch, bad_epochs = -math.inf, None, -1, 0
         history: list[dict] = []
         n_seen, t_train = 0, 0.0
@@ -192,7 +192,7 @@ class Trainer:
 def _no_best_epoch_message(monitor: str, epochs: int) -> str:
     """Why no epoch could be picked: without this check `history[best_epoch - 1]` with best_epoch = -1
     would silently report the second-to-last epoch as the best one."""
-    return (f"train.monitor={monitor!r} was NaN on the validation split in all {epochs} epochs run, so no "
+    return (f"train.monitor={monitor!r} was NaN (or infinite) on the validation split in all {epochs} epochs run, so no "
             f"epoch can be picked as the best. The metric is undefined there: most likely the validation split "
             f"has a single class (only clicks or only non-clicks; for per-user metrics such as GAUC, no user "
             f"with both), e.g. because it is too small. Monitor another metric of train.metrics (e.g. "
