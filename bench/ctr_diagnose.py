@@ -85,7 +85,7 @@ def recency_analysis(buckets=((1, 10), (11, 50), (51, 100), (101, 200))) -> dict
         }
     # the same for a random catalogue item: the base rate a genre match has to beat
     rng = np.random.default_rng(0)
-    rand_genre = genre[rng.integers(1, s.spec.n_items, len(pos))][:, None]
+    rand_genre = genre[rng.integers(1, s.spec.oov_item, len(pos))][:, None]
     out["random item vs slots 1-50"] = float((hist_genre[:, 150:] == rand_genre)[mask[:, 150:]].mean())
     return out
 

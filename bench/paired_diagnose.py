@@ -106,7 +106,7 @@ def expanded_split(samples, K: int, seed: int, split: str = "test") -> tuple[Spl
     pos = held.subset(np.flatnonzero(held.label == 1))
     rng = np.random.default_rng([seed, 4242])
     neg = pos.subset(np.repeat(np.arange(len(pos)), K))
-    neg.item = samples._neg_sampler.sample(neg, rng)  # the run's own sampler: own_history or uniform_unseen
+    neg.item = samples._eval_neg_sampler.sample(neg, rng)  # the run's evaluation sampler (own_history, uniform_unseen)
     neg.label = np.zeros(len(neg), np.float32)
     return pos, neg
 

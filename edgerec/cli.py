@@ -366,7 +366,7 @@ def _demo_ctr(args: argparse.Namespace) -> int:
     d = registry.describe("ml-100k")
     print(f"   {d['events']:,} ratings, {d['users']} users, {d['items']} items, "
           f"{d['time_range_utc'][0]} .. {d['time_range_utc'][1]} UTC")
-    print("== 2/3 train LR, DNN, DIN (DiCycle protocol: leave-last-out, 1 random negative, L=50) ==")
+    print("== 2/3 train LR, DNN, DIN (DiCycle protocol: leave-last-out, 1 sampled negative, L=50) ==")
     results, cache = [], {}
     extra = ["train.progress=false"] if not sys.stderr.isatty() else []
     for expid in ("LR_ml100k", "DNN_ml100k", "DIN_ml100k"):

@@ -78,6 +78,10 @@ def test_semantic_errors(tmp_path):
         load_experiment(p, "A", ["dataset=ml-1m"])
     with pytest.raises(ConfigError, match=r"protocol 'dicyle' unknown\. Did you mean 'dicycle'"):
         load_experiment(p, "A", ["protocol=dicyle"])
+    with pytest.raises(ConfigError, match=r"data.negatives 'own_histroy' unknown\. Did you mean 'own_history'"):
+        load_experiment(p, "A", ["data.negatives=own_histroy"])
+    with pytest.raises(ConfigError, match=r"unknown metric subset 'repaet'.*subsets: repeat, new"):
+        load_experiment(p, "A", ["train.metrics=[AUC,GAUC:repaet]"])
 
 
 def test_bad_yaml_and_bad_override_syntax(tmp_path):

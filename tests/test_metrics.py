@@ -112,6 +112,22 @@ def test_gauc_skips_one_class_groups_and_weights_by_size():
     assert gauc(y, p, g) == pytest.approx((1.0 * 2 + 0.5 * 5) / 7)
 
 
+def test_subset_metrics_equal_the_metric_on_the_masked_samples():
+    from edgerec.train.metrics import lower_is_better
+
+    rng = np.random.default_rng(5)
+    y, p, g = rng.integers(0, 2, 400), rng.random(400), rng.integers(0, 20, 400)
+    rep = rng.random(400) < 0.3
+    got = evaluate(["AUC:repeat", "GAUC:new", "logloss:repeat", "AUC"], y, p, g, {"repeat": rep, "new": ~rep})
+    assert got["AUC:repeat"] == evaluate(["AUC"], y[rep], p[rep])["AUC"] != got["AUC"]
+    assert got["GAUC:new"] == evaluate(["GAUC"], y[~rep], p[~rep], g[~rep])["GAUC"]
+    assert got["logloss:repeat"] == evaluate(["logloss"], y[rep], p[rep])["logloss"]
+    assert np.isnan(evaluate(["AUC:repeat"], y, p, g, {"repeat": np.zeros(400, bool)})["AUC:repeat"])
+    with pytest.raises(ValueError, match="record no 'repeat' subset"):
+        evaluate(["AUC:repeat"], y, p, g, {})
+    assert lower_is_better("logloss:repeat") and lower_is_better("logloss") and not lower_is_better("GAUC:new")
+
+
 def test_parse_metric_and_evaluate():
     assert parse_metric("NDCG@10") == ("NDCG", 10)
     with pytest.raises(ValueError, match="unknown metric 'MAP'"):

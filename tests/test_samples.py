@@ -151,6 +151,19 @@ def test_the_samplers_coincide_without_repeats(ml100k):
         build_dicycle(ml100k, negatives="random")
 
 
+def test_history_is_strictly_before_target_and_left_padded(ml_samples):
+    s = ml_samples
+    b = s.make_batch(s.splits["train"], np.arange(4096), max_len=20)
+    mask, hist_ts, ts = b["hist_mask"].numpy(), b["hist_ts"].numpy(), b["ts"].numpy()
+    assert (hist_ts[mask] < np.repeat(ts, mask.sum(1))).all()
+    # left padding: once a row has a real behaviour, every later slot is real too
+    assert (np.diff(mask.astype(int), axis=1) >= 0).all()
+    assert (b["hist_item"].numpy()[~mask] == 0).all()
+    # the most recent behaviour sits in the last slot and is the last one before the target's moment
+    sp = s.splits["train"]
+    np.testing.assert_array_equal(b["hist_item"].numpy()[:, -1], s.store_item[sp.hist_end[:4096] - 1])
+
+
 def test_seeded_and_resampled_negatives(ml100k):
     a = build_dicycle(ml100k, max_len=10, seed=1)
     b = build_dicycle(ml100k, max_len=10, seed=1)

@@ -280,16 +280,36 @@ def test_cold_start_user_gets_stage_one_order(ranker, dataset):
     assert pre == sorted(pre, reverse=True) and [it["score"] for it in out["items"]] == pre
     known = int(ranker.samples.user_ids[0])
     assert not service.recommend(known, ts=1767571200 + 8 * 3600, k=10)["cold_start"]
+    # an unknown user WITH online history is ranked by the model (OOV user index), not by stage 1
+    from edgerec.features.definition import Event
+
+    item = int(ranker.samples.item_ids[0])
+    service.store.apply([Event("c1", 10**12, item, 1767571200, "click", position=1)], ranker.definition)
+    warm = service.recommend(10**12, ts=1767571200 + 8 * 3600, k=10)
+    assert not warm["cold_start"] and warm["history_length"] == 1
+    assert [it["score"] for it in warm["items"]] != [it["prerank_score"] for it in warm["items"]]
 
 
 def test_candidate_index_for_evaluation_sees_only_the_training_period(ranker, dataset):
     from edgerec.serve.service import training_cut
 
     cut = training_cut(ranker.samples)
-    assert cut == ranker.samples.splits["valid"].ts.min() or cut <= ranker.samples.splits["valid"].ts.min()
+    assert ranker.samples.splits["train"].ts.max() < cut <= ranker.samples.splits["valid"].ts.min()
     full = CandidateIndex.from_dataset(dataset)
     train = CandidateIndex.from_dataset(dataset, until_ts=cut)
     ev = dataset.events
     clicks = ev.column("label").to_numpy() == 1
     before = clicks & (ev.column("ts").to_numpy() < cut)
     assert train.slot_clicks.sum() == before.sum() < full.slot_clicks.sum() == clicks.sum()
+
+
+def test_index_period_train_is_refused_without_a_training_period(ml100k):
+    from edgerec.data.samples import build_dicycle
+    from edgerec.errors import EdgerecError
+    from edgerec.serve.server import ServiceRecipe, build_service
+    from edgerec.serve.service import training_cut
+
+    with pytest.raises(EdgerecError, match="no single training period"):
+        training_cut(build_dicycle(ml100k, max_len=5))
+    with pytest.raises(EdgerecError, match="index_period must be 'all' or 'train'"):
+        build_service(ServiceRecipe(store="memory", run="nowhere", index_period="test"))

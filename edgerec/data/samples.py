@@ -97,7 +97,8 @@ class SampleSet:
     user_feats: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (spec.n_users,) codes
     protocol: str = ""
     info: dict = field(default_factory=dict)
-    _neg_sampler: "NegativeSampler | None" = None
+    _neg_sampler: "NegativeSampler | OwnHistorySampler | None" = None  # training negatives (resample)
+    _eval_neg_sampler: "NegativeSampler | OwnHistorySampler | None" = None  # validation/test negatives
     _train_positive: Split | None = None
     resample_negatives: bool = False
     seed: int = 0
@@ -395,7 +396,7 @@ def build_dicycle(ds: EventDataset, max_len: int = 50, seed: int = 0, min_events
             **{f"{k}_repeat_share": round(float(v.repeat.mean()), 4) if len(v) else None for k, v in splits.items()},
             **{f"{k}_negative_fallbacks": v for k, v in fallbacks.items()}}
     return SampleSet(spec, item, ts, splits, item_feats, user_feats, "dicycle", info,
-                     _neg_sampler=sampler, _train_positive=train_pos,
+                     _neg_sampler=sampler, _eval_neg_sampler=eval_sampler, _train_positive=train_pos,
                      resample_negatives=train_negatives == "resample", seed=seed,
                      item_ids=item_vocab, user_ids=user_vocab)
 
@@ -444,7 +445,7 @@ def build_impressions(ds: EventDataset, max_len: int = 50, split_fractions=(0.8,
     spec = FeatureSpec(n_users=len(user_vocab) + 2, n_items=len(item_vocab) + 2, max_len=max_len,
                        item_features=item_sizes, user_features=user_sizes, n_positions=n_pos + 1)
     info = {"protocol": "impression", "users": len(user_vocab), "items": len(item_vocab),
-            "split_time_cuts": [int(t1), int(t2)], **{f"{k}_samples": len(v) for k, v in splits.items()},
+            "split_time_cuts": [float(t1), float(t2)], **{f"{k}_samples": len(v) for k, v in splits.items()},
             **{f"{k}_ctr": round(float(v.label.mean()), 5) if len(v) else None for k, v in splits.items()}}
     return SampleSet(spec, s_item, s_ts, splits, item_feats, user_feats, "impression", info, seed=seed,
                      item_ids=item_vocab, user_ids=user_vocab, store_position=position[c_order])

@@ -75,7 +75,10 @@ def causal_end(sorted_ts: list[int], now: int) -> int:
     A behaviour is visible only if its time is STRICTLY before the request's (a click in the same
     second, the same request or the same basket is not history yet). Serving reads it through
     `FeatureDefinition.user_features`; the sample builders through `causal_ends`, its vectorized
-    twin; tests/test_samples.py checks the two agree event by event."""
+    twin. tests/test_samples.py checks that the DiCycle protocol's test histories equal what
+    `user_features` serves at that time; tests/test_serve.py does the same for the impression
+    protocol. (The cut applies to the history lists; the per-user counters beside them are
+    totals over everything folded in, which no model reads.)"""
     return bisect.bisect_left(sorted_ts, now)
 
 

@@ -3,8 +3,8 @@
 Built by the sample builders from the data (vocabulary sizes are data-dependent), passed to the
 model constructor as its first argument. Config keys never set these; they are not hyper-parameters.
 Every categorical vocabulary reserves index 0 for padding. The item and user vocabularies also
-reserve their LAST index for out-of-vocabulary ids (`oov_item`, `oov_user`): an id the run never saw
-in training (a new item at serving, an unknown history item) maps there. Its embedding is zero and
+reserve their LAST index for out-of-vocabulary ids (`oov_item`, `oov_user`): an id outside the run's
+vocabulary (a new item at serving, an unknown history item) maps there. Its embedding is zero and
 never trained, and no exact-match term (COUPA's same-item kernel) ever fires for it, so two unknown
 ids are never taken for the same item. Side-feature vocabularies use 0 for unknown.
 """

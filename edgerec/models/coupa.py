@@ -172,9 +172,13 @@ class COUPA(CTRModel):
             out["log_examination"] = log_theta
         if self.training and self.time is not None and self.pp_loss_weight > 0:
             rows = slice(0, min(self.pp_rows, z.shape[0]))
-            marks = (batch[f"hist_{self.mark_feature}"][rows] - 1).clamp_min(0) if self.mark_feature \
-                else torch.zeros_like(batch["hist_item"][rows])
-            ll = self.time.log_likelihood(marks, batch["hist_ts"][rows], batch["hist_mask"][rows],
+            mask = batch["hist_mask"][rows]  # (R, L)
+            if self.mark_feature:  # marks are the real categories; an event of unknown category (code 0) is left out
+                codes = batch[f"hist_{self.mark_feature}"][rows]  # (R, L)
+                marks, mask = (codes - 1).clamp_min(0), mask & (codes > 0)
+            else:
+                marks = torch.zeros_like(batch["hist_item"][rows])
+            ll = self.time.log_likelihood(marks, batch["hist_ts"][rows], mask,
                                           self.pp_events, self.pp_mc_points,
                                           None if e_u is None else e_u[rows])
             out["pp_log_likelihood"] = ll.mean().detach()

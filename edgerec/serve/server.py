@@ -95,11 +95,11 @@ def build_service(recipe: ServiceRecipe, ranker=None, dataset: str | None = None
     from edgerec.features.store import open_store
     from edgerec.serve.service import CandidateIndex, FileEventSink, RecommendService, training_cut
 
+    if recipe.index_period not in ("all", "train"):  # before any work
+        raise EdgerecError(f"index_period must be 'all' or 'train', got {recipe.index_period!r}")
     torch.set_num_threads(recipe.threads)
     if ranker is None:
         ranker, dataset = build_ranker(recipe)
-    if recipe.index_period not in ("all", "train"):
-        raise EdgerecError(f"index_period must be 'all' or 'train', got {recipe.index_period!r}")
     store = open_store(recipe.store)
     until = training_cut(ranker.samples) if recipe.index_period == "train" else None
     index = CandidateIndex.from_dataset(registry.load(dataset), until_ts=until)

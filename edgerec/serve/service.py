@@ -1,7 +1,8 @@
 """Two-stage online serving: retrieve and pre-rank, then rank with the trained model (issue 5).
 
   stage 1  `CandidateIndex.retrieve(ts, channel, n)`: every item of the channel, pre-ranked by how
-           often it was clicked in this hour of the week (from the training log) times its online
+           often it was clicked in this hour of the week (from the log the index is built from: the
+           whole log for a live service, the training period for an evaluation) times its online
            CTR; time-slot aware, candidate-cheap, no model. Returns the top n (default 200).
   stage 2  `Ranker.score(...)`: the trained COUPA or DiCycle with the user's ONLINE features (the
            feature store, folded by the stream). For COUPA the model itself is two-part as well:
@@ -119,7 +120,7 @@ class Ranker:
 
 @dataclass
 class CandidateIndex:
-    """Stage 1: the item catalogue with per-item hour-of-week click counts from the training log."""
+    """Stage 1: the item catalogue with per-item hour-of-week click counts (see `from_dataset`)."""
 
     item_ids: np.ndarray  # (N,) raw ids
     channel: np.ndarray  # (N,) channel name of each item (the o2o category)
@@ -177,13 +178,21 @@ class CandidateIndex:
 
 
 def training_cut(samples) -> int:
-    """First timestamp after the training period of a SampleSet: stage 1's statistics for evaluation
-    come from strictly before it (impression protocol: the train/valid time cut; dicycle protocol:
-    the earliest validation target)."""
+    """First timestamp after the training period of an impression-protocol SampleSet (its train /
+    validation time cut, rounded up): stage 1's statistics for an evaluation come from strictly
+    before it. The online CTR that stage 1 multiplies in is read from the feature store, so a replay
+    must also fold only training-period events into the store.
+
+    Leave-last-out (dicycle protocol) has no global training period (each user's evaluation moments
+    fall at their own times), so there is no such cut: refused with the reason."""
+    import math
+
     cuts = samples.info.get("split_time_cuts")
-    if cuts:
-        return int(cuts[0])
-    return int(samples.splits["valid"].ts.min())
+    if not cuts:
+        raise EdgerecError("--index-period train needs a run on the impression protocol (split by time); a "
+                           "leave-last-out (dicycle protocol) run has no single training period to cut at. "
+                           "Use --index-period all.")
+    return int(math.ceil(cuts[0]))
 
 
 class RecommendService:

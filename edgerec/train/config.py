@@ -256,7 +256,7 @@ def _type_name(tp: Any) -> str:
 def _check_semantics(cfg: ExperimentConfig, where: str) -> None:
     """Checks that need more than types: names of models, protocols, metrics, model_args."""
     from edgerec.data.registry import parse_id
-    from edgerec.data.samples import PROTOCOLS
+    from edgerec.data.samples import NEGATIVE_SAMPLERS, PROTOCOLS
     from edgerec.errors import EdgerecError
     from edgerec.models import MODELS, model_arg_defaults
     from edgerec.train.metrics import parse_metric
@@ -268,6 +268,9 @@ def _check_semantics(cfg: ExperimentConfig, where: str) -> None:
     if cfg.protocol not in PROTOCOLS:
         raise ConfigError(f"{where}: protocol {cfg.protocol!r} unknown.{_did_you_mean(cfg.protocol, list(PROTOCOLS))} "
                           f"Choose from: {', '.join(PROTOCOLS)}")
+    if cfg.data.negatives not in NEGATIVE_SAMPLERS:
+        raise ConfigError(f"{where}: data.negatives {cfg.data.negatives!r} unknown.{_did_you_mean(cfg.data.negatives, list(NEGATIVE_SAMPLERS))} "
+                          f"Choose from: {', '.join(NEGATIVE_SAMPLERS)} (docs/config.md)")
     if cfg.model not in MODELS:
         raise ConfigError(f"{where}: model {cfg.model!r} unknown.{_did_you_mean(cfg.model, list(MODELS))} "
                           f"Available: {', '.join(sorted(MODELS))}")

@@ -109,7 +109,10 @@ def load_run(run_dir: str | Path, sample_cache: dict | None = None) -> tuple[Exp
     samples = _cached_samples(cfg, sample_cache)
     spec = FeatureSpec.from_dict(meta["feature_spec"])
     if spec != samples.spec:
-        raise EdgerecError(f"{run_dir}: the data changed since training (feature spec differs); retrain.")
+        old_vocab = (spec.n_items, spec.n_users) == (samples.spec.n_items - 1, samples.spec.n_users - 1)
+        why = ("it was trained before edgerec reserved an out-of-vocabulary index (2026-12)" if old_vocab
+               else "the data or the sample builders changed since training (feature spec differs)")
+        raise EdgerecError(f"{run_dir}: {why}; retrain it with `edgerec train`.")
     model = MODELS[cfg.model](spec, **cfg.model_args)
     model.load_state_dict(state)
     return cfg, model, samples
