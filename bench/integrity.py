@@ -68,7 +68,8 @@ def _runs(files: list, L: int = 50) -> dict[str, dict[int, dict]]:
 
 def _ms(x: list[float], sign: str = "") -> str:
     a = np.asarray(x, dtype=float)
-    if len(a) == 0 or np.isnan(a).all():
+    a = a[~np.isnan(a)]
+    if len(a) == 0:
         return "–"
     return f"{a.mean():{sign}.4f} ± {a.std(ddof=1):.4f}" if len(a) > 1 else f"{a.mean():{sign}.4f} (1 seed)"
 
@@ -105,7 +106,7 @@ def render(key: str) -> str:
     metrics = [m for m in METRICS if any(m in t and not np.isnan(t[m]) for runs in new.values() for t in runs.values())]
     lines = [f"| model | seeds | {' | '.join('test ' + m for m in metrics)} |", "|---|---|" + "---|" * len(metrics)]
     for model, runs in new.items():
-        cells = [_ms([t[m] for t in runs.values()]) for m in metrics]
+        cells = [_ms([t.get(m, np.nan) for t in runs.values()]) for m in metrics]
         lines.append(f"| {model} | {len(runs)} | {' | '.join(cells)} |")
     if "DIN" in new:
         lines += ["", "Paired by seed against DIN (test AUC; per-seed differences, mean ± std, seeds above 0):", "",

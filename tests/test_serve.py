@@ -43,10 +43,12 @@ def events(dataset):
     return sorted(events_from_log(dataset.events), key=lambda e: e.ts)
 
 
-def test_served_request_and_score_equal_the_training_batch(ranker, events):
+def assert_served_equals_training(ranker, events, rows, keys, fold: str = "left") -> None:
+    """For test samples `rows`: the request encoded from an online store holding the user's events
+    before the target (fold='left': strictly before; 'right': the target's own second too) equals
+    the training batch tensor by tensor, and the served score equals the training score."""
     s = ranker.samples
     sp = s.splits["test"]
-    rows = np.random.default_rng(1).choice(len(sp), 25, replace=False)
     batch = s.make_batch(sp, rows)
     with torch.no_grad():
         train_scores = ranker.model(batch)["y_pred"].numpy()
@@ -54,13 +56,19 @@ def test_served_request_and_score_equal_the_training_batch(ranker, events):
     for j, r in enumerate(rows):
         t, user = int(sp.ts[r]), int(s.user_ids[sp.user[r] - 1])
         store = MemoryStore()
-        store.apply([e for e in events[:np.searchsorted(ts_all, t)] if e.user_id == user], ranker.definition)
+        store.apply([e for e in events[:np.searchsorted(ts_all, t, side=fold)] if e.user_id == user],
+                    ranker.definition)
         req = ranker.encode_request(user, t, ranker.definition.user_features(store.user(user), t))
-        for k in ("hist_item", "hist_ts", "hist_mask", "hist_slots", "hist_category_id", "hist_position",
-                  "user", "user_device"):
+        for k in keys:
             assert torch.equal(req[k][0], batch[k][j]), k
         item = int(s.item_ids[sp.item[r] - 1])
         assert abs(ranker.score(req, np.array([item]))[0] - train_scores[j]) <= 1e-5
+
+
+def test_served_request_and_score_equal_the_training_batch(ranker, events):
+    rows = np.random.default_rng(1).choice(len(ranker.samples.splits["test"]), 25, replace=False)
+    assert_served_equals_training(ranker, events, rows, ("hist_item", "hist_ts", "hist_mask", "hist_slots",
+                                                         "hist_category_id", "hist_position", "user", "user_device"))
 
 
 def test_two_stage_equals_single_pass_over_200_candidates(ranker, events, dataset):
@@ -329,19 +337,6 @@ def test_dicycle_protocol_serving_equals_training(tmp_path_factory, events):
     # the online state keeps a few clicks more than L: clicks of the request's own second are in the
     # store (folded before the request) but not visible to it, and must not push visible ones out
     ranker = Ranker(run.trained, s, FeatureDefinition(max_len=s.spec.max_len + 16, n_positions=1))
-    sp = s.splits["test"]
-    rows = np.random.default_rng(2).choice(len(sp), 20, replace=False)
-    batch = s.make_batch(sp, rows)
-    with torch.no_grad():
-        train_scores = ranker.model(batch)["y_pred"].numpy()
-    ts_all = np.array([e.ts for e in events])
-    for j, r in enumerate(rows):
-        t, user = int(sp.ts[r]), int(s.user_ids[sp.user[r] - 1])
-        store = MemoryStore()  # the whole log up to the target's moment, same-second events included
-        store.apply([e for e in events[:np.searchsorted(ts_all, t, side="right")] if e.user_id == user],
-                    ranker.definition)
-        req = ranker.encode_request(user, t, ranker.definition.user_features(store.user(user), t))
-        for k in ("hist_item", "hist_ts", "hist_mask", "hist_slots", "user"):
-            assert torch.equal(req[k][0], batch[k][j]), k
-        item = int(s.item_ids[sp.item[r] - 1])
-        assert abs(ranker.score(req, np.array([item]))[0] - train_scores[j]) <= 1e-5
+    rows = np.random.default_rng(2).choice(len(s.splits["test"]), 20, replace=False)
+    assert_served_equals_training(ranker, events, rows, ("hist_item", "hist_ts", "hist_mask", "hist_slots", "user"),
+                                  fold="right")
