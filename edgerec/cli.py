@@ -179,6 +179,20 @@ def _add_definition_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--positions", type=int, default=20, help="display positions tracked (default %(default)s)")
 
 
+def _add_future_skew_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--future-skew-hours", type=float, default=24.0,
+                   help=f"{what} an event whose ts is later than this machine's clock plus this many hours (it "
+                        "would move the store's watermark ahead, and every later event would look older than the "
+                        "dedup window); 0 = no bound, e.g. to replay a log that lies ahead of the clock "
+                        "(default %(default)s)")
+
+
+def _future_skew_s(hours: float) -> int | None:
+    if not hours >= 0:  # NaN too
+        raise EdgerecError(f"--future-skew-hours must be >= 0 (0 = no bound), got {hours}.")
+    return round(hours * 3600) or None
+
+
 def _cmd_stream(args: argparse.Namespace) -> int:
     from edgerec.features.definition import FeatureDefinition
     from edgerec.features.store import open_store
@@ -209,11 +223,13 @@ def _cmd_stream(args: argparse.Namespace) -> int:
         where = str(args.events)
     if args.dedup_days < 0:
         raise EdgerecError(f"--dedup-days must be >= 0 (0 keeps every event id), got {args.dedup_days}.")
+    future_skew_s = _future_skew_s(args.future_skew_hours)
     store = open_store(args.store, dedup_window_s=round(args.dedup_days * 86400) or None)
     definition = FeatureDefinition(max_len=args.max_len, n_positions=args.positions)
     t0 = time.perf_counter()
     try:
-        stats = run_stream(source, store, definition, args.batch_size, args.max_messages, retries=args.retries)
+        stats = run_stream(source, store, definition, args.batch_size, args.max_messages, retries=args.retries,
+                           future_skew_s=future_skew_s)
     finally:
         source.close()
     dt = time.perf_counter() - t0
@@ -221,8 +237,13 @@ def _cmd_stream(args: argparse.Namespace) -> int:
     print(f"{where}: read {stats.read:,} messages in {stats.batches} batches ({dt:.1f} s, "
           f"{stats.read / max(dt, 1e-9):,.0f}/s): {stats.applied:,} applied, {stats.duplicates:,} duplicates "
           f"skipped, {stats.rejected:,} rejected" + (f" ({stats.late:,} older than the dedup window)" if stats.late else "")
+          + (f" ({stats.future:,} later than the clock + the allowed skew)" if stats.future else "")
           + (f" (see {rejected_to})" if stats.rejected else "")
           + (f", {stats.retries} store reconnects" if stats.retries else ""))
+    if stats.incomplete is not None:
+        print(f"warning: {where}: line {stats.incomplete + 1} has no newline yet and is not a complete JSON object "
+              "(a writer still writing it?): left unread and uncommitted; a later run reads it once it is complete.",
+              file=sys.stderr)
     return 0
 
 
@@ -266,7 +287,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     recipe = server.ServiceRecipe(store=args.store, run=args.run, dataset=args.dataset, feedback_to=args.feedback_to,
                                   kafka=args.kafka, topic=args.topic, threads=args.threads,
-                                  index_period=args.index_period)
+                                  index_period=args.index_period, future_skew_s=_future_skew_s(args.future_skew_hours))
     server.check_workers(recipe, args.workers)
     service = server.build_service(recipe)  # also with --workers > 1: fails here, readably, before any worker
     if args.openapi:
@@ -463,6 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="keep applied event ids this many days of event time for the duplicate check; an event "
                          "older than the newest one minus this window goes to the dead letter with its reason "
                          "(0 = keep every id forever; default %(default)s)")
+    _add_future_skew_arg(st, "dead-letter")
     st.add_argument("--batch-size", type=int, default=500, help="events per atomic commit (default %(default)s)")
     st.add_argument("--max-messages", type=int, help="stop after this many messages (default: to the end)")
     _add_definition_args(st)
@@ -495,6 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                            "(what `edgerec stream --events FILE` consumes)")
     sv.add_argument("--kafka", metavar="HOST:PORT", help="publish /feedback events to Kafka instead")
     sv.add_argument("--topic", default="edgerec-events", help="Kafka topic (default %(default)s)")
+    _add_future_skew_arg(sv, "POST /feedback refuses (422)")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default %(default)s); "

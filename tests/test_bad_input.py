@@ -10,6 +10,7 @@ from edgerec.data.openbandit import load_obd
 from edgerec.data.readers import Col, read_delimited
 from edgerec.data.schema import make_events, validate_events
 from edgerec.errors import DataFormatError
+from tests.poison import POISON
 
 
 def _replace_line(path, line_no: int, new: str) -> None:
@@ -106,3 +107,49 @@ def test_event_schema_rejects_bad_label():
 def test_event_schema_requires_core_columns(ml100k):
     with pytest.raises(DataFormatError, match="missing core column 'ts'"):
         validate_events(ml100k.events.drop_columns(["ts"]), "events")
+
+
+@pytest.mark.parametrize("name,raw,names", POISON, ids=[p[0] for p in POISON])
+def test_every_poison_event_is_refused_naming_the_field(name, raw, names):
+    """THE event validator (through the stream's decode): one clear DataFormatError per poison line,
+    naming the field (or the reason it is not JSON), with the value cut, never a crash."""
+    import time
+
+    from edgerec.features.definition import DEFAULT_FUTURE_SKEW_S, latest_accepted_ts
+    from edgerec.serve.stream import decode
+
+    with pytest.raises(DataFormatError) as exc:
+        decode(raw, "ev.jsonl line 3", latest_accepted_ts(DEFAULT_FUTURE_SKEW_S, now=time.time()))
+    msg = str(exc.value)
+    assert msg.startswith("ev.jsonl line 3: ") and names in msg and len(msg) < 700, msg
+
+
+def test_error_messages_cut_long_values():
+    from edgerec.features.definition import Event, cut
+
+    assert cut("x" * 10_000) == "'" + "x" * 76 + "..."  # 80 characters
+    assert cut(10 ** 5000) == "<an integer of about 5,001 digits>"
+    assert cut({"a": 10 ** 5000}) == "<a dict>"  # its repr would raise
+    assert cut("\ud800") == "'\\ud800'"  # escaped: the message stays valid UTF-8
+    with pytest.raises(DataFormatError, match=r"kind 'yyyyy[y]*\.\.\. is not one of") as exc:
+        Event.from_dict({"event_id": "x", "user_id": 1, "item_id": 2, "ts": 5, "kind": "y" * 10 ** 6})
+    assert len(str(exc.value)) < 200
+
+
+def test_batch_import_uses_the_same_validator(tmp_path):
+    """`edgerec batch --events`: a line of bad UTF-8 or an out-of-range id is an error naming the line
+    (it was a UnicodeDecodeError traceback, or an int64 overflow in Arrow)."""
+    import json
+
+    from edgerec.features.batch import read_event_file
+
+    good = {"event_id": "a", "user_id": 1, "item_id": 2, "ts": 5, "kind": "click"}
+    path = tmp_path / "ev.jsonl"
+    path.write_bytes(json.dumps(good).encode() + b"\n" + b'{"event_id": "\xff"}\n')
+    with pytest.raises(DataFormatError, match=r"ev.jsonl line 2: not UTF-8"):
+        read_event_file(path)
+    path.write_text(json.dumps(good) + "\n" + json.dumps({**good, "user_id": 2 ** 63}) + "\n")
+    with pytest.raises(DataFormatError, match=r"ev.jsonl line 2: user_id 9223372036854775808 is out of range"):
+        read_event_file(path)
+    path.write_text(json.dumps({**good, "ts": 4_000_000_000}) + "\n")  # offline: no future bound
+    assert read_event_file(path).num_rows == 1

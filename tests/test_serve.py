@@ -5,11 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import assume, given, settings
 
 from edgerec.features.definition import FeatureDefinition
 from edgerec.features.store import MemoryStore
 from edgerec.serve.service import CandidateIndex, Ranker, RecommendService
 from edgerec.serve.stream import events_from_log
+from tests.poison import EVENT_DICTS, to_line
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
@@ -142,6 +144,128 @@ def test_http_feedback_updates_online_features_once(client):
     old = c.post("/feedback", json={"events": [{**ev, "event_id": "fb-old", "ts": 1_770_000_000 - 30 * 86400}]})
     assert old.status_code == 422 and "dedup window" in old.json()["detail"][0]["msg"], old.text
     assert store.user(7).clicks == before + 1
+
+
+def _raw_post(c, path: str, body: bytes):
+    return c.post(path, content=body, headers={"content-type": "application/json"})
+
+
+def test_feedback_with_a_stored_bad_value_no_longer_breaks_the_user(client):
+    """Issue 20, item 3: position 2^63 was accepted (200), and every /recommend for that user was then
+    a 500 (OverflowError in encode_request). Now 422 naming the field; the largest accepted position
+    is stored and served."""
+    c, store = client
+    user = 424_242  # not in the run's vocabulary: the model path with the OOV user once it has history
+    ev = {"event_id": "pos-1", "user_id": user, "item_id": 3, "ts": 1_770_000_000, "kind": "click"}
+    bad = c.post("/feedback", json={"events": [{**ev, "position": 2 ** 63}]})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "events", 0, "position"]
+    assert store.user(user).clicks == 0
+    assert c.post("/feedback", json={"events": [{**ev, "position": 2 ** 63 - 1}]}).json() == {"accepted": 1}
+    r = c.post("/recommend", json={"user_id": user, "ts": 1_770_000_060, "k": 5})
+    assert r.status_code == 200 and r.json()["history_length"] == 1, r.text
+
+
+@pytest.mark.parametrize("payload,field,status", [
+    ({"user_id": 2 ** 63}, "user_id", 422), ({"user_id": 2 ** 63 - 1}, None, 200),
+    ({"user_id": 1, "ts": 2 ** 63}, "ts", 422), ({"user_id": 1, "ts": 4_102_444_800}, None, 200),
+    ({"user_id": 1, "ts": 4_102_444_801}, "ts", 422), ({"user_id": True}, "user_id", 422),
+    ({"user_id": 3.9}, "user_id", 422), ({"user_id": "3"}, "user_id", 422)])
+def test_recommend_ids_and_ts_are_int64_and_time_bounded(client, payload, field, status):
+    """Issue 20, item 4: ids or ts >= 2^63 were a 500; bools and floats were truncated."""
+    r = client[0].post("/recommend", json={**payload, "k": 3})
+    assert r.status_code == status, r.text
+    if field:
+        assert r.json()["detail"][0]["loc"] == ["body", field]
+
+
+@pytest.mark.parametrize("path,body,field", [
+    ("/recommend", b'{"user_id": NaN}', "user_id"), ("/recommend", b'{"user_id": Infinity}', "user_id"),
+    ("/recommend", b'{"user_id": -Infinity}', "user_id"), ("/recommend", b'{"user_id": 1e400}', "user_id"),
+    ("/recommend", b'{"user_id": "\\ud800"}', "user_id"), ("/recommend", b'{"user_id": 1, "\\ud800": 1}', None),
+    ("/recommend", b'{"user_id": 1, "channel": "\\ud800"}', "channel"),
+    ("/feedback", b'{"events": [{"event_id": "\\ud800", "user_id": 1, "item_id": 2, "ts": 5, "kind": "click"}]}',
+     "event_id"),
+    ("/feedback", b'{"events": [{"event_id": "a", "user_id": 1, "item_id": 2, "ts": NaN, "kind": "click"}]}', "ts"),
+    ("/feedback", b'{"events": [{"event_id": "a", "user_id": 1, "item_id": 2, "ts": 5, "kind": "click", '
+                  b'"position": Infinity}]}', "position")])
+def test_nan_infinity_or_a_lone_surrogate_get_a_422_not_a_500(client, path, body, field):
+    """Issue 20, item 4: building the 422 reply failed on these (NaN is not JSON, a lone surrogate is
+    not UTF-8), so the client got a 500. Raw bodies: a JSON encoder would not write them."""
+    r = _raw_post(client[0], path, body)
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    if field:
+        assert any(d["loc"][-1] == field for d in detail), detail
+
+
+def test_a_huge_value_is_cut_in_the_422_reply(client):
+    c, _ = client
+    r = c.post("/recommend", json={"user_id": "9" * 100_000})
+    assert r.status_code == 422 and len(r.text) < 1000 and r.json()["detail"][0]["input"].endswith("...")
+    r = c.post("/recommend", json={"user_id": 1, "channel": "x" * 100_000})
+    assert r.status_code == 422 and len(r.text) < 1000 and "choose one of" in r.text
+
+
+def test_feedback_refuses_what_the_stream_refuses(client):
+    """The same rules everywhere: every poison line of the stream tests, sent to /feedback, is refused
+    (422; 400 where FastAPI cannot parse the body: bytes that are not UTF-8, a number of more than
+    4300 digits, nesting too deep) and nothing is applied. A far-future event is refused like the
+    stream's dead letter."""
+    from tests.poison import POISON
+
+    c, store = client
+    before = store.user(1).clicks
+    for name, line, _ in POISON:
+        r = _raw_post(c, "/feedback", b'{"events": [' + line + b"]}")
+        assert r.status_code == (400 if name in ("invalid UTF-8", "4301+ digits", "deep nesting") else 422), \
+            (name, r.text)
+        if name == "far future":
+            msg = r.json()["detail"][0]
+            assert msg["loc"] == ["body", "events", 0, "ts"] and "later than this source's clock" in msg["msg"]
+    assert store.user(1).clicks == before
+
+
+@pytest.fixture(scope="module")
+def fuzz_service(ranker, dataset):
+    from fastapi.testclient import TestClient
+
+    from edgerec.serve.app import create_app
+
+    service = RecommendService(ranker, CandidateIndex.from_dataset(dataset), MemoryStore())
+    return service, TestClient(create_app(service), raise_server_exceptions=False)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(d=EVENT_DICTS)
+def test_validator_raises_only_data_format_errors_and_what_it_accepts_is_served(fuzz_service, d):
+    """Hypothesis over JSON-ish dicts: Event.from_dict raises nothing but DataFormatError; /feedback
+    accepts exactly the wire-key dicts the validator accepts (never one it refuses); an accepted event
+    is applied and the user's /recommend at the event's time answers 200."""
+    from edgerec.errors import DataFormatError
+    from edgerec.features.definition import DEFAULT_FUTURE_SKEW_S, Event, latest_accepted_ts
+
+    service, c = fuzz_service
+    service.store = MemoryStore()
+    latest = latest_accepted_ts(DEFAULT_FUTURE_SKEW_S)
+    assume(not (isinstance(d.get("ts"), int) and abs(d["ts"] - latest) < 30))  # the clock moves meanwhile
+    try:
+        ev = Event.from_dict(d, "fuzz", latest)
+    except DataFormatError:
+        ev = None
+    r = _raw_post(c, "/feedback", b'{"events": [' + to_line(d) + b"]}")
+    assert r.status_code in (200, 400, 422), r.text
+    wire_only = set(d) <= {"event_id", "user_id", "item_id", "ts", "kind", "position", "request_id"}
+    if ev is None:
+        assert r.status_code != 200, (d, r.text)
+        return
+    if not wire_only:
+        assert r.status_code != 200  # an unknown key: a client's typo, refused by HTTP only
+        service.store.apply([ev], service.ranker.definition)
+    else:
+        assert r.status_code == 200 and r.json() == {"accepted": 1}, (d, r.text)
+    assert service.store.user(ev.user_id).exposures + service.store.user(ev.user_id).clicks == 1
+    out = c.post("/recommend", json={"user_id": ev.user_id, "ts": min(ev.ts + 1, 4_102_444_800), "k": 3})
+    assert out.status_code == 200, out.text
 
 
 def test_openapi_schema_is_published(client):

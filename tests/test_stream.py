@@ -6,11 +6,14 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edgerec.errors import DataFormatError
 from edgerec.features.definition import Event, FeatureDefinition, hour_of_week
 from edgerec.features.store import MemoryStore, SQLiteStore
-from edgerec.serve.stream import FileEventSource, events_from_log, run_stream, write_event_file
+from edgerec.serve.stream import FileEventSource, decode, events_from_log, run_stream, write_event_file
+from tests.poison import EVENT_DICTS, POISON, to_line
 
 DEF = FeatureDefinition(max_len=10, n_positions=6)
 
@@ -182,7 +185,7 @@ def test_malformed_messages_go_to_the_dead_letter_file(tmp_path):
 def test_event_validation_names_the_field():
     with pytest.raises(DataFormatError, match=r"missing field\(s\) \['ts'\]"):
         Event.from_dict({"event_id": "x", "user_id": 1, "item_id": 2, "kind": "click"})
-    with pytest.raises(DataFormatError, match="position 0 must be >= 1"):
+    with pytest.raises(DataFormatError, match="position 0 is out of range: position must be a 1-based"):
         Event.from_dict({"event_id": "x", "user_id": 1, "item_id": 2, "ts": 5, "kind": "click", "position": 0})
 
 
@@ -252,3 +255,161 @@ def test_follow_mode_applies_lines_appended_while_it_runs(tmp_path):
     stats = run_stream(src, store, DEF, batch_size=100)
     t.join()
     assert stats.applied == 5 and stats.rejected == 0 and store.user(1).clicks == 5
+
+
+def _dead_letters(path):
+    return [json.loads(x) for x in path.with_suffix(".rejected.jsonl").read_text().splitlines()]
+
+
+def test_poison_events_are_dead_lettered_and_the_events_behind_them_applied(tmp_path):
+    """Issue 20, item 1: each poison line used to roll its batch back and crash every restart on the
+    same line (or was applied although /feedback refuses it). Now: a dead letter naming the field,
+    the valid events behind it applied, a restart and a full replay write no dead letter twice."""
+    from tests.poison import GOOD, POISON
+
+    lines, valid = [], []
+    for k, (_, raw, _) in enumerate(POISON):
+        ev = {**GOOD, "event_id": f"v{k}", "user_id": k}
+        lines += [json.dumps(ev).encode(), raw]
+        valid.append(ev)
+    path = tmp_path / "ev.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    store = SQLiteStore(tmp_path / "s.db")
+    stats = run_stream(FileEventSource(path), store, DEF, batch_size=3)  # poison lands inside batches
+    assert (stats.read, stats.applied, stats.rejected) == (len(lines), len(valid), len(POISON))
+    assert stats.future == 1
+    assert all(store.user(ev["user_id"]).clicks == 1 for ev in valid)
+    dead = _dead_letters(path)
+    assert [d["offset"] for d in dead] == list(range(1, len(lines), 2))
+    for d, (name, _, names) in zip(dead, POISON):
+        assert names in d["error"], (name, d["error"])
+        assert len(d["error"]) < 700, (name, d["error"])  # values cut, never printed in full
+    assert store.offset(FileEventSource(path).name) == len(lines) - 1
+    again = run_stream(FileEventSource(path), store, DEF)  # a restart: nothing left, nothing crashes
+    assert (again.read, again.applied, again.rejected) == (0, 0, 0)
+    store.db.execute("DELETE FROM offsets")  # a full replay from offset 0
+    replay = run_stream(FileEventSource(path), store, DEF, batch_size=3)
+    assert (replay.applied, replay.rejected, replay.duplicates) == (0, len(POISON), len(valid))
+    assert _dead_letters(path) == dead  # each dead letter once
+
+
+def test_a_retried_batch_writes_its_dead_letters_once(tmp_path):
+    """The store fails after the batch's dead letters were written: the retry re-reads the batch and
+    the dead-letter file does not grow (it used to double on each retry)."""
+    from edgerec.errors import StoreUnavailable
+
+    good = Event("a", 1, 2, 1_770_000_000, "click", 3).to_dict()
+    path = tmp_path / "ev.jsonl"
+    path.write_text("\n".join([json.dumps(good), "{not json", json.dumps({**good, "event_id": "b"})]) + "\n")
+    store = SQLiteStore(tmp_path / "s.db")
+    real, calls = store.apply, {"n": 0}
+
+    def flaky(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] <= 2:
+            raise StoreUnavailable("down")
+        return real(*a, **kw)
+
+    store.apply = flaky
+    stats = run_stream(FileEventSource(path), store, DEF, retries=2, retry_wait=0)
+    assert stats.retries == 2 and store.user(1).clicks == 2
+    assert [d["offset"] for d in _dead_letters(path)] == [1]
+
+
+def test_a_far_future_event_is_refused_and_cannot_block_later_events(tmp_path):
+    """Issue 20, item 2: one event at ts 4e9 (2096) moved the watermark ahead, and every normal event
+    after it was refused as older than the dedup window. Now the stream dead-letters an event later
+    than the clock + the allowed skew; without the bound (future_skew_s=None) the old failure shows."""
+    import time
+
+    now = int(time.time())
+    evs = [Event("a", 1, 2, now - 60, "click"), Event("future", 1, 2, 4_000_000_000, "click"),
+           Event("b", 1, 3, now, "click"), Event("skewed", 1, 4, now + 3600, "click")]  # 1 h ahead: allowed
+    path = write_event_file(evs, tmp_path / "ev.jsonl")
+    store = SQLiteStore(tmp_path / "s.db")
+    stats = run_stream(FileEventSource(path), store, DEF)
+    assert (stats.applied, stats.rejected, stats.future, stats.late) == (3, 1, 1, 0)
+    assert store.watermark(FileEventSource(path).name) == now + 3600
+    (dead,) = _dead_letters(path)
+    assert dead["offset"] == 1 and "later than this source's clock" in dead["error"]
+    assert "--future-skew-hours" in dead["error"]
+    unbounded = SQLiteStore(tmp_path / "u.db")
+    old = run_stream(FileEventSource(path), unbounded, DEF, batch_size=1, future_skew_s=None)
+    assert old.late == 2  # what happened before: the events after it look older than the dedup window
+
+
+def test_a_historical_replay_is_not_refused_as_future(tmp_path):
+    """The future bound is relative to this machine's clock, so a log from the past replays whole."""
+    evs = [Event(f"e{k}", 1, k, 880_000_000 + 60 * k, "click") for k in range(5)]  # 1997, like ml-100k
+    path = write_event_file(evs, tmp_path / "old.jsonl")
+    stats = run_stream(FileEventSource(path), MemoryStore(dedup_window_s=None), DEF)
+    assert (stats.applied, stats.rejected) == (5, 0)
+
+
+def test_an_unfinished_last_line_is_not_dead_lettered_or_committed(tmp_path):
+    """Issue 20, item 7: a last line without a newline (a writer still writing it) was dead-lettered
+    and its offset committed, so the event was lost once the writer finished the line."""
+    line = json.dumps(Event("late-writer", 1, 2, 1_770_000_000, "click").to_dict()) + "\n"
+    path = tmp_path / "ev.jsonl"
+    path.write_text(json.dumps(Event("a", 1, 2, 1_770_000_000, "click").to_dict()) + "\n" + line[:20])
+    store = SQLiteStore(tmp_path / "s.db")
+    stats = run_stream(FileEventSource(path), store, DEF)
+    assert (stats.applied, stats.rejected, stats.incomplete) == (1, 0, 1)
+    assert store.offset(FileEventSource(path).name) == 0 and not path.with_suffix(".rejected.jsonl").exists()
+    follow = run_stream(FileEventSource(path, follow=True, poll_interval=0.01, idle_timeout=0.1), store, DEF)
+    assert (follow.read, follow.incomplete) == (0, 1)  # --follow at its idle timeout: the same
+    with open(path, "a") as f:
+        f.write(line[20:])  # the writer finishes the line
+    stats = run_stream(FileEventSource(path), store, DEF)
+    assert (stats.applied, stats.rejected, stats.incomplete) == (1, 0, None) and store.user(1).clicks == 2
+
+
+def test_a_complete_last_line_without_newline_is_applied_once(tmp_path):
+    """A file whose last line lacks only its newline is read whole; the newline arriving later (and
+    more lines after it) neither repeats nor skips anything."""
+    e = [json.dumps(Event(f"e{k}", 1, k, 1_770_000_000 + k, "click").to_dict()) for k in range(3)]
+    path = tmp_path / "ev.jsonl"
+    path.write_text(e[0] + "\n" + e[1])
+    store = SQLiteStore(tmp_path / "s.db")
+    stats = run_stream(FileEventSource(path), store, DEF)
+    assert (stats.applied, stats.incomplete) == (2, None)
+    with open(path, "a") as f:
+        f.write("\n" + e[2] + "\n")
+    stats = run_stream(FileEventSource(path), store, DEF)
+    assert (stats.read, stats.applied, stats.duplicates) == (1, 1, 0) and store.user(1).clicks == 3
+
+
+def test_cli_stream_future_skew_flag_and_unfinished_line_warning(tmp_path, capsys):
+    from edgerec.cli import main
+
+    ev = tmp_path / "ev.jsonl"
+    ev.write_text(json.dumps(Event("f", 1, 2, 4_000_000_000, "click").to_dict()) + "\n" + '{"event_id": "x", "us')
+    assert main(["stream", "--events", str(ev), "--store", "memory", "--future-skew-hours", "-1"]) == 2
+    assert "--future-skew-hours must be >= 0" in capsys.readouterr().err
+    assert main(["stream", "--events", str(ev), "--store", "memory"]) == 0
+    out, err = capsys.readouterr()
+    assert "1 rejected (1 later than the clock + the allowed skew)" in out
+    assert "line 2 has no newline yet" in err and "left unread and uncommitted" in err
+    assert main(["stream", "--events", str(ev), "--store", "memory", "--future-skew-hours", "0"]) == 0
+    assert "1 applied" in capsys.readouterr().out  # 0: no bound (a log ahead of the clock)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.one_of(st.binary(max_size=60), st.builds(to_line, EVENT_DICTS),
+                 st.sampled_from([raw for _, raw, _ in POISON])))
+def test_decode_raises_only_data_format_errors_and_its_events_fit_the_stores(raw):
+    """Whatever a message holds, decode gives an Event or a DataFormatError, and an Event it gives
+    folds into the SQLite store (int64 columns, UTF-8 text) without error."""
+    try:
+        e = decode(raw, "fuzz")
+    except DataFormatError:
+        return
+    store = SQLiteStore(":memory:")
+    assert store.apply([e], DEF) == 1
+    assert DEF.user_features(store.user(e.user_id), now=e.ts)["clicks"] == (e.kind == "click")
+
+
+def test_a_message_without_a_value_is_a_dead_letter_not_a_crash():
+    """A Kafka tombstone (value None) used to raise TypeError inside json.loads."""
+    with pytest.raises(DataFormatError, match="an empty message"):
+        decode(None, "kafka:t:0 offset 7")

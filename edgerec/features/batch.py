@@ -62,13 +62,14 @@ def events_table(events: Iterable[Event]) -> pa.Table:
 
 
 def read_event_file(path: str | Path) -> pa.Table:
-    """A JSON-lines event file (what `edgerec stream` consumes) -> the batch input table. A malformed
-    line stops the job with its line number: a batch that silently skipped rows would train on a
+    """A JSON-lines event file (what `edgerec stream` consumes) -> the batch input table. A line that
+    is not a valid event (the stream's `decode`, THE event validator; no future bound: a batch is
+    offline) stops the job with its line number: a batch that silently skipped rows would train on a
     different log than the one the stream applied."""
     from edgerec.serve.stream import decode
 
     def gen():
-        with open(path, encoding="utf-8") as f:
+        with open(path, "rb") as f:  # bytes: a line of bad UTF-8 is an error naming its line
             for i, line in enumerate(f):
                 if line.strip():
                     yield decode(line, f"{path} line {i + 1}")

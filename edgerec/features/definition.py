@@ -20,7 +20,10 @@ Idempotency is not this module's job: stores apply an event at most once by its 
 from __future__ import annotations
 
 import bisect
+import numbers
+import time
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 
 import numpy as np
 
@@ -30,6 +33,74 @@ from edgerec.features.time import SECONDS_PER_DAY, SECONDS_PER_HOUR
 EVENT_KINDS = ("exposure", "click")
 HOURS_PER_WEEK = 168
 _FIRST_MONDAY = 4 * SECONDS_PER_DAY  # 1970-01-01 was a Thursday; 1970-01-05 00:00 UTC a Monday
+
+# The wire schema's bounds (docs/design.md, "Event rules"). `Event.from_dict` checks them for every
+# source; the HTTP models (edgerec/serve/app.py) take their Field bounds from here.
+INT64_MAX = 2 ** 63 - 1  # ids, positions and request ids are int64 in every store and table
+TS_MAX = 4_102_444_800  # 2100-01-01 00:00 UTC: the latest unix second an event or a request may carry
+EVENT_ID_MAX_CHARS = 256
+DEFAULT_FUTURE_SKEW_S = SECONDS_PER_DAY  # live sources refuse events later than their clock + this
+_INT_FIELDS = ("user_id", "item_id", "ts", "position", "request_id")
+_NOT_AN_INT = ("user_id, item_id, ts, position and request_id must be integers (a JSON integer such as 3, not "
+               "3.0, \"3\", true or NaN)")
+
+
+class EventError(DataFormatError):
+    """An event that breaks a rule of the wire schema; `field` names the offending field (None: the
+    message as a whole)."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+class FutureEventError(EventError):
+    """An event later than its source's clock plus the allowed skew."""
+
+
+def cut(value, n: int = 80) -> str:
+    """`repr(value)` for an error message, at most about n characters: never a huge value in full."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 4 * n:
+        return f"<an integer of about {int(value.bit_length() * 0.30103) + 1:,} digits>"
+    if isinstance(value, str) and len(value) > n:
+        value = value[:n]  # repr of the head only: a 96 MB string is not copied to be cut
+    try:
+        r = repr(value)
+    except (ValueError, RecursionError):  # a container holding an integer beyond Python's 4300 digits
+        return f"<a {type(value).__name__}>"
+    return r if len(r) <= n else r[:n - 3] + "..."
+
+
+def latest_accepted_ts(future_skew_s: int | None, now: float | None = None) -> int | None:
+    """The newest event time a live source accepts: its wall clock (`now`, default time.time()) plus
+    `future_skew_s`; None: no future bound. Wall-clock time, never the event time seen so far, so a
+    replay of a historical log (whose times all lie in the past) passes unchanged."""
+    if future_skew_s is None:
+        return None
+    return int(time.time() if now is None else now) + future_skew_s
+
+
+def _utc(ts: int) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _int_field(d: dict, name: str, lo: int, where: str) -> int | None:
+    v = d.get(name)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise EventError(f"{where}: {name} {cut(v)} is not an integer; {_NOT_AN_INT}.", name)
+    v = int(v)
+    hi = TS_MAX if name == "ts" else INT64_MAX
+    if lo <= v <= hi:
+        return v
+    if name == "ts":
+        hint = (" It looks like milliseconds: send seconds (divide by 1000)." if 0 <= v // 1000 <= TS_MAX else "")
+        raise EventError(f"{where}: ts {cut(v)} is out of range: unix seconds from 0 (1970) to {TS_MAX} "
+                         f"({_utc(TS_MAX)}).{hint}", name)
+    what = {"position": "a 1-based display position (1 = top of the feed)"}.get(name, "a non-negative id")
+    raise EventError(f"{where}: {name} {cut(v)} is out of range: {name} must be {what} from {lo} to {hi} "
+                     "(int64).", name)
 
 
 @dataclass(frozen=True)
@@ -45,25 +116,48 @@ class Event:
     request_id: int | None = None
 
     @classmethod
-    def from_dict(cls, d: dict, where: str = "event") -> "Event":
-        """Validate a decoded message; errors name the field and the fix."""
+    def from_dict(cls, d: dict, where: str = "event", latest_ts: int | None = None) -> "Event":
+        """THE event validator: the stream's decode (file and Kafka), `edgerec batch --events` and
+        POST /feedback all build their events here, so none accepts what another refuses.
+
+          event_id    a string of 1 to EVENT_ID_MAX_CHARS characters, valid UTF-8 (no lone surrogate)
+          user_id, item_id   integers in [0, INT64_MAX]
+          ts          an integer in [0, TS_MAX] (unix seconds up to 2100) and <= `latest_ts` when given
+          kind        exposure | click
+          position    absent/null, or an integer in [1, INT64_MAX];  request_id: null or [0, INT64_MAX]
+
+        Integers are real integers: a bool, a float (3.0, 3.9, NaN, Infinity) or a string is refused,
+        never truncated. Other keys are ignored (POST /feedback refuses them: a client's typo).
+        `latest_ts`: the newest event time accepted (a live source's clock + the allowed skew,
+        `latest_accepted_ts`); None: no future bound. Raises EventError naming the field, the value
+        (cut to ~80 characters) and the fix."""
+        if not isinstance(d, dict):
+            raise EventError(f"{where}: an event must be a JSON object, got {type(d).__name__} {cut(d)}.")
         missing = [k for k in ("event_id", "user_id", "item_id", "ts", "kind") if d.get(k) is None]
         if missing:
-            raise DataFormatError(f"{where}: missing field(s) {missing}; an event needs event_id, user_id, "
-                                  "item_id, ts (unix seconds) and kind (exposure|click).")
-        if d["kind"] not in EVENT_KINDS:
-            raise DataFormatError(f"{where}: kind {d['kind']!r} is not one of {EVENT_KINDS}.")
+            raise EventError(f"{where}: missing field(s) {missing}; an event needs event_id, user_id, "
+                             "item_id, ts (unix seconds) and kind (exposure|click).", missing[0])
+        event_id = d["event_id"]
+        if not isinstance(event_id, str) or not 1 <= len(event_id) <= EVENT_ID_MAX_CHARS:
+            raise EventError(f"{where}: event_id {cut(event_id)} must be a non-empty string of at most "
+                             f"{EVENT_ID_MAX_CHARS} characters (the id a resent event is recognised by).", "event_id")
         try:
-            ev = cls(event_id=str(d["event_id"]), user_id=int(d["user_id"]), item_id=int(d["item_id"]),
-                     ts=int(d["ts"]), kind=str(d["kind"]),
-                     position=None if d.get("position") is None else int(d["position"]),
-                     request_id=None if d.get("request_id") is None else int(d["request_id"]))
-        except (TypeError, ValueError) as e:
-            raise DataFormatError(f"{where}: {e}; user_id, item_id, ts, position and request_id must be "
-                                  "integers.") from None
-        if ev.position is not None and ev.position < 1:
-            raise DataFormatError(f"{where}: position {ev.position} must be >= 1 (1 = top of the feed).")
-        return ev
+            event_id.encode("utf-8")
+        except UnicodeEncodeError:
+            raise EventError(f"{where}: event_id {cut(event_id)} is not valid Unicode (a lone surrogate such as "
+                             "\\ud800); send the id as UTF-8 text.", "event_id") from None
+        kind = d["kind"]
+        if not isinstance(kind, str) or kind not in EVENT_KINDS:
+            raise EventError(f"{where}: kind {cut(kind)} is not one of {EVENT_KINDS}.", "kind")
+        v = {name: _int_field(d, name, 1 if name == "position" else 0, where) for name in _INT_FIELDS}
+        if latest_ts is not None and v["ts"] > latest_ts:
+            raise FutureEventError(
+                f"{where}: ts {v['ts']} ({_utc(v['ts'])}) is later than this source's clock plus the allowed skew "
+                f"(ts {latest_ts}, {_utc(latest_ts)}): a far-future event would move the feature store's watermark "
+                "ahead and make every later event look older than the dedup window. Fix the producer's clock, or "
+                "allow more skew (`--future-skew-hours H`; 0 = no bound, e.g. to replay a log that lies ahead of "
+                "this machine's clock).", "ts")
+        return cls(event_id, v["user_id"], v["item_id"], v["ts"], kind, v["position"], v["request_id"])
 
     def to_dict(self) -> dict:
         return asdict(self)

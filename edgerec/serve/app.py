@@ -5,33 +5,44 @@
   GET  /health      model, store, channels
   GET  /openapi.json  the published schema (also written to docs/openapi.json by `edgerec serve --openapi`)
 
-Invalid requests get 422 with FastAPI's field list (`loc`, `msg`) plus our own message for what
-pydantic cannot know (an unknown channel). Endpoints are `async` on purpose: one event-loop thread
-serves requests in order, so the model and the store need no locks and the two cores stay free
-for the torch kernels and the stream processor.
+Invalid requests get 422 with FastAPI's field list (`loc`, `msg`, `type`, and `input`: the offending
+value as a repr cut to ~80 characters, so NaN, Infinity, a lone surrogate or a 96 MB string can
+never make the reply itself fail) plus our own message for what pydantic cannot know (an unknown
+channel). Integers are strict (no bools, floats or strings) and bounded by the event schema's
+constants (edgerec/features/definition.py); every feedback event also goes through THE event
+validator `Event.from_dict`, the stream's, so /feedback never accepts an event the stream would
+refuse (a far-future ts included: later than the clock + the service's `future_skew_s`).
+Endpoints are `async` on purpose: one event-loop thread serves requests in order, so the model and
+the store need no locks and the two cores stay free for the torch kernels and the stream processor.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Literal
 
 from fastapi import FastAPI, HTTPException
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgerec.errors import EdgerecError
-from edgerec.features.definition import Event
+from edgerec.features.definition import (EVENT_ID_MAX_CHARS, INT64_MAX, TS_MAX, Event, EventError, cut,
+                                         latest_accepted_ts)
 from edgerec.features.store import LateEventError
+
+_STRICT = ConfigDict(extra="forbid", strict=True)  # an int is an int: no true, 3.0 or "3"
 
 
 class RecommendRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    user_id: int = Field(..., ge=0, description="raw user id. Cold start: a user the model never saw and with "
+    model_config = _STRICT
+    user_id: int = Field(..., ge=0, le=INT64_MAX,
+                         description="raw user id. Cold start: a user the model never saw and with "
                          "no online history gets stage 1's order (popularity in this hour of the week x online "
                          "CTR, cold_start = true); one with online history is ranked by the model without a "
                          "user vector")
-    ts: int | None = Field(None, ge=0, description="request time, unix seconds (default: now)")
+    ts: int | None = Field(None, ge=0, le=TS_MAX, description="request time, unix seconds (default: now)")
     channel: str = Field("all", description="'all' or one item category, e.g. 'coffee'")
     n_candidates: int = Field(200, ge=1, le=5000, description="stage-1 candidates passed to stage 2")
     k: int = Field(20, ge=1, le=500, description="items returned")
@@ -54,17 +65,62 @@ class RecommendResponse(BaseModel):
     timing_ms: dict[str, float]
 
 class FeedbackEvent(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    event_id: str = Field(..., min_length=1, description="unique; a resent event is applied once")
-    user_id: int = Field(..., ge=0)
-    item_id: int = Field(..., ge=0)
-    ts: int = Field(..., ge=0, description="unix seconds")
+    """The wire event; the same rules as the stream's (`Event.from_dict`)."""
+    model_config = _STRICT
+    event_id: str = Field(..., min_length=1, max_length=EVENT_ID_MAX_CHARS,
+                          description="unique; a resent event is applied once (UTF-8 text)")
+    user_id: int = Field(..., ge=0, le=INT64_MAX)
+    item_id: int = Field(..., ge=0, le=INT64_MAX)
+    ts: int = Field(..., ge=0, le=TS_MAX, description="unix seconds; refused when later than the server's clock "
+                    "plus its allowed skew (`edgerec serve --future-skew-hours`, default 24)")
     kind: Literal["exposure", "click"]
-    position: int | None = Field(None, ge=1, description="1-based display position")
-    request_id: int | None = None
+    position: int | None = Field(None, ge=1, le=INT64_MAX, description="1-based display position")
+    request_id: int | None = Field(None, ge=0, le=INT64_MAX)
 
 class Feedback(BaseModel):
+    model_config = _STRICT
     events: list[FeedbackEvent] = Field(..., min_length=1, max_length=10_000)
+
+
+def _json_safe(v):
+    """A value as it may appear in a JSON reply: finite numbers, bools and None as they are, a string
+    with its lone surrogates escaped, anything else as its repr cut to ~80 characters."""
+    if v is None or isinstance(v, bool) or (isinstance(v, int) and v.bit_length() <= 64):
+        return v
+    if isinstance(v, float) and math.isfinite(v):
+        return v
+    if isinstance(v, str) and len(v) <= 80:
+        return v.encode("utf-8", "backslashreplace").decode("utf-8")
+    return cut(v)
+
+
+def validation_error_reply(errors: list[dict]) -> JSONResponse:
+    """FastAPI's 422 list (`loc`, `msg`, `type`, `input`, `ctx`), made safe to encode: the default
+    reply echoes the input as it came, and NaN, Infinity or a lone surrogate in it made building
+    the reply fail (HTTP 500)."""
+    detail = []
+    for e in errors:
+        d = {"loc": [_json_safe(x) for x in e.get("loc", ())], "msg": _json_safe(str(e.get("msg", ""))),
+             "type": str(e.get("type", "value_error")), "input": cut(e.get("input"))}
+        if isinstance(e.get("ctx"), dict):
+            d["ctx"] = {str(k): _json_safe(v if isinstance(v, (int, float, str)) else str(v))
+                        for k, v in e["ctx"].items()}
+        detail.append(d)
+    return JSONResponse(status_code=422, content={"detail": detail})
+
+
+def _exact_bounds(node) -> None:
+    """FastAPI's schema model holds `minimum`/`maximum` as floats, and float(2**63 - 1) is 2**63: the
+    published bound would admit one id the server refuses. Integral bounds are written as integers."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k in ("minimum", "maximum") and isinstance(v, float) and v.is_integer():
+                node[k] = INT64_MAX if v == float(INT64_MAX) else int(v)
+            else:
+                _exact_bounds(v)
+    elif isinstance(node, list):
+        for v in node:
+            _exact_bounds(v)
 
 
 def create_app(service):
@@ -72,6 +128,17 @@ def create_app(service):
                   description="Two-stage recommendation for local-services feeds: stage 1 retrieves and "
                               "pre-ranks by time slot and online CTR, stage 2 ranks with the trained model "
                               "over online features. Feedback events feed the stream processor.")
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            _exact_bounds(FastAPI.openapi(app))  # builds and caches app.openapi_schema
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request, exc: RequestValidationError):
+        return validation_error_reply(exc.errors())
 
     @app.post("/recommend", response_model=RecommendResponse)
     async def recommend(req: RecommendRequest):
@@ -83,7 +150,14 @@ def create_app(service):
 
     @app.post("/feedback")
     async def feedback(body: Feedback) -> dict:
-        events = [Event(**e.model_dump()) for e in body.events]
+        latest = latest_accepted_ts(service.future_skew_s)
+        events = []
+        for i, e in enumerate(body.events):
+            try:  # THE event validator, the stream's: what it refuses is refused here too
+                events.append(Event.from_dict(e.model_dump(), f"events[{i}]", latest))
+            except EventError as err:
+                raise HTTPException(status_code=422, detail=[{"loc": ["body", "events", i, err.field or "event"],
+                                                              "msg": str(err), "type": "value_error"}]) from None
         try:
             return {"accepted": service.feedback(events)}
         except LateEventError as e:  # in-process store: an event too old for its duplicate check

