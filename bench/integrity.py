@@ -4,7 +4,7 @@ Trains nothing. Reads the re-measured runs (bench/ctr.py output on the fixed sam
 causal history cut, leave-last-out by moment, `own_history` negatives) and the committed runs from
 before the fix, and renders per dataset:
   * the new table: every model's test metrics, mean ± sample std over seeds;
-  * paired differences against DIN, seed by seed (the same seed = the same samples and init rule);
+  * paired differences between every two models, seed by seed (the same seed = the same samples);
   * old against new test AUC for each model that has both, paired by seed;
   * two model-free floors on the same test samples (the repeat pairs are where a shortcut would
     show): score a candidate by how recently, or how often, it occurs in the last L behaviours.
@@ -37,12 +37,12 @@ METRICS = ["AUC", "GAUC", "GAUC:repeat", "GAUC:new", "logloss"]
 DATASETS = {
     "ml100k": dict(
         title="MovieLens-100K", dataset="ml-100k", repeats=False,
-        new=[("ctr_ml100k_v2.json", None)],
+        new=[("ctr_ml100k_v2.json", None), ("ctr_ml100k_v2_seq.json", None)],
         old=["ctr_ml100k_time.json", "ctr_ml100k_coupa.json"]),
     "instacart": dict(
         title="Instacart", dataset="instacart", repeats=True,
         new=[("ctr_instacart_v2.json", None), ("ctr_instacart_v2_nosame.json", "COUPA w/o pp_same_item"),
-             ("ctr_instacart_v2_gru.json", None)],
+             ("ctr_instacart_v2_seq.json", None)],
         old=["ctr_instacart_all.json", ("ctr_instacart_coupa_nodecay.json", "COUPA w/o pp_same_item")]),
     "o2osim": dict(
         title="o2o-sim (DiCycle protocol)", dataset="o2o-sim", repeats=True,
@@ -108,17 +108,18 @@ def render(key: str) -> str:
     for model, runs in new.items():
         cells = [_ms([t.get(m, np.nan) for t in runs.values()]) for m in metrics]
         lines.append(f"| {model} | {len(runs)} | {' | '.join(cells)} |")
-    if "DIN" in new:
-        lines += ["", "Paired by seed against DIN (test AUC; per-seed differences, mean ± std, seeds above 0):", "",
-                  "| model | seeds | Δ AUC vs DIN | Δ GAUC:repeat vs DIN | seeds with Δ AUC > 0 |", "|---|---|---|---|---|"]
-        for model, runs in new.items():
-            if model == "DIN" or model.startswith("floor"):
-                continue
-            seeds = sorted(set(runs) & set(new["DIN"]))
-            dauc = [runs[s]["AUC"] - new["DIN"][s]["AUC"] for s in seeds]
-            drep = [runs[s].get("GAUC:repeat", np.nan) - new["DIN"][s].get("GAUC:repeat", np.nan) for s in seeds]
-            lines.append(f"| {model} | {len(seeds)} | {_ms(dauc, '+')} | {_ms(drep, '+')} | "
-                         f"{sum(x > 0 for x in dauc)} / {len(seeds)} |")
+    models = [m for m in new if not m.startswith("floor")]
+    if len(models) > 1:
+        lines += ["", "Paired by seed (the same seed draws the same samples): each later row's model against each "
+                  "earlier one, per-seed differences, mean ± std:", "",
+                  "| comparison | seeds | Δ test AUC | Δ test GAUC:repeat | seeds with Δ AUC > 0 |", "|---|---|---|---|---|"]
+        for i, a_ in enumerate(models):
+            for b_ in models[i + 1:]:
+                seeds = sorted(set(new[a_]) & set(new[b_]))
+                dauc = [new[b_][s]["AUC"] - new[a_][s]["AUC"] for s in seeds]
+                drep = [new[b_][s].get("GAUC:repeat", np.nan) - new[a_][s].get("GAUC:repeat", np.nan) for s in seeds]
+                lines.append(f"| {b_} − {a_} | {len(seeds)} | {_ms(dauc, '+')} | {_ms(drep, '+')} | "
+                             f"{sum(x > 0 for x in dauc)} / {len(seeds)} |")
     both = [m for m in new if m in old]
     if both:
         lines += ["", "Old (before 2026-12: history cut by position in the store, the single last line as the test "
