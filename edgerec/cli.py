@@ -431,7 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "load model.safetensors and evaluate.")
     e.add_argument("--run", required=True, help="run directory (contains config.json and model.safetensors)")
     e.add_argument("--split", default="test", choices=["train", "valid", "test"])
-    e.add_argument("--metrics", help="comma-separated, e.g. AUC,GAUC,logloss,NDCG@10,HR@10")
+    e.add_argument("--metrics", help="comma-separated, e.g. AUC,GAUC,logloss,NDCG@10,HR@10; NAME:repeat / NAME:new on the "
+                   "pairs whose positive the user had (not) taken before, e.g. GAUC:repeat")
     e.set_defaults(func=_cmd_eval)
 
     x = sub.add_parser("explain", help="plot what a time-aware model learned (PNG)",
