@@ -314,6 +314,8 @@ def test_a_retried_batch_writes_its_dead_letters_once(tmp_path):
     stats = run_stream(FileEventSource(path), store, DEF, retries=2, retry_wait=0)
     assert stats.retries == 2 and store.user(1).clicks == 2
     assert [d["offset"] for d in _dead_letters(path)] == [1]
+    # the counts are those of the attempt that committed, not summed over the rolled-back ones
+    assert (stats.read, stats.applied, stats.rejected) == (3, 2, 1)
 
 
 def test_a_far_future_event_is_refused_and_cannot_block_later_events(tmp_path):
@@ -365,8 +367,9 @@ def test_an_unfinished_last_line_is_not_dead_lettered_or_committed(tmp_path):
 
 
 def test_a_complete_last_line_without_newline_is_applied_once(tmp_path):
-    """A file whose last line lacks only its newline is read whole; the newline arriving later (and
-    more lines after it) neither repeats nor skips anything."""
+    """A file whose last line lacks only its newline is read whole but not committed: the newline
+    arriving later (and more lines after it) re-reads it once (a duplicate, not applied twice) and
+    skips nothing."""
     e = [json.dumps(Event(f"e{k}", 1, k, 1_770_000_000 + k, "click").to_dict()) for k in range(3)]
     path = tmp_path / "ev.jsonl"
     path.write_text(e[0] + "\n" + e[1])
@@ -376,7 +379,37 @@ def test_a_complete_last_line_without_newline_is_applied_once(tmp_path):
     with open(path, "a") as f:
         f.write("\n" + e[2] + "\n")
     stats = run_stream(FileEventSource(path), store, DEF)
-    assert (stats.read, stats.applied, stats.duplicates) == (1, 1, 0) and store.user(1).clicks == 3
+    assert (stats.read, stats.applied, stats.duplicates) == (2, 1, 1) and store.user(1).clicks == 3
+
+
+def test_an_append_without_a_newline_first_is_not_lost(tmp_path):
+    """A last line without its newline is applied but never committed: when the next writer appends
+    without the newline (cat >>, a torn write), the merged line is read again and dead-lettered
+    (visible), not silently skipped as an already committed line."""
+    e = [json.dumps(Event(f"e{k}", 1, k, 1_770_000_000 + k, "click").to_dict()) for k in range(3)]
+    path = tmp_path / "ev.jsonl"
+    path.write_text(e[0] + "\n" + e[1])
+    store = SQLiteStore(tmp_path / "s.db")
+    assert run_stream(FileEventSource(path), store, DEF).applied == 2
+    with open(path, "a") as f:
+        f.write(e[2] + "\n")  # no newline first: line 2 is now e[1] + e[2]
+    stats = run_stream(FileEventSource(path), store, DEF)
+    assert (stats.read, stats.rejected) == (1, 1)
+    dead = [json.loads(x) for x in path.with_suffix(".rejected.jsonl").read_text().splitlines()]
+    assert dead[-1]["offset"] == 1 and e[2] in dead[-1]["message"]
+
+
+def test_dead_letters_keep_bad_bytes_and_differ_by_content(tmp_path):
+    """Dead letters are keyed by the line's sha256: two different lines of bad bytes at one offset
+    (a rewritten file) are both written, and bytes that are not UTF-8 are kept as escapes."""
+    path = tmp_path / "ev.jsonl"
+    dead = path.with_suffix(".rejected.jsonl")
+    for bad in (b"\xfe\xff one\n", b"\xfe\xfe two\n"):
+        path.write_bytes(bad)
+        run_stream(FileEventSource(path), MemoryStore(), DEF)  # a new store each time: offset 0 again
+    rows = [json.loads(x) for x in dead.read_text().splitlines()]
+    assert [r["message"] for r in rows] == ["\\xfe\\xff one", "\\xfe\\xfe two"]
+    assert len({r["sha256"] for r in rows}) == 2
 
 
 def test_cli_stream_future_skew_flag_and_unfinished_line_warning(tmp_path, capsys):

@@ -23,6 +23,8 @@ resumes exactly where the stored state ends.
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -44,6 +46,7 @@ class Message(NamedTuple):
     source: str  # e.g. file:/abs/path or kafka:topic:3; the store keeps one offset per source
     offset: int
     raw: str | bytes
+    final: bool = True  # False: a file's last line without its newline, applied but never committed
 
 
 class FileEventSource:
@@ -52,10 +55,12 @@ class FileEventSource:
     Lines are read as bytes and decoded as UTF-8 per line, so one line of bad bytes is one dead
     letter, not a stopped reader. A line counts once it ends with a newline: an unfinished last line
     (a writer still writing it) is never decoded half. At the end of the input (end of file without
-    `follow`; `idle_timeout` with it) a last line without a newline is taken only if it is a
-    complete JSON object (the writer can only add the newline to it; a file whose last line has no
-    newline is read whole). Anything else is left unread and uncommitted, its offset in
-    `self.incomplete` (reported by `edgerec stream`), and read when a later run finds it complete."""
+    `follow`; `idle_timeout` with it) a last line without a newline is read but NEVER committed
+    (`Message.final` False): the committed offset stays at the last line that ends in a newline,
+    so whatever a writer appends to that line later is read again (the event-id check absorbs a
+    re-read event; a line that grew into something else becomes a visible dead letter). If it
+    looks unfinished (its JSON or its UTF-8 breaks off at the end) it is not even read: its offset
+    goes to `self.incomplete` (reported by `edgerec stream`)."""
 
     def __init__(self, path: str | Path, follow: bool = False, poll_interval: float = 0.1,
                  idle_timeout: float | None = None):
@@ -65,8 +70,8 @@ class FileEventSource:
         self.name = f"file:{self.path.resolve()}"
         self.revoked: set[str] = set()
         self.follow, self.poll_interval, self.idle_timeout = follow, poll_interval, idle_timeout
-        self.incomplete: int | None = None  # offset of a last line left unread (no newline, not yet JSON)
-        self._dead: set[tuple[int, int]] = set()  # (offset, hash of the line) already in the dead-letter file
+        self.incomplete: int | None = None  # offset of a last line left unread (no newline, breaks off)
+        self._dead: set[tuple[int, str]] = set()  # (offset, sha256 of the line) already in the dead-letter file
 
     def messages(self, store: FeatureStore) -> Iterator[Message | None]:
         committed = store.offset(self.name)
@@ -92,39 +97,42 @@ class FileEventSource:
                         time.sleep(self.poll_interval)
                         continue
                 if i >= start and partial.strip():
-                    if _is_json_object(partial):
-                        yield Message(self.name, i, partial)
-                    else:
+                    if _looks_unfinished(partial):
                         self.incomplete = i
+                    else:
+                        yield Message(self.name, i, partial, final=False)
                 return
 
     def dead_letter(self) -> Path:
         return self.path.with_suffix(".rejected.jsonl")
 
-    def _dead_offsets(self, start: int) -> set[tuple[int, int]]:
+    def _dead_offsets(self, start: int) -> set[tuple[int, str]]:
         """The dead letters at offsets >= start already in the file: written for a batch that was
         rolled back (or by a run that died before its commit), so the re-read must not write them
-        again. Keyed by offset and line, so a different line at a reused offset is still written."""
-        seen: set[tuple[int, int]] = set()
+        again. Keyed by offset and the sha256 of the line's bytes, so a different line at a reused
+        offset (a rewritten file, a last line that grew) is still written."""
+        seen: set[tuple[int, str]] = set()
         if self.dead_letter().exists():
             with open(self.dead_letter(), "rb") as f:
                 for line in f:
                     try:
                         d = json.loads(line)
-                        key = (d["offset"], hash(d["message"]))
-                    except (ValueError, TypeError, KeyError):  # a torn line (crash mid-write)
+                        key = (d["offset"], d["sha256"])
+                    except (ValueError, TypeError, KeyError):  # a torn line (crash mid-write), an old record
                         continue
                     if isinstance(key[0], int) and key[0] >= start:
                         seen.add(key)
         return seen
 
     def reject(self, msg: Message, error: str) -> None:
-        raw = msg.raw.decode("utf-8", "replace") if isinstance(msg.raw, bytes) else msg.raw
-        raw = raw.rstrip("\r\n")
-        key = (msg.offset, hash(raw))
+        raw = msg.raw if isinstance(msg.raw, bytes) else msg.raw.encode("utf-8", "surrogatepass")
+        raw = raw.rstrip(b"\r\n")
+        key = (msg.offset, hashlib.sha256(raw).hexdigest())
         if key in self._dead:
             return  # written before a retry or restart re-read its batch: once is enough
-        append_jsonl(self.dead_letter(), {"offset": msg.offset, "error": error, "message": raw})
+        # the message as text; bytes that are not UTF-8 are kept as \xNN escapes, so nothing is lost
+        text = raw.decode("utf-8", "backslashreplace")
+        append_jsonl(self.dead_letter(), {"offset": msg.offset, "error": error, "message": text, "sha256": key[1]})
         self._dead.add(key)
 
     def committed(self, source: str, offset: int) -> None:
@@ -137,11 +145,20 @@ class FileEventSource:
         pass
 
 
-def _is_json_object(raw: bytes) -> bool:
+def _looks_unfinished(raw: bytes) -> bool:
+    """A last line that a writer may still be writing: its UTF-8 or its JSON breaks off at the very
+    end. Anything else (complete JSON, or broken in the middle) is read and, if bad, dead-lettered."""
     try:
-        return isinstance(json.loads(raw.decode("utf-8")), dict)
-    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return e.end >= len(raw)  # a multi-byte character cut at the end
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as e:  # cut inside a string, or right after a complete token
+        return e.msg.startswith("Unterminated string") or e.pos >= len(text.rstrip())
+    except (ValueError, RecursionError):  # too many digits, too deep: complete, but bad
         return False
+    return False
 
 
 @dataclass
@@ -207,19 +224,23 @@ def run_stream(source, store: FeatureStore, definition: FeatureDefinition, batch
     `retries`: when the store is unreachable (StoreUnavailable), wait `retry_wait` seconds and resume
     from the committed offsets: the batch in flight is re-read, never half-applied or skipped."""
     stats = StreamStats()
+    committed = [copy.deepcopy(stats)]  # the counts as of the last commit: a retry re-reads from there
     while True:
         try:
-            _consume(source, store, definition, batch_size, max_messages, future_skew_s, stats)
+            _consume(source, store, definition, batch_size, max_messages, future_skew_s, stats, committed)
             stats.incomplete = getattr(source, "incomplete", None)
             return stats
         except StoreUnavailable:
             if stats.retries >= retries:
                 raise
-            stats.retries += 1
+            stats = copy.deepcopy(committed[0])  # what the rolled-back batch counted is counted again
+            stats.retries = committed[0].retries = committed[0].retries + 1
             time.sleep(retry_wait)
 
 
-def _consume(source, store, definition, batch_size, max_messages, future_skew_s, stats: StreamStats) -> None:
+def _consume(source, store, definition, batch_size, max_messages, future_skew_s, stats: StreamStats,
+             committed: list[StreamStats]) -> None:
+    """One attempt; `committed[0]` is replaced by a copy of `stats` after every commit."""
     # per source: the decoded events, each with the message it came in (for a late event's dead letter)
     pending: dict[str, tuple[list[tuple[Event, Message]], int]] = {}
 
@@ -244,6 +265,7 @@ def _consume(source, store, definition, batch_size, max_messages, future_skew_s,
         stats.rejected += len(late)
         stats.duplicates += len(batch) - n - len(late)
         stats.batches += 1
+        committed[0] = copy.deepcopy(stats)
 
     for msg in source.messages(store):
         if msg is None:  # the source is idle: commit what is pending (bounded update delay)
@@ -260,7 +282,8 @@ def _consume(source, store, definition, batch_size, max_messages, future_skew_s,
             source.reject(msg, str(e))  # kept, with its reason; its offset still advances
             stats.rejected += 1
             stats.future += isinstance(e, FutureEventError)
-        pending[msg.source] = (pairs, msg.offset)
+        _, last = pending.get(msg.source, (None, msg.offset - 1))
+        pending[msg.source] = (pairs, msg.offset if msg.final else last)  # never commit an unfinished line
         if len(pairs) >= batch_size:
             flush(msg.source)
     for name in list(pending):
