@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import torch
 
 from edgerec.data.instacart import load_instacart
 from edgerec.data.movielens import load_ml100k
@@ -153,3 +156,266 @@ def test_batch_import_uses_the_same_validator(tmp_path):
         read_event_file(path)
     path.write_text(json.dumps({**good, "ts": 4_000_000_000}) + "\n")  # offline: no future bound
     assert read_event_file(path).num_rows == 1
+
+
+# ---- damaged run folders: one line naming the file and the problem, never a traceback or an answer ----
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    from edgerec.train.config import load_experiment
+    from edgerec.train.experiment import run_experiment
+    from tests.conftest import ROOT
+
+    out = tmp_path_factory.mktemp("runs")
+    cfg = load_experiment(ROOT / "configs" / "ctr.yaml", "DNN_test", [f"output_dir={out}", f"ledger={out / 'l.jsonl'}"])
+    return Path(run_experiment(cfg, log=lambda *a: None).run_dir)
+
+
+def _copy_run(src, tmp_path):
+    import shutil
+
+    return Path(shutil.copytree(src, tmp_path / "run"))
+
+
+def _reseal(run) -> None:
+    """Rewrite the manifest to match the weights now there: a damaged run folder that is consistent."""
+    import json
+
+    from edgerec.io import sha256_file
+
+    meta = json.loads((run / "config.json").read_text())
+    w = run / "model.safetensors"
+    meta["weights"] = {"file": w.name, "bytes": w.stat().st_size, "sha256": sha256_file(w)}
+    (run / "config.json").write_text(json.dumps(meta))
+
+
+def _save(run, state) -> None:
+    from safetensors.torch import save_file
+
+    save_file(state, str(run / "model.safetensors"))
+    _reseal(run)
+
+
+def _flip_every_997th(run):
+    b = bytearray((run / "model.safetensors").read_bytes())
+    b[996::997] = bytes(x ^ 0xFF for x in b[996::997])
+    (run / "model.safetensors").write_bytes(bytes(b))
+
+
+def _nan_weights(run):
+    from safetensors.torch import load_file
+
+    _save(run, {k: torch.full_like(v, float("nan")) for k, v in load_file(str(run / "model.safetensors")).items()})
+
+
+def _one_shape_off(run):
+    from safetensors.torch import load_file
+
+    state = load_file(str(run / "model.safetensors"))
+    state["emb.item.weight"] = torch.zeros(state["emb.item.weight"].shape[0] + 1, state["emb.item.weight"].shape[1])
+    _save(run, state)
+
+
+def _another_models_tensors(run):
+    _save(run, {"encoder.word.weight": torch.zeros(10, 4), "head.bias": torch.zeros(2)})
+
+
+def _foreign_file_of_an_old_run(run):
+    import json
+
+    (run / "model.safetensors").write_bytes(b"PK\x03\x04" + bytes(range(256)) * 4)  # a zip, not safetensors
+    meta = json.loads((run / "config.json").read_text())
+    del meta["weights"]  # a run saved before the checksum: the file itself is checked
+    (run / "config.json").write_text(json.dumps(meta))
+
+
+def _edit_config(edit):
+    def damage(run):
+        import json
+
+        meta = json.loads((run / "config.json").read_text())
+        (run / "config.json").write_text(json.dumps(edit(meta)))
+    return damage
+
+
+def _write(name, data):
+    return lambda run: (run / name).write_bytes(data)
+
+
+DAMAGED_RUNS = [
+    ("flip_every_997th_byte", _flip_every_997th, "model.safetensors: checksum mismatch"),
+    ("truncated", lambda run: (run / "model.safetensors").write_bytes((run / "model.safetensors").read_bytes()[:3000]),
+     "model.safetensors: truncated or padded: 3,000 bytes"),
+    ("empty", _write("model.safetensors", b""), "model.safetensors: empty file"),
+    ("foreign_file", _foreign_file_of_an_old_run, "model.safetensors: not a readable safetensors file"),
+    ("nan_weights", _nan_weights, "5 of 5 tensor(s) hold NaN or infinite values"),
+    ("shape_mismatch", _one_shape_off, "mismatched 1: emb.item.weight is [123, 8]"),
+    ("another_models_tensors", _another_models_tensors, "does not hold the tensors of the DNN"),
+    ("config_without_experiment", _edit_config(lambda m: {k: v for k, v in m.items() if k != "experiment"}),
+     "config.json: no 'experiment' mapping"),
+    ("config_garbage_json", _write("config.json", b'{"experiment": {"expid": '), "config.json: not valid JSON"),
+    ("config_not_utf8", _write("config.json", b'{"experiment": "\xff"}'), "config.json: not valid JSON"),
+    ("config_a_list", _write("config.json", b"[1, 2]"), "config.json: no 'experiment' or 'feature_spec' mapping"),
+    ("manifest_garbage", _edit_config(lambda m: {**m, "weights": "x" * 10_000}), "is not a manifest"),
+    ("feature_spec_garbage", _edit_config(lambda m: {**m, "feature_spec": {"n_users": 1, "bogus": 2}}),
+     "feature_spec is malformed"),
+]
+
+
+@pytest.mark.parametrize("name,damage,message", DAMAGED_RUNS, ids=[d[0] for d in DAMAGED_RUNS])
+def test_a_damaged_run_folder_is_refused_in_one_line(trained_run, tmp_path, capsys, name, damage, message):
+    """eval (and serve, explain: all load through load_run) refuse every damaged, truncated, empty,
+    foreign or mismatched run folder with one line naming the file; they used to trace back, or answer
+    (every 997th byte flipped: AUC 0.444 with exit 0)."""
+    from edgerec.cli import main
+
+    run = _copy_run(trained_run, tmp_path)
+    damage(run)
+    assert main(["eval", "--run", str(run)]) == 2
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if not x.startswith("warning: ")]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {run}") and message in lines[0], err
+    assert len(lines[0]) < 400
+
+
+def test_serve_refuses_a_damaged_run_before_it_listens(trained_run, tmp_path, capsys):
+    from edgerec.cli import main
+
+    run = _copy_run(trained_run, tmp_path)
+    _flip_every_997th(run)
+    assert main(["serve", "--run", str(run), "--store", "memory"]) == 2
+    assert "model.safetensors: checksum mismatch" in capsys.readouterr().err
+
+
+def test_a_run_saved_before_the_checksum_loads_with_a_one_line_warning(trained_run, tmp_path, capsys):
+    import json
+
+    from edgerec.train.experiment import load_run
+
+    run = _copy_run(trained_run, tmp_path)
+    meta = json.loads((run / "config.json").read_text())
+    assert set(meta["weights"]) == {"file", "bytes", "sha256"}
+    del meta["weights"]
+    (run / "config.json").write_text(json.dumps(meta))
+    load_run(run)
+    (warning,) = capsys.readouterr().err.splitlines()
+    assert warning.startswith(f"warning: {run / 'config.json'} records no sha256") and "retrain" in warning
+
+
+# ---- crafted .pack files with a valid CRC: refused in one line, before any tensor is used ----------
+
+@pytest.fixture(scope="module")
+def tiny_pack(tmp_path_factory):
+    """A real artifact of a small random EI-BERT (factorized, int4 word embeddings): no teacher needed."""
+    from edgerec.compress.pack import write_artifact
+    from edgerec.compress.quantize import export_tensors
+    from edgerec.models.eibert import EIBert, EIBertConfig
+    from edgerec.serve.edge.tokenizer import SPECIALS
+
+    vocab = [*SPECIALS, *"abcdefghij", "##s", "pho", "tea"]
+    torch.manual_seed(0)
+    model = EIBert(EIBertConfig(vocab_size=len(vocab), hidden=16, layers=2, heads=2, ffn=32, max_positions=16,
+                                emb_dim=8, tasks={"topic": 3}))
+    config = {k: v for k, v in model.config.to_dict().items() if k not in ("tasks", "head_via", "dropout")}
+    path = tmp_path_factory.mktemp("pack") / "tiny.pack"
+    write_artifact(path, config, {"topic": ["food", "drink", "other"]}, vocab, export_tensors(model, embedding_bits=4))
+    return path
+
+
+def _craft(src, dst, edit):
+    """Re-pack `src` after `edit(header, rest)` (rest: vocabulary + blob bytes) with a VALID CRC."""
+    import json
+    import struct
+    import zlib
+
+    data = src.read_bytes()
+    (hlen,) = struct.unpack("<I", data[12:16])
+    header, rest = json.loads(data[16:16 + hlen]), bytearray(data[16 + hlen:-4])
+    header = edit(header, rest) or header
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    body = data[:8] + struct.pack("<II", 1, len(raw)) + raw + bytes(rest)
+    dst.write_bytes(body + struct.pack("<I", zlib.crc32(body)))
+
+
+def _tensor(h, name):
+    return next(e for e in h["tensors"] if e["name"] == name)
+
+
+def _set(tensor, **fields):
+    return lambda h, rest: _tensor(h, tensor).update(fields)
+
+
+def _nan_bias(h, rest):
+    import struct
+
+    e = _tensor(h, "encoder.layers.0.ln1.bias")
+    start = h["vocab_bytes"] + e["offset"]
+    rest[start:start + 4] = struct.pack("<f", float("nan"))
+
+
+def _drop(name):
+    return lambda h, rest: h["tensors"].remove(_tensor(h, name))
+
+
+CRAFTED = [
+    ("wrong_shape", _set("encoder.word.weight", shape=[19, 9]), "encoder.word.weight: shape [19, 9]"),
+    ("wrong_nbytes", _set("encoder.emb_ln.bias", nbytes=4), "encoder.emb_ln.bias: shape [16] of 4 bytes"),
+    ("offset_past_the_blob", _set("encoder.type0", offset=10 ** 7), "offset 10000000 lies outside the blob"),
+    ("offset_into_another_tensor", lambda h, rest: _tensor(h, "encoder.type0").update(
+        offset=_tensor(h, "encoder.emb_ln.bias")["offset"]), "overlaps another tensor"),
+    ("negative_offset", _set("encoder.type0", offset=-4), "offset -4 lies outside"),
+    ("offset_a_string", _set("encoder.type0", offset="0"), "offset '0' lies outside"),
+    ("wrong_dtype", _set("encoder.position.weight", kind="f16"), "kind 'f16' is not f32"),
+    ("q8_declared_f32", _set("encoder.layers.0.query.weight", kind="f32"), "encoder.layers.0.query.weight: shape"),
+    ("scale_count", _set("encoder.layers.1.ffn_in.weight", scale_nbytes=8), "8 bytes of scales for 32 rows"),
+    ("config_hidden", lambda h, rest: h["config"].update(hidden=32), "the config needs"),
+    ("config_heads", lambda h, rest: h["config"].update(heads=3), "do not fit together"),
+    ("config_layers_huge", lambda h, rest: h["config"].update(layers=10 ** 9), "config layers = 1000000000"),
+    ("config_vocab_count", lambda h, rest: h["config"].update(vocab_size=17), "encoder.word.weight: shape"),
+    ("label_count", lambda h, rest: h["tasks"].update(topic=["food", "drink"]), "head.topic.weight: shape"),
+    ("missing_tensor", _drop("encoder.layers.1.ln2.bias"), "missing (encoder.layers.1.ln2.bias)"),
+    ("duplicate_tensor", lambda h, rest: h["tensors"].append(dict(h["tensors"][0])), "appears twice"),
+    ("unhashable_name", _set("encoder.type0", name=["x"]), "tensor ['x'] is not one the config has"),
+    ("sizes_do_not_add_up", lambda h, rest: h.update(blob_bytes=h["blob_bytes"] + 8), "do not add up"),
+    ("header_a_list", lambda h, rest: b"[1, 2, 3]", "the header lacks one of"),
+    ("header_not_json", lambda h, rest: b"\xff\xfe{", "the header is not JSON"),
+    ("vocabulary_not_utf8", lambda h, rest: rest.__setitem__(0, 0xFF), "the vocabulary is not UTF-8"),
+    ("nan_weight", _nan_bias, "1 tensor(s) hold NaN or infinite values (encoder.layers.0.ln1.bias)"),
+]
+
+
+@pytest.mark.parametrize("name,edit,message", CRAFTED, ids=[c[0] for c in CRAFTED])
+def test_a_crafted_pack_with_a_valid_crc_is_refused_in_one_line(tiny_pack, tmp_path, name, edit, message):
+    from edgerec.compress.pack import ArtifactError
+    from edgerec.serve.edge.runtime import EdgeModel
+
+    bad = tmp_path / "bad.pack"
+    _craft(tiny_pack, bad, edit)
+    with pytest.raises(ArtifactError) as exc:
+        EdgeModel.load(bad)
+    msg = str(exc.value)
+    assert msg.startswith(f"{bad}: ") and message in msg and "\n" not in msg and len(msg) < 400, msg
+
+
+def test_the_tiny_pack_loads_and_its_table_is_the_configs(tiny_pack, tmp_path):
+    from edgerec.compress.pack import expected_shapes, read_artifact
+    from edgerec.serve.edge.runtime import EdgeModel
+
+    art = read_artifact(tiny_pack)
+    assert {e["name"]: e["shape"] for e in art["table"]} == expected_shapes(art["config"], art["tasks"])
+    label, p = EdgeModel(art).predict("pho tea", "topic")
+    assert label in art["tasks"]["topic"] and abs(p.sum() - 1) < 1e-5
+    _craft(tiny_pack, tmp_path / "same.pack", lambda h, rest: None)  # re-packing alone changes nothing
+    assert read_artifact(tmp_path / "same.pack")["vocab"] == art["vocab"]
+
+
+def test_the_milliseconds_hint_is_given_only_for_millisecond_times():
+    from edgerec.errors import DataFormatError
+    from edgerec.features.definition import Event
+
+    base = {"event_id": "a", "user_id": 1, "item_id": 2, "kind": "click"}
+    with pytest.raises(DataFormatError, match="looks like milliseconds"):
+        Event.from_dict({**base, "ts": 1_770_000_000_000})
+    with pytest.raises(DataFormatError) as e:
+        Event.from_dict({**base, "ts": 5_000_000_000})  # year 2128: out of range, but not milliseconds
+    assert "milliseconds" not in str(e.value)

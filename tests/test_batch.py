@@ -83,3 +83,16 @@ def test_cli_batch_writes_parquet(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "samples" in out and (tmp_path / "b" / "samples.parquet").exists()
     assert not list((tmp_path / "b").glob(".*tmp"))  # no half-written artifact left behind
+
+
+def test_a_resent_event_is_folded_once_like_the_stream(tmp_path):
+    """The feedback sink may write an event twice (a client retry); the stream's store applies it once,
+    so the batch job must fold it once too, or batch and stream features drift apart."""
+    import json
+
+    from edgerec.features.definition import Event
+
+    e = Event("same", 1, 2, 1_770_000_000, "click", 1).to_dict()
+    path = tmp_path / "ev.jsonl"
+    path.write_text(json.dumps(e) + "\n" + json.dumps(e) + "\n" + json.dumps({**e, "event_id": "other"}) + "\n")
+    assert read_event_file(path).column("event_id").to_pylist() == ["same", "other"]

@@ -65,14 +65,19 @@ def read_event_file(path: str | Path) -> pa.Table:
     """A JSON-lines event file (what `edgerec stream` consumes) -> the batch input table. A line that
     is not a valid event (the stream's `decode`, THE event validator; no future bound: a batch is
     offline) stops the job with its line number: a batch that silently skipped rows would train on a
-    different log than the one the stream applied."""
+    different log than the one the stream applied. For the same reason a resent event (an event_id
+    seen before, as the feedback sink may write) is folded once, as the stream's stores apply it."""
     from edgerec.serve.stream import decode
 
     def gen():
+        seen: set[str] = set()
         with open(path, "rb") as f:  # bytes: a line of bad UTF-8 is an error naming its line
             for i, line in enumerate(f):
                 if line.strip():
-                    yield decode(line, f"{path} line {i + 1}")
+                    e = decode(line, f"{path} line {i + 1}")
+                    if e.event_id not in seen:
+                        seen.add(e.event_id)
+                        yield e
 
     return events_table(gen())
 

@@ -95,7 +95,8 @@ def _int_field(d: dict, name: str, lo: int, where: str) -> int | None:
     if lo <= v <= hi:
         return v
     if name == "ts":
-        hint = (" It looks like milliseconds: send seconds (divide by 1000)." if 0 <= v // 1000 <= TS_MAX else "")
+        as_ms = v // 1000  # a millisecond timestamp of 2001..2100 reads as seconds far beyond TS_MAX
+        hint = (" It looks like milliseconds: send seconds (divide by 1000)." if 10 ** 9 <= as_ms <= TS_MAX else "")
         raise EventError(f"{where}: ts {cut(v)} is out of range: unix seconds from 0 (1970) to {TS_MAX} "
                          f"({_utc(TS_MAX)}).{hint}", name)
     what = {"position": "a 1-based display position (1 = top of the feed)"}.get(name, "a non-negative id")
