@@ -168,6 +168,37 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_in(low: int, high: int | None = None):
+    """An argparse type: an integer in [low, high]. Anything else is argparse's error naming the flag,
+    before any work: --port 70000 listened on another port, --positions 0 crashed the stream at the
+    first click with a position."""
+    rule = f"{low}..{high}" if high is not None else f">= {low}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            from edgerec.features.definition import cut
+
+            raise argparse.ArgumentTypeError(f"expected an integer {rule}, got {cut(text)}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected an integer {rule}, got {value}")
+        return value
+
+    return parse
+
+
+def _event_file(path: str, follow: bool = False) -> Path:
+    """--events as a file that exists (or, with --follow, may appear later), never a directory (that was
+    an IsADirectoryError traceback)."""
+    p = Path(path)
+    if p.is_dir():
+        raise EdgerecError(f"--events {path} is a directory; name the event file (JSON lines) in it.")
+    if not p.exists() and not follow:
+        raise EdgerecError(f"--events {path}: no such event file (JSON lines; make one with --export-from DATASET).")
+    return p
+
+
 def _add_store_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", default="sqlite:runs/features.db",
                    help="memory | sqlite:PATH | redis://HOST:PORT/DB (default %(default)s)")
@@ -175,8 +206,8 @@ def _add_store_arg(p: argparse.ArgumentParser) -> None:
 
 def _add_definition_args(p: argparse.ArgumentParser) -> None:
     """The FeatureDefinition's sizes: stream and batch must fold with the same ones."""
-    p.add_argument("--max-len", type=int, default=50, help="recent clicks kept per user (default %(default)s)")
-    p.add_argument("--positions", type=int, default=20, help="display positions tracked (default %(default)s)")
+    p.add_argument("--max-len", type=_int_in(1), default=50, help="recent clicks kept per user (default %(default)s)")
+    p.add_argument("--positions", type=_int_in(1), default=20, help="display positions tracked (default %(default)s)")
 
 
 def _add_future_skew_arg(p: argparse.ArgumentParser, what: str) -> None:
@@ -200,6 +231,13 @@ def _cmd_stream(args: argparse.Namespace) -> int:
 
     if bool(args.events) == bool(args.kafka):
         raise EdgerecError("edgerec stream: give exactly one source, --events FILE or --kafka HOST:PORT --topic T.")
+    if args.dedup_days < 0:
+        raise EdgerecError(f"--dedup-days must be >= 0 (0 keeps every event id), got {args.dedup_days}.")
+    future_skew_s = _future_skew_s(args.future_skew_hours)
+    if args.events:  # a missing file is fine when --export-from writes it or --follow waits for it
+        _event_file(args.events, follow=args.follow or bool(args.export_from))
+    store = open_store(args.store, dedup_window_s=round(args.dedup_days * 86400) or None)  # before any work
+    definition = FeatureDefinition(max_len=args.max_len, n_positions=args.positions)
     events = None
     if args.export_from:
         from edgerec.data import registry
@@ -217,15 +255,8 @@ def _cmd_stream(args: argparse.Namespace) -> int:
     else:
         if events is not None:
             print(f"wrote {write_event_file(events, args.events)} from {args.export_from}'s log")
-        if not Path(args.events).exists() and not args.follow:
-            raise EdgerecError(f"{args.events}: no such event file (JSON lines; make one with --export-from DATASET).")
         source = FileEventSource(args.events, follow=args.follow, idle_timeout=args.idle_timeout)
         where = str(args.events)
-    if args.dedup_days < 0:
-        raise EdgerecError(f"--dedup-days must be >= 0 (0 keeps every event id), got {args.dedup_days}.")
-    future_skew_s = _future_skew_s(args.future_skew_hours)
-    store = open_store(args.store, dedup_window_s=round(args.dedup_days * 86400) or None)
-    definition = FeatureDefinition(max_len=args.max_len, n_positions=args.positions)
     t0 = time.perf_counter()
     try:
         stats = run_stream(source, store, definition, args.batch_size, args.max_messages, retries=args.retries,
@@ -255,9 +286,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         raise EdgerecError("edgerec batch: give exactly one input, --events FILE or --dataset ID.")
     t0 = time.perf_counter()
     if args.events:
-        if not Path(args.events).exists():
-            raise EdgerecError(f"{args.events}: no such event file (JSON lines, see `edgerec stream --help`).")
-        events = read_event_file(args.events)
+        events = read_event_file(_event_file(args.events))
     else:
         from edgerec.data import registry
         from edgerec.serve.stream import events_from_log
@@ -285,9 +314,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from edgerec.serve import server
 
     t0 = time.perf_counter()
+    if not 0 < args.max_body_mb <= 1e6:  # NaN too
+        raise EdgerecError(f"--max-body-mb must be a number of megabytes > 0, got {args.max_body_mb}.")
     recipe = server.ServiceRecipe(store=args.store, run=args.run, dataset=args.dataset, feedback_to=args.feedback_to,
                                   kafka=args.kafka, topic=args.topic, threads=args.threads,
-                                  index_period=args.index_period, future_skew_s=_future_skew_s(args.future_skew_hours))
+                                  index_period=args.index_period, future_skew_s=_future_skew_s(args.future_skew_hours),
+                                  max_body_bytes=round(args.max_body_mb * 1e6))
     server.check_workers(recipe, args.workers)
     service = server.build_service(recipe)  # also with --workers > 1: fails here, readably, before any worker
     if args.openapi:
@@ -316,7 +348,7 @@ def _write_openapi(app, path: str) -> None:
 def _cmd_compress(args: argparse.Namespace) -> int:
     from edgerec.compress.pipeline import CompressConfig, build
     from edgerec.compress.tasks import TASKS
-    from edgerec.io import write_json_atomic
+    from edgerec.io import check_writable, write_json_atomic
 
     tasks = tuple(args.tasks.split(",")) if args.tasks else TASKS
     unknown = [t for t in tasks if t not in TASKS]
@@ -346,6 +378,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
                          general=({"epochs": args.general_epochs,  # smoke runs (--limit): a corpus to match
                                    **({"max_sentences": 10 * args.limit} if args.limit else {})}
                                   if args.general_epochs else None))
+    check_writable(args.out, "--out")  # before the build, which takes minutes
     r = build(cfg, args.out)
     write_json_atomic(Path(args.out).with_suffix(".json"), r)
     a = r["artifact"]
@@ -520,10 +553,13 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--topic", default="edgerec-events", help="Kafka topic (default %(default)s)")
     _add_future_skew_arg(sv, "POST /feedback refuses (422)")
     sv.add_argument("--host", default="127.0.0.1")
-    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--port", type=_int_in(1, 65535), default=8000)
+    sv.add_argument("--max-body-mb", type=float, default=2.0,
+                    help="larger request bodies get HTTP 413 (megabytes; default %(default)s, room for the 10,000 "
+                         "events one /feedback may carry)")
     sv.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default %(default)s); "
                     "more than 1 needs a shared --store (sqlite: or redis://)")
-    sv.add_argument("--threads", type=int, default=1, help="torch threads per worker (default %(default)s)")
+    sv.add_argument("--threads", type=_int_in(1), default=1, help="torch threads per worker (default %(default)s)")
     sv.add_argument("--index-period", choices=["all", "train"], default="all",
                     help="stage 1's per-hour click counts from the whole log (all, default: a live service) or "
                          "only from the run's training period (train: replaying held-out events for evaluation, "

@@ -7,11 +7,14 @@ never a half-written artifact (for example after Ctrl-C during a checkpoint save
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+from edgerec.errors import EdgerecError
 
 
 @contextlib.contextmanager
@@ -48,6 +51,31 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
         f.write(line)
         f.flush()
         os.fsync(f.fileno())
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in chunks (weights can be large)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def check_writable(path: str | os.PathLike, what: str, folder: bool = False) -> None:
+    """Raise EdgerecError now if `path` cannot be written: folder=True, no file can be created in it
+    (it is created if missing); else the file cannot be appended to, or created. Outputs are checked
+    before the work that fills them: an unwritable output_dir or ledger used to fail only after
+    training had finished. A real attempt, not os.access, which says yes to root whatever the path."""
+    path = Path(path)
+    try:
+        if folder or not path.exists():
+            where = path if folder else path.parent
+            if where.exists() and not where.is_dir():  # mkdir would say "File exists"
+                raise NotADirectoryError(20, f"{where} is a file, not a folder")
+            where.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=where).close()
+        else:
+            open(path, "a").close()
+    except OSError as e:
+        raise EdgerecError(f"{what}: cannot write {path} ({e.strerror}); choose a writable path.") from None
 
 
 def _json_default(obj: Any) -> Any:

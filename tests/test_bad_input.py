@@ -179,13 +179,12 @@ def _copy_run(src, tmp_path):
 
 def _reseal(run) -> None:
     """Rewrite the manifest to match the weights now there: a damaged run folder that is consistent."""
+    import hashlib
     import json
-
-    from edgerec.io import sha256_file
 
     meta = json.loads((run / "config.json").read_text())
     w = run / "model.safetensors"
-    meta["weights"] = {"file": w.name, "bytes": w.stat().st_size, "sha256": sha256_file(w)}
+    meta["weights"] = {"file": w.name, "bytes": w.stat().st_size, "sha256": hashlib.sha256(w.read_bytes()).hexdigest()}
     (run / "config.json").write_text(json.dumps(meta))
 
 
@@ -225,7 +224,7 @@ def _foreign_file_of_an_old_run(run):
 
     (run / "model.safetensors").write_bytes(b"PK\x03\x04" + bytes(range(256)) * 4)  # a zip, not safetensors
     meta = json.loads((run / "config.json").read_text())
-    del meta["weights"]  # a run saved before the checksum: the file itself is checked
+    meta.pop("weights", None)  # a run saved before the checksum: the file itself is checked
     (run / "config.json").write_text(json.dumps(meta))
 
 
@@ -278,9 +277,11 @@ def test_a_damaged_run_folder_is_refused_in_one_line(trained_run, tmp_path, caps
     assert len(lines[0]) < 400
 
 
-def test_serve_refuses_a_damaged_run_before_it_listens(trained_run, tmp_path, capsys):
+def test_serve_refuses_a_damaged_run_before_it_listens(trained_run, tmp_path, capsys, monkeypatch):
+    import edgerec.serve.server as server
     from edgerec.cli import main
 
+    monkeypatch.setattr(server, "run", lambda *a, **k: pytest.fail("it served the damaged run"))
     run = _copy_run(trained_run, tmp_path)
     _flip_every_997th(run)
     assert main(["serve", "--run", str(run), "--store", "memory"]) == 2
@@ -360,6 +361,8 @@ def _drop(name):
 CRAFTED = [
     ("wrong_shape", _set("encoder.word.weight", shape=[19, 9]), "encoder.word.weight: shape [19, 9]"),
     ("wrong_nbytes", _set("encoder.emb_ln.bias", nbytes=4), "encoder.emb_ln.bias: shape [16] of 4 bytes"),
+    ("float_sizes", _set("encoder.type0", shape=[16.0], nbytes=64.0), "encoder.type0: shape [16.0] of 64.0 bytes"),
+    ("float_scale_count", _set("encoder.layers.0.key.weight", scale_nbytes=64.0), "64.0 bytes of scales for 16 rows"),
     ("offset_past_the_blob", _set("encoder.type0", offset=10 ** 7), "offset 10000000 lies outside the blob"),
     ("offset_into_another_tensor", lambda h, rest: _tensor(h, "encoder.type0").update(
         offset=_tensor(h, "encoder.emb_ln.bias")["offset"]), "overlaps another tensor"),

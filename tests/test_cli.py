@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from edgerec.cli import main
 
 
@@ -57,3 +59,54 @@ def test_compress_augmentation_flags_are_checked_before_any_work(capsys):
                       (["--augment", "2", "--augment-replace", "1.5"], "a probability in")):
         assert main(["compress", *argv]) == 2
         assert msg in capsys.readouterr().err
+
+
+def _one_error_line(err: str) -> str:
+    (line,) = [x for x in err.splitlines() if x.startswith(("error:", "edgerec "))]
+    assert "Traceback" not in err
+    return line
+
+
+def test_store_and_events_paths_are_checked_before_any_work(tmp_path, capsys):
+    """--store at a directory or a non-database, --events at a directory: one line (they were sqlite3
+    and IsADirectoryError tracebacks), before --export-from writes anything."""
+    (tmp_path / "notes.txt").write_text("not a database\n" * 100)
+    events = tmp_path / "ev.jsonl"
+    for store, message in ((f"sqlite:{tmp_path}", f"--store sqlite:{tmp_path} is a directory"),
+                           (f"sqlite:{tmp_path / 'notes.txt'}", "cannot open it as an SQLite feature store (file is "
+                                                                "not a database)"),
+                           (f"sqlite:{tmp_path / 'no' / 'such' / 'dir.db'}", "cannot open it as an SQLite feature store")):
+        assert main(["stream", "--events", str(events), "--export-from", "o2o-sim:tiny", "--store", store]) == 2
+        assert message in _one_error_line(capsys.readouterr().err)
+        assert not events.exists()  # refused before the export
+    for argv in (["stream", "--store", "memory", "--events"], ["batch", "--events"]):
+        assert main([*argv, str(tmp_path)]) == 2
+        assert f"--events {tmp_path} is a directory" in _one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["stream", "--events", "x.jsonl", "--positions", "0"], "argument --positions: expected an integer >= 1, got 0"),
+    (["batch", "--dataset", "o2o-sim:tiny", "--max-len", "-1"], "argument --max-len: expected an integer >= 1, got -1"),
+    (["serve", "--run", "r", "--port", "70000"], "argument --port: expected an integer 1..65535, got 70000"),
+    (["serve", "--run", "r", "--port", "9" * 5000], "argument --port: expected an integer 1..65535, got '999"),
+    (["serve", "--run", "r", "--threads", "0"], "argument --threads: expected an integer >= 1, got 0"),
+])
+def test_out_of_range_flags_are_refused_by_the_parser(capsys, argv, message):
+    """--port 70000 listened on another port; --positions 0 crashed the stream at the first click with a
+    position; --threads 0 was a torch traceback."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and message in _one_error_line(err) and len(err) < 2000
+
+
+@pytest.mark.parametrize("mb", ["0", "nan", "-1"])
+def test_max_body_mb_must_be_positive(capsys, mb):
+    assert main(["serve", "--run", "r", "--max-body-mb", mb]) == 2
+    assert "--max-body-mb must be a number of megabytes > 0" in _one_error_line(capsys.readouterr().err)
+
+
+def test_compress_checks_its_output_before_the_build(tmp_path, capsys):
+    (tmp_path / "a_file").write_text("")
+    assert main(["compress", "--out", str(tmp_path / "a_file" / "m.pack")]) == 2
+    assert "--out: cannot write" in _one_error_line(capsys.readouterr().err)

@@ -110,3 +110,64 @@ def test_shipped_configs_all_load():
     for expid in yaml.safe_load(path.read_text()):
         if expid != "Base":
             load_experiment(path, expid)
+
+
+@pytest.mark.parametrize("key,value,shown", [
+    ("lr", ".nan", "nan"), ("lr", ".inf", "inf"), ("lr", "-1e-3", "-0.001"), ("lr", "0", "0.0"),
+    ("weight_decay", ".nan", "nan"), ("weight_decay", "-1", "-1.0"), ("grad_clip", "-.inf", "-inf"),
+])
+def test_learning_rate_and_friends_must_be_finite_and_in_range(tmp_path, key, value, shown):
+    """train.lr: .nan used to reach torch.optim.Adam (a ValueError traceback); inf trained to NaN."""
+    with pytest.raises(ConfigError, match=rf"train\.{key} = {shown} must be a finite number [>]"):
+        load_experiment(write(tmp_path, BASE), "A", [f"train.{key}={value}"])
+    with pytest.raises(ConfigError, match=r"train.lr = nan"):  # in the file too, not only in --set
+        load_experiment(write(tmp_path, BASE.replace("lr: 1.0e-3", "lr: .nan")), "A")
+    with pytest.raises(ConfigError, match=r"lr_scale\['\*omega'\] = inf must be a finite number >= 0"):
+        load_experiment(write(tmp_path, BASE), "A", ["train.lr_scale.*omega=.inf"])
+
+
+def test_binary_or_non_utf8_yaml_is_one_line(tmp_path):
+    p = tmp_path / "bin.yaml"
+    p.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00" + bytes(range(256)))
+    with pytest.raises(ConfigError, match=r"bin\.yaml: not UTF-8 text \(byte 0x89 at offset 0\)"):
+        load_experiment(p, "A")
+    p.write_bytes(b"A: {model: DIN}\n\x00\x01\x02")  # UTF-8, but control characters YAML refuses
+    with pytest.raises(ConfigError, match="not valid YAML: unacceptable character") as exc:
+        load_experiment(p, "A")
+    assert "\n" not in str(exc.value)
+
+
+def test_yaml_aliases_that_expand_past_a_bound_are_refused(tmp_path):
+    """Billion laughs: nine levels of nine aliases are 10^9 values; it ran 50 s into a MemoryError."""
+    import time
+
+    levels = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    levels += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 10)]
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"exp\.yaml: its aliases \(\*name\) expand it past 100,000 values"):
+        load_experiment(write(tmp_path, "\n".join(levels) + "\nA: {model: DIN, dataset: ml-100k, description: *l9}\n"),
+                        "A")
+    assert time.perf_counter() - t0 < 5
+    with pytest.raises(ConfigError, match="or into itself"):
+        load_experiment(write(tmp_path, "A: &a {model: DIN, model_args: {x: *a}}\n"), "A")
+    with pytest.raises(ConfigError, match=r"--set .*: its aliases"):  # --set values are YAML too
+        parse_override("description=" + "[" + ", ".join(["&x [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]"] + ["*x"] * 10 ** 4) + "]")
+    shared = "Base: &b {dataset: ml-100k, train: {epochs: 2}}\nA: {model: DIN, description: ok}\nB: *b\n"
+    assert load_experiment(write(tmp_path, shared), "A").train.epochs == 2  # a few aliases are fine
+
+
+def test_error_messages_cut_long_values(tmp_path):
+    """A 312 MB error message was printed for one long value; now every offending value is cut."""
+    p = write(tmp_path, BASE)
+    for override in ("train.epochs=" + "9x" * 10 ** 6, "train." + "k" * 10 ** 6 + "=1", "model=" + "D" * 10 ** 6,
+                     "train.metrics=[" + "A" * 10 ** 6 + "]"):
+        with pytest.raises(ConfigError) as exc:
+            load_experiment(p, "A", [override])
+        assert len(str(exc.value)) < 400, str(exc.value)[:500]
+    with pytest.raises(ConfigError, match=r"no experiment 'xxx.*\.\.\. Available: A"):
+        load_experiment(p, "x" * 10 ** 6)
+    with pytest.raises(ConfigError, match=r"unknown key '5'"):  # a non-string key (it was a TypeError)
+        load_experiment(write(tmp_path, BASE + "  5: x\n"), "A")
+    with pytest.raises(ConfigError, match=r"not valid YAML: cannot build a value: 'Exceeds the limit \(4300 digits\)"):
+        load_experiment(write(tmp_path, BASE + "  description: " + "9" * 5000 + "\n"), "A")  # was a ValueError
+    assert load_experiment(write(tmp_path, BASE), "A", ["description=2001-13-45"]).description == "2001-13-45"

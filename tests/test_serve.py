@@ -268,6 +268,29 @@ def test_validator_raises_only_data_format_errors_and_what_it_accepts_is_served(
     assert out.status_code == 200, out.text
 
 
+def test_request_bodies_over_the_limit_get_413_with_a_message(events):
+    """No body limit: two 96 MB /feedback bodies were accepted (+190 MB server memory, 633 MB of SQLite).
+    Over the limit, with a Content-Length or streamed without one: 413 before the endpoint runs."""
+    import json
+
+    from fastapi.testclient import TestClient
+
+    from edgerec.serve.app import DEFAULT_MAX_BODY_BYTES, create_app
+    from edgerec.serve.server import ServiceRecipe
+
+    c = TestClient(create_app(None, max_body_bytes=1_000))  # no service: nothing past the limit may touch it
+    body = json.dumps({"events": [e.to_dict() for e in events[:20]]}).encode()
+    assert len(body) > 1_000
+    for kwargs in ({"content": body}, {"content": iter([body[:600], body[600:]])}):  # the second is chunked
+        r = c.post("/feedback", headers={"content-type": "application/json"}, **kwargs)
+        assert r.status_code == 413 and "1,000 bytes" in r.json()["detail"] and "--max-body-mb" in r.json()["detail"]
+    assert c.post("/recommend", content=b" " * 1_001).status_code == 413
+    assert c.post("/feedback", json={"events": []}).status_code == 422  # under the limit: validated as before
+    # the default leaves room for the 10,000 events one request may carry
+    full = json.dumps({"events": [e.to_dict() for e in events[:10_000]]}).encode()
+    assert len(full) < DEFAULT_MAX_BODY_BYTES == ServiceRecipe(store="memory").max_body_bytes
+
+
 def test_openapi_schema_is_published(client):
     c, _ = client
     spec = c.get("/openapi.json").json()

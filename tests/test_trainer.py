@@ -80,8 +80,28 @@ def test_train_device_is_validated_and_resolved(config_dir):
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert resolve_device("auto").type == expected
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="sees no CUDA device; use train.device=cpu"):
+        with pytest.raises(ConfigError, match="sees no CUDA device; use train.device=cpu"):
             resolve_device("cuda")
+    with pytest.raises(ConfigError, match=r"train.device='cuda:\d+' but torch .* sees (no|\d+) CUDA device"):
+        resolve_device(f"cuda:{max(torch.cuda.device_count(), 7)}")
+
+
+def test_a_missing_device_or_an_unwritable_output_fails_before_any_data_is_loaded(config_dir, monkeypatch):
+    """cuda:7 used to fail at the first batch, an unwritable output_dir or ledger after training."""
+    import edgerec.train.experiment as experiment
+    from edgerec.errors import ConfigError, EdgerecError
+
+    monkeypatch.setattr(experiment, "build_samples", lambda cfg: pytest.fail("data loaded before the checks"))
+    with pytest.raises(ConfigError, match=r"train.device='cuda:\d+' but torch"):
+        run_experiment(_cfg(config_dir, "DNN_test", f"train.device=cuda:{max(torch.cuda.device_count(), 7)}"))
+    (config_dir / "a_file").write_text("")
+    with pytest.raises(EdgerecError, match=r"DNN_test: output_dir \(--set output_dir=DIR\): cannot write .*a_file/sub "
+                                           r"\(Not a directory\); choose a writable path"):
+        run_experiment(_cfg(config_dir, "DNN_test", f"output_dir={config_dir / 'a_file' / 'sub'}"))
+    with pytest.raises(EdgerecError, match=r"ledger \(--set ledger=FILE\): cannot write .* \(Is a directory\)"):
+        run_experiment(_cfg(config_dir, "DNN_test", f"ledger={config_dir}"))
+    with pytest.raises(EdgerecError, match=r"ledger .*a_file/l.jsonl \(.*a_file is a file, not a folder\)"):
+        run_experiment(_cfg(config_dir, "DNN_test", f"ledger={config_dir / 'a_file' / 'l.jsonl'}"))
 
 
 def test_lr_scale_zero_freezes_the_fourier_frequencies_and_nothing_else(samples_for_lr_scale):
@@ -154,3 +174,11 @@ def test_monitor_nan_in_some_epochs_counts_as_not_improved(config_dir, monkeypat
     _validation_aucs(monkeypatch, [float("nan"), 0.6, float("nan"), 0.55])
     r = run_experiment(_cfg(config_dir, "DNN_test", "train.epochs=4", "train.patience=5"), log=lambda *_: None)
     assert r.best_epoch == 2 and r.valid["AUC"] == 0.6 and r.epochs_run == 4
+
+
+def test_a_model_constructors_refusal_is_a_config_error_naming_the_experiment(config_dir):
+    """COUPA refuses position_mode=pal without display positions; that was a ValueError traceback."""
+    from edgerec.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"COUPA_ml100k: model_args of COUPA: position_mode 'pal' needs display"):
+        run_experiment(_cfg(config_dir, "COUPA_ml100k", "model_args.position_mode=pal"), log=lambda *_: None)

@@ -23,6 +23,7 @@ from edgerec.data.openbandit import load_obd
 from edgerec.data.schema import CORE_DOCS, EventDataset
 from edgerec.data.simulator import PRESETS, preset, simulate
 from edgerec.errors import EdgerecError
+from edgerec.features.definition import cut
 
 
 @dataclass(frozen=True)
@@ -66,10 +67,10 @@ def parse_id(dataset_id: str) -> tuple[DatasetInfo, str | None, str]:
     name, _, variant = dataset_id.partition(":")
     info = REGISTRY.get(name)
     if info is None:
-        raise EdgerecError(f"unknown dataset {name!r}; available: {', '.join(REGISTRY)}")
+        raise EdgerecError(f"unknown dataset {cut(name)}; available: {', '.join(REGISTRY)}")
     if variant and variant not in info.variants:
         choices = ", ".join(f"{name}:{v}" for v in info.variants) or f"{name} (no variants)"
-        raise EdgerecError(f"unknown variant {dataset_id!r}; choose one of: {choices}")
+        raise EdgerecError(f"unknown variant {cut(dataset_id)}; choose one of: {choices}")
     variant = variant or info.default_variant
     return info, variant, f"{name}-{variant}" if variant else name
 

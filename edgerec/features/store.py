@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Protocol
 
 from edgerec.errors import ConfigError, DataFormatError
-from edgerec.features.definition import Event, FeatureDefinition, ItemState, UserState
+from edgerec.features.definition import Event, FeatureDefinition, ItemState, UserState, cut
 
 
 DEFAULT_DEDUP_WINDOW_S = 7 * 86400
@@ -156,15 +156,22 @@ class SQLiteStore:
     def __init__(self, path: str | Path, dedup_window_s: int | None = DEFAULT_DEDUP_WINDOW_S):
         self.path = str(path)
         self.dedup_window_s = checked_window(dedup_window_s)
-        # explicit BEGIN/COMMIT below; one connection shared by the server's threads, so no thread check
-        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.executescript(self.SCHEMA)
-        columns = {row[1] for row in self.db.execute("PRAGMA table_info(applied)")}
-        for col, kind in (("ts", "INTEGER"), ("source", "TEXT")):
-            if col not in columns:  # a store written before the dedup window: its ids get NULL, kept forever
-                self.db.execute(f"ALTER TABLE applied ADD COLUMN {col} {kind}")
-        self.db.execute("CREATE INDEX IF NOT EXISTS applied_by_source_ts ON applied (source, ts)")
+        if Path(self.path).is_dir():  # sqlite3 says only "unable to open database file"
+            raise ConfigError(f"--store sqlite:{self.path} is a directory; name a database file in it, e.g. "
+                              f"sqlite:{Path(self.path) / 'features.db'}")
+        try:
+            # explicit BEGIN/COMMIT below; one connection shared by the server's threads, so no thread check
+            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.executescript(self.SCHEMA)
+            columns = {row[1] for row in self.db.execute("PRAGMA table_info(applied)")}
+            for col, kind in (("ts", "INTEGER"), ("source", "TEXT")):
+                if col not in columns:  # a store written before the dedup window: its ids get NULL, kept forever
+                    self.db.execute(f"ALTER TABLE applied ADD COLUMN {col} {kind}")
+            self.db.execute("CREATE INDEX IF NOT EXISTS applied_by_source_ts ON applied (source, ts)")
+        except sqlite3.DatabaseError as e:  # not a database, a missing folder, no permission
+            raise ConfigError(f"--store sqlite:{self.path}: cannot open it as an SQLite feature store ({e}); name a "
+                              "new file or one `edgerec stream` wrote") from None
 
     def watermark(self, source: str | None = None) -> int | None:
         """The newest applied event's ts from `source` (an index lookup)."""
@@ -244,4 +251,4 @@ def open_store(spec: str, dedup_window_s: int | None = DEFAULT_DEDUP_WINDOW_S) -
         return MemoryStore(dedup_window_s)
     if spec.startswith("sqlite:"):
         return SQLiteStore(spec.split(":", 1)[1], dedup_window_s)
-    raise ConfigError(f"unknown feature store {spec!r}; use 'memory', 'sqlite:PATH' or 'redis://HOST:PORT/DB'")
+    raise ConfigError(f"unknown feature store {cut(spec)}; use 'memory', 'sqlite:PATH' or 'redis://HOST:PORT/DB'")

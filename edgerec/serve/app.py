@@ -12,8 +12,10 @@ channel). Integers are strict (no bools, floats or strings) and bounded by the e
 constants (edgerec/features/definition.py); every feedback event also goes through THE event
 validator `Event.from_dict`, the stream's, so /feedback never accepts an event the stream would
 refuse (a far-future ts included: later than the clock + the service's `future_skew_s`).
-Endpoints are `async` on purpose: one event-loop thread serves requests in order, so the model and
-the store need no locks and the two cores stay free for the torch kernels and the stream processor.
+Request bodies over `max_body_bytes` (default 2 MB, `edgerec serve --max-body-mb`) get 413 with a
+message (`BodyLimit`). Endpoints are `async` on purpose: one event-loop thread serves requests in
+order, so the model and the store need no locks and the two cores stay free for the torch kernels
+and the stream processor.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from edgerec.features.definition import (EVENT_ID_MAX_CHARS, INT64_MAX, TS_MAX, 
 from edgerec.features.store import LateEventError
 
 _STRICT = ConfigDict(extra="forbid", strict=True)  # an int is an int: no true, 3.0 or "3"
+DEFAULT_MAX_BODY_BYTES = 2_000_000  # 10,000 feedback events (the most one request may carry) are ~1.3 MB
 
 
 class RecommendRequest(BaseModel):
@@ -123,7 +126,41 @@ def _exact_bounds(node) -> None:
             _exact_bounds(v)
 
 
-def create_app(service):
+class BodyLimit:
+    """ASGI middleware: a request body over `max_bytes` gets 413 with a message. uvicorn has no limit of
+    its own, and two 96 MB /feedback bodies were accepted (+190 MB of server memory, 633 MB of SQLite).
+    A Content-Length over the limit is refused before a byte is read; a body without one (chunked) is
+    counted as it arrives and refused once past the limit, never buffered whole."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+        self.message = (f"request body larger than {max_bytes:,} bytes, this server's limit: send fewer events per "
+                        "request, or start the server with a larger `edgerec serve --max-body-mb`")
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and (len(length) > 15 or int(length) > self.max_bytes):
+            return await JSONResponse({"detail": self.message}, status_code=413)(scope, receive, send)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:  # FastAPI re-raises a middleware's HTTPException while it reads the body
+                raise HTTPException(status_code=413, detail=self.message)
+            return message
+
+        await self.app(scope, counted, send)
+
+
+_TOO_LARGE = {413: {"description": "request body larger than the server's limit (`edgerec serve --max-body-mb`, "
+                                   "default 2 MB)"}}
+
+
+def create_app(service, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
     app = FastAPI(title="edgerec", version="0.1.0",
                   description="Two-stage recommendation for local-services feeds: stage 1 retrieves and "
                               "pre-ranks by time slot and online CTR, stage 2 ranks with the trained model "
@@ -135,12 +172,13 @@ def create_app(service):
         return app.openapi_schema
 
     app.openapi = openapi
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request, exc: RequestValidationError):
         return validation_error_reply(exc.errors())
 
-    @app.post("/recommend", response_model=RecommendResponse)
+    @app.post("/recommend", response_model=RecommendResponse, responses=_TOO_LARGE)
     async def recommend(req: RecommendRequest):
         try:  # built by us, so no second validation pass over it: straight to JSON (the schema is still published)
             return JSONResponse(service.recommend(req.user_id, req.ts, req.channel, req.n_candidates, req.k))
@@ -148,7 +186,7 @@ def create_app(service):
             raise HTTPException(status_code=422, detail=[{"loc": ["body", "channel"], "msg": str(e),
                                                           "type": "value_error"}]) from None
 
-    @app.post("/feedback")
+    @app.post("/feedback", responses=_TOO_LARGE)
     async def feedback(body: Feedback) -> dict:
         latest = latest_accepted_ts(service.future_skew_s)
         events = []

@@ -24,6 +24,7 @@ import uvicorn
 
 from edgerec.errors import EdgerecError
 from edgerec.features.definition import DEFAULT_FUTURE_SKEW_S
+from edgerec.serve.app import DEFAULT_MAX_BODY_BYTES
 
 ENV_VAR = "EDGEREC_SERVE"
 
@@ -45,6 +46,7 @@ class ServiceRecipe:
     seed: int = 0
     index_period: str = "all"  # stage 1's click counts: 'all' (live service) | 'train' (offline evaluation)
     future_skew_s: int | None = DEFAULT_FUTURE_SKEW_S  # /feedback refuses ts > clock + this (None: no bound)
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # larger request bodies get 413
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -100,9 +102,9 @@ def build_service(recipe: ServiceRecipe, ranker=None, dataset: str | None = None
     if recipe.index_period not in ("all", "train"):  # before any work
         raise EdgerecError(f"index_period must be 'all' or 'train', got {recipe.index_period!r}")
     torch.set_num_threads(recipe.threads)
+    store = open_store(recipe.store)  # a bad --store fails before the run and the catalogue are loaded
     if ranker is None:
         ranker, dataset = build_ranker(recipe)
-    store = open_store(recipe.store)
     until = training_cut(ranker.samples) if recipe.index_period == "train" else None
     index = CandidateIndex.from_dataset(registry.load(dataset), until_ts=until)
     if recipe.kafka:
@@ -124,7 +126,8 @@ def app_from_env():
     text = os.environ.get(ENV_VAR)
     if not text:
         raise EdgerecError(f"{ENV_VAR} is not set: start workers with `edgerec serve --workers N`")
-    app = create_app(build_service(ServiceRecipe.from_json(text)))
+    recipe = ServiceRecipe.from_json(text)
+    app = create_app(build_service(recipe), recipe.max_body_bytes)
     freeze_startup_objects()
     return app
 
@@ -170,7 +173,7 @@ def run(recipe: ServiceRecipe, host: str, port: int, workers: int = 1, log_level
     if workers == 1:
         from edgerec.serve.app import create_app
 
-        app = create_app(service or build_service(recipe))
+        app = create_app(service or build_service(recipe), recipe.max_body_bytes)
         freeze_startup_objects()
         uvicorn.run(app, host=host, port=port, log_level=log_level)
         return

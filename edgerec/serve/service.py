@@ -29,6 +29,7 @@ from edgerec.errors import EdgerecError
 from edgerec.features.definition import (DEFAULT_FUTURE_SKEW_S, HOURS_PER_WEEK, Event, FeatureDefinition, cut,
                                          hour_of_week)
 from edgerec.features.time import pack_slots
+from edgerec.io import check_writable
 
 
 class Ranker:
@@ -252,7 +253,7 @@ class FileEventSink:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        check_writable(self.path, "--feedback-to")  # at start-up, not at the first /feedback (a 500)
 
     def send(self, events: list[Event]) -> int:
         import json

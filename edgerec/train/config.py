@@ -22,6 +22,7 @@ import difflib
 import hashlib
 import inspect
 import json
+import math
 import re
 import types
 import typing
@@ -32,6 +33,7 @@ from typing import Any
 import yaml
 
 from edgerec.errors import ConfigError
+from edgerec.features.definition import cut
 
 
 @dataclass
@@ -109,15 +111,18 @@ def load_experiment(path: str | Path, expid: str, overrides: list[str] | None = 
     if not path.is_file():
         raise ConfigError(f"config file {path} not found.")
     try:
-        doc = yaml.safe_load(path.read_text()) or {}
+        doc = safe_yaml(path.read_bytes().decode("utf-8"), str(path)) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start:,}); "
+                          "a config is a YAML text file, e.g. configs/ctr.yaml.") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: top level must be a mapping of experiment ids.")
     experiments = [k for k in doc if k != "Base"]
     if expid not in doc or expid == "Base":
-        raise ConfigError(f"{path}: no experiment {expid!r}.{_did_you_mean(expid, experiments)} "
-                          f"Available: {', '.join(experiments)}")
+        raise ConfigError(f"{path}: no experiment {cut(expid)}.{_did_you_mean(expid, experiments)} "
+                          f"Available: {_listing(experiments)}")
     base, exp = doc.get("Base") or {}, doc[expid] or {}
     for name, block in (("Base", base), (expid, exp)):
         if not isinstance(block, dict):
@@ -136,15 +141,51 @@ def experiment_from_dict(d: dict, where: str = "config") -> ExperimentConfig:
     return cfg
 
 
+MAX_YAML_NODES = 100_000  # a config has a few hundred; aliases may not expand a document past this
+
+
+def safe_yaml(text: str, where: str) -> Any:
+    """yaml.safe_load, refusing a document whose aliases (*name) expand it past MAX_YAML_NODES values
+    or into itself. PyYAML shares an aliased value, but merging, the key checks and to_dict copy it:
+    nine nested aliases of nine ("billion laughs") ran 50 s into a MemoryError."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}) > MAX_YAML_NODES:
+            raise ConfigError(f"{where}: its aliases (*name) expand it past {MAX_YAML_NODES:,} values, or into "
+                              "itself; write the values out, or nest fewer aliases.")
+        return loader.construct_document(node)
+    except RecursionError:  # PyYAML's composer recurses per level
+        raise ConfigError(f"{where}: nested too deeply to be a config (a few levels are).") from None
+    except ValueError as e:  # PyYAML's constructors: an integer of > 4300 digits, a date like 2001-13-45
+        raise yaml.constructor.ConstructorError(None, None, f"cannot build a value: {cut(str(e), 120)}") from None
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int | None]) -> float:
+    """Values in `node` with every alias expanded; linear time, each shared node is counted once and
+    reused. A node met again while it is being counted refers to itself: infinite."""
+    if id(node) in sizes:
+        return math.inf if sizes[id(node)] is None else sizes[id(node)]
+    sizes[id(node)] = None
+    children = node.value if isinstance(node, yaml.SequenceNode) else \
+        [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else []
+    sizes[id(node)] = 1 + sum(_expanded_size(c, sizes) for c in children)
+    return sizes[id(node)]
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
-        raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set train.lr=0.001")
+        raise ConfigError(f"--set {cut(item)}: expected key=value, e.g. --set train.lr=0.001")
     key, raw = item.split("=", 1)
     keys = [k for k in key.strip().split(".") if k]
     if not keys:
-        raise ConfigError(f"--set {item!r}: empty key")
+        raise ConfigError(f"--set {cut(item)}: empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = safe_yaml(raw, f"--set {cut(item)}") if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return keys, value
@@ -155,7 +196,7 @@ def _apply_override(d: dict, item: str) -> None:
     node = d
     for k in keys[:-1]:
         if not isinstance(node.setdefault(k, {}), dict):
-            raise ConfigError(f"--set {item!r}: {k!r} is not a section")
+            raise ConfigError(f"--set {cut(item)}: {cut(k)} is not a section")
         node = node[k]
     node[keys[-1]] = value
 
@@ -167,19 +208,27 @@ def _deep_merge(a: dict, b: dict) -> dict:
     return out
 
 
-def _did_you_mean(name: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
+def _did_you_mean(name: str, choices: list) -> str:
+    if not isinstance(name, str) or len(name) > 100:  # difflib is quadratic in the length
+        return ""
+    close = difflib.get_close_matches(name, [c for c in choices if isinstance(c, str)], n=1, cutoff=0.5)
     return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def _listing(names: list) -> str:
+    """Names for a message, cut to ~300 characters whatever the file holds."""
+    text = ", ".join(map(str, names))
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _build(cls, d: Any, where: str, prefix: str):
     if not isinstance(d, dict):
-        raise ConfigError(f"{where}: {prefix.rstrip('.') or 'config'} must be a mapping, got {d!r}.")
+        raise ConfigError(f"{where}: {prefix.rstrip('.') or 'config'} must be a mapping, got {cut(d)}.")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     for key in d:
         if key not in names:
-            raise ConfigError(f"{where}: unknown key {prefix + key!r}.{_did_you_mean(key, names)} "
+            raise ConfigError(f"{where}: unknown key {cut(prefix + str(key))}.{_did_you_mean(key, names)} "
                               f"Valid keys{' in ' + prefix.rstrip('.') if prefix else ''}: {', '.join(names)}")
     kwargs = {}
     for f in dataclasses.fields(cls):
@@ -211,28 +260,28 @@ def _coerce(value: Any, tp: Any, where: str, key: str) -> Any:
                 return _coerce(value, arg, where, key)
             except ConfigError:
                 pass
-        raise ConfigError(f"{where}: {key} = {value!r} is not a valid {_type_name(tp)}.")
+        raise ConfigError(f"{where}: {key} = {cut(value)} is not a valid {_type_name(tp)}.")
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: {key} must be a list, got {value!r}.")
+            raise ConfigError(f"{where}: {key} must be a list, got {cut(value)}.")
         (arg,) = typing.get_args(tp)[:1] or (Any,)
         return [_coerce(v, arg, where, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: {key} must be a mapping, got {value!r}.")
+            raise ConfigError(f"{where}: {key} must be a mapping, got {cut(value)}.")
         return value
     if tp is Any:
         return value
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{where}: {key} must be true or false, got {value!r}.")
+        raise ConfigError(f"{where}: {key} must be true or false, got {cut(value)}.")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        raise ConfigError(f"{where}: {key} must be an integer, got {value!r}.")
+        raise ConfigError(f"{where}: {key} must be an integer, got {cut(value)}.")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -241,11 +290,11 @@ def _coerce(value: Any, tp: Any, where: str, key: str) -> Any:
                 return float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{where}: {key} must be a number, got {value!r}.")
+        raise ConfigError(f"{where}: {key} must be a number, got {cut(value)}.")
     if tp is str:
         if isinstance(value, str):
             return value
-        raise ConfigError(f"{where}: {key} must be a string, got {value!r}.")
+        raise ConfigError(f"{where}: {key} must be a string, got {cut(value)}.")
     return value
 
 
@@ -266,18 +315,18 @@ def _check_semantics(cfg: ExperimentConfig, where: str) -> None:
     except EdgerecError as exc:
         raise ConfigError(f"{where}: dataset: {exc}") from None
     if cfg.protocol not in PROTOCOLS:
-        raise ConfigError(f"{where}: protocol {cfg.protocol!r} unknown.{_did_you_mean(cfg.protocol, list(PROTOCOLS))} "
+        raise ConfigError(f"{where}: protocol {cut(cfg.protocol)} unknown.{_did_you_mean(cfg.protocol, list(PROTOCOLS))} "
                           f"Choose from: {', '.join(PROTOCOLS)}")
     if cfg.data.negatives not in NEGATIVE_SAMPLERS:
-        raise ConfigError(f"{where}: data.negatives {cfg.data.negatives!r} unknown.{_did_you_mean(cfg.data.negatives, list(NEGATIVE_SAMPLERS))} "
+        raise ConfigError(f"{where}: data.negatives {cut(cfg.data.negatives)} unknown.{_did_you_mean(cfg.data.negatives, list(NEGATIVE_SAMPLERS))} "
                           f"Choose from: {', '.join(NEGATIVE_SAMPLERS)} (docs/config.md)")
     if cfg.model not in MODELS:
-        raise ConfigError(f"{where}: model {cfg.model!r} unknown.{_did_you_mean(cfg.model, list(MODELS))} "
+        raise ConfigError(f"{where}: model {cut(cfg.model)} unknown.{_did_you_mean(cfg.model, list(MODELS))} "
                           f"Available: {', '.join(sorted(MODELS))}")
     defaults = model_arg_defaults(MODELS[cfg.model])
     for key, value in cfg.model_args.items():
         if key not in defaults:
-            raise ConfigError(f"{where}: model_args.{key} is not an argument of {cfg.model}."
+            raise ConfigError(f"{where}: model_args.{str(key)[:80]} is not an argument of {cfg.model}."
                               f"{_did_you_mean(key, list(defaults))} Valid: {', '.join(defaults)}")
         default = defaults[key]
         if default is not None and default is not inspect.Parameter.empty:
@@ -286,7 +335,7 @@ def _check_semantics(cfg: ExperimentConfig, where: str) -> None:
             if expected is int and isinstance(value, bool):
                 ok = False
             if not ok:
-                raise ConfigError(f"{where}: model_args.{key} = {value!r} should be a {expected.__name__} "
+                raise ConfigError(f"{where}: model_args.{key} = {cut(value)} should be a {expected.__name__} "
                                   f"(default {default!r}).")
             if isinstance(default, tuple):
                 cfg.model_args[key] = tuple(value)
@@ -296,15 +345,22 @@ def _check_semantics(cfg: ExperimentConfig, where: str) -> None:
         except ValueError as exc:
             raise ConfigError(f"{where}: train.metrics/monitor: {exc}") from None
     if cfg.train.monitor not in cfg.train.metrics:
-        raise ConfigError(f"{where}: train.monitor {cfg.train.monitor!r} must be one of train.metrics {cfg.train.metrics}.")
+        raise ConfigError(f"{where}: train.monitor {cut(cfg.train.monitor)} must be one of train.metrics "
+                          f"{cut(cfg.train.metrics, 300)}.")
     if cfg.train.optimizer not in ("adam", "adamw", "sgd"):
-        raise ConfigError(f"{where}: train.optimizer must be adam, adamw or sgd, got {cfg.train.optimizer!r}.")
+        raise ConfigError(f"{where}: train.optimizer must be adam, adamw or sgd, got {cut(cfg.train.optimizer)}.")
     for pattern, factor in cfg.train.lr_scale.items():
-        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor < 0:
-            raise ConfigError(f"{where}: train.lr_scale[{pattern!r}] = {factor!r} must be a number >= 0 "
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 <= factor < math.inf:
+            raise ConfigError(f"{where}: train.lr_scale[{cut(pattern)}] = {cut(factor)} must be a finite number >= 0 "
                               f"(a multiplier of train.lr; 0 freezes the matching parameters).")
     if not re.fullmatch(r"cpu|auto|cuda(:\d+)?", str(cfg.train.device)):
-        raise ConfigError(f"{where}: train.device must be cpu, cuda, cuda:N or auto, got {cfg.train.device!r}.")
+        raise ConfigError(f"{where}: train.device must be cpu, cuda, cuda:N or auto, got {cut(cfg.train.device)}.")
+    t = cfg.train
+    for key, ok, rule in (("lr", t.lr > 0, "> 0, e.g. 1e-3"), ("weight_decay", t.weight_decay >= 0, ">= 0"),
+                          ("grad_clip", t.grad_clip is None or t.grad_clip > 0, "> 0 (or null: no clipping)")):
+        value = getattr(t, key)
+        if not ok or (value is not None and not math.isfinite(value)):  # NaN fails every comparison
+            raise ConfigError(f"{where}: train.{key} = {value} must be a finite number {rule}.")
     for key in ("epochs", "batch_size", "eval_batch_size", "threads"):
         if getattr(cfg.train, key) < 1:
             raise ConfigError(f"{where}: train.{key} must be >= 1.")

@@ -9,12 +9,15 @@ from pathlib import Path
 
 from edgerec.data import registry
 from edgerec.data.samples import PROTOCOLS, SampleSet
-from edgerec.errors import EdgerecError
+from edgerec.errors import ConfigError, EdgerecError
+from edgerec.features.definition import cut
 from edgerec.features.spec import FeatureSpec
+from edgerec.io import check_writable
 from edgerec.models import MODELS, CTRModel
 from edgerec.train.config import ExperimentConfig, experiment_from_dict
 from edgerec.train.ledger import append_run, machine_info
-from edgerec.train.trainer import Trainer, evaluate_split, load_state, save_checkpoint, seed_everything
+from edgerec.train.trainer import (RETRAIN, WEIGHTS, Trainer, check_fits, evaluate_split, load_state, resolve_device,
+                                   save_checkpoint, seed_everything)
 
 
 @dataclass
@@ -48,7 +51,25 @@ def build_samples(cfg: ExperimentConfig) -> SampleSet:
 
 def build_model(cfg: ExperimentConfig, spec: FeatureSpec) -> CTRModel:
     seed_everything(cfg.train.seed, cfg.train.deterministic)  # same init for the same seed
-    return MODELS[cfg.model](spec, **cfg.model_args)
+    return new_model(cfg, spec)
+
+
+def new_model(cfg: ExperimentConfig, spec: FeatureSpec, where: str | None = None) -> CTRModel:
+    """The model of `cfg`; a constructor's own check (COUPA refuses some argument combinations) comes
+    back as a ConfigError naming the experiment, not a ValueError traceback."""
+    try:
+        return MODELS[cfg.model](spec, **cfg.model_args)
+    except ValueError as e:
+        raise ConfigError(f"{where or cfg.expid}: model_args of {cfg.model}: {e}") from None
+
+
+def check_before_work(cfg: ExperimentConfig, write_ledger: bool = True) -> None:
+    """What would otherwise fail after the work: a train.device this machine lacks (it failed at the
+    first batch) and an unwritable output_dir or ledger (they failed after training had finished)."""
+    resolve_device(cfg.train.device)
+    check_writable(cfg.output_dir, f"{cfg.expid}: output_dir (--set output_dir=DIR)", folder=True)
+    if write_ledger:
+        check_writable(cfg.ledger, f"{cfg.expid}: ledger (--set ledger=FILE)")
 
 
 def _samples_key(cfg: ExperimentConfig) -> tuple:
@@ -70,6 +91,7 @@ def run_experiment(cfg: ExperimentConfig, log=print, sample_cache: dict | None =
                    write_ledger: bool = True) -> RunResult:
     """Train, pick the best epoch on validation, evaluate it on test, save, and log to the ledger."""
     t_start = time.perf_counter()
+    check_before_work(cfg, write_ledger)
     samples = _cached_samples(cfg, sample_cache)
     model = build_model(cfg, samples.spec)
     n_params = sum(p.numel() for p in model.parameters())
@@ -102,17 +124,20 @@ def load_run(run_dir: str | Path, sample_cache: dict | None = None) -> tuple[Exp
     """Rebuild config, samples (deterministic from the seed; shared through `sample_cache` between
     runs of the same data and seed) and the trained model of a run."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.json").exists() or not (run_dir / "model.safetensors").exists():
-        raise EdgerecError(f"{run_dir} is not a run directory (needs config.json and model.safetensors).")
-    meta, state = load_state(run_dir)
-    cfg = experiment_from_dict(meta["experiment"], where=str(run_dir / "config.json"))
+    meta, state = load_state(run_dir)  # the files' own checks first: before any data is loaded
+    where = str(run_dir / "config.json")
+    cfg = experiment_from_dict(meta["experiment"], where=where)
     samples = _cached_samples(cfg, sample_cache)
-    spec = FeatureSpec.from_dict(meta["feature_spec"])
+    try:
+        spec = FeatureSpec.from_dict(meta["feature_spec"])
+    except TypeError as e:
+        raise EdgerecError(f"{where}: feature_spec is malformed ({cut(str(e), 120)}); {RETRAIN}.") from None
     if spec != samples.spec:
         old_vocab = (spec.n_items, spec.n_users) == (samples.spec.n_items - 1, samples.spec.n_users - 1)
         why = ("it was trained before edgerec reserved an out-of-vocabulary index (2026-12)" if old_vocab
                else "the data or the sample builders changed since training (feature spec differs)")
         raise EdgerecError(f"{run_dir}: {why}; retrain it with `edgerec train`.")
-    model = MODELS[cfg.model](spec, **cfg.model_args)
+    model = new_model(cfg, spec, where)
+    check_fits(model, state, run_dir / WEIGHTS)
     model.load_state_dict(state)
     return cfg, model, samples

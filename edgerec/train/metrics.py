@@ -22,6 +22,8 @@ from typing import Callable
 
 import numpy as np
 
+from edgerec.features.definition import cut
+
 EPS = 1e-7
 
 
@@ -129,7 +131,7 @@ def split_subset(name: str) -> tuple[str, str | None]:
     """'GAUC:repeat' -> ('GAUC', 'repeat'); 'AUC' -> ('AUC', None). Unknown subsets are an error."""
     base, _, sub = name.partition(":")
     if sub and sub not in SUBSETS:
-        raise ValueError(f"unknown metric subset {sub!r} in {name!r}; subsets: {', '.join(SUBSETS)} "
+        raise ValueError(f"unknown metric subset {cut(sub)} in {cut(name)}; subsets: {', '.join(SUBSETS)} "
                          f"(e.g. GAUC:repeat)")
     return base, sub or None
 
@@ -142,7 +144,7 @@ def parse_metric(name: str) -> tuple[str, int | None]:
         return m.group(1), int(m.group(2))
     if name in _SIMPLE or name in _GROUPED:
         return name, None
-    raise ValueError(f"unknown metric {name!r}; known: {', '.join(METRIC_NAMES)} (e.g. NDCG@10)")
+    raise ValueError(f"unknown metric {cut(name)}; known: {', '.join(METRIC_NAMES)} (e.g. NDCG@10)")
 
 
 def evaluate(names: list[str], y: np.ndarray, p: np.ndarray, group: np.ndarray | None = None,
