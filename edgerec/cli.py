@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import runpy
 import sys
 import time
@@ -218,10 +219,23 @@ def _add_future_skew_arg(p: argparse.ArgumentParser, what: str) -> None:
                         "(default %(default)s)")
 
 
-def _future_skew_s(hours: float) -> int | None:
-    if not hours >= 0:  # NaN too
-        raise EdgerecError(f"--future-skew-hours must be >= 0 (0 = no bound), got {hours}.")
-    return round(hours * 3600) or None
+def _seconds(value: float, unit_s: int, flag: str, zero: str) -> int | None:
+    """A duration flag in hours or days -> whole seconds (at least 1); exactly 0 -> None (`zero`)."""
+    if not (0 <= value < float("inf")):  # NaN and inf too
+        raise EdgerecError(f"{flag} must be a finite number >= 0 (0 = {zero}), got {value}.")
+    return None if value == 0 else max(1, math.ceil(value * unit_s))
+
+
+def _future_skew_s(hours: float, dedup_window_s: int | None) -> int | None:
+    """--future-skew-hours in seconds, refused unless it is shorter than the store's dedup window: an
+    event accepted at the edge of the skew would otherwise still move the watermark so far ahead
+    that every current event looks older than the window."""
+    skew = _seconds(hours, 3600, "--future-skew-hours", "no bound")
+    if skew is not None and dedup_window_s is not None and skew >= dedup_window_s:
+        raise EdgerecError(f"--future-skew-hours {hours:g} must be shorter than the dedup window "
+                           f"({dedup_window_s / 3600:g} h): one event accepted that far ahead would make every "
+                           "current event look older than the window. Lower the skew or raise the window.")
+    return skew
 
 
 def _cmd_stream(args: argparse.Namespace) -> int:
@@ -231,12 +245,11 @@ def _cmd_stream(args: argparse.Namespace) -> int:
 
     if bool(args.events) == bool(args.kafka):
         raise EdgerecError("edgerec stream: give exactly one source, --events FILE or --kafka HOST:PORT --topic T.")
-    if args.dedup_days < 0:
-        raise EdgerecError(f"--dedup-days must be >= 0 (0 keeps every event id), got {args.dedup_days}.")
-    future_skew_s = _future_skew_s(args.future_skew_hours)
+    dedup_window_s = _seconds(args.dedup_days, 86400, "--dedup-days", "keep every event id")
+    future_skew_s = _future_skew_s(args.future_skew_hours, dedup_window_s)
     if args.events:  # a missing file is fine when --export-from writes it or --follow waits for it
         _event_file(args.events, follow=args.follow or bool(args.export_from))
-    store = open_store(args.store, dedup_window_s=round(args.dedup_days * 86400) or None)  # before any work
+    store = open_store(args.store, dedup_window_s=dedup_window_s)  # before any work
     definition = FeatureDefinition(max_len=args.max_len, n_positions=args.positions)
     events = None
     if args.export_from:
@@ -311,6 +324,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if not args.run:
         raise EdgerecError("edgerec serve: --run RUN_DIR is required (a trained COUPA or DiCycle run; "
                            "see `edgerec train`).")
+    from edgerec.features.store import DEFAULT_DEDUP_WINDOW_S  # the window the service's store keeps
     from edgerec.serve import server
 
     t0 = time.perf_counter()
@@ -318,7 +332,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise EdgerecError(f"--max-body-mb must be a number of megabytes > 0, got {args.max_body_mb}.")
     recipe = server.ServiceRecipe(store=args.store, run=args.run, dataset=args.dataset, feedback_to=args.feedback_to,
                                   kafka=args.kafka, topic=args.topic, threads=args.threads,
-                                  index_period=args.index_period, future_skew_s=_future_skew_s(args.future_skew_hours),
+                                  index_period=args.index_period, future_skew_s=_future_skew_s(args.future_skew_hours, DEFAULT_DEDUP_WINDOW_S),
                                   max_body_bytes=round(args.max_body_mb * 1e6))
     server.check_workers(recipe, args.workers)
     service = server.build_service(recipe)  # also with --workers > 1: fails here, readably, before any worker

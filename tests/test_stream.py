@@ -101,7 +101,7 @@ def test_stream_cli_rejects_a_negative_dedup_window(tmp_path, capsys):
 
     (tmp_path / "ev.jsonl").write_text("")
     assert main(["stream", "--events", str(tmp_path / "ev.jsonl"), "--store", "memory", "--dedup-days", "-1"]) != 0
-    assert "--dedup-days must be >= 0" in capsys.readouterr().err
+    assert "--dedup-days must be a finite number >= 0" in capsys.readouterr().err
 
 
 def test_memory_and_sqlite_and_batch_fold_agree(tmp_path, log_events):
@@ -418,7 +418,13 @@ def test_cli_stream_future_skew_flag_and_unfinished_line_warning(tmp_path, capsy
     ev = tmp_path / "ev.jsonl"
     ev.write_text(json.dumps(Event("f", 1, 2, 4_000_000_000, "click").to_dict()) + "\n" + '{"event_id": "x", "us')
     assert main(["stream", "--events", str(ev), "--store", "memory", "--future-skew-hours", "-1"]) == 2
-    assert "--future-skew-hours must be >= 0" in capsys.readouterr().err
+    assert "--future-skew-hours must be a finite number >= 0" in capsys.readouterr().err
+    for bad in ("inf", "nan"):
+        assert main(["stream", "--events", str(ev), "--store", "memory", "--future-skew-hours", bad]) == 2
+        assert "must be a finite number" in capsys.readouterr().err
+    # a skew as long as the dedup window would let one event block the rest (review finding)
+    assert main(["stream", "--events", str(ev), "--store", "memory", "--dedup-days", "0.5"]) == 2
+    assert "must be shorter than the dedup window (12 h)" in capsys.readouterr().err
     assert main(["stream", "--events", str(ev), "--store", "memory"]) == 0
     out, err = capsys.readouterr()
     assert "1 rejected (1 later than the clock + the allowed skew)" in out
