@@ -46,7 +46,7 @@ DATASETS = {
         old=["ctr_instacart_all.json", ("ctr_instacart_coupa_nodecay.json", "COUPA w/o pp_same_item")]),
     "o2osim": dict(
         title="o2o-sim (DiCycle protocol)", dataset="o2o-sim", repeats=True,
-        new=[("ctr_o2osim_v2.json", None)],
+        new=[("ctr_o2osim_v2.json", None), ("ctr_o2osim_v2_more.json", None)],
         old=["ctr_o2osim_time.json"]),
 }
 

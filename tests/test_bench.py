@@ -165,3 +165,24 @@ def test_paired_bootstrap_of_two_models_on_the_same_sentences():
     assert better["diff"] == 0.25 and 0 < better["ci95"][0] < 0.25 < better["ci95"][1] and better["p_not_ahead"] == 0
     noisy = paired_bootstrap(np.array([1, 0] * 100), np.array([0, 1] * 100))  # level on average
     assert noisy["ci95"][0] < 0 < noisy["ci95"][1] and 0.3 < noisy["p_not_ahead"] < 0.7
+
+
+def test_integrity_tables_pair_models_by_seed(tmp_path, monkeypatch):
+    """bench/integrity.py: new table, paired differences over the seeds both models have, old vs new."""
+    import bench.integrity as integ
+
+    def runs(model_aucs: dict[str, list[float]]) -> dict:
+        return {"machine": {"cpu_count": 2, "processor": "x", "torch": "t", "torch_threads": 1}, "git": "abc",
+                "started": "2026-12-01T00:00:00", "runs": [
+                    {"model": m, "L": 50, "seed": s + 1, "test": {"AUC": a, "GAUC": a, "logloss": 0.5}}
+                    for m, aucs in model_aucs.items() for s, a in enumerate(aucs)]}
+
+    (tmp_path / "new.json").write_text(json.dumps(runs({"DIN": [0.60, 0.62], "COUPA": [0.65, 0.66, 0.70]})))
+    (tmp_path / "old.json").write_text(json.dumps(runs({"DIN": [0.85, 0.86]})))
+    monkeypatch.setattr(integ, "RESULTS", tmp_path)
+    monkeypatch.setitem(integ.DATASETS, "toy", dict(title="toy", dataset="toy", repeats=False,
+                                                    new=[("new.json", None)], old=["old.json"]))
+    text = integ.render("toy")
+    assert "| COUPA | 3 | 0.6700 ± 0.0265 |" in text  # all three seeds in its own row
+    assert "| COUPA − DIN | 2 | +0.0450 ± 0.0071 | – | 2 / 2 |" in text  # only seeds 1 and 2 are paired
+    assert "| DIN | 2 | 0.8550 ± 0.0071 | 0.6100 ± 0.0141 | -0.2450 ± 0.0071 |" in text
