@@ -43,7 +43,8 @@ DATASETS = {
         title="Instacart", dataset="instacart", repeats=True,
         new=[("ctr_instacart_v2.json", None), ("ctr_instacart_v2_nosame.json", "COUPA w/o pp_same_item"),
              ("ctr_instacart_v2_seq.json", None)],
-        old=["ctr_instacart_all.json", ("ctr_instacart_coupa_nodecay.json", "COUPA w/o pp_same_item")]),
+        old=["ctr_instacart_all.json", ("ctr_instacart_coupa_nodecay.json", "COUPA w/o pp_same_item")],
+        uniform="ctr_instacart_v2_uniform.json"),  # the same fixed samples with the literature's sampler
     "o2osim": dict(
         title="o2o-sim (DiCycle protocol)", dataset="o2o-sim", repeats=True,
         new=[("ctr_o2osim_v2.json", None), ("ctr_o2osim_v2_more.json", None)],
@@ -131,6 +132,18 @@ def render(key: str) -> str:
             n = [new[model][s]["AUC"] for s in paired]
             lines.append(f"| {model} | {len(paired)} | {_ms(o)} | {_ms(n)} | "
                          f"{_ms([b - a for a, b in zip(o, n)], '+')} |")
+    uni = _runs([d["uniform"]]) if d.get("uniform") else {}
+    if uni:
+        lines += ["", "Only the sampler changed (the fixed cut and split, `data.negatives: uniform_unseen` against the "
+                  "default `own_history`), test AUC and repeat-pair GAUC, paired by seed:", "",
+                  "| model | seeds | AUC uniform_unseen | AUC own_history | GAUC:repeat uniform_unseen | "
+                  "GAUC:repeat own_history |", "|---|---|---|---|---|---|"]
+        for model, runs in uni.items():
+            seeds = sorted(set(runs) & set(new.get(model, {})))
+            if seeds:
+                cells = [_ms([src[x].get(m, np.nan) for x in seeds])
+                         for m in ("AUC", "GAUC:repeat") for src in (runs, new[model])]
+                lines.append(f"| {model} | {len(seeds)} | {' | '.join(cells)} |")
     present = [f if isinstance(f, str) else f[0] for f in d["new"]]
     present = [f for f in present if (RESULTS / f).exists()]
     first = json.loads((RESULTS / present[0]).read_text())
