@@ -25,11 +25,11 @@ double-applying. Reads use MGET, writes one pipeline: two round trips per batch,
 from __future__ import annotations
 
 import json
-from typing import Iterable
+from typing import Callable, Iterable
 
 from edgerec.errors import EdgerecError, StoreUnavailable
 from edgerec.features.definition import Event, FeatureDefinition, ItemState, UserState
-from edgerec.features.store import DEFAULT_DEDUP_WINDOW_S, OnLate, checkable, checked_window, source_key
+from edgerec.features.store import DEFAULT_DEDUP_WINDOW_S, LateGate, OnLate, checked_window, source_key
 
 
 def redis_server_args(port: int, data_dir: str) -> list[str]:
@@ -80,10 +80,11 @@ class RedisStore:
         return int(top[0][1]) if top else None
 
     def apply(self, events: Iterable[Event], definition: FeatureDefinition, source: str | None = None,
-              offset: int | None = None, on_late: OnLate | None = None) -> int:
-        return self._call(self._apply, list(events), definition, source, offset, on_late)
+              offset: int | None = None, on_late: OnLate | None = None,
+              before_commit: Callable[[], None] | None = None) -> int:
+        return self._call(self._apply, list(events), definition, source, offset, on_late, before_commit)
 
-    def _apply(self, events: list[Event], definition, source, offset, on_late) -> int:
+    def _apply(self, events: list[Event], definition, source, offset, on_late, before_commit) -> int:
         if self._legacy is None:
             self._legacy = bool(self.r.exists(self._legacy_key))
         with self.r.pipeline(transaction=True) as pipe:
@@ -91,17 +92,17 @@ class RedisStore:
             # fencing: nobody else may advance this source (its offset, its applied ids) meanwhile
             pipe.watch(self._off(source) if source is not None else zkey)
             top = pipe.zrange(zkey, -1, -1, withscores=True)
-            watermark = int(top[0][1]) if top else None
-            events = checkable(events, watermark, self.dedup_window_s, on_late)
+            gate = LateGate(int(top[0][1]) if top else None, self.dedup_window_s, on_late)
             ids = [e.event_id for e in events]
             seen = [s is not None for s in pipe.hmget(self._applied_ids, ids)] if ids else []
             if self._legacy and ids:
                 seen = [a or bool(b) for a, b in zip(seen, pipe.smismember(self._legacy_key, ids))]
             fresh, batch_ids = [], set()
-            for e, s in zip(events, seen):
-                if not s and e.event_id not in batch_ids:  # duplicates inside one batch count once too
+            for e, s in zip(events, seen):  # in stream order: the late rule is decided per event
+                if gate.admits(e) and not s and e.event_id not in batch_ids:  # duplicates inside one batch count once too
                     fresh.append(e)
                     batch_ids.add(e.event_id)
+                    gate.applied(e)
             uids = sorted({e.user_id for e in fresh})
             iids = sorted({e.item_id for e in fresh})
             users = {u: UserState.from_dict(json.loads(v)) if v else UserState()
@@ -111,13 +112,14 @@ class RedisStore:
             for e in fresh:
                 definition.apply_user(users[e.user_id], e)
                 definition.apply_item(items[e.item_id], e)
-            if fresh:
-                watermark = max([e.ts for e in fresh] + ([] if watermark is None else [watermark]))
+            watermark = gate.watermark
             expired: set = set()  # this source's ids past the window: the kept ones and any of this batch
             if self.dedup_window_s is not None and watermark is not None:
                 cutoff = watermark - self.dedup_window_s
                 expired = set(pipe.zrangebyscore(zkey, "-inf", f"({cutoff}"))  # bounded by the window
                 expired |= {e.event_id.encode() for e in fresh if e.ts < cutoff}
+            if before_commit is not None:
+                before_commit()
             pipe.multi()  # every write below lands in one MULTI/EXEC: all of the batch or none
             if users or items:
                 pipe.mset({**{self._u(u): json.dumps(s.to_dict()) for u, s in users.items()},

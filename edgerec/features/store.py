@@ -11,7 +11,8 @@ source of its own): a consumer reads one partition ahead of another, so one glob
 make the slower partition's events look late. An id is dropped once its source's newest applied
 event (the watermark) is more than the window past it; the duplicate check covers every id still
 kept, whatever its source. A duplicate of an event older than its source's watermark - window could
-no longer be recognised, so such an event is not applied at all: it is handed to `on_late` (the
+no longer be recognised, so such an event is not applied at all (`LateGate`, decided per event in
+stream order, so batch sizes do not change the result): it is handed to `on_late` (the
 stream processor writes it to its dead-letter file with the reason) or, with no `on_late`, raises
 `LateEventError`. Nothing is dropped silently and nothing is counted twice; `dedup_window_s=None`
 keeps every id (unbounded). The one assumption, Kafka Streams' too (its dedup state is per
@@ -53,23 +54,32 @@ def late_reason(e: Event, watermark: int, window_s: int) -> str:
             "(`edgerec stream --dedup-days N`).")
 
 
-def checkable(events: Iterable[Event], watermark: int | None, window_s: int | None,
-              on_late: OnLate | None) -> list[Event]:
-    """The events young enough to be checked against the kept ids; the others go to `on_late`
-    (or raise LateEventError, naming the first one, when there is no `on_late`)."""
-    events = list(events)
-    if window_s is None or watermark is None:
-        return events
-    cutoff = watermark - window_s
-    kept = []
-    for e in events:
-        if e.ts >= cutoff:
-            kept.append(e)
-        elif on_late is None:
-            raise LateEventError(late_reason(e, watermark, window_s))
-        else:
-            on_late(e, late_reason(e, watermark, window_s))
-    return kept
+class LateGate:
+    """THE late-event rule, decided event by event in stream order: an event is late when it is older
+    than its source's newest APPLIED event so far (earlier events of the same batch included) minus
+    the dedup window. Deciding per event, not per batch, is what makes a stream's result independent
+    of how it is cut into batches (and of where a restart cut it): with a per-batch watermark the
+    first batch had none, so old events in it were applied that later batches dead-lettered.
+
+    Use: `if gate.admits(e): ... if new: apply; gate.applied(e)`. Only applied events move the
+    watermark, as the stores persist it (a duplicate from another source does not)."""
+
+    def __init__(self, watermark: int | None, window_s: int | None, on_late: OnLate | None):
+        self.watermark, self.window_s, self.on_late = watermark, window_s, on_late
+
+    def admits(self, e: Event) -> bool:
+        """True: young enough to check against the kept ids. False: handed to `on_late` (or
+        LateEventError with no `on_late`, before the caller has changed anything for it)."""
+        if self.window_s is None or self.watermark is None or e.ts >= self.watermark - self.window_s:
+            return True
+        reason = late_reason(e, self.watermark, self.window_s)
+        if self.on_late is None:
+            raise LateEventError(reason)
+        self.on_late(e, reason)
+        return False
+
+    def applied(self, e: Event) -> None:
+        self.watermark = e.ts if self.watermark is None else max(self.watermark, e.ts)
 
 
 def source_key(source: str | None) -> str:
@@ -86,7 +96,10 @@ def checked_window(dedup_window_s: int | None) -> int | None:
 
 class FeatureStore(Protocol):
     def apply(self, events: Iterable[Event], definition: FeatureDefinition, source: str | None = None,
-              offset: int | None = None, on_late: OnLate | None = None) -> int: ...  # events newly applied
+              offset: int | None = None, on_late: OnLate | None = None,
+              before_commit: Callable[[], None] | None = None) -> int: ...
+    # -> events newly applied. `before_commit` runs after every decision and before the batch and its
+    # offset are committed (the stream makes its dead letters durable there: nothing skipped is lost)
 
     def user(self, user_id: int) -> UserState: ...
 
@@ -112,25 +125,32 @@ class MemoryStore:
     def watermark(self, source: str | None = None) -> int | None:
         return self.watermarks.get(source)
 
-    def apply(self, events, definition, source=None, offset=None, on_late=None) -> int:
-        n = 0
+    def apply(self, events, definition, source=None, offset=None, on_late=None, before_commit=None) -> int:
+        gate = LateGate(self.watermarks.get(source), self.dedup_window_s, on_late)
+        fresh: list[Event] = []  # decided first, applied after: a LateEventError changes nothing
+        seen: set[str] = set()
+        for e in events:
+            if gate.admits(e) and e.event_id not in self.applied and e.event_id not in seen:
+                fresh.append(e)
+                seen.add(e.event_id)
+                gate.applied(e)
+        if before_commit is not None:
+            before_commit()
         heap = self._by_ts.setdefault(source, [])
-        for e in checkable(events, self.watermarks.get(source), self.dedup_window_s, on_late):
-            if e.event_id in self.applied:
-                continue
+        for e in fresh:
             definition.apply_user(self.users.setdefault(e.user_id, UserState()), e)
             definition.apply_item(self.item_states.setdefault(e.item_id, ItemState()), e)
             self.applied[e.event_id] = e.ts
             heapq.heappush(heap, (e.ts, e.event_id))
-            self.watermarks[source] = max(self.watermarks.get(source, e.ts), e.ts)
-            n += 1
+        if gate.watermark is not None and fresh:
+            self.watermarks[source] = gate.watermark
         if self.dedup_window_s is not None and source in self.watermarks:
             cutoff = self.watermarks[source] - self.dedup_window_s
             while heap and heap[0][0] < cutoff:
                 del self.applied[heapq.heappop(heap)[1]]
         if source is not None and offset is not None:
             self.offsets[source] = offset
-        return n
+        return len(fresh)
 
     def user(self, user_id: int) -> UserState:
         return self.users.get(user_id, UserState())
@@ -182,19 +202,21 @@ class SQLiteStore:
         row = self.db.execute(f"SELECT state FROM {table} WHERE {key} = ?", (k,)).fetchone()
         return cls.from_dict(json.loads(row[0])) if row else cls()
 
-    def apply(self, events, definition, source=None, offset=None, on_late=None) -> int:
+    def apply(self, events, definition, source=None, offset=None, on_late=None, before_commit=None) -> int:
         users: dict[int, UserState] = {}
         items: dict[int, ItemState] = {}
         n = 0
         self.db.execute("BEGIN IMMEDIATE")
         try:
             src = source_key(source)  # NULL marks the pre-window rows
-            watermark = self.watermark(source)
-            for e in checkable(events, watermark, self.dedup_window_s, on_late):
+            gate = LateGate(self.watermark(source), self.dedup_window_s, on_late)
+            for e in events:
+                if not gate.admits(e):
+                    continue
                 new = self.db.execute("INSERT OR IGNORE INTO applied VALUES (?, ?, ?)", (e.event_id, e.ts, src))
                 if new.rowcount == 0:
                     continue  # seen before: at-least-once delivery made it arrive again
-                watermark = e.ts if watermark is None else max(watermark, e.ts)
+                gate.applied(e)
                 u = users.get(e.user_id) or self._get("users", "user_id", e.user_id, UserState)
                 users[e.user_id] = definition.apply_user(u, e)
                 it = items.get(e.item_id) or self._get("items", "item_id", e.item_id, ItemState)
@@ -206,9 +228,11 @@ class SQLiteStore:
                                 [(k, json.dumps(v.to_dict())) for k, v in items.items()])
             if source is not None and offset is not None:
                 self.db.execute("INSERT OR REPLACE INTO offsets VALUES (?, ?)", (source, offset))
-            if self.dedup_window_s is not None and watermark is not None:  # this source's ids past the window
+            if self.dedup_window_s is not None and gate.watermark is not None:  # this source's ids past the window
                 self.db.execute("DELETE FROM applied WHERE source = ? AND ts < ?",
-                                (src, watermark - self.dedup_window_s))
+                                (src, gate.watermark - self.dedup_window_s))
+            if before_commit is not None:
+                before_commit()
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")  # nothing of a failed batch is kept; it will be re-read

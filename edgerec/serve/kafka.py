@@ -88,6 +88,8 @@ class KafkaEventSource:
         self._store = None
         self._dlq = None
         self._dead: set[tuple[str, int]] = set()  # (source, offset) already sent to the rejected topic
+        # produced, not yet acknowledged: kept across a store retry, as the producer still holds them
+        self._unsynced: set[tuple[str, int]] = set()
 
     def name(self, partition: int) -> str:
         return f"kafka:{self.topic}:{partition}"
@@ -138,7 +140,8 @@ class KafkaEventSource:
                 idle_since = time.monotonic()
 
     def reject(self, msg: Message, error: str) -> None:
-        if (msg.source, msg.offset) in self._dead:
+        key = (msg.source, msg.offset)
+        if key in self._dead or key in self._unsynced:
             return  # sent before a store retry re-read its batch
         if self._dlq is None:
             ensure_topic(self.bootstrap, f"{self.topic}.rejected", partitions=1)
@@ -146,10 +149,18 @@ class KafkaEventSource:
         raw = msg.raw.decode("utf-8", "replace") if isinstance(msg.raw, bytes) else (msg.raw or "")
         self._dlq.produce(f"{self.topic}.rejected", value=json.dumps(
             {"source": msg.source, "offset": msg.offset, "error": error, "message": raw}))
+        self._unsynced.add(key)
+
+    def sync_rejects(self) -> None:
+        """Wait until the batch's dead letters are acknowledged by the broker (one flush for all of
+        them), before the stream commits the offsets past them."""
+        if not self._unsynced:
+            return
         if self._dlq.flush(10):
-            raise EdgerecError(f"could not write a rejected message to {self.topic}.rejected; stopping so that "
-                               "it is not lost (it will be re-read).")
-        self._dead.add((msg.source, msg.offset))
+            raise EdgerecError(f"could not write rejected messages to {self.topic}.rejected; stopping so that "
+                               "they are not lost (they will be re-read).")
+        self._dead |= self._unsynced
+        self._unsynced = set()
 
     def committed(self, source: str, offset: int) -> None:
         if self._dead:  # committed offsets are never re-read by this process
@@ -162,4 +173,4 @@ class KafkaEventSource:
         if self.consumer is not None:
             self.consumer.close()
             self.consumer = None
-        self._dlq = None  # flushed on every reject
+        self._dlq = None  # flushed before every commit (sync_rejects)

@@ -11,9 +11,12 @@ with THE event validator `Event.from_dict`: bounded ints, valid UTF-8, no NaN, n
 goes to `<source>.rejected.jsonl` with its offset and the reason, and is counted; so does an event
 older than the store's dedup window (edgerec/features/store.py), which could no longer be checked
 for duplicates. No input stops the processor: every message either becomes an Event the stores can
-hold or a dead letter, and the valid events behind a bad one are applied. A batch rolled back after
-a dead letter was written (store unreachable, a crash) is re-read; the file source writes each
-offset to its dead-letter file once, so a retry or a restart does not repeat it.
+hold or a dead letter, and the valid events behind a bad one are applied. A batch's dead letters are
+made durable together (`source.sync_rejects`, one fsync) just before its offset is committed, so a
+crash never commits past a dead letter it did not write. A batch rolled back after its dead letters
+were written (store unreachable, a crash) is re-read; the file source writes each offset to its
+dead-letter file once, so a retry or a restart does not repeat it. Late events are decided per event
+in stream order (`LateGate`), so the result does not depend on the batch size or on restarts.
 
 Sources: `FileEventSource` (JSON lines, the embedded default) and `edgerec/serve/kafka.py` (a
 Kafka consumer group via confluent-kafka). The store, not the source, owns the offsets: a
@@ -37,7 +40,7 @@ from edgerec.errors import DataFormatError, StoreUnavailable
 from edgerec.features.definition import (DEFAULT_FUTURE_SKEW_S, Event, FeatureDefinition, FutureEventError,
                                          latest_accepted_ts)
 from edgerec.features.store import FeatureStore
-from edgerec.io import append_jsonl
+from edgerec.io import append_jsonl_many
 
 
 class Message(NamedTuple):
@@ -72,12 +75,13 @@ class FileEventSource:
         self.follow, self.poll_interval, self.idle_timeout = follow, poll_interval, idle_timeout
         self.incomplete: int | None = None  # offset of a last line left unread (no newline, breaks off)
         self._dead: set[tuple[int, str]] = set()  # (offset, sha256 of the line) already in the dead-letter file
+        self._unsynced: dict[tuple[int, str], dict] = {}  # dead letters of the batch in flight, not yet written
 
     def messages(self, store: FeatureStore) -> Iterator[Message | None]:
         committed = store.offset(self.name)
         start = 0 if committed is None else committed + 1
         self.incomplete = None
-        self._dead = self._dead_offsets(start)
+        self._dead, self._unsynced = self._dead_offsets(start), {}  # a retry forgets what it never wrote
         if self.follow and not self.path.exists():
             self.path.touch()
         with open(self.path, "rb") as f:
@@ -128,12 +132,18 @@ class FileEventSource:
         raw = msg.raw if isinstance(msg.raw, bytes) else msg.raw.encode("utf-8", "surrogatepass")
         raw = raw.rstrip(b"\r\n")
         key = (msg.offset, hashlib.sha256(raw).hexdigest())
-        if key in self._dead:
+        if key in self._dead or key in self._unsynced:
             return  # written before a retry or restart re-read its batch: once is enough
         # the message as text; bytes that are not UTF-8 are kept as \xNN escapes, so nothing is lost
         text = raw.decode("utf-8", "backslashreplace")
-        append_jsonl(self.dead_letter(), {"offset": msg.offset, "error": error, "message": text, "sha256": key[1]})
-        self._dead.add(key)
+        self._unsynced[key] = {"offset": msg.offset, "error": error, "message": text, "sha256": key[1]}
+
+    def sync_rejects(self) -> None:
+        """Write the batch's dead letters, one fsync for all of them; the stream calls this before it
+        commits the offset past them (a dead letter per fsync was 11x slower than applying)."""
+        append_jsonl_many(self.dead_letter(), list(self._unsynced.values()))
+        self._dead.update(self._unsynced)
+        self._unsynced = {}
 
     def committed(self, source: str, offset: int) -> None:
         """The store holds the offset; a file has nobody else to tell. Its dead letters up to there
@@ -256,7 +266,7 @@ def _consume(source, store, definition, batch_size, max_messages, future_skew_s,
             source.reject(message_of[id(e)], reason)
             late.append(e)
 
-        n = store.apply(batch, definition, name, last, on_late=on_late)
+        n = store.apply(batch, definition, name, last, on_late=on_late, before_commit=source.sync_rejects)
         if batch:
             stats.lag_seconds.append(max(time.time() - max(e.ts for e in batch), 0.0))
         source.committed(name, last)
