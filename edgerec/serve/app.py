@@ -2,7 +2,7 @@
 
   POST /recommend   {user_id, ts?, channel?, n_candidates?, k?} -> ranked items with scores and timings
   POST /feedback    {events: [...]} -> accepted count; the events go to the stream (Kafka or event file)
-  GET  /health      model, store, channels
+  GET  /health      model, store, channels; 503 "failing" with the error while the scorer fails
   GET  /openapi.json  the published schema (also written to docs/openapi.json by `edgerec serve --openapi`)
 
 Invalid requests get 422 with FastAPI's field list (`loc`, `msg`, `type`, and `input`: the offending
@@ -13,7 +13,9 @@ constants (edgerec/features/definition.py); every feedback event also goes throu
 validator `Event.from_dict`, the stream's, so /feedback never accepts an event the stream would
 refuse (a far-future ts included: later than the clock + the service's `future_skew_s`).
 Request bodies over `max_body_bytes` (default 2 MB, `edgerec serve --max-body-mb`) get 413 with a
-message (`BodyLimit`). Endpoints are `async` on purpose: one event-loop thread serves requests in
+message (`BodyLimit`). A valid request that the scorer, the store or the feedback sink cannot answer
+gets 503 with one line (never 500), and /health says so until a request succeeds (`ScorerHealth`).
+Endpoints are `async` on purpose: one event-loop thread serves requests in
 order, so the model and the store need no locks and the two cores stay free for the torch kernels
 and the stream processor.
 """
@@ -25,11 +27,13 @@ import os
 from typing import Literal
 
 from fastapi import FastAPI, HTTPException
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from edgerec.errors import EdgerecError
+from edgerec.errors import EdgerecError, StoreUnavailable
 from edgerec.features.definition import (EVENT_ID_MAX_CHARS, INT64_MAX, TS_MAX, Event, EventError, cut,
                                          latest_accepted_ts)
 from edgerec.features.store import LateEventError
@@ -157,7 +161,37 @@ class BodyLimit:
 
 
 _TOO_LARGE = {413: {"description": "request body larger than the server's limit (`edgerec serve --max-body-mb`, "
-                                   "default 2 MB)"}}
+                                   "default 2 MB)"},
+              400: {"description": "the request body could not be read as JSON (not UTF-8, or not JSON at all)"}}
+
+
+_UNAVAILABLE = {503: {"description": "the scorer, the store or the feedback sink failed on a valid request; "
+                                     "nothing was changed. GET /health reports the error until a request succeeds"}}
+
+
+class ScorerHealth:
+    """What /health reports about the serving path: a valid request that the scorer (or the store, or
+    the feedback sink) could not answer gets 503 with one line, is counted, and makes /health answer
+    503 "failing" with the error until the next request succeeds. The traceback goes to the server's
+    log, not to the client."""
+
+    def __init__(self) -> None:
+        self.failures, self.last_error = 0, None
+
+    def failed(self, part: str, e: Exception) -> JSONResponse:
+        import logging
+
+        logging.getLogger("edgerec.serve").exception("%s failed", part)
+        self.failures += 1
+        self.last_error = f"{part}: {type(e).__name__}: {e}"[:300]
+        return JSONResponse(status_code=503, content={"detail": f"{self.last_error}. Nothing was changed; "
+                                                                "retry, and see GET /health and the server log."})
+
+    def ok(self) -> None:
+        self.last_error = None
+
+    def report(self) -> dict:
+        return {"failures": self.failures, "last_error": self.last_error}
 
 
 def create_app(service, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
@@ -178,15 +212,30 @@ def create_app(service, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
     async def invalid_request(request, exc: RequestValidationError):
         return validation_error_reply(exc.errors())
 
-    @app.post("/recommend", response_model=RecommendResponse, responses=_TOO_LARGE)
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, exc: StarletteHTTPException):
+        if exc.status_code == 400:  # FastAPI could not parse the body at all
+            return JSONResponse(status_code=400, content={"detail": "the request body is not JSON in UTF-8; send a JSON "
+                                                                    "object with Content-Type: application/json"})
+        return await http_exception_handler(request, exc)
+
+    health = ScorerHealth()
+
+    @app.post("/recommend", response_model=RecommendResponse, responses={**_TOO_LARGE, **_UNAVAILABLE})
     async def recommend(req: RecommendRequest):
         try:  # built by us, so no second validation pass over it: straight to JSON (the schema is still published)
-            return JSONResponse(service.recommend(req.user_id, req.ts, req.channel, req.n_candidates, req.k))
+            reply = service.recommend(req.user_id, req.ts, req.channel, req.n_candidates, req.k)
+        except StoreUnavailable as e:
+            return health.failed("store", e)
         except EdgerecError as e:
             raise HTTPException(status_code=422, detail=[{"loc": ["body", "channel"], "msg": str(e),
                                                           "type": "value_error"}]) from None
+        except Exception as e:  # noqa: BLE001 - a valid request the scorer could not answer: 503, never 500
+            return health.failed("scorer", e)
+        health.ok()
+        return JSONResponse(reply)
 
-    @app.post("/feedback", responses=_TOO_LARGE)
+    @app.post("/feedback", responses={**_TOO_LARGE, **_UNAVAILABLE})
     async def feedback(body: Feedback) -> dict:
         latest = latest_accepted_ts(service.future_skew_s)
         events = []
@@ -201,12 +250,17 @@ def create_app(service, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
         except LateEventError as e:  # in-process store: an event too old for its duplicate check
             raise HTTPException(status_code=422, detail=[{"loc": ["body", "events", "ts"], "msg": str(e),
                                                           "type": "value_error"}]) from None
+        except (StoreUnavailable, OSError) as e:  # the store or the event file: nothing was accepted
+            return health.failed("feedback sink", e)
 
-    @app.get("/health")
-    async def health() -> dict:
+    @app.get("/health", responses=_UNAVAILABLE)
+    async def health_check():
         r = service.ranker
-        return {"status": "ok", "pid": os.getpid(), "model": type(r.model).__name__, "two_stage": r.two_stage,
+        body = {"status": "ok", "pid": os.getpid(), "model": type(r.model).__name__, "two_stage": r.two_stage,
                 "store": type(service.store).__name__, "channels": service.index.channels,
-                "items": int(len(service.index.item_ids))}
+                "items": int(len(service.index.item_ids)), **health.report()}
+        if health.last_error is not None:
+            return JSONResponse(status_code=503, content={**body, "status": "failing"})
+        return body
 
     return app

@@ -233,6 +233,9 @@ class RecommendService:
         else:
             req = self.ranker.encode_request(user_id, ts, feats)
             scores = self.ranker.score(req, cand)
+            if not np.isfinite(scores).all():  # never serve a NaN ranking: the app answers 503
+                raise ScorerFailed(f"stage 2 gave {int((~np.isfinite(scores)).sum())} non-finite scores of "
+                                   f"{len(scores)} for user {user_id}")
         order = np.argsort(-scores, kind="stable")[:k]
         t3 = time.perf_counter()
         return {"user_id": user_id, "ts": ts, "channel": channel, "n_candidates": int(len(cand)),
@@ -246,6 +249,10 @@ class RecommendService:
         if self.sink is not None:
             return self.sink.send(events)
         return self.store.apply(events, self.ranker.definition)
+
+
+class ScorerFailed(RuntimeError):
+    """The model could not score a valid request (not the client's fault: the app answers 503)."""
 
 
 class FileEventSink:
