@@ -219,6 +219,19 @@ def _add_future_skew_arg(p: argparse.ArgumentParser, what: str) -> None:
                         "(default %(default)s)")
 
 
+def _seconds_arg(text: str) -> float:
+    """An argparse type: a finite number of seconds >= 0 (NaN, inf and negatives are argparse's error)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (0 <= value < float("inf")):
+        from edgerec.features.definition import cut
+
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds >= 0, got {cut(text)}")
+    return value
+
+
 def _seconds(value: float, unit_s: int, flag: str, zero: str) -> int | None:
     """A duration flag in hours or days -> whole seconds (at least 1); exactly 0 -> None (`zero`)."""
     if not (0 <= value < float("inf")):  # NaN and inf too
@@ -269,6 +282,9 @@ def _cmd_stream(args: argparse.Namespace) -> int:
         if events is not None:
             print(f"wrote {write_event_file(events, args.events)} from {args.export_from}'s log")
         source = FileEventSource(args.events, follow=args.follow, idle_timeout=args.idle_timeout)
+        from edgerec.io import check_writable
+
+        check_writable(source.dead_letter(), "the dead-letter file")  # before the first bad line, not at it
         where = str(args.events)
     t0 = time.perf_counter()
     try:
@@ -469,7 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--expid", required=True, help="experiment id in that file, e.g. DIN_ml100k")
     t.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.lr=5e-4 --set model_args.embedding_dim=64 (repeatable)")
-    t.add_argument("--seed", action="append", type=int, help="run with this seed (repeat for several; mean ± std is printed)")
+    t.add_argument("--seed", action="append", type=_int_in(0), help="run with this seed (repeat for several; mean ± std is printed)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
     t.set_defaults(func=_cmd_train)
 
@@ -490,7 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "intensities and examination curves.")
     x.add_argument("--run", required=True, help="run directory")
     x.add_argument("--out", help="output folder (default <run>/explain)")
-    x.add_argument("--samples", type=int, default=256,
+    x.add_argument("--samples", type=_int_in(1), default=256,
                    help="test samples replayed per category and hour of the week (default 256)")
     x.add_argument("--plots", default="time,kernel,gap",
                    help="DiCycle plots to write, comma list of time, kernel, gap (default %(default)s; "
@@ -499,7 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("results", help="show the results ledger", description="One row per run in the ledger.")
     r.add_argument("--ledger", default="results/ledger.jsonl")
-    r.add_argument("--last", type=int, default=20, help="show the last N runs")
+    r.add_argument("--last", type=_int_in(1), default=20, help="show the last N runs")
     r.set_defaults(func=_cmd_results)
 
     b = sub.add_parser("bench", help="run a benchmark from bench/",
@@ -519,12 +535,12 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--kafka", metavar="HOST:PORT", help="consume a Kafka topic instead (consumer group --group)")
     st.add_argument("--topic", default="edgerec-events", help="Kafka topic (default %(default)s)")
     st.add_argument("--group", default="edgerec-features", help="Kafka consumer group (default %(default)s)")
-    st.add_argument("--partitions", type=int, default=2, help="partitions if the topic is created (default 2)")
+    st.add_argument("--partitions", type=_int_in(1), default=2, help="partitions if the topic is created (default 2)")
     st.add_argument("--follow", action="store_true", help="file: keep reading lines appended to --events (tail -f), "
                                                           "e.g. the feedback file of `edgerec serve --feedback-to`")
-    st.add_argument("--idle-timeout", type=float, help="Kafka or --follow: stop after this many idle seconds "
+    st.add_argument("--idle-timeout", type=_seconds_arg, help="Kafka or --follow: stop after this many idle seconds "
                                                         "(default: run on)")
-    st.add_argument("--retries", type=int, default=10, help="reconnects to an unreachable store before giving up, "
+    st.add_argument("--retries", type=_int_in(0), default=10, help="reconnects to an unreachable store before giving up, "
                                                              "1 s apart (default %(default)s)")
     st.add_argument("--export-from", metavar="DATASET", help="first write DATASET's log to --events (e.g. o2o-sim:tiny)")
     _add_store_arg(st)
@@ -533,8 +549,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "older than the newest one minus this window goes to the dead letter with its reason "
                          "(0 = keep every id forever; default %(default)s)")
     _add_future_skew_arg(st, "dead-letter")
-    st.add_argument("--batch-size", type=int, default=500, help="events per atomic commit (default %(default)s)")
-    st.add_argument("--max-messages", type=int, help="stop after this many messages (default: to the end)")
+    st.add_argument("--batch-size", type=_int_in(1), default=500, help="events per atomic commit (default %(default)s)")
+    st.add_argument("--max-messages", type=_int_in(1), help="stop after this many messages (default: to the end)")
     _add_definition_args(st)
     st.set_defaults(func=_cmd_stream)
 
@@ -571,7 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-body-mb", type=float, default=2.0,
                     help="larger request bodies get HTTP 413 (megabytes; default %(default)s, room for the 10,000 "
                          "events one /feedback may carry)")
-    sv.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default %(default)s); "
+    sv.add_argument("--workers", type=_int_in(1, 64), default=1, help="uvicorn worker processes (default %(default)s); "
                     "more than 1 needs a shared --store (sqlite: or redis://)")
     sv.add_argument("--threads", type=_int_in(1), default=1, help="torch threads per worker (default %(default)s)")
     sv.add_argument("--index-period", choices=["all", "train"], default="all",
@@ -588,11 +604,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "to int8 and pack one checksummed file; prints its byte breakdown and accuracies.")
     c.add_argument("--method", choices=["kd", "tinybert", "cross"], default="cross")
     c.add_argument("--tasks", help="comma-separated subset of sentiment,trec,spam,item_category (default all)")
-    c.add_argument("--seed", type=int, default=1, help="student seed (default %(default)s)")
-    c.add_argument("--vocab", type=int, default=7000, help="tokens kept by pruning (default %(default)s)")
+    c.add_argument("--seed", type=_int_in(0), default=1, help="student seed (default %(default)s)")
+    c.add_argument("--vocab", type=_int_in(256), default=7000, help="tokens kept by pruning (default %(default)s)")
     c.add_argument("--embedding-bits", type=int, choices=[8, 4], default=8)
-    c.add_argument("--epochs", type=int, help="distillation epochs (default 6)")
-    c.add_argument("--augment", type=int, default=6,
+    c.add_argument("--epochs", type=_int_in(1), help="distillation epochs (default 6)")
+    c.add_argument("--augment", type=_int_in(0, 64), default=6,
                    help="teacher-labelled perturbed copies per training sentence (word masking, word replacement, "
                         "n-gram windows; soft labels only); default %(default)s, the measured setting; 0 = off")
     c.add_argument("--augment-replace", type=float,
@@ -603,12 +619,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--augment-rotate", action=argparse.BooleanOptionalAction,
                    help="epoch e trains on copy e mod N only: a fresh copy per epoch for the cost of one "
                         "(default on; --no-augment-rotate trains on all N copies every epoch)")
-    c.add_argument("--general-epochs", type=int, default=2,
+    c.add_argument("--general-epochs", type=_int_in(0), default=2,
                    help="epochs of general distillation on unlabeled text before the task phase (default %(default)s, "
                         "the measured setting; about 16 min on 2 cores the first time, then cached per student shape "
                         "and vocabulary); 0 = off")
-    c.add_argument("--teacher-epochs", type=int, default=3, help="0 = no fine-tuning (smoke runs)")
-    c.add_argument("--limit", type=int, help="first N sentences of each split, and 10 N unlabeled sentences for "
+    c.add_argument("--teacher-epochs", type=_int_in(0), default=3, help="0 = no fine-tuning (smoke runs)")
+    c.add_argument("--limit", type=_int_in(1), help="first N sentences of each split, and 10 N unlabeled sentences for "
                    "general distillation (smoke runs)")
     c.add_argument("--out", default="runs/eibert/eibert.pack")
     c.set_defaults(func=_cmd_compress)

@@ -90,6 +90,11 @@ def test_store_and_events_paths_are_checked_before_any_work(tmp_path, capsys):
     (["serve", "--run", "r", "--port", "70000"], "argument --port: expected an integer 1..65535, got 70000"),
     (["serve", "--run", "r", "--port", "9" * 5000], "argument --port: expected an integer 1..65535, got '999"),
     (["serve", "--run", "r", "--threads", "0"], "argument --threads: expected an integer >= 1, got 0"),
+    (["stream", "--events", "x.jsonl", "--batch-size", "0"], "argument --batch-size: expected an integer >= 1, got 0"),
+    (["stream", "--events", "x.jsonl", "--retries", "-1"], "argument --retries: expected an integer >= 0, got -1"),
+    (["stream", "--events", "x.jsonl", "--idle-timeout", "nan"], "argument --idle-timeout: expected a finite number"),
+    (["serve", "--run", "r", "--workers", "0"], "argument --workers: expected an integer 1..64, got 0"),
+    (["compress", "--augment", "-1"], "argument --augment: expected an integer 0..64, got -1"),
 ])
 def test_out_of_range_flags_are_refused_by_the_parser(capsys, argv, message):
     """--port 70000 listened on another port; --positions 0 crashed the stream at the first click with a
@@ -110,3 +115,11 @@ def test_compress_checks_its_output_before_the_build(tmp_path, capsys):
     (tmp_path / "a_file").write_text("")
     assert main(["compress", "--out", str(tmp_path / "a_file" / "m.pack")]) == 2
     assert "--out: cannot write" in _one_error_line(capsys.readouterr().err)
+
+
+def test_stream_checks_its_dead_letter_file_before_it_reads(tmp_path, capsys):
+    """An unwritable dead-letter file failed at the first bad line, with the batch in flight."""
+    (tmp_path / "ev.jsonl").write_text("{not json\n")
+    (tmp_path / "ev.rejected.jsonl").mkdir()
+    assert main(["stream", "--events", str(tmp_path / "ev.jsonl"), "--store", "memory"]) == 2
+    assert "the dead-letter file: cannot write" in _one_error_line(capsys.readouterr().err)

@@ -549,3 +549,9 @@ def test_a_failing_scorer_answers_503_and_health_says_so_until_a_request_succeed
     ev = events[2000].to_dict()
     r = c.post("/feedback", json={"events": [{**ev, "ts": events[2000].ts}]})
     assert r.status_code == 503 and "unreachable" in r.json()["detail"], r.text
+
+
+def test_a_long_channel_is_a_short_422(fuzz_service):
+    """The channel had no length bound: a 1 MB channel name went through to stage 1 and into the reply."""
+    r = fuzz_service[1].post("/recommend", json={"user_id": 1, "channel": "x" * 1_000_000})
+    assert r.status_code == 422 and "at most 64 characters" in r.text and len(r.text) < 2000

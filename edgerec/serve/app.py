@@ -50,7 +50,7 @@ class RecommendRequest(BaseModel):
                          "CTR, cold_start = true); one with online history is ranked by the model without a "
                          "user vector")
     ts: int | None = Field(None, ge=0, le=TS_MAX, description="request time, unix seconds (default: now)")
-    channel: str = Field("all", description="'all' or one item category, e.g. 'coffee'")
+    channel: str = Field("all", max_length=64, description="'all' or one item category, e.g. 'coffee'")
     n_candidates: int = Field(200, ge=1, le=5000, description="stage-1 candidates passed to stage 2")
     k: int = Field(20, ge=1, le=500, description="items returned")
 
