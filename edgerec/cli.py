@@ -313,6 +313,9 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 
     if bool(args.events) == bool(args.dataset):
         raise EdgerecError("edgerec batch: give exactly one input, --events FILE or --dataset ID.")
+    from edgerec.io import check_writable
+
+    check_writable(args.out, "--out", folder=True)  # before the input is read and folded
     t0 = time.perf_counter()
     if args.events:
         events = read_event_file(_event_file(args.events))

@@ -307,7 +307,12 @@ def test_a_run_saved_before_the_checksum_loads_with_a_one_line_warning(trained_r
 
 @pytest.fixture(scope="module")
 def tiny_pack(tmp_path_factory):
-    """A real artifact of a small random EI-BERT (factorized, int4 word embeddings): no teacher needed."""
+    return make_tiny_pack(tmp_path_factory.mktemp("pack"))
+
+
+def make_tiny_pack(folder):
+    """A real artifact of a small random EI-BERT (factorized, int4 word embeddings): no teacher needed.
+    Also bench/hardening.py's."""
     from edgerec.compress.pack import write_artifact
     from edgerec.compress.quantize import export_tensors
     from edgerec.models.eibert import EIBert, EIBertConfig
@@ -318,7 +323,7 @@ def tiny_pack(tmp_path_factory):
     model = EIBert(EIBertConfig(vocab_size=len(vocab), hidden=16, layers=2, heads=2, ffn=32, max_positions=16,
                                 emb_dim=8, tasks={"topic": 3}))
     config = {k: v for k, v in model.config.to_dict().items() if k not in ("tasks", "head_via", "dropout")}
-    path = tmp_path_factory.mktemp("pack") / "tiny.pack"
+    path = Path(folder) / "tiny.pack"
     write_artifact(path, config, {"topic": ["food", "drink", "other"]}, vocab, export_tensors(model, embedding_bits=4))
     return path
 

@@ -73,8 +73,7 @@ def test_store_and_events_paths_are_checked_before_any_work(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("not a database\n" * 100)
     events = tmp_path / "ev.jsonl"
     for store, message in ((f"sqlite:{tmp_path}", f"--store sqlite:{tmp_path} is a directory"),
-                           (f"sqlite:{tmp_path / 'notes.txt'}", "cannot open it as an SQLite feature store (file is "
-                                                                "not a database)"),
+                           (f"sqlite:{tmp_path / 'notes.txt'}", "notes.txt is not an SQLite database"),
                            (f"sqlite:{tmp_path / 'no' / 'such' / 'dir.db'}", "cannot open it as an SQLite feature store")):
         assert main(["stream", "--events", str(events), "--export-from", "o2o-sim:tiny", "--store", store]) == 2
         assert message in _one_error_line(capsys.readouterr().err)
@@ -123,3 +122,30 @@ def test_stream_checks_its_dead_letter_file_before_it_reads(tmp_path, capsys):
     (tmp_path / "ev.rejected.jsonl").mkdir()
     assert main(["stream", "--events", str(tmp_path / "ev.jsonl"), "--store", "memory"]) == 2
     assert "the dead-letter file: cannot write" in _one_error_line(capsys.readouterr().err)
+
+
+def test_a_store_path_that_is_not_our_database_is_left_untouched(tmp_path, capsys):
+    """bench/hardening.py found it: SQLite silently turned a 1-byte file into a new database (the
+    user's file overwritten, exit 0); a database of another program was used as a store."""
+    import sqlite3
+
+    (tmp_path / "ev.jsonl").write_text("")
+    small = tmp_path / "notes.txt"
+    small.write_bytes(b"x")
+    assert main(["stream", "--events", str(tmp_path / "ev.jsonl"), "--store", f"sqlite:{small}"]) == 2
+    assert "is not an SQLite database" in _one_error_line(capsys.readouterr().err)
+    assert small.read_bytes() == b"x"
+    other = tmp_path / "other.db"
+    db = sqlite3.connect(other)
+    db.execute("CREATE TABLE photos (x)")
+    db.commit()
+    db.close()
+    assert main(["stream", "--events", str(tmp_path / "ev.jsonl"), "--store", f"sqlite:{other}"]) == 2
+    assert "the database of another program (tables photos)" in _one_error_line(capsys.readouterr().err)
+
+
+def test_batch_checks_its_output_folder_first(tmp_path, capsys):
+    """bench/hardening.py found it: `edgerec batch --out FILE` was a FileExistsError traceback after the fold."""
+    (tmp_path / "a_file").write_text("")
+    assert main(["batch", "--dataset", "o2o-sim:tiny", "--out", str(tmp_path / "a_file")]) == 2
+    assert "is a file, not a folder" in _one_error_line(capsys.readouterr().err)

@@ -165,6 +165,17 @@ class MemoryStore:
         return self.offsets.get(source)
 
 
+def _refuse_a_foreign_file(path: Path) -> None:
+    """SQLite turns a small file that is not a database (under one page) into a new database, silently
+    overwriting it: anything non-empty must start with SQLite's header."""
+    if path.is_file() and path.stat().st_size:
+        with open(path, "rb") as f:
+            head = f.read(16)
+        if head != b"SQLite format 3\x00":
+            raise ConfigError(f"--store sqlite:{path} is not an SQLite database (it starts with {cut(head, 40)}); "
+                              "it was left untouched. Name a new file or one `edgerec stream` wrote")
+
+
 class SQLiteStore:
     SCHEMA = """
     CREATE TABLE IF NOT EXISTS users (user_id INTEGER PRIMARY KEY, state TEXT NOT NULL);
@@ -179,9 +190,15 @@ class SQLiteStore:
         if Path(self.path).is_dir():  # sqlite3 says only "unable to open database file"
             raise ConfigError(f"--store sqlite:{self.path} is a directory; name a database file in it, e.g. "
                               f"sqlite:{Path(self.path) / 'features.db'}")
+        _refuse_a_foreign_file(Path(self.path))
         try:
             # explicit BEGIN/COMMIT below; one connection shared by the server's threads, so no thread check
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if tables and not {"users", "items", "applied", "offsets"} & tables:
+                self.db.close()
+                raise ConfigError(f"--store sqlite:{self.path} is the database of another program (tables "
+                                  f"{', '.join(sorted(tables)[:5])}); name a new file or one `edgerec stream` wrote")
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.executescript(self.SCHEMA)
             columns = {row[1] for row in self.db.execute("PRAGMA table_info(applied)")}
