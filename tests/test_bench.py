@@ -186,3 +186,19 @@ def test_integrity_tables_pair_models_by_seed(tmp_path, monkeypatch):
     assert "| COUPA | 3 | 0.6700 ± 0.0265 |" in text  # all three seeds in its own row
     assert "| COUPA − DIN | 2 | +0.0450 ± 0.0071 | – | 2 / 2 |" in text  # only seeds 1 and 2 are paired
     assert "| DIN | 2 | 0.8550 ± 0.0071 | 0.6100 ± 0.0141 | -0.2450 ± 0.0071 |" in text
+
+
+def test_the_hardening_table_has_no_bad_outcome(tmp_path):
+    """bench/hardening.py over every category (schemathesis cut to 1 run of 10 examples per operation):
+    a regression in any error path shows up here as a bad outcome, named."""
+    import subprocess
+
+    out = tmp_path / "hardening.json"
+    p = subprocess.run([sys.executable, str(ROOT / "bench" / "hardening.py"), "--schemathesis-runs", "1",
+                        "--examples", "10", "--out", str(out)], capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = json.loads(out.read_text())
+    bad = {c: v["bad"] for c, v in r["categories"].items() if v["bad"]}
+    assert not bad, bad
+    assert all(sum(v["counts"].values()) >= 20 for v in r["categories"].values())
+    assert r["dead_letter_speed"]["negative ids"]["rc"] == 0
