@@ -171,3 +171,58 @@ def test_error_messages_cut_long_values(tmp_path):
     with pytest.raises(ConfigError, match=r"not valid YAML: cannot build a value: 'Exceeds the limit \(4300 digits\)"):
         load_experiment(write(tmp_path, BASE + "  description: " + "9" * 5000 + "\n"), "A")  # was a ValueError
     assert load_experiment(write(tmp_path, BASE), "A", ["description=2001-13-45"]).description == "2001-13-45"
+
+
+# ---- hypothesis: the config loader raises nothing but ConfigError, in one short line ----------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from tests.poison import JSONISH  # noqa: E402
+
+_KEYS = st.sampled_from(["model", "dataset", "protocol", "description", "seed", "output_dir", "ledger", "model_args",
+                         "train", "data", "train.lr", "train.epochs", "train.batch_size", "train.device",
+                         "train.metrics", "train.monitor", "train.threads", "train.grad_clip", "data.max_len",
+                         "data.negatives", "model_args.embedding_dim", "model_args.hidden", "nosuch", "train.nosuch"])
+_YAML_TOKENS = st.sampled_from([".nan", ".inf", "-1", "0", "1e309", "[", "{", "&a [1]", "*a", "!!python/name:os.system",
+                                "'x'", "null", "~", "[1, [2, [3]]]", "9" * 400, "yes", "2026-12-01", "\ud800"])
+
+
+def _assert_one_short_line(e: ConfigError) -> None:
+    msg = str(e)
+    assert msg and "\n" not in msg and len(msg) < 2000, msg
+
+
+_SET = st.tuples(_KEYS, _YAML_TOKENS | st.text(max_size=8)).map(lambda kv: f"{kv[0]}={kv[1]}")
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(d=st.dictionaries(_KEYS, JSONISH, max_size=3), overrides=st.lists(_SET | _SET | _SET | st.text(max_size=12),
+                                                                         max_size=2))
+def test_config_loader_raises_only_config_errors(tmp_path_factory, d, overrides):
+    """Any experiment mapping (keys the loader knows, JSON-ish values) and any --set strings: a config
+    or ConfigError with one short line, never another exception (the issue found 17 tracebacks)."""
+    import yaml
+
+    p = tmp_path_factory.mktemp("cfg") / "exp.yaml"
+    nested: dict = {}
+    for k, v in d.items():  # "train.lr" -> {"train": {"lr": v}}
+        head, _, tail = k.partition(".")
+        if tail:
+            nested.setdefault(head, {}) if isinstance(nested.get(head, {}), dict) else None
+            if isinstance(nested.get(head), dict):
+                nested[head][tail] = v
+        else:
+            nested[head] = v
+    try:
+        valid = {"model": "DNN", "dataset": "o2o-sim:tiny", "protocol": "impression",
+                 "train": {"epochs": 1, "lr": 1.0e-3}, "model_args": {"embedding_dim": 4}}
+        for k, v in nested.items():  # one or two keys changed at a time: most files get past the first check
+            valid[k] = {**valid[k], **v} if isinstance(valid.get(k), dict) and isinstance(v, dict) else v
+        p.write_text(yaml.safe_dump({"A": valid}, allow_unicode=True))
+    except (yaml.YAMLError, UnicodeEncodeError, ValueError):  # a lone surrogate, 4300+ digits: not writable
+        p.write_bytes(b"A: {model: DNN, description: \"\\ud800\"}\n")
+    try:
+        load_experiment(p, "A", overrides)
+    except ConfigError as e:
+        _assert_one_short_line(e)
