@@ -55,10 +55,28 @@ def append_jsonl_many(path: str | os.PathLike, records: list[dict]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = "".join(json.dumps(r, sort_keys=True, default=_json_default) + "\n" for r in records)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(text)
+    created = not path.exists()
+    with open(path, "a+b") as f:
+        if f.seek(0, os.SEEK_END):  # a torn last record (a crash mid-write, a full disk) must not swallow the next one
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                text = "\n" + text
+        f.write(text.encode("utf-8"))
         f.flush()
         os.fsync(f.fileno())
+    if created:  # the new file's name is durable too, not only its bytes
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def sha256_json(obj: Any) -> str:
+    """sha256 of `obj` as canonical JSON (sorted keys, no spaces), read back as it would be from a file
+    written by `write_json_atomic`: the same number for the object before and after a round trip."""
+    canonical = json.loads(json.dumps(obj, default=_json_default))
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def sha256_file(path: str | os.PathLike) -> str:

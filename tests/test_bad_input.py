@@ -182,9 +182,13 @@ def _reseal(run) -> None:
     import hashlib
     import json
 
+    from edgerec.io import sha256_json
+
     meta = json.loads((run / "config.json").read_text())
     w = run / "model.safetensors"
-    meta["weights"] = {"file": w.name, "bytes": w.stat().st_size, "sha256": hashlib.sha256(w.read_bytes()).hexdigest()}
+    meta.pop("weights", None)
+    meta["weights"] = {"file": w.name, "bytes": w.stat().st_size, "sha256": hashlib.sha256(w.read_bytes()).hexdigest(),
+                       "config_sha256": sha256_json(meta)}
     (run / "config.json").write_text(json.dumps(meta))
 
 
@@ -246,7 +250,9 @@ DAMAGED_RUNS = [
     ("truncated", lambda run: (run / "model.safetensors").write_bytes((run / "model.safetensors").read_bytes()[:3000]),
      "model.safetensors: truncated or padded: 3,000 bytes"),
     ("empty", _write("model.safetensors", b""), "model.safetensors: empty file"),
-    ("foreign_file", _foreign_file_of_an_old_run, "model.safetensors: not a readable safetensors file"),
+    ("foreign_file", _foreign_file_of_an_old_run, "records no sha256 of model.safetensors"),
+    ("foreign_file_resealed", lambda run: (_write("model.safetensors", b"PK\x03\x04" + bytes(range(256)) * 4)(run),
+                                           _reseal(run)), "model.safetensors: not a readable safetensors file"),
     ("nan_weights", _nan_weights, "5 of 5 tensor(s) hold NaN or infinite values"),
     ("shape_mismatch", _one_shape_off, "mismatched 1: emb.item.weight is [123, 8]"),
     ("another_models_tensors", _another_models_tensors, "does not hold the tensors of the DNN"),
@@ -257,7 +263,9 @@ DAMAGED_RUNS = [
     ("config_a_list", _write("config.json", b"[1, 2]"), "config.json: no 'experiment' or 'feature_spec' mapping"),
     ("manifest_garbage", _edit_config(lambda m: {**m, "weights": "x" * 10_000}), "is not a manifest"),
     ("feature_spec_garbage", _edit_config(lambda m: {**m, "feature_spec": {"n_users": 1, "bogus": 2}}),
-     "feature_spec is malformed"),
+     "config.json: edited since training"),
+    ("feature_spec_garbage_resealed", lambda run: (_edit_config(lambda m: {**m, "feature_spec": {"n_users": 1}})(run),
+                                                   _reseal(run)), "feature_spec is malformed"),
 ]
 
 
@@ -288,19 +296,25 @@ def test_serve_refuses_a_damaged_run_before_it_listens(trained_run, tmp_path, ca
     assert "model.safetensors: checksum mismatch" in capsys.readouterr().err
 
 
-def test_a_run_saved_before_the_checksum_loads_with_a_one_line_warning(trained_run, tmp_path, capsys):
+def test_a_run_without_its_manifest_or_with_an_edited_config_is_refused(trained_run, tmp_path, capsys):
+    """Review of issue 20: removing "weights" from config.json sent a run with damaged weights down the
+    old-run path (a warning, then AUC 0.554 with exit 0), and an edited config (train.seed) evaluated
+    with exit 0 and other numbers. The manifest records the config's sha256 too, and is required."""
     import json
 
-    from edgerec.train.experiment import load_run
+    from edgerec.cli import main
 
     run = _copy_run(trained_run, tmp_path)
     meta = json.loads((run / "config.json").read_text())
-    assert set(meta["weights"]) == {"file", "bytes", "sha256"}
+    assert set(meta["weights"]) == {"file", "bytes", "sha256", "config_sha256"}
+    meta["experiment"]["train"]["seed"] += 1
+    (run / "config.json").write_text(json.dumps(meta))
+    assert main(["eval", "--run", str(run)]) == 2
+    assert "config.json: edited since training" in capsys.readouterr().err
     del meta["weights"]
     (run / "config.json").write_text(json.dumps(meta))
-    load_run(run)
-    (warning,) = capsys.readouterr().err.splitlines()
-    assert warning.startswith(f"warning: {run / 'config.json'} records no sha256") and "retrain" in warning
+    assert main(["eval", "--run", str(run)]) == 2
+    assert "records no sha256" in capsys.readouterr().err
 
 
 # ---- crafted .pack files with a valid CRC: refused in one line, before any tensor is used ----------
@@ -389,7 +403,18 @@ CRAFTED = [
     ("header_not_json", lambda h, rest: b"\xff\xfe{", "the header is not JSON"),
     ("vocabulary_not_utf8", lambda h, rest: rest.__setitem__(0, 0xFF), "the vocabulary is not UTF-8"),
     ("nan_weight", _nan_bias, "1 tensor(s) hold NaN or infinite values (encoder.layers.0.ln1.bias)"),
+    ("huge_finite_weight", lambda h, rest: _huge(h, rest), "1 tensor(s) hold values beyond +-10000"),
+    ("duplicate_vocabulary_token", lambda h, rest: rest.__setitem__(slice(33, 34), b"a"), "more than once"),
 ]
+
+
+def _huge(h, rest):
+    """Finite but absurd (3e38): it passed the NaN check and predicted from NaN probabilities."""
+    import struct
+
+    e = _tensor(h, "encoder.emb_ln.weight")
+    start = h["vocab_bytes"] + e["offset"]
+    rest[start:start + 4] = struct.pack("<f", 3e38)
 
 
 @pytest.mark.parametrize("name,edit,message", CRAFTED, ids=[c[0] for c in CRAFTED])

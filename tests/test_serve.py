@@ -8,7 +8,7 @@ import torch
 from hypothesis import assume, given, settings
 
 from edgerec.features.definition import FeatureDefinition
-from edgerec.features.store import MemoryStore
+from edgerec.features.store import MemoryStore, SQLiteStore
 from edgerec.serve.service import CandidateIndex, Ranker, RecommendService
 from edgerec.serve.stream import events_from_log
 from tests.poison import EVENT_DICTS, to_line
@@ -202,7 +202,7 @@ def test_a_huge_value_is_cut_in_the_422_reply(client):
     c, _ = client
     r = c.post("/recommend", json={"user_id": "9" * 100_000})
     assert r.status_code == 422 and len(r.text) < 1000 and r.json()["detail"][0]["input"].endswith("...")
-    r = c.post("/recommend", json={"user_id": 1, "channel": "x" * 100_000})
+    r = c.post("/recommend", json={"user_id": 1, "channel": "x" * 64})  # an unknown channel: the choices named
     assert r.status_code == 422 and len(r.text) < 1000 and "choose one of" in r.text
 
 
@@ -555,3 +555,37 @@ def test_a_long_channel_is_a_short_422(fuzz_service):
     """The channel had no length bound: a 1 MB channel name went through to stage 1 and into the reply."""
     r = fuzz_service[1].post("/recommend", json={"user_id": 1, "channel": "x" * 1_000_000})
     assert r.status_code == 422 and "at most 64 characters" in r.text and len(r.text) < 2000
+
+
+def test_feedback_sink_failures_are_503_and_late_events_are_refused_before_the_file(fuzz_service, events, tmp_path,
+                                                                                      monkeypatch):
+    """Review of issue 20: a locked SQLite store or a Kafka sink that did not acknowledge answered 500;
+    an event older than the dedup window was accepted into the feedback file (200) and then
+    dead-lettered by the stream."""
+    import time
+
+    from edgerec.errors import EdgerecError
+    from edgerec.features.definition import Event
+    from edgerec.serve.service import FileEventSink
+    from edgerec.serve.stream import FileEventSource, run_stream
+
+    service, c = fuzz_service
+    now = int(time.time())
+    ev = {"event_id": "s1", "user_id": events[0].user_id, "item_id": events[0].item_id, "ts": now, "kind": "click"}
+
+    def not_acknowledged(evs):
+        raise EdgerecError("1 event(s) not acknowledged by Kafka topic 'edgerec-events'")
+
+    monkeypatch.setattr(service, "sink", type("Sink", (), {"send": staticmethod(not_acknowledged)})())
+    r = c.post("/feedback", json={"events": [ev]})
+    assert r.status_code == 503 and "not acknowledged" in r.json()["detail"], r.text
+
+    monkeypatch.setattr(service, "store", SQLiteStore(tmp_path / "s.db"))
+    monkeypatch.setattr(service, "sink", FileEventSink(tmp_path / "fb.jsonl"))
+    assert c.post("/feedback", json={"events": [ev]}).json() == {"accepted": 1}
+    run_stream(FileEventSource(tmp_path / "fb.jsonl"), service.store, service.ranker.definition)  # watermark: now
+    old = {**ev, "event_id": "s2", "ts": now - 8 * 86400}
+    r = c.post("/feedback", json={"events": [old]})
+    assert r.status_code == 422 and "dedup window" in r.text, r.text
+    assert len((tmp_path / "fb.jsonl").read_text().splitlines()) == 1  # nothing of the refused request written
+    assert Event.from_dict(ev, "x").event_id == "s1"

@@ -161,8 +161,20 @@ def read_artifact(path: str | Path) -> dict:
     bad = [name for name, t in tensors.items() if not np.isfinite(t).all()]
     if bad:
         raise _unfit(path, f"{len(bad)} tensor(s) hold NaN or infinite values ({', '.join(bad[:3])})")
+    # finite but absurd: a trained student's weights stay far below this; 3e38 overflowed to NaN scores
+    huge = [name for name, t in tensors.items() if t.size and float(np.abs(t).max()) > MAX_ABS_WEIGHT]
+    if huge:
+        raise _unfit(path, f"{len(huge)} tensor(s) hold values beyond +-{MAX_ABS_WEIGHT:g} ({', '.join(huge[:3])})")
+    seen: set[str] = set()
+    for token in vocab:
+        if token in seen:  # the tokenizer would map it to its last id, silently
+            raise _unfit(path, f"the vocabulary lists {cut(token)} more than once")
+        seen.add(token)
     return {"config": header["config"], "tasks": header["tasks"], "vocab": vocab, "tensors": tensors,
             "table": header["tensors"], "bytes": len(data)}
+
+
+MAX_ABS_WEIGHT = 1e4  # |weight| bound at load; trained students are below 100 (layer-norm gains, embeddings)
 
 
 def _unfit(path: Path, what: str) -> ArtifactError:

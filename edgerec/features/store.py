@@ -17,7 +17,9 @@ stream processor writes it to its dead-letter file with the reason) or, with no 
 `LateEventError`. Nothing is dropped silently and nothing is counted twice; `dedup_window_s=None`
 keeps every id (unbounded). The one assumption, Kafka Streams' too (its dedup state is per
 partition): a duplicate comes back through the source of its original (what at-least-once
-redelivery does: a partition or file re-read). An old event re-sent through ANOTHER source after its
+redelivery does: a partition or file re-read), and an event id names one event: a re-sent event
+carries its original ts (an id reused for another event at a later time is a duplicate while the id is
+kept, and new once it has left the window). An old event re-sent through ANOTHER source after its
 id left the window cannot be recognised (docs/design.md, "Dedup window").
 
   MemoryStore   dicts, for tests and the in-process demo
@@ -35,7 +37,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Callable, Iterable, Protocol
 
-from edgerec.errors import ConfigError, DataFormatError
+from edgerec.errors import ConfigError, DataFormatError, StoreUnavailable
 from edgerec.features.definition import Event, FeatureDefinition, ItemState, UserState, cut
 
 
@@ -220,6 +222,14 @@ class SQLiteStore:
         return cls.from_dict(json.loads(row[0])) if row else cls()
 
     def apply(self, events, definition, source=None, offset=None, on_late=None, before_commit=None) -> int:
+        try:
+            return self._apply(events, definition, source, offset, on_late, before_commit)
+        except sqlite3.OperationalError as e:  # locked by another writer past the timeout, disk I/O: retryable
+            raise StoreUnavailable(f"--store sqlite:{self.path}: {e} (another process writing it? one stream "
+                                   "processor per store file). The batch in flight was not applied and will be "
+                                   "re-read.") from None
+
+    def _apply(self, events, definition, source, offset, on_late, before_commit) -> int:
         users: dict[int, UserState] = {}
         items: dict[int, ItemState] = {}
         n = 0

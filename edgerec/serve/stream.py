@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +37,7 @@ from typing import Iterator, NamedTuple
 
 import numpy as np
 
-from edgerec.errors import DataFormatError, StoreUnavailable
+from edgerec.errors import DataFormatError, EdgerecError, StoreUnavailable
 from edgerec.features.definition import (DEFAULT_FUTURE_SKEW_S, Event, FeatureDefinition, FutureEventError,
                                          latest_accepted_ts)
 from edgerec.features.store import FeatureStore
@@ -52,6 +53,12 @@ class Message(NamedTuple):
     final: bool = True  # False: a file's last line without its newline, applied but never committed
 
 
+def file_source_name(path: str | Path) -> str:
+    """The name the stores keep a file's offset and watermark under. A file name that is not UTF-8
+    is kept as \\xNN escapes: the stores take text names."""
+    return "file:" + os.fsencode(Path(path).resolve()).decode("utf-8", "backslashreplace")
+
+
 class FileEventSource:
     """JSON lines; the offset of a message is its 0-based line number. The embedded default.
 
@@ -61,16 +68,16 @@ class FileEventSource:
     `follow`; `idle_timeout` with it) a last line without a newline is read but NEVER committed
     (`Message.final` False): the committed offset stays at the last line that ends in a newline,
     so whatever a writer appends to that line later is read again (the event-id check absorbs a
-    re-read event; a line that grew into something else becomes a visible dead letter). If it
-    looks unfinished (its JSON or its UTF-8 breaks off at the end) it is not even read: its offset
-    goes to `self.incomplete` (reported by `edgerec stream`)."""
+    re-read event; a line that grew into something else becomes a visible dead letter). It is read
+    only if it is a whole JSON object (`_whole_json_object`); anything else is not read at all: its
+    offset goes to `self.incomplete` (reported by `edgerec stream`)."""
 
     def __init__(self, path: str | Path, follow: bool = False, poll_interval: float = 0.1,
                  idle_timeout: float | None = None):
         """`follow`: like `tail -f`, keep reading lines appended by a writer (the service's feedback
         sink) until `idle_timeout` seconds pass without one (None: forever)."""
         self.path = Path(path)
-        self.name = f"file:{self.path.resolve()}"
+        self.name = file_source_name(self.path)
         self.revoked: set[str] = set()
         self.follow, self.poll_interval, self.idle_timeout = follow, poll_interval, idle_timeout
         self.incomplete: int | None = None  # offset of a last line left unread (no newline, breaks off)
@@ -101,10 +108,10 @@ class FileEventSource:
                         time.sleep(self.poll_interval)
                         continue
                 if i >= start and partial.strip():
-                    if _looks_unfinished(partial):
-                        self.incomplete = i
-                    else:
+                    if _whole_json_object(partial):
                         yield Message(self.name, i, partial, final=False)
+                    else:  # a writer may still be writing it: never read half, never dead-lettered
+                        self.incomplete = i
                 return
 
     def dead_letter(self) -> Path:
@@ -141,7 +148,12 @@ class FileEventSource:
     def sync_rejects(self) -> None:
         """Write the batch's dead letters, one fsync for all of them; the stream calls this before it
         commits the offset past them (a dead letter per fsync was 11x slower than applying)."""
-        append_jsonl_many(self.dead_letter(), list(self._unsynced.values()))
+        try:
+            append_jsonl_many(self.dead_letter(), list(self._unsynced.values()))
+        except OSError as e:  # a full disk, a revoked permission: stop before the commit, lose nothing
+            raise EdgerecError(f"cannot write the dead-letter file {self.dead_letter()} ({e.strerror or e}); "
+                               "nothing past the last commit was committed. Free space or fix its permissions "
+                               "and run again.") from None
         self._dead.update(self._unsynced)
         self._unsynced = {}
 
@@ -155,20 +167,14 @@ class FileEventSource:
         pass
 
 
-def _looks_unfinished(raw: bytes) -> bool:
-    """A last line that a writer may still be writing: its UTF-8 or its JSON breaks off at the very
-    end. Anything else (complete JSON, or broken in the middle) is read and, if bad, dead-lettered."""
+def _whole_json_object(raw: bytes) -> bool:
+    """A last line without its newline is read only if it is a complete JSON object: then a writer can
+    only add the newline. Anything else (cut anywhere, even inside `null` or a \\u escape, or bad as
+    it stands) is left unread and uncommitted until its newline comes, and dead-lettered then if bad."""
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        return e.end >= len(raw)  # a multi-byte character cut at the end
-    try:
-        json.loads(text)
-    except json.JSONDecodeError as e:  # cut inside a string, or right after a complete token
-        return e.msg.startswith("Unterminated string") or e.pos >= len(text.rstrip())
-    except (ValueError, RecursionError):  # too many digits, too deep: complete, but bad
+        return isinstance(json.loads(raw.decode("utf-8")), dict)
+    except (UnicodeDecodeError, ValueError, RecursionError):
         return False
-    return False
 
 
 @dataclass
@@ -251,25 +257,25 @@ def run_stream(source, store: FeatureStore, definition: FeatureDefinition, batch
 def _consume(source, store, definition, batch_size, max_messages, future_skew_s, stats: StreamStats,
              committed: list[StreamStats]) -> None:
     """One attempt; `committed[0]` is replaced by a copy of `stats` after every commit."""
-    # per source: the decoded events, each with the message it came in (for a late event's dead letter)
-    pending: dict[str, tuple[list[tuple[Event, Message]], int]] = {}
+    pending: dict[str, _Pending] = {}  # per source: what was read since its last commit
 
     def flush(name: str) -> None:
-        pairs, last = pending.pop(name)
+        p = pending.pop(name)
         if name in source.revoked:  # partition moved to another consumer: it re-reads from the store
             return
-        batch = [e for e, _ in pairs]
-        message_of = {id(e): m for e, m in pairs}  # the store hands back the same Event objects
+        batch = [e for e, _ in p.pairs]
+        message_of = {id(e): m for e, m in p.pairs}  # the stores hand on_late the very Event objects given
         late: list[Event] = []
 
         def on_late(e: Event, reason: str) -> None:
             source.reject(message_of[id(e)], reason)
             late.append(e)
 
-        n = store.apply(batch, definition, name, last, on_late=on_late, before_commit=source.sync_rejects)
+        n = store.apply(batch, definition, name, p.last, on_late=on_late, before_commit=source.sync_rejects)
         if batch:
             stats.lag_seconds.append(max(time.time() - max(e.ts for e in batch), 0.0))
-        source.committed(name, last)
+        if p.last is not None:
+            source.committed(name, p.last)
         stats.applied += n
         stats.late += len(late)
         stats.rejected += len(late)
@@ -285,19 +291,30 @@ def _consume(source, store, definition, batch_size, max_messages, future_skew_s,
         if max_messages is not None and stats.read >= max_messages:
             break
         stats.read += 1
-        pairs, _ = pending.get(msg.source, ([], msg.offset))
+        p = pending.setdefault(msg.source, _Pending())
         try:
-            pairs.append((decode(msg.raw, f"{msg.source} offset {msg.offset}", latest_accepted_ts(future_skew_s)), msg))
+            p.pairs.append((decode(msg.raw, f"{msg.source} offset {msg.offset}", latest_accepted_ts(future_skew_s)),
+                            msg))
         except DataFormatError as e:
             source.reject(msg, str(e))  # kept, with its reason; its offset still advances
             stats.rejected += 1
             stats.future += isinstance(e, FutureEventError)
-        _, last = pending.get(msg.source, (None, msg.offset - 1))
-        pending[msg.source] = (pairs, msg.offset if msg.final else last)  # never commit an unfinished line
-        if len(pairs) >= batch_size:
+        p.messages += 1
+        if msg.final:  # never commit an unfinished line (a last line without its newline)
+            p.last = msg.offset
+        if p.messages >= batch_size:  # dead letters count: a long run of bad lines is committed in batches too
             flush(msg.source)
     for name in list(pending):
         flush(name)
+
+
+@dataclass
+class _Pending:
+    """What one source delivered since its last commit."""
+
+    pairs: list[tuple[Event, Message]] = field(default_factory=list)  # decoded events and their messages
+    messages: int = 0  # events and dead letters: the batch size counts both
+    last: int | None = None  # the offset to commit: the last FINAL message read (None: nothing to commit)
 
 
 def events_from_log(events_table) -> Iterator[Event]:

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from edgerec.data.samples import SampleSet
 from edgerec.errors import EdgerecError
 from edgerec.features.definition import cut
-from edgerec.io import atomic_path, sha256_file, write_json_atomic
+from edgerec.io import atomic_path, sha256_file, sha256_json, write_json_atomic
 from edgerec.models.base import CTRModel
 from edgerec.train.config import ConfigError, TrainConfig
 from edgerec.train.metrics import evaluate, lower_is_better
@@ -220,7 +220,8 @@ def save_checkpoint(run_dir: str | Path, model: CTRModel, config: dict) -> None:
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(run_dir / WEIGHTS) as tmp:
         save_file(state, str(tmp), metadata={"model": type(model).__name__})
-        weights = {"file": WEIGHTS, "bytes": tmp.stat().st_size, "sha256": sha256_file(tmp)}
+        weights = {"file": WEIGHTS, "bytes": tmp.stat().st_size, "sha256": sha256_file(tmp),
+                   "config_sha256": sha256_json(config)}  # the config the weights belong to: edits are damage too
     write_json_atomic(run_dir / "config.json", {**config, "weights": weights})
 
 
@@ -228,8 +229,9 @@ def load_state(run_dir: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     """config.json and the weights of a run, checked before anything uses them: a missing, unreadable,
     empty, truncated, damaged (sha256) or foreign (not safetensors) file, or a tensor holding NaN or
     infinity (those served a healthy /health, then 500s), is ONE EdgerecError naming the file and the
-    problem. A run saved before the checksum (no "weights" in config.json) loads with a one-line
-    warning. Whether the tensors fit the model is `check_fits`'s job."""
+    problem, and so is a config.json edited since training (its sha256 is recorded beside the weights')
+    or one without the record (saved before 2026-12: those need retraining anyway). Whether the
+    tensors fit the model is `check_fits`'s job."""
     run_dir = Path(run_dir)
     path = run_dir / WEIGHTS
     if not (run_dir / "config.json").is_file() or not path.is_file():
@@ -239,16 +241,21 @@ def load_state(run_dir: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     if size == 0:
         raise EdgerecError(f"{path}: empty file; {RETRAIN}.")
     manifest = config.get("weights")
-    if manifest is None:
-        print(f"warning: {run_dir / 'config.json'} records no sha256 of {WEIGHTS} (saved before 2026-12), so "
-              f"damage to the weights cannot be detected; retrain the run to get one.", file=sys.stderr)
+    if manifest is None:  # every run of before 2026-12 needs retraining anyway (the OOV index changed the spec)
+        raise EdgerecError(f"{run_dir / 'config.json'} records no sha256 of {WEIGHTS} (saved before 2026-12, or "
+                           f"the record was removed), so damage to the run cannot be detected; {RETRAIN}.")
     elif not (isinstance(manifest, dict) and isinstance(manifest.get("bytes"), int)
-              and isinstance(manifest.get("sha256"), str)):
+              and isinstance(manifest.get("sha256"), str) and isinstance(manifest.get("config_sha256"), str)):
         raise EdgerecError(f"{run_dir / 'config.json'}: \"weights\" = {cut(manifest)} is not a manifest "
-                           f"(bytes, sha256); {RETRAIN}.")
+                           f"(bytes, sha256, config_sha256; runs saved before the config checksum lack the last); "
+                           f"{RETRAIN}.")
     elif size != manifest["bytes"]:
         raise EdgerecError(f"{path}: truncated or padded: {size:,} bytes, config.json says {manifest['bytes']:,}; "
                            f"{RETRAIN}.")
+    elif sha256_json({k: v for k, v in config.items() if k != "weights"}) != manifest["config_sha256"]:
+        raise EdgerecError(f"{run_dir / 'config.json'}: edited since training (its sha256 differs from the one "
+                           f"recorded beside the weights): the weights belong to another config; {RETRAIN}, or "
+                           "train again with the changed config.")
     elif (digest := sha256_file(path)) != manifest["sha256"]:
         raise EdgerecError(f"{path}: checksum mismatch (sha256 {digest[:12]}..., config.json records "
                            f"{manifest['sha256'][:12]}...): the file is damaged or was replaced; {RETRAIN}.")

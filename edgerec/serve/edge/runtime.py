@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgerec.compress.pack import read_artifact
+from edgerec.compress.pack import ArtifactError, read_artifact
 from edgerec.serve.edge.tokenizer import WordPiece
 
 
@@ -72,7 +72,8 @@ def _layer_norm_(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float = 1e-12
 
 
 class EdgeModel:
-    def __init__(self, artifact: dict):
+    def __init__(self, artifact: dict, source: str = "the edge model"):
+        self.source = source  # the .pack file, for error messages
         self.config = artifact["config"]
         self.tasks = artifact["tasks"]
         self.tok = WordPiece(artifact["vocab"])
@@ -93,7 +94,7 @@ class EdgeModel:
 
     @classmethod
     def load(cls, path) -> "EdgeModel":
-        return cls(read_artifact(path))
+        return cls(read_artifact(path), str(path))
 
     def _encode(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         t = self.t
@@ -139,7 +140,11 @@ class EdgeModel:
             raise KeyError(f"task {task!r} is not in this artifact; it has {sorted(self.tasks)}")
         ids, mask = self.tok.batch(texts, self.max_len)
         pooled = self._encode(ids, mask)
-        return pooled @ self.t[f"head.{task}.weight"].T + self.t[f"head.{task}.bias"]  # (B, C)
+        z = pooled @ self.t[f"head.{task}.weight"].T + self.t[f"head.{task}.bias"]  # (B, C)
+        if not np.isfinite(z).all():  # never a prediction from NaN: the weights passed the load checks, yet overflow
+            raise ArtifactError(f"{self.source}: task {task!r} gave non-finite scores; the file's weights are not "
+                                "those of a trained model: build it again with `edgerec compress`.")
+        return z
 
     def predict(self, text: str, task: str) -> tuple[str, np.ndarray]:
         z = self.logits([text], task)[0]
