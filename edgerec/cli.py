@@ -318,7 +318,13 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     check_writable(args.out, "--out", folder=True)  # before the input is read and folded
     t0 = time.perf_counter()
     if args.events:
-        events = read_event_file(_event_file(args.events))
+        late: list = []
+        events = read_event_file(_event_file(args.events), _seconds(args.dedup_days, 86400, "--dedup-days",
+                                                                    "keep every event id"), late)
+        if late:
+            print(f"warning: {len(late):,} event(s) of {args.events} are older than the newest one before them minus "
+                  f"the dedup window ({args.dedup_days:g} days), as `edgerec stream` would dead-letter them: left "
+                  "out (--dedup-days 0 folds them)", file=sys.stderr)
     else:
         from edgerec.data import registry
         from edgerec.serve.stream import events_from_log
@@ -567,6 +573,10 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--dataset", help="or a dataset id whose log to use, e.g. o2o-sim:tiny")
     bt.add_argument("--out", default="runs/batch", help="output folder (default %(default)s)")
     bt.add_argument("--engine", choices=["polars", "spark"], default="polars")
+    bt.add_argument("--dedup-days", type=float, default=7.0,
+                    help="--events: leave out what `edgerec stream --dedup-days` would dead-letter as late (events "
+                         "older than the newest one before them minus this many days); 0 = fold every event "
+                         "(default %(default)s)")
     bt.add_argument("--spark-master", default="local[2]", help="Spark master URL (default %(default)s)")
     _add_definition_args(bt)
     bt.set_defaults(func=_cmd_batch)

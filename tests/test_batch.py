@@ -96,3 +96,29 @@ def test_a_resent_event_is_folded_once_like_the_stream(tmp_path):
     path = tmp_path / "ev.jsonl"
     path.write_text(json.dumps(e) + "\n" + json.dumps(e) + "\n" + json.dumps({**e, "event_id": "other"}) + "\n")
     assert read_event_file(path).column("event_id").to_pylist() == ["same", "other"]
+
+
+def test_batch_leaves_out_what_the_stream_dead_letters_as_late(tmp_path, capsys):
+    """Review of issue 20: the batch folded events the stream dead-letters as older than its dedup
+    window, so batch and online features differed for the same log."""
+    import json
+
+    from edgerec.cli import main
+    from edgerec.features.definition import Event, FeatureDefinition
+    from edgerec.features.store import SQLiteStore
+    from edgerec.serve.stream import FileEventSource, run_stream
+
+    t = 1_770_000_000
+    evs = [Event("new", 1, 2, t + 10 * 86400, "click"), Event("old", 1, 3, t, "click"), Event("b", 1, 4, t + 9 * 86400,
+                                                                                              "click")]
+    path = tmp_path / "ev.jsonl"
+    path.write_text("".join(json.dumps(e.to_dict()) + "\n" for e in evs))
+    late: list = []
+    assert read_event_file(path, late=late).column("event_id").to_pylist() == ["new", "b"]
+    assert [e.event_id for e in late] == ["old"]
+    store = SQLiteStore(tmp_path / "s.db")
+    stats = run_stream(FileEventSource(path), store, FeatureDefinition(max_len=10, n_positions=6), batch_size=1)
+    assert (stats.applied, stats.late) == (2, 1)  # the same two events
+    assert read_event_file(path, dedup_window_s=None).num_rows == 3
+    assert main(["batch", "--events", str(path), "--out", str(tmp_path / "out")]) == 0
+    assert "1 event(s) of" in capsys.readouterr().err

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from edgerec.features.definition import Event, FeatureDefinition, UserState, hour_of_week
+from edgerec.features.store import DEFAULT_DEDUP_WINDOW_S
 from edgerec.features.time import SECONDS_PER_DAY
 from edgerec.io import atomic_path
 
@@ -61,22 +62,29 @@ def events_table(events: Iterable[Event]) -> pa.Table:
     return pa.table(cols, schema=EVENT_SCHEMA)
 
 
-def read_event_file(path: str | Path) -> pa.Table:
+def read_event_file(path: str | Path, dedup_window_s: int | None = DEFAULT_DEDUP_WINDOW_S,
+                    late: list | None = None) -> pa.Table:
     """A JSON-lines event file (what `edgerec stream` consumes) -> the batch input table. A line that
     is not a valid event (the stream's `decode`, THE event validator; no future bound: a batch is
     offline) stops the job with its line number: a batch that silently skipped rows would train on a
-    different log than the one the stream applied. For the same reason a resent event (an event_id
-    seen before, as the feedback sink may write) is folded once, as the stream's stores apply it."""
+    different log than the one the stream applied. For the same reason the stream's store rules
+    apply, in arrival order: a resent event (an event_id seen before, as the feedback sink may write)
+    is folded once, and an event older than the newest one folded minus `dedup_window_s` (what the
+    stream dead-letters as late, `LateGate`) is left out and appended to `late` (edgerec batch
+    reports the count; `--dedup-days 0` folds every event)."""
+    from edgerec.features.store import LateGate
     from edgerec.serve.stream import decode
 
     def gen():
         seen: set[str] = set()
+        gate = LateGate(None, dedup_window_s, on_late=lambda e, reason: late.append(e) if late is not None else None)
         with open(path, "rb") as f:  # bytes: a line of bad UTF-8 is an error naming its line
             for i, line in enumerate(f):
                 if line.strip():
                     e = decode(line, f"{path} line {i + 1}")
-                    if e.event_id not in seen:
+                    if gate.admits(e) and e.event_id not in seen:
                         seen.add(e.event_id)
+                        gate.applied(e)
                         yield e
 
     return events_table(gen())
