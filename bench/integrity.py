@@ -154,6 +154,47 @@ def render(key: str) -> str:
     return "\n".join(lines)
 
 
+TRUTH_NEW = RESULTS / "coupa_o2osim_v2.json"  # bench/coupa.py on the fixed code (impression protocol)
+TRUTH_OLD = RESULTS / "coupa_o2osim_merged.json"
+
+
+def render_truth() -> str | None:
+    """COUPA against the position baselines on o2o-sim's ground truth, re-measured: the table, each
+    variant's cost against COUPA in relevance AUC paired by seed, and old against new."""
+    if not TRUTH_NEW.exists():
+        return None
+    from bench.coupa import markdown
+
+    new = json.loads(TRUTH_NEW.read_text())
+    old = json.loads(TRUTH_OLD.read_text()) if TRUTH_OLD.exists() else {"runs": []}
+
+    def by_seed(report, variant, key=lambda r: r["truth"]["relevance_auc"]):
+        return {r["seed"]: key(r) for r in report["runs"] if r["variant"] == variant}
+
+    lines = [markdown(new), "", "Each variant against COUPA, relevance AUC (truth), paired by seed:", "",
+             "| variant | seeds | Δ relevance AUC vs COUPA | seeds ahead of COUPA |", "|---|---|---|---|"]
+    coupa = by_seed(new, "COUPA")
+    for v in new["variants"]:
+        if v == "COUPA":
+            continue
+        other = by_seed(new, v)
+        seeds = sorted(set(coupa) & set(other))
+        if seeds:
+            d = [other[k] - coupa[k] for k in seeds]
+            lines.append(f"| {v} | {len(seeds)} | {_ms(d, '+')} | {sum(x > 0 for x in d)} / {len(seeds)} |")
+    lines += ["", "Old (before 2026-12) against new, relevance AUC, paired by seed:", "",
+              "| variant | seeds | old | new | change (paired) |", "|---|---|---|---|---|"]
+    for v in new["variants"]:
+        a, b = by_seed(old, v), by_seed(new, v)
+        seeds = sorted(set(a) & set(b))
+        if seeds:
+            lines.append(f"| {v} | {len(seeds)} | {_ms([a[k] for k in seeds])} | {_ms([b[k] for k in seeds])} | "
+                         f"{_ms([b[k] - a[k] for k in seeds], '+')} |")
+    lines += ["", f"Raw runs: {TRUTH_NEW.relative_to(ROOT)} (merged from {', '.join(new.get('merged_from', []))}); "
+                  f"git {new.get('git')}; {new['machine']['cpu_count']} CPU cores, 1 torch thread per run. {NOTE}"]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--print", action="store_true", help="print the tables, do not touch docs/results.md")
@@ -163,6 +204,11 @@ def main(argv=None) -> None:
         print(f"## {DATASETS[key]['title']}\n{block}\n")
         if not a.print:
             replace_block(f"integrity_{key}", block)
+    truth = render_truth()
+    if truth is not None:
+        print(f"## o2o-sim truth metrics\n{truth}\n")
+        if not a.print:
+            replace_block("integrity_coupa_truth", truth)
 
 
 if __name__ == "__main__":

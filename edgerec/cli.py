@@ -7,6 +7,7 @@ with status 2; they never show a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import math
 import runpy
@@ -285,7 +286,7 @@ def _cmd_stream(args: argparse.Namespace) -> int:
         from edgerec.io import check_writable
 
         check_writable(source.dead_letter(), "the dead-letter file")  # before the first bad line, not at it
-        where = str(args.events)
+        where = os.fsencode(args.events).decode("utf-8", "backslashreplace")  # printable, whatever its bytes
     t0 = time.perf_counter()
     try:
         stats = run_stream(source, store, definition, args.batch_size, args.max_messages, retries=args.retries,
@@ -319,12 +320,13 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     if args.events:
         late: list = []
-        events = read_event_file(_event_file(args.events), _seconds(args.dedup_days, 86400, "--dedup-days",
-                                                                    "keep every event id"), late)
+        window = _seconds(args.dedup_days, 86400, "--dedup-days", "keep every event id")
+        events = read_event_file(_event_file(args.events), window, late, _future_skew_s(args.future_skew_hours, window))
         if late:
-            print(f"warning: {len(late):,} event(s) of {args.events} are older than the newest one before them minus "
-                  f"the dedup window ({args.dedup_days:g} days), as `edgerec stream` would dead-letter them: left "
-                  "out (--dedup-days 0 folds them)", file=sys.stderr)
+            print(f"warning: {len(late):,} event(s) of {args.events} left out, as `edgerec stream` would dead-letter "
+                  f"them: older than the newest one before them minus the dedup window ({args.dedup_days:g} days; "
+                  "--dedup-days 0 folds them) or later than the clock + the allowed skew (--future-skew-hours)",
+                  file=sys.stderr)
     else:
         from edgerec.data import registry
         from edgerec.serve.stream import events_from_log
@@ -349,16 +351,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if not args.run:
         raise EdgerecError("edgerec serve: --run RUN_DIR is required (a trained COUPA or DiCycle run; "
                            "see `edgerec train`).")
-    from edgerec.features.store import DEFAULT_DEDUP_WINDOW_S  # the window the service's store keeps
     from edgerec.serve import server
 
     t0 = time.perf_counter()
     if not 0 < args.max_body_mb <= 1e6:  # NaN too
         raise EdgerecError(f"--max-body-mb must be a number of megabytes > 0, got {args.max_body_mb}.")
+    window = _seconds(args.dedup_days, 86400, "--dedup-days", "keep every event id")
     recipe = server.ServiceRecipe(store=args.store, run=args.run, dataset=args.dataset, feedback_to=args.feedback_to,
                                   kafka=args.kafka, topic=args.topic, threads=args.threads,
-                                  index_period=args.index_period, future_skew_s=_future_skew_s(args.future_skew_hours, DEFAULT_DEDUP_WINDOW_S),
-                                  max_body_bytes=round(args.max_body_mb * 1e6))
+                                  index_period=args.index_period, future_skew_s=_future_skew_s(args.future_skew_hours,
+                                                                                               window),
+                                  max_body_bytes=round(args.max_body_mb * 1e6), dedup_window_s=window)
     server.check_workers(recipe, args.workers)
     service = server.build_service(recipe)  # also with --workers > 1: fails here, readably, before any worker
     if args.openapi:
@@ -573,6 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--dataset", help="or a dataset id whose log to use, e.g. o2o-sim:tiny")
     bt.add_argument("--out", default="runs/batch", help="output folder (default %(default)s)")
     bt.add_argument("--engine", choices=["polars", "spark"], default="polars")
+    _add_future_skew_arg(bt, "leave out of the batch")
     bt.add_argument("--dedup-days", type=float, default=7.0,
                     help="--events: leave out what `edgerec stream --dedup-days` would dead-letter as late (events "
                          "older than the newest one before them minus this many days); 0 = fold every event "
@@ -595,6 +599,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--kafka", metavar="HOST:PORT", help="publish /feedback events to Kafka instead")
     sv.add_argument("--topic", default="edgerec-events", help="Kafka topic (default %(default)s)")
     _add_future_skew_arg(sv, "POST /feedback refuses (422)")
+    sv.add_argument("--dedup-days", type=float, default=7.0,
+                    help="the stream's --dedup-days (give the same value): POST /feedback refuses (422) an event the "
+                         "stream would dead-letter as older than its window (default %(default)s; 0 = no bound)")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=_int_in(1, 65535), default=8000)
     sv.add_argument("--max-body-mb", type=float, default=2.0,

@@ -120,5 +120,16 @@ def test_batch_leaves_out_what_the_stream_dead_letters_as_late(tmp_path, capsys)
     stats = run_stream(FileEventSource(path), store, FeatureDefinition(max_len=10, n_positions=6), batch_size=1)
     assert (stats.applied, stats.late) == (2, 1)  # the same two events
     assert read_event_file(path, dedup_window_s=None).num_rows == 3
+    # a far-future event is left out like the stream's future dead letter, and moves nothing
+    import time
+
+    now = int(time.time())
+    fut = [Event("a", 1, 2, now - 1000, "click"), Event("fut", 1, 2, 4_000_000_000, "click"),
+           Event("b", 1, 2, now - 900, "click")]
+    path.write_text("".join(json.dumps(e.to_dict()) + "\n" for e in fut))
+    late = []
+    assert read_event_file(path, late=late, future_skew_s=86400).column("event_id").to_pylist() == ["a", "b"]
+    assert len(late) == 1
+    path.write_text("".join(json.dumps(e.to_dict()) + "\n" for e in evs))
     assert main(["batch", "--events", str(path), "--out", str(tmp_path / "out")]) == 0
     assert "1 event(s) of" in capsys.readouterr().err

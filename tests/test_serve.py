@@ -588,4 +588,12 @@ def test_feedback_sink_failures_are_503_and_late_events_are_refused_before_the_f
     r = c.post("/feedback", json={"events": [old]})
     assert r.status_code == 422 and "dedup window" in r.text, r.text
     assert len((tmp_path / "fb.jsonl").read_text().splitlines()) == 1  # nothing of the refused request written
+    # within one request, and against what the sink wrote but the stream has not applied yet
+    later = {**ev, "event_id": "s3", "ts": now + 3600}
+    r = c.post("/feedback", json={"events": [later, {**ev, "event_id": "s4", "ts": now + 3600 - 8 * 86400}]})
+    assert r.status_code == 422, r.text
+    assert c.post("/feedback", json={"events": [later]}).json() == {"accepted": 1}
+    r = c.post("/feedback", json={"events": [{**ev, "event_id": "s5", "ts": now + 3600 - 8 * 86400}]})
+    assert r.status_code == 422, r.text
+    assert c.get("/health").status_code == 200  # the sink failure earlier was cleared by a good /feedback
     assert Event.from_dict(ev, "x").event_id == "s1"

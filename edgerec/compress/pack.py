@@ -91,6 +91,7 @@ def write_artifact(path: str | Path, config: dict, tasks: dict[str, list[str]], 
     data = body + struct.pack("<I", zlib.crc32(body))
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+        read_artifact(tmp)  # what the runtime would refuse (e.g. a weight beyond MAX_ABS_WEIGHT) is never written
     return breakdown(table, len(vocab_bytes), len(header) + 16 + 4, len(data))
 
 

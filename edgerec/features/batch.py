@@ -63,7 +63,7 @@ def events_table(events: Iterable[Event]) -> pa.Table:
 
 
 def read_event_file(path: str | Path, dedup_window_s: int | None = DEFAULT_DEDUP_WINDOW_S,
-                    late: list | None = None) -> pa.Table:
+                    late: list | None = None, future_skew_s: int | None = None) -> pa.Table:
     """A JSON-lines event file (what `edgerec stream` consumes) -> the batch input table. A line that
     is not a valid event (the stream's `decode`, THE event validator; no future bound: a batch is
     offline) stops the job with its line number: a batch that silently skipped rows would train on a
@@ -71,9 +71,14 @@ def read_event_file(path: str | Path, dedup_window_s: int | None = DEFAULT_DEDUP
     apply, in arrival order: a resent event (an event_id seen before, as the feedback sink may write)
     is folded once, and an event older than the newest one folded minus `dedup_window_s` (what the
     stream dead-letters as late, `LateGate`) is left out and appended to `late` (edgerec batch
-    reports the count; `--dedup-days 0` folds every event)."""
+    reports the count; `--dedup-days 0` folds every event). With `future_skew_s`, an event later
+    than the clock plus that skew is left out and appended to `late` too, as the stream dead-letters
+    it (without the bound, one such event would make every later one look late)."""
+    from edgerec.features.definition import FutureEventError, latest_accepted_ts
     from edgerec.features.store import LateGate
     from edgerec.serve.stream import decode
+
+    latest = latest_accepted_ts(future_skew_s)
 
     def gen():
         seen: set[str] = set()
@@ -81,7 +86,12 @@ def read_event_file(path: str | Path, dedup_window_s: int | None = DEFAULT_DEDUP
         with open(path, "rb") as f:  # bytes: a line of bad UTF-8 is an error naming its line
             for i, line in enumerate(f):
                 if line.strip():
-                    e = decode(line, f"{path} line {i + 1}")
+                    try:
+                        e = decode(line, f"{path} line {i + 1}", latest)
+                    except FutureEventError:
+                        if late is not None:
+                            late.append(line)
+                        continue
                     if gate.admits(e) and e.event_id not in seen:
                         seen.add(e.event_id)
                         gate.applied(e)

@@ -246,12 +246,14 @@ def create_app(service, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
                 raise HTTPException(status_code=422, detail=[{"loc": ["body", "events", i, err.field or "event"],
                                                               "msg": str(err), "type": "value_error"}]) from None
         try:
-            return {"accepted": service.feedback(events)}
+            accepted = service.feedback(events)
         except LateEventError as e:  # in-process store: an event too old for its duplicate check
             raise HTTPException(status_code=422, detail=[{"loc": ["body", "events", "ts"], "msg": str(e),
                                                           "type": "value_error"}]) from None
         except Exception as e:  # noqa: BLE001 - the store, the event file or Kafka failed: 503, never 500
             return health.failed("feedback sink", e)
+        health.ok()
+        return {"accepted": accepted}
 
     @app.get("/health", responses=_UNAVAILABLE)
     async def health_check():

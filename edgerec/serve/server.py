@@ -24,6 +24,7 @@ import uvicorn
 
 from edgerec.errors import EdgerecError
 from edgerec.features.definition import DEFAULT_FUTURE_SKEW_S
+from edgerec.features.store import DEFAULT_DEDUP_WINDOW_S
 from edgerec.serve.app import DEFAULT_MAX_BODY_BYTES
 
 ENV_VAR = "EDGEREC_SERVE"
@@ -47,6 +48,7 @@ class ServiceRecipe:
     index_period: str = "all"  # stage 1's click counts: 'all' (live service) | 'train' (offline evaluation)
     future_skew_s: int | None = DEFAULT_FUTURE_SKEW_S  # /feedback refuses ts > clock + this (None: no bound)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # larger request bodies get 413
+    dedup_window_s: int | None = DEFAULT_DEDUP_WINDOW_S  # the stream's window: /feedback refuses what it dead-letters
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -102,7 +104,7 @@ def build_service(recipe: ServiceRecipe, ranker=None, dataset: str | None = None
     if recipe.index_period not in ("all", "train"):  # before any work
         raise EdgerecError(f"index_period must be 'all' or 'train', got {recipe.index_period!r}")
     torch.set_num_threads(recipe.threads)
-    store = open_store(recipe.store)  # a bad --store fails before the run and the catalogue are loaded
+    store = open_store(recipe.store, dedup_window_s=recipe.dedup_window_s)  # a bad --store fails before the run
     if ranker is None:
         ranker, dataset = build_ranker(recipe)
     until = training_cut(ranker.samples) if recipe.index_period == "train" else None

@@ -250,10 +250,13 @@ class RecommendService:
             from edgerec.features.store import LateGate
             from edgerec.serve.stream import file_source_name
 
-            gate = LateGate(self.store.watermark(file_source_name(self.sink.path)),
-                            getattr(self.store, "dedup_window_s", None), on_late=None)
+            # the stream's watermark will be at least the store's and the newest event already written
+            marks = [w for w in (self.store.watermark(file_source_name(self.sink.path)), self.sink.newest_ts)
+                     if w is not None]
+            gate = LateGate(max(marks) if marks else None, getattr(self.store, "dedup_window_s", None), on_late=None)
             for e in events:
-                gate.admits(e)  # LateEventError (422) naming the event
+                gate.admits(e)  # LateEventError (422) naming the event; nothing of the request is written
+                gate.applied(e)
         if self.sink is not None:  # Kafka: partitions have their own watermarks; the stream dead-letters late ones
             return self.sink.send(events)
         return self.store.apply(events, self.ranker.definition)
@@ -269,6 +272,7 @@ class FileEventSink:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         check_writable(self.path, "--feedback-to")  # at start-up, not at the first /feedback (a 500)
+        self.newest_ts: int | None = None  # newest event time this sink wrote (what the stream will see next)
 
     def send(self, events: list[Event]) -> int:
         import json
@@ -279,4 +283,6 @@ class FileEventSink:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if events:
+            self.newest_ts = max([e.ts for e in events] + ([] if self.newest_ts is None else [self.newest_ts]))
         return len(events)
