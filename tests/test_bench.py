@@ -202,3 +202,25 @@ def test_the_hardening_table_has_no_bad_outcome(tmp_path):
     assert not bad, bad
     assert all(sum(v["counts"].values()) >= 20 for v in r["categories"].values())
     assert r["dead_letter_speed"]["negative ids"]["rc"] == 0
+
+
+def test_truth_table_pairs_variants_with_coupa_by_seed(tmp_path, monkeypatch):
+    """bench/integrity.py's o2o-sim truth block: each variant against COUPA over the seeds both have."""
+    import bench.integrity as integ
+
+    def report(aucs: dict[str, list[float]]) -> dict:
+        truth = lambda a: {"relevance_auc": a, "request_ndcg@10": 0.98, "examination_spearman": None,  # noqa: E731
+                           "examination_shape": None}
+        return {"machine": {"cpu_count": 2}, "git": "abc", "variants": list(aucs), "runs": [
+            {"variant": v, "seed": s + 1, "truth": truth(a), "test": {"AUC": a, "GAUC": a}}
+            for v, xs in aucs.items() for s, a in enumerate(xs)]}
+
+    monkeypatch.setattr(integ, "ROOT", tmp_path)
+    monkeypatch.setattr(integ, "TRUTH_NEW", tmp_path / "new.json")
+    monkeypatch.setattr(integ, "TRUTH_OLD", tmp_path / "old.json")
+    assert integ.render_truth() is None  # nothing measured yet: no block
+    (tmp_path / "new.json").write_text(json.dumps(report({"COUPA": [0.83, 0.82, 0.84], "PAL": [0.82, 0.80]})))
+    (tmp_path / "old.json").write_text(json.dumps(report({"COUPA": [0.81, 0.80]})))
+    text = integ.render_truth()
+    assert "| PAL | 2 | -0.0150 ± 0.0071 | 0 / 2 |" in text
+    assert "| COUPA | 2 | 0.8050 ± 0.0071 | 0.8250 ± 0.0071 | +0.0200 ± 0.0000 |" in text
