@@ -193,8 +193,9 @@ NEGATIVE_SAMPLERS = ("own_history", "uniform_unseen")
 _HISTORY_DRAWS = 64  # vectorized draws before the few left-over repeat positives are settled one by one
 
 
-def _lookup(sorted_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(found, position) of each key in a sorted unique int64 array."""
+def lookup_sorted(sorted_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(found, position) of each key in a sorted unique array: THE vocabulary lookup (raw id -> its
+    position, so index = position + 1) of the samples, serving and explain."""
     if not len(sorted_keys):
         return np.zeros(len(keys), bool), np.zeros(len(keys), np.int64)
     at = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
@@ -226,7 +227,7 @@ class NegativeSampler:
         """(P,) a negative item for each positive of `pos`."""
         out = self._draw(len(pos), rng)
         for _ in range(1000):
-            clash = _lookup(self.seen, _pair_key(pos.user, out, self.n_items))[0]
+            clash = lookup_sorted(self.seen, _pair_key(pos.user, out, self.n_items))[0]
             if not clash.any():
                 return out
             out[clash] = self._draw(int(clash.sum()), rng)
@@ -255,7 +256,7 @@ class OwnHistorySampler:
 
     def _taken_then(self, user: np.ndarray, ts: np.ndarray, item: np.ndarray) -> np.ndarray:
         """(Q,) the user took `item` at that very moment (the positive's own basket or request)."""
-        return _lookup(self.taken, _pair_key(self._moment(user, ts), item, self.n_items))[0]
+        return lookup_sorted(self.taken, _pair_key(self._moment(user, ts), item, self.n_items))[0]
 
     def sample(self, pos: "Split", rng: np.random.Generator) -> np.ndarray:
         out = self.uniform.sample(pos, rng)  # (P,) new-item positives keep these
@@ -286,7 +287,7 @@ class _FirstTaken:
 
     def before(self, user: np.ndarray, item: np.ndarray, ts: np.ndarray) -> np.ndarray:
         """(Q,) True where the user took `item` strictly before `ts`."""
-        found, at = _lookup(self.keys, _pair_key(user, item, self.n_items))
+        found, at = lookup_sorted(self.keys, _pair_key(user, item, self.n_items))
         return found & (self.first_ts[at] < ts)
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgerec.data.samples import lookup_sorted
 from edgerec.errors import EdgerecError
 from edgerec.features.definition import (DEFAULT_FUTURE_SKEW_S, HOURS_PER_WEEK, Event, FeatureDefinition, cut,
                                          hour_of_week)
@@ -57,14 +58,13 @@ class Ranker:
     def item_index(self, raw: np.ndarray) -> np.ndarray:
         """Raw item ids -> the model's 1-based indices; the OOV index for items the model never saw
         (never 0: that is padding, and a masked-in padding slot would be a behaviour of "item 0")."""
-        i = np.searchsorted(self.item_ids, raw)
-        ok = (i < len(self.item_ids)) & (self.item_ids[np.minimum(i, len(self.item_ids) - 1)] == raw)
-        return np.where(ok, i + 1, self.samples.spec.oov_item).astype(np.int64)
+        found, at = lookup_sorted(self.item_ids, np.asarray(raw))
+        return np.where(found, at + 1, self.samples.spec.oov_item).astype(np.int64)
 
     def user_index(self, raw: int) -> int:
         """Raw user id -> index; the OOV user for users the run never saw (cold start)."""
-        i = int(np.searchsorted(self.user_ids, raw))
-        return i + 1 if i < len(self.user_ids) and self.user_ids[i] == raw else self.samples.spec.oov_user
+        found, at = lookup_sorted(self.user_ids, np.asarray([raw]))
+        return int(at[0]) + 1 if found[0] else self.samples.spec.oov_user
 
     def knows_user(self, raw: int) -> bool:
         return self.user_index(raw) != self.samples.spec.oov_user

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgerec.data.samples import lookup_sorted
 from edgerec.errors import EdgerecError
 from edgerec.features.time import SECONDS_PER_DAY, SECONDS_PER_HOUR, time_slots
 from edgerec.io import atomic_path, write_json_atomic
@@ -49,8 +50,7 @@ def item_categories(samples, dataset) -> tuple[np.ndarray, list[str]]:
     code_of = {n: i for i, n in enumerate(names)}
     raw_ids = items.column("item_id").to_numpy()
     out = np.full(len(samples.item_ids) + 2, -1, dtype=np.int64)
-    pos = np.searchsorted(samples.item_ids, raw_ids)
-    ok = (pos < len(samples.item_ids)) & (samples.item_ids[np.minimum(pos, len(samples.item_ids) - 1)] == raw_ids)
+    ok, pos = lookup_sorted(samples.item_ids, raw_ids)
     out[pos[ok] + 1] = [code_of[str(x)] if x is not None else -1 for x in names_raw[ok]]
     return out, names
 
