@@ -220,6 +220,16 @@ def _add_future_skew_arg(p: argparse.ArgumentParser, what: str) -> None:
                         "(default %(default)s)")
 
 
+def _add_dedup_days_arg(p: argparse.ArgumentParser, help: str) -> None:
+    """--dedup-days, the stream's window, on every command that must agree with it (stream, batch, serve)."""
+    p.add_argument("--dedup-days", type=float, default=7.0, help=help)
+
+
+def _dedup_window_s(args: argparse.Namespace) -> int | None:
+    """--dedup-days in seconds; 0 -> None (keep every id)."""
+    return _seconds(args.dedup_days, 86400, "--dedup-days", "keep every event id")
+
+
 def _seconds_arg(text: str) -> float:
     """An argparse type: a finite number of seconds >= 0 (NaN, inf and negatives are argparse's error)."""
     try:
@@ -259,7 +269,7 @@ def _cmd_stream(args: argparse.Namespace) -> int:
 
     if bool(args.events) == bool(args.kafka):
         raise EdgerecError("edgerec stream: give exactly one source, --events FILE or --kafka HOST:PORT --topic T.")
-    dedup_window_s = _seconds(args.dedup_days, 86400, "--dedup-days", "keep every event id")
+    dedup_window_s = _dedup_window_s(args)
     future_skew_s = _future_skew_s(args.future_skew_hours, dedup_window_s)
     if args.events:  # a missing file is fine when --export-from writes it or --follow waits for it
         _event_file(args.events, follow=args.follow or bool(args.export_from))
@@ -320,7 +330,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     if args.events:
         late: list = []
-        window = _seconds(args.dedup_days, 86400, "--dedup-days", "keep every event id")
+        window = _dedup_window_s(args)
         events = read_event_file(_event_file(args.events), window, late, _future_skew_s(args.future_skew_hours, window))
         if late:
             print(f"warning: {len(late):,} event(s) of {args.events} left out, as `edgerec stream` would dead-letter "
@@ -356,7 +366,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     if not 0 < args.max_body_mb <= 1e6:  # NaN too
         raise EdgerecError(f"--max-body-mb must be a number of megabytes > 0, got {args.max_body_mb}.")
-    window = _seconds(args.dedup_days, 86400, "--dedup-days", "keep every event id")
+    window = _dedup_window_s(args)
     recipe = server.ServiceRecipe(store=args.store, run=args.run, dataset=args.dataset, feedback_to=args.feedback_to,
                                   kafka=args.kafka, topic=args.topic, threads=args.threads,
                                   index_period=args.index_period, future_skew_s=_future_skew_s(args.future_skew_hours,
@@ -556,10 +566,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                              "1 s apart (default %(default)s)")
     st.add_argument("--export-from", metavar="DATASET", help="first write DATASET's log to --events (e.g. o2o-sim:tiny)")
     _add_store_arg(st)
-    st.add_argument("--dedup-days", type=float, default=7.0,
-                    help="keep applied event ids this many days of event time for the duplicate check; an event "
-                         "older than the newest one minus this window goes to the dead letter with its reason "
-                         "(0 = keep every id forever; default %(default)s)")
+    _add_dedup_days_arg(st, help="keep applied event ids this many days of event time for the duplicate check; "
+                                  "an event older than the newest one minus this window goes to the dead letter with "
+                                  "its reason (0 = keep every id forever; default %(default)s)")
     _add_future_skew_arg(st, "dead-letter")
     st.add_argument("--batch-size", type=_int_in(1), default=500, help="events per atomic commit (default %(default)s)")
     st.add_argument("--max-messages", type=_int_in(1), help="stop after this many messages (default: to the end)")
@@ -577,10 +586,9 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--out", default="runs/batch", help="output folder (default %(default)s)")
     bt.add_argument("--engine", choices=["polars", "spark"], default="polars")
     _add_future_skew_arg(bt, "leave out of the batch")
-    bt.add_argument("--dedup-days", type=float, default=7.0,
-                    help="--events: leave out what `edgerec stream --dedup-days` would dead-letter as late (events "
-                         "older than the newest one before them minus this many days); 0 = fold every event "
-                         "(default %(default)s)")
+    _add_dedup_days_arg(bt, help="--events: leave out what `edgerec stream --dedup-days` would dead-letter as late "
+                                  "(events older than the newest one before them minus this many days); 0 = fold "
+                                  "every event (default %(default)s)")
     bt.add_argument("--spark-master", default="local[2]", help="Spark master URL (default %(default)s)")
     _add_definition_args(bt)
     bt.set_defaults(func=_cmd_batch)
@@ -599,9 +607,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--kafka", metavar="HOST:PORT", help="publish /feedback events to Kafka instead")
     sv.add_argument("--topic", default="edgerec-events", help="Kafka topic (default %(default)s)")
     _add_future_skew_arg(sv, "POST /feedback refuses (422)")
-    sv.add_argument("--dedup-days", type=float, default=7.0,
-                    help="the stream's --dedup-days (give the same value): POST /feedback refuses (422) an event the "
-                         "stream would dead-letter as older than its window (default %(default)s; 0 = no bound)")
+    _add_dedup_days_arg(sv, help="the stream's --dedup-days (give the same value): POST /feedback refuses (422) an "
+                                  "event the stream would dead-letter as older than its window (default %(default)s; "
+                                  "0 = no bound)")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=_int_in(1, 65535), default=8000)
     sv.add_argument("--max-body-mb", type=float, default=2.0,

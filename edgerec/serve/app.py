@@ -160,7 +160,7 @@ class BodyLimit:
         await self.app(scope, counted, send)
 
 
-_TOO_LARGE = {413: {"description": "request body larger than the server's limit (`edgerec serve --max-body-mb`, "
+_BODY_ERRORS = {413: {"description": "request body larger than the server's limit (`edgerec serve --max-body-mb`, "
                                    "default 2 MB)"},
               400: {"description": "the request body could not be read as JSON (not UTF-8, or not JSON at all)"}}
 
@@ -221,7 +221,7 @@ def create_app(service, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
 
     health = ScorerHealth()
 
-    @app.post("/recommend", response_model=RecommendResponse, responses={**_TOO_LARGE, **_UNAVAILABLE})
+    @app.post("/recommend", response_model=RecommendResponse, responses={**_BODY_ERRORS, **_UNAVAILABLE})
     async def recommend(req: RecommendRequest):
         try:  # built by us, so no second validation pass over it: straight to JSON (the schema is still published)
             reply = service.recommend(req.user_id, req.ts, req.channel, req.n_candidates, req.k)
@@ -235,7 +235,7 @@ def create_app(service, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
         health.ok()
         return JSONResponse(reply)
 
-    @app.post("/feedback", responses={**_TOO_LARGE, **_UNAVAILABLE})
+    @app.post("/feedback", responses={**_BODY_ERRORS, **_UNAVAILABLE})
     async def feedback(body: Feedback) -> dict:
         latest = latest_accepted_ts(service.future_skew_s)
         events = []

@@ -30,7 +30,7 @@ from edgerec.errors import EdgerecError
 from edgerec.features.definition import (DEFAULT_FUTURE_SKEW_S, HOURS_PER_WEEK, Event, FeatureDefinition, cut,
                                          hour_of_week)
 from edgerec.features.time import pack_slots
-from edgerec.io import check_writable
+from edgerec.io import append_jsonl_many, check_writable
 
 
 class Ranker:
@@ -275,14 +275,8 @@ class FileEventSink:
         self.newest_ts: int | None = None  # newest event time this sink wrote (what the stream will see next)
 
     def send(self, events: list[Event]) -> int:
-        import json
-        import os
-
-        data = "".join(json.dumps(e.to_dict()) + "\n" for e in events)
-        with open(self.path, "a", encoding="utf-8") as f:  # one write per request: lines stay whole
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        append_jsonl_many(self.path, [e.to_dict() for e in events])  # one write and one fsync per request
         if events:
-            self.newest_ts = max([e.ts for e in events] + ([] if self.newest_ts is None else [self.newest_ts]))
+            newest = max(e.ts for e in events)
+            self.newest_ts = newest if self.newest_ts is None else max(self.newest_ts, newest)
         return len(events)
