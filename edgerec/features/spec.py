@@ -6,7 +6,8 @@ Every categorical vocabulary reserves index 0 for padding. The item and user voc
 reserve their LAST index for out-of-vocabulary ids (`oov_item`, `oov_user`): an id outside the run's
 vocabulary (a new item at serving, an unknown history item) maps there. Its embedding is zero and
 never trained, and no exact-match term (COUPA's same-item kernel) ever fires for it, so two unknown
-ids are never taken for the same item. Side-feature vocabularies use 0 for unknown.
+ids are never taken for the same item. Side-feature vocabularies use 0 for unknown. `tz` travels
+with the run so that serving reads the hour and weekday on the same local clock as training.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ class FeatureSpec:
     item_features: dict[str, int] = field(default_factory=dict)  # side feature -> vocab size
     user_features: dict[str, int] = field(default_factory=dict)
     n_positions: int = 0  # 0 = no display position; else vocab size incl. 0 = unknown
+    tz: str = "UTC"  # the dataset's time zone: the calendar features are its local time (features.time.LocalClock)
 
     @property
     def oov_item(self) -> int:

@@ -61,3 +61,99 @@ def pack_slots(ts: T) -> T:
 def unpack_slots(code: T) -> dict[str, T]:
     """Inverse of pack_slots; works on numpy and torch integer arrays."""
     return {g: (code >> _SHIFTS[g]) & _MASKS[g] for g in _SHIFTS}
+
+
+# --------------------------------------------------------------------------------------------
+# Local time. Timestamps stay UTC instants everywhere (events, stores, the wire); the CALENDAR a
+# model reads is the dataset's local clock, because O2O demand follows the local hour (lunch at
+# 12:00 in Shanghai is 04:00 UTC). `LocalClock.local(ts)` shifts instants to local wall-clock
+# seconds (ts + the zone's UTC offset at that instant, daylight saving included) and is applied
+# where model inputs are built (sample batches, serving, the feature definition's hour of week),
+# so every calendar slot above is a local one. Differences between two local times equal the UTC
+# difference except across a daylight-saving change (an hour, where the clock itself jumps).
+
+_OFFSET_RE = r"^UTC([+-])(\d{1,2})(?::?(\d{2}))?$"
+_FIRST, _LAST = 0, 4_102_444_800  # 1970 .. 2100: the wire schema's range (definition.TS_MAX)
+
+
+def _offset_at(zone, ts: int) -> int:
+    from datetime import datetime
+
+    return int(datetime.fromtimestamp(ts, zone).utcoffset().total_seconds())
+
+
+def _zone(tz: str):
+    """An IANA zone name ('Asia/Shanghai'), 'UTC', or a fixed offset ('UTC+8', 'UTC-03:30')."""
+    import re
+    from datetime import timedelta, timezone
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    m = re.match(_OFFSET_RE, tz)
+    if m:
+        sign, h, mins = m.group(1), int(m.group(2)), int(m.group(3) or 0)
+        if h > 14 or mins >= 60:
+            raise ValueError(f"time zone {tz!r}: an offset is at most UTC±14:00")
+        return timezone((-1 if sign == "-" else 1) * timedelta(hours=h, minutes=mins))
+    try:
+        return ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {tz!r}: use an IANA name such as 'Asia/Shanghai', "
+                         "'Europe/Berlin' or 'UTC', or a fixed offset such as 'UTC+8'") from None
+
+
+class LocalClock:
+    """UTC unix seconds -> local wall-clock seconds in one time zone, vectorized for numpy and torch.
+
+    The zone's offset changes are found once (a daily probe from 1970 to 2100, each change then
+    bisected to the second) and looked up with searchsorted, so a batch costs one lookup, not a
+    datetime call per timestamp. A zone that changes its offset twice within one day (none does in
+    the tz database since 1970 to our knowledge) would keep only the net change of that day."""
+
+    def __init__(self, tz: str = "UTC"):
+        self.tz = tz
+        zone = _zone(tz)
+        day = np.arange(_FIRST, _LAST, SECONDS_PER_DAY, dtype=np.int64)
+        off = np.array([_offset_at(zone, int(t)) for t in day], dtype=np.int64)
+        starts, offsets = [np.iinfo(np.int64).min], [int(off[0])]
+        for i in np.flatnonzero(off[1:] != off[:-1]):
+            lo, hi = int(day[i]), int(day[i + 1])  # offset(lo) != offset(hi): bisect to the second
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                lo, hi = (mid, hi) if _offset_at(zone, mid) == off[i] else (lo, mid)
+            starts.append(hi)
+            offsets.append(int(off[i + 1]))
+        self.starts = np.asarray(starts, dtype=np.int64)  # (K,) first UTC second of each offset
+        self.offsets = np.asarray(offsets, dtype=np.int64)  # (K,) its UTC offset in seconds
+
+    @property
+    def is_utc(self) -> bool:
+        return len(self.offsets) == 1 and self.offsets[0] == 0
+
+    def offset(self, ts: T) -> T:
+        """The zone's UTC offset in seconds at each instant of `ts` (numpy array or torch tensor)."""
+        if not hasattr(ts, "dtype"):
+            ts = np.asarray(ts, dtype=np.int64)
+        if isinstance(ts, np.ndarray):
+            return self.offsets[np.searchsorted(self.starts, ts, side="right") - 1]
+        import torch
+
+        starts = torch.as_tensor(self.starts, device=ts.device)
+        offsets = torch.as_tensor(self.offsets, device=ts.device)
+        return offsets[torch.searchsorted(starts, ts.contiguous(), right=True) - 1]
+
+    def local(self, ts: T) -> T:
+        """Local wall-clock seconds: what `time_slots` must see for a local hour and weekday."""
+        if self.is_utc:
+            return ts
+        return ts + self.offset(ts)
+
+
+_CLOCKS: dict[str, LocalClock] = {}
+
+
+def local_clock(tz: str | None) -> LocalClock:
+    """The (cached) clock of a zone name; None or '' = UTC."""
+    tz = tz or "UTC"
+    if tz not in _CLOCKS:
+        _CLOCKS[tz] = LocalClock(tz)
+    return _CLOCKS[tz]

@@ -24,28 +24,31 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import FastAPI, HTTPException
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edgerec.errors import EdgerecError, StoreUnavailable
 from edgerec.features.definition import (EVENT_ID_MAX_CHARS, INT64_MAX, TS_MAX, Event, EventError, cut,
                                          latest_accepted_ts)
 from edgerec.features.store import LateEventError
+from edgerec.serve.service import IdError
 
 _STRICT = ConfigDict(extra="forbid", strict=True)  # an int is an int: no true, 3.0 or "3"
+# An id: an integer (the bundled datasets) or text (an imported dataset's own ids, edgerec.data.imports)
+Id = Annotated[int, Field(ge=0, le=INT64_MAX)] | Annotated[str, StringConstraints(min_length=1, max_length=256)]
 DEFAULT_MAX_BODY_BYTES = 2_000_000  # 10,000 feedback events (the most one request may carry) are ~1.3 MB
 
 
 class RecommendRequest(BaseModel):
     model_config = _STRICT
-    user_id: int = Field(..., ge=0, le=INT64_MAX,
-                         description="raw user id. Cold start: a user the model never saw and with "
+    user_id: Id = Field(..., description="the user's id: an integer for the bundled datasets; for an "
+                         "imported dataset the user's own id as text (an integer is read as its digits). Cold start: a user the model never saw and with "
                          "no online history gets stage 1's order (popularity in this hour of the week x online "
                          "CTR, cold_start = true); one with online history is ranked by the model without a "
                          "user vector")
@@ -55,14 +58,14 @@ class RecommendRequest(BaseModel):
     k: int = Field(20, ge=1, le=500, description="items returned")
 
 class RankedItem(BaseModel):
-    item_id: int
+    item_id: int | str = Field(description="the item's id (for an imported dataset, the user's own id text)")
     score: float = Field(description="stage-2 relevance (the model's served score, no position); for a cold-start "
                                      "reply, the stage-1 score")
     prerank_score: float = Field(description="stage-1 time-slot share x online CTR")
     title: str
 
 class RecommendResponse(BaseModel):
-    user_id: int
+    user_id: int | str
     ts: int
     channel: str
     n_candidates: int
@@ -76,8 +79,8 @@ class FeedbackEvent(BaseModel):
     model_config = _STRICT
     event_id: str = Field(..., min_length=1, max_length=EVENT_ID_MAX_CHARS,
                           description="unique; a resent event is applied once (UTF-8 text)")
-    user_id: int = Field(..., ge=0, le=INT64_MAX)
-    item_id: int = Field(..., ge=0, le=INT64_MAX)
+    user_id: Id = Field(..., description="as in /recommend: an integer, or an imported dataset's id text")
+    item_id: Id = Field(..., description="an integer, or an imported dataset's item id text")
     ts: int = Field(..., ge=0, le=TS_MAX, description="unix seconds; refused when later than the server's clock "
                     "plus its allowed skew (`edgerec serve --future-skew-hours`, default 24)")
     kind: Literal["exposure", "click"]
@@ -101,13 +104,20 @@ def _json_safe(v):
     return cut(v)
 
 
+_UNION_TAGS = {"constrained-int", "constrained-str", "int", "str"}  # pydantic's names of the members of `Id`
+
+
 def validation_error_reply(errors: list[dict]) -> JSONResponse:
     """FastAPI's 422 list (`loc`, `msg`, `type`, `input`, `ctx`), made safe to encode: the default
     reply echoes the input as it came, and NaN, Infinity or a lone surrogate in it made building
     the reply fail (HTTP 500)."""
-    detail = []
+    detail, seen = [], set()
     for e in errors:
-        d = {"loc": [_json_safe(x) for x in e.get("loc", ())], "msg": _json_safe(str(e.get("msg", ""))),
+        loc = [_json_safe(x) for x in e.get("loc", ()) if x not in _UNION_TAGS]
+        if repr(loc) in seen:  # an id failed as an integer AND as text: one error, the integer's
+            continue
+        seen.add(repr(loc))
+        d = {"loc": loc, "msg": _json_safe(str(e.get("msg", ""))),
              "type": str(e.get("type", "value_error")), "input": cut(e.get("input"))}
         if isinstance(e.get("ctx"), dict):
             d["ctx"] = {str(k): _json_safe(v if isinstance(v, (int, float, str)) else str(v))
@@ -227,6 +237,9 @@ def create_app(service, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
             reply = service.recommend(req.user_id, req.ts, req.channel, req.n_candidates, req.k)
         except StoreUnavailable as e:
             return health.failed("store", e)
+        except IdError as e:
+            raise HTTPException(status_code=422, detail=[{"loc": ["body", "user_id"], "msg": str(e),
+                                                          "type": "value_error"}]) from None
         except EdgerecError as e:
             raise HTTPException(status_code=422, detail=[{"loc": ["body", "channel"], "msg": str(e),
                                                           "type": "value_error"}]) from None
@@ -241,7 +254,8 @@ def create_app(service, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
         events = []
         for i, e in enumerate(body.events):
             try:  # THE event validator, the stream's: what it refuses is refused here too
-                events.append(Event.from_dict(e.model_dump(), f"events[{i}]", latest))
+                events.append(Event.from_dict(service.internal_ids(e.model_dump(), f"events[{i}]"), f"events[{i}]",
+                                              latest))
             except EventError as err:
                 raise HTTPException(status_code=422, detail=[{"loc": ["body", "events", i, err.field or "event"],
                                                               "msg": str(err), "type": "value_error"}]) from None

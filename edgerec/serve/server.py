@@ -84,7 +84,7 @@ def build_ranker(recipe: ServiceRecipe):
     samples = build_samples(cfg)
     torch.manual_seed(recipe.seed)  # every worker builds the same untrained weights
     model = build_model(cfg, samples.spec)
-    d = FeatureDefinition(max_len=samples.spec.max_len, n_positions=max(samples.spec.n_positions, 1))
+    d = FeatureDefinition(max_len=samples.spec.max_len, n_positions=max(samples.spec.n_positions, 1), tz=samples.spec.tz)
     return Ranker(model, samples, d), recipe.dataset or cfg["experiment"]["dataset"]
 
 

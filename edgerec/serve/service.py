@@ -23,13 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from edgerec.data.samples import lookup_sorted
 from edgerec.errors import EdgerecError
-from edgerec.features.definition import (DEFAULT_FUTURE_SKEW_S, HOURS_PER_WEEK, Event, FeatureDefinition, cut,
-                                         hour_of_week)
-from edgerec.features.time import pack_slots
+from edgerec.features.definition import (DEFAULT_FUTURE_SKEW_S, HOURS_PER_WEEK, Event, EventError,
+                                         FeatureDefinition, cut, hour_of_week)
+from edgerec.features.time import local_clock, pack_slots
 from edgerec.io import append_jsonl_many, check_writable
 
 
@@ -46,13 +48,15 @@ class Ranker:
         self.item_ids = samples.item_ids  # raw id of index i at [i - 1], sorted
         self.user_ids = samples.user_ids
         self.two_stage = hasattr(model, "serve_user")
+        self.clock = local_clock(samples.spec.tz)  # the model reads local time, as in training
 
     @classmethod
     def from_run(cls, run_dir: str | Path, definition: FeatureDefinition | None = None) -> "Ranker":
         from edgerec.train.experiment import load_run
 
         cfg, model, samples = load_run(run_dir)
-        d = definition or FeatureDefinition(max_len=samples.spec.max_len, n_positions=max(samples.spec.n_positions, 1))
+        d = definition or FeatureDefinition(max_len=samples.spec.max_len, n_positions=max(samples.spec.n_positions, 1),
+                                            tz=samples.spec.tz)
         return cls(model, samples, d)
 
     def item_index(self, raw: np.ndarray) -> np.ndarray:
@@ -74,7 +78,7 @@ class Ranker:
         the last L clicks, most recent last, left-padded with 0."""
         L = self.L
         h_item = self.item_index(np.asarray(feats["hist_item"][-L:], dtype=np.int64))
-        h_ts = np.asarray(feats["hist_ts"][-L:], dtype=np.int64)
+        h_ts = self.clock.local(np.asarray(feats["hist_ts"][-L:], dtype=np.int64))  # local seconds, as make_batch
         h_pos = np.asarray(feats["hist_position"][-L:], dtype=np.int64)
         n = len(h_item)
         pad = L - n
@@ -85,7 +89,7 @@ class Ranker:
         mask = torch.zeros(1, L, dtype=torch.bool)
         mask[0, pad:] = True
         u = self.user_index(user_id)
-        req = {"user": torch.tensor([u]), "ts": torch.tensor([ts], dtype=torch.int64),
+        req = {"user": torch.tensor([u]), "ts": torch.from_numpy(self.clock.local(np.asarray([ts], dtype=np.int64))),
                "hist_item": row(h_item), "hist_ts": row(h_ts), "hist_mask": mask,
                "hist_slots": torch.where(mask, pack_slots(row(h_ts)), 0)}
         for name, codes in self.samples.item_feats.items():
@@ -127,7 +131,8 @@ class CandidateIndex:
     item_ids: np.ndarray  # (N,) raw ids
     channel: np.ndarray  # (N,) channel name of each item (the o2o category)
     titles: list[str]
-    slot_clicks: np.ndarray  # (N, 168) clicks per hour of the week
+    slot_clicks: np.ndarray  # (N, 168) clicks per local hour of the week
+    tz: str = "UTC"  # the catalogue's zone: the hour of the week a request falls in is local
 
     @classmethod
     def from_dataset(cls, ds, until_ts: int | None = None) -> "CandidateIndex":
@@ -142,19 +147,22 @@ class CandidateIndex:
         ids = items.column("item_id").to_numpy()
         order = np.argsort(ids)
         ids = ids[order]
-        cat = (np.asarray(items.column("category").to_pylist(), dtype=object)[order]
+        cat = (np.asarray(pc.fill_null(pc.cast(items.column("category"), pa.string()), "unknown").to_pylist(),
+                          dtype=object)[order]
                if "category" in items.column_names else np.full(len(ids), "all", dtype=object))
-        titles = (np.asarray(items.column("title").to_pylist(), dtype=object)[order].tolist()
+        titles = (np.asarray(pc.fill_null(pc.cast(items.column("title"), pa.string()), "").to_pylist(),
+                             dtype=object)[order].tolist()
                   if "title" in items.column_names else [str(i) for i in ids])
         ev = ds.events
         clicked = ev.column("label").to_numpy() == 1
         if until_ts is not None:
             clicked &= ev.column("ts").to_numpy() < until_ts
         it = ev.column("item_id").to_numpy()[clicked]
-        how = np.asarray([hour_of_week(int(t)) for t in ev.column("ts").to_numpy()[clicked]], dtype=np.int64)
+        tz = ds.meta.get("tz") or "UTC"
+        how = hour_of_week(ev.column("ts").to_numpy()[clicked], tz)  # (K,) local hour of the week
         counts = np.zeros((len(ids), HOURS_PER_WEEK), dtype=np.float64)
         np.add.at(counts, (np.searchsorted(ids, it), how), 1.0)
-        return cls(ids, cat, titles, counts)
+        return cls(ids, cat, titles, counts, tz)
 
     def __post_init__(self) -> None:
         # per request only the 3-hour window changes; the smoothed per-item total is fixed
@@ -168,7 +176,7 @@ class CandidateIndex:
         """Top-n (raw ids, pre-rank scores) for this hour of the week in `channel`."""
         if channel not in self.channels:
             raise EdgerecError(f"channel {cut(channel)} is unknown; choose one of {self.channels}.")
-        h = hour_of_week(ts)
+        h = hour_of_week(ts, self.tz)
         near = self.slot_clicks[:, [(h - 1) % HOURS_PER_WEEK, h, (h + 1) % HOURS_PER_WEEK]].sum(1)  # (N,)
         score = (near + 1.0) / self._slot_denominator  # share of clicks in this slot
         if channel != "all":
@@ -197,8 +205,16 @@ def training_cut(samples) -> int:
     return int(math.ceil(cuts[0]))
 
 
+class IdError(EventError):
+    """An id of the wrong kind for this service's dataset (text where the dataset has integer ids)."""
+
+
 class RecommendService:
-    """Stage 1 + stage 2 over the online store; feedback goes to the event sink (stream)."""
+    """Stage 1 + stage 2 over the online store; feedback goes to the event sink (stream).
+
+    Ids: for an imported dataset the service speaks the user's own ids (text) at its edges and the
+    dataset's dense indices inside (the run's id maps, edgerec.data.imports.IdMap); an id the import
+    never saw gets a stable hashed index, so a new user's feedback still builds his history."""
 
     def __init__(self, ranker: Ranker, index: CandidateIndex, store, sink=None,
                  future_skew_s: int | None = DEFAULT_FUTURE_SKEW_S):
@@ -207,6 +223,37 @@ class RecommendService:
         self.ranker, self.index, self.store, self.sink = ranker, index, store, sink
         self.future_skew_s = future_skew_s
         self._title = dict(zip(index.item_ids.tolist(), index.titles))
+        maps = getattr(ranker.samples, "id_maps", None)
+        if maps:
+            from edgerec.data.imports import IdMap
+
+            self.ids = {"user": IdMap.from_table(maps["id_map_user"]), "item": IdMap.from_table(maps["id_map_item"])}
+        else:
+            self.ids = None
+
+    def internal_id(self, raw: int | str, kind: str, where: str = "request") -> int:
+        """The user's id -> the index the store and the model use (the id itself for bundled data)."""
+        if self.ids is not None:
+            return self.ids[kind].encode(raw)
+        if isinstance(raw, str):
+            raise IdError(f"{where}: {kind}_id {cut(raw)} is text, but this service's dataset has integer ids; "
+                          f"send an integer (text ids are for datasets imported with `edgerec data import`)",
+                          f"{kind}_id")
+        return int(raw)
+
+    def internal_ids(self, event: dict, where: str) -> dict:
+        """A wire event with the user's ids -> the same event with internal ids (Event.from_dict next)."""
+        out = dict(event)
+        for kind in ("user", "item"):
+            if out.get(f"{kind}_id") is not None:
+                out[f"{kind}_id"] = self.internal_id(out[f"{kind}_id"], kind, where)
+        return out
+
+    def external_items(self, items: np.ndarray) -> list:
+        """Internal item indices -> the ids the client knows."""
+        if self.ids is None:
+            return [int(i) for i in items]
+        return self.ids["item"].decode(items)
 
     def recommend(self, user_id: int, ts: int | None = None, channel: str = "all", n_candidates: int = 200,
                   k: int = 20) -> dict:
@@ -218,6 +265,7 @@ class RecommendService:
         index (no user vector) and that history."""
         ts = int(time.time()) if ts is None else int(ts)
         t0 = time.perf_counter()
+        raw_user, user_id = user_id, self.internal_id(user_id, "user")
         state = self.store.user(user_id)
         feats = self.ranker.definition.user_features(state, ts)
         t1 = time.perf_counter()
@@ -238,10 +286,11 @@ class RecommendService:
                                    f"{len(scores)} for user {user_id}")
         order = np.argsort(-scores, kind="stable")[:k]
         t3 = time.perf_counter()
-        return {"user_id": user_id, "ts": ts, "channel": channel, "n_candidates": int(len(cand)),
+        shown = self.external_items(cand[order])
+        return {"user_id": raw_user, "ts": ts, "channel": channel, "n_candidates": int(len(cand)),
                 "history_length": len(feats["hist_item"]), "cold_start": cold,
-                "items": [{"item_id": int(cand[j]), "score": float(scores[j]), "prerank_score": float(pre[j]),
-                           "title": self._title.get(int(cand[j]), "")} for j in order],
+                "items": [{"item_id": shown[r], "score": float(scores[j]), "prerank_score": float(pre[j]),
+                           "title": self._title.get(int(cand[j]), "")} for r, j in enumerate(order)],
                 "timing_ms": {"features": 1e3 * (t1 - t0), "stage1": 1e3 * (t2 - t1), "stage2": 1e3 * (t3 - t2)}}
 
     def feedback(self, events: list[Event]) -> int:

@@ -44,9 +44,43 @@ def build_samples(cfg: ExperimentConfig) -> SampleSet:
     common = dict(max_len=d.max_len, item_features=d.item_features, user_features=d.user_features,
                   seed=cfg.train.seed)
     if cfg.protocol == "dicycle":
-        return PROTOCOLS["dicycle"](ds, min_events=d.min_events, train_negatives=d.train_negatives,
-                                    eval_negatives=d.eval_negatives, negatives=d.negatives, **common)
-    return PROTOCOLS["impression"](ds, split_fractions=tuple(d.split_fractions), max_position=d.max_position, **common)
+        samples = PROTOCOLS["dicycle"](ds, min_events=d.min_events, train_negatives=d.train_negatives,
+                                       eval_negatives=d.eval_negatives, negatives=d.negatives, **common)
+    else:
+        samples = PROTOCOLS["impression"](ds, split_fractions=tuple(d.split_fractions), max_position=d.max_position,
+                                          **common)
+    maps = {k: ds.extras[k] for k in ID_MAPS if k in ds.extras}
+    samples.id_maps = maps or None
+    return samples
+
+
+ID_MAPS = ("id_map_user", "id_map_item")  # an imported dataset's ids (edgerec.data.imports); copied into each run
+
+
+def save_id_maps(run_dir: Path, samples: SampleSet) -> None:
+    """The run keeps the id mapping it was trained with, so serving and explanations can check they
+    speak the same ids (a re-import that renumbered them is caught at load)."""
+    import pyarrow.parquet as pq
+
+    from edgerec.io import atomic_path
+
+    for name, table in (samples.id_maps or {}).items():
+        with atomic_path(run_dir / f"{name}.parquet") as tmp:
+            pq.write_table(table, tmp)
+
+
+def check_id_maps(run_dir: Path, samples: SampleSet) -> None:
+    import pyarrow.parquet as pq
+
+    for name in ID_MAPS:
+        path = run_dir / f"{name}.parquet"
+        if path.exists():
+            mine = pq.read_table(path)
+            now = (samples.id_maps or {}).get(name)
+            if now is None or not now.equals(mine):
+                raise EdgerecError(f"{run_dir}: its dataset was re-imported with other ids since training ({name} "
+                                   "differs), so its indices would name other users or items; retrain it with "
+                                   "`edgerec train`.")
 
 
 def build_model(cfg: ExperimentConfig, spec: FeatureSpec) -> CTRModel:
@@ -104,6 +138,7 @@ def run_experiment(cfg: ExperimentConfig, log=print, sample_cache: dict | None =
     run_dir = Path(cfg.output_dir) / cfg.expid / f"{stamp}-seed{cfg.train.seed}"
     save_checkpoint(run_dir, model, {"experiment": cfg.to_dict(), "feature_spec": samples.spec.to_dict(),
                                      "model": cfg.model, "samples": samples.info})
+    save_id_maps(run_dir, samples)
     wall = time.perf_counter() - t_start
     result = RunResult(cfg.expid, cfg.model, cfg.dataset, cfg.train.seed, fit.valid, test, fit.best_epoch,
                        len(fit.history), round(fit.train_seconds, 2), round(wall, 2), str(run_dir), cfg.hash(),
@@ -137,6 +172,7 @@ def load_run(run_dir: str | Path, sample_cache: dict | None = None) -> tuple[Exp
         why = ("it was trained before edgerec reserved an out-of-vocabulary index (2026-12)" if old_vocab
                else "the data or the sample builders changed since training (feature spec differs)")
         raise EdgerecError(f"{run_dir}: {why}; retrain it with `edgerec train`.")
+    check_id_maps(run_dir, samples)
     model = new_model(cfg, spec, where)
     check_fits(model, state, run_dir / WEIGHTS)
     model.load_state_dict(state)

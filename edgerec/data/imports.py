@@ -1,0 +1,681 @@
+"""Your own data: `edgerec data import NAME --events PATH --map field=column ...`.
+
+A user's log becomes an EventDataset like the bundled ones, described by a small dataset file
+(`<data dir>/<NAME>/dataset.yaml`, written by the import and readable by hand):
+
+    name: myfeed
+    tz: Asia/Shanghai            # the log's local clock: hour and weekday features are local time
+    time_unit: ms                # s | ms | iso (naive ISO strings are local time in tz)
+    events: {path: /data/events.csv, map: {user: user_id, item: item_id, time: ts, label: clicked,
+             position: pos, request: session_id, side.scroll: scroll_depth, item.category: category}}
+    items:  {path: /data/items.csv, map: {id: item_id, title: name}}   # optional
+    users:  {path: /data/users.csv, map: {id: user_id}}                # optional
+    buckets: {price: 8}          # numeric item / user attributes: quantile buckets (training period)
+
+Fields of `events.map` (core: user, item, time; then label or kind, optional position and request):
+  user, item     the ids, any type: read as strings and mapped to dense indices 1..N (sorted), the
+                 mapping kept as `id_map_user.parquet` / `id_map_item.parquet` beside the events,
+                 so every run, the service and explanations speak the user's own ids
+  time           unix seconds (s), milliseconds (ms) or ISO 8601 (iso)
+  label          0 / 1 (also true / false);  or  kind: an event-kind column, with `click_kinds`
+                 (default click) meaning label 1 and `exposure_kinds` (default exposure,
+                 impression, view) label 0
+  position       1-based display position;  request: a request / session id (kept as request_id)
+  side.NAME      an event column kept as side feature NAME (typed, never read by a model)
+  item.NAME / user.NAME   an attribute of the item / user that the events file carries inline
+                 (e.g. the category on every impression): it must be constant per id
+Items / users files: every column but the id becomes an attribute (`title` is the item text);
+their `map` renames (`title: name` = the file's column `name` is the title).
+
+Rows that break a rule are not imported, and none is lost silently: `rejected.csv` in the
+dataset folder lists each (file row, reason, column, value), and the import summary counts them
+per reason with the first example and its fix. Reasons: missing value, unparseable time, time out
+of range, label not 0/1, unknown event kind, position < 1 or not an integer, exact duplicate row,
+user with fewer than `min_user_events` events. Reading is columnar (pyarrow), never a Python loop
+per row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from edgerec.data.schema import CORE_DOCS, EventDataset, make_events
+from edgerec.errors import DataFormatError
+from edgerec.features.definition import TS_MAX, cut
+from edgerec.features.time import _zone
+
+DATASET_FILE = "dataset.yaml"
+EVENT_FIELDS = ("user", "item", "time", "label", "kind", "position", "request")
+TIME_UNITS = ("s", "ms", "iso")
+DEFAULT_CLICK_KINDS = ("click",)
+DEFAULT_EXPOSURE_KINDS = ("exposure", "impression", "view")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_ISO_RE = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?$"
+_ZONED_RE = r"(Z|[+-]\d{2}:?\d{2})$"
+_NUM_RE = r"^\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*$"
+_HASH_BASE = 1 << 62  # ids the import never saw hash into [2^62, 2^63): never a dense index
+
+
+# --------------------------------------------------------------------------------------------
+# the dataset file
+
+
+@dataclass
+class TableFile:
+    """One input file and its column map."""
+
+    path: str
+    map: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class DatasetFile:
+    """What `dataset.yaml` holds (module docstring)."""
+
+    name: str
+    events: TableFile
+    items: TableFile | None = None
+    users: TableFile | None = None
+    tz: str = "UTC"
+    time_unit: str = "s"
+    buckets: dict[str, int] = field(default_factory=dict)
+    click_kinds: list[str] = field(default_factory=lambda: list(DEFAULT_CLICK_KINDS))
+    exposure_kinds: list[str] = field(default_factory=lambda: list(DEFAULT_EXPOSURE_KINDS))
+    min_user_events: int = 1
+
+    def check(self) -> None:
+        """Every rule of the file that needs no data, as one error naming the key and the fix."""
+        if not _NAME_RE.match(self.name) or ":" in self.name:
+            raise DataFormatError(f"dataset name {cut(self.name)}: use letters, digits, '_', '-' or '.' (at most 64), "
+                                  "e.g. myfeed")
+        if self.time_unit not in TIME_UNITS:
+            raise DataFormatError(f"time_unit {cut(self.time_unit)}: one of {', '.join(TIME_UNITS)} "
+                                  "(unix seconds, milliseconds, ISO 8601 strings)")
+        try:
+            _zone(self.tz)
+        except ValueError as exc:
+            raise DataFormatError(f"tz: {exc}") from None
+        m = self.events.map
+        for key in m:
+            if key not in EVENT_FIELDS and not key.startswith(("side.", "item.", "user.")):
+                raise DataFormatError(f"events map: unknown field {cut(key)}; fields are {', '.join(EVENT_FIELDS)}, "
+                                      "side.NAME, item.NAME and user.NAME (e.g. --map user=user_id)")
+        missing = [k for k in ("user", "item", "time") if k not in m]
+        if missing:
+            raise DataFormatError(f"events map: {missing} not mapped; name the columns, e.g. --map user=uid "
+                                  "--map item=poi_id --map time=ts")
+        if ("label" in m) == ("kind" in m):
+            raise DataFormatError("events map: map exactly one of label (a 0/1 column) and kind (an event-kind "
+                                  "column, with --click-kinds)")
+        for name, n in self.buckets.items():
+            if not isinstance(n, int) or isinstance(n, bool) or not 2 <= n <= 1000:
+                raise DataFormatError(f"buckets: {name} = {cut(n)}; the number of quantile buckets is an integer "
+                                      "from 2 to 1000, e.g. --bucket price=8")
+        if not isinstance(self.min_user_events, int) or self.min_user_events < 1:
+            raise DataFormatError(f"min_user_events {cut(self.min_user_events)}: an integer >= 1")
+
+    def to_dict(self) -> dict:
+        d = {"name": self.name, "tz": self.tz, "time_unit": self.time_unit,
+             "events": {"path": self.events.path, "map": dict(self.events.map)}}
+        for key in ("items", "users"):
+            t = getattr(self, key)
+            if t is not None:
+                d[key] = {"path": t.path, "map": dict(t.map)}
+        d.update(buckets=dict(self.buckets), click_kinds=list(self.click_kinds),
+                 exposure_kinds=list(self.exposure_kinds), min_user_events=self.min_user_events)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str) -> "DatasetFile":
+        known = {"name", "tz", "time_unit", "events", "items", "users", "buckets", "click_kinds", "exposure_kinds",
+                 "min_user_events"}
+        if not isinstance(d, dict):
+            raise DataFormatError(f"{source}: a dataset file is a mapping (name, tz, time_unit, events, ...)")
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise DataFormatError(f"{source}: unknown key(s) {unknown}; keys are {sorted(known)}")
+        if "name" not in d or "events" not in d:
+            raise DataFormatError(f"{source}: needs `name` and `events: {{path, map}}`")
+
+        def table(key: str) -> TableFile | None:
+            t = d.get(key)
+            if t is None:
+                return None
+            if not isinstance(t, dict) or "path" not in t or not isinstance(t.get("map", {}), dict):
+                raise DataFormatError(f"{source}: {key} must be {{path: FILE, map: {{field: column}}}}")
+            return TableFile(str(t["path"]), {str(k): str(v) for k, v in (t.get("map") or {}).items()})
+
+        out = cls(name=str(d["name"]), events=table("events"), items=table("items"), users=table("users"),
+                  tz=str(d.get("tz", "UTC")), time_unit=str(d.get("time_unit", "s")),
+                  buckets=dict(d.get("buckets") or {}),
+                  click_kinds=[str(x) for x in d.get("click_kinds", DEFAULT_CLICK_KINDS)],
+                  exposure_kinds=[str(x) for x in d.get("exposure_kinds", DEFAULT_EXPOSURE_KINDS)],
+                  min_user_events=d.get("min_user_events", 1))
+        out.check()
+        return out
+
+
+def read_dataset_file(path: str | Path) -> DatasetFile:
+    import yaml
+
+    path = Path(path)
+    try:
+        d = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise DataFormatError(f"{path}: cannot read the dataset file: {cut(str(exc), 200)}") from None
+    return DatasetFile.from_dict(d, str(path))
+
+
+# --------------------------------------------------------------------------------------------
+# reading files
+
+
+def _format(path: Path) -> str:
+    name = path.name.lower().removesuffix(".gz")
+    for ext, fmt in ((".csv", "csv"), (".tsv", "tsv"), (".txt", "tsv"), (".parquet", "parquet"), (".pq", "parquet"),
+                     (".jsonl", "jsonl"), (".ndjson", "jsonl"), (".json", "jsonl")):
+        if name.endswith(ext):
+            return fmt
+    raise DataFormatError(f"{path}: unknown file type; use .csv, .tsv, .parquet or .jsonl (JSON lines)")
+
+
+def read_file(path: str | Path, columns: list[str], strings: set[str] = frozenset()) -> pa.Table:
+    """The named columns of a CSV / TSV / Parquet / JSON-lines file, columnar. `strings`: columns
+    read as text (ids: '007' stays '007'). A missing column is an error listing what the file has."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataFormatError(f"{path}: no such file")
+    fmt = _format(path)
+    try:
+        if fmt == "parquet":
+            have = pq.read_schema(path).names
+            _check_columns(path, columns, have)
+            t = pq.read_table(path, columns=columns)
+        elif fmt == "jsonl":
+            import pyarrow.json as pajson
+
+            t = pajson.read_json(path)
+            _check_columns(path, columns, t.column_names)
+            t = t.select(columns)
+        else:
+            delim = "," if fmt == "csv" else "\t"
+            _check_columns(path, columns, _csv_header(path, delim))
+            t = pacsv.read_csv(path, parse_options=pacsv.ParseOptions(delimiter=delim, newlines_in_values=False),
+                               convert_options=pacsv.ConvertOptions(
+                                   include_columns=columns, column_types={c: pa.string() for c in strings},
+                                   strings_can_be_null=True, quoted_strings_can_be_null=True))
+    except pa.ArrowInvalid as exc:
+        if fmt in ("csv", "tsv") and "conversion error" in str(exc).lower():  # a typed column with one bad value:
+            return read_file_as_text(path, columns)  # read it as text; the checks below name the row
+        raise DataFormatError(f"{path}: cannot read it as {fmt}: {cut(str(exc), 300)}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataFormatError(f"{path}: cannot read it: {cut(str(exc), 300)}") from None
+    return t
+
+
+def read_file_as_text(path: Path, columns: list[str]) -> pa.Table:
+    delim = "," if _format(path) == "csv" else "\t"
+    try:
+        return pacsv.read_csv(path, parse_options=pacsv.ParseOptions(delimiter=delim, newlines_in_values=False),
+                              convert_options=pacsv.ConvertOptions(
+                                  include_columns=columns, column_types={c: pa.string() for c in columns},
+                                  strings_can_be_null=True, quoted_strings_can_be_null=True))
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataFormatError(f"{path}: cannot read it: {cut(str(exc), 300)}") from None
+
+
+def _check_columns(path: Path, want: list[str], have: list[str]) -> None:
+    missing = [c for c in want if c not in have]
+    if missing:
+        raise DataFormatError(f"{path}: no column(s) {missing}; the file has {cut(have, 300)}. Fix the --map "
+                              "(field=COLUMN, COLUMN as spelled in the file's header)")
+
+
+# --------------------------------------------------------------------------------------------
+# rejections: every dropped row is counted and written, never lost
+
+
+FIXES = {
+    "missing value": "fill the value or remove the row",
+    "unparseable time": "write unix seconds (--time-unit s), milliseconds (ms) or ISO 8601 like 2024-07-01T12:00:00 (iso)",
+    "time out of range": "times must lie in 1970..2100; check --time-unit (milliseconds read as seconds?)",
+    "label not 0/1": "labels are 0 (shown, not clicked) or 1 (clicked); map an event-kind column as kind= instead",
+    "unknown event kind": "add the kind to --click-kinds or --exposure-kinds",
+    "bad position": "positions are integers >= 1 (1 = top of the feed); leave it empty when unknown",
+    "duplicate row": "the same (user, item, time, label, position, request) twice: kept once",
+    "too few events": "users below --min-user-events are dropped; lower it to keep them",
+}
+
+
+class Rejects:
+    """Rows that break a rule: (row, reason, column, value), collected columnar per check."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.parts: list[pa.Table] = []
+
+    def add(self, bad: pa.Array, row: pa.Array, reason: str, column: str, values: pa.Array | None) -> None:
+        """Record rows where boolean mask `bad` is True."""
+        bad = pc.fill_null(bad, False)
+        if not pc.any(bad).as_py():
+            return
+        rows = pc.filter(row, bad)
+        vals = pc.cast(pc.filter(values, bad), pa.string()) if values is not None else pa.nulls(len(rows), pa.string())
+        self.parts.append(pa.table({"row": rows, "reason": pa.array([reason] * len(rows)),
+                                    "column": pa.array([column] * len(rows)), "value": vals}))
+
+    def table(self) -> pa.Table:
+        if not self.parts:
+            return pa.table({"row": pa.array([], pa.int64()), "reason": pa.array([], pa.string()),
+                             "column": pa.array([], pa.string()), "value": pa.array([], pa.string())})
+        return pa.concat_tables(self.parts).sort_by([("row", "ascending")])
+
+    def summary(self) -> dict:
+        t = self.table()
+        out = {}
+        for reason in dict.fromkeys(t.column("reason").to_pylist()):
+            sub = t.filter(pc.equal(t.column("reason"), reason))
+            first = sub.slice(0, 1).to_pylist()[0]
+            out[reason] = {"rows": sub.num_rows,
+                           "first": f"{self.source}: row {first['row']} (line {first['row'] + 1}), column "
+                                    f"{first['column']!r}, value {cut(first['value'], 60)}",
+                           "fix": FIXES[reason]}
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# conversions (vectorized; each returns values and a mask of rows it could not read)
+
+
+def _text(arr) -> pa.Array:
+    arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+    if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+        return pc.utf8_trim_whitespace(arr)
+    if pa.types.is_floating(arr.type):  # 7.0 -> '7' (an id column that pandas wrote as float)
+        integral = pc.fill_null(pc.equal(pc.floor(arr), arr), True)
+        return pc.if_else(integral, pc.cast(pc.cast(arr, pa.int64(), safe=False), pa.string()), pc.cast(arr, pa.string()))
+    return pc.cast(arr, pa.string())
+
+
+def _empty(text: pa.Array) -> pa.Array:
+    return pc.or_kleene(pc.is_null(text), pc.equal(text, ""))
+
+
+def parse_time(arr, unit: str, tz: str) -> tuple[pa.Array, pa.Array, pa.Array]:
+    """-> (unix seconds int64 with nulls, unparseable mask, out-of-range mask)."""
+    arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+    if pa.types.is_timestamp(arr.type):  # Parquet timestamps: zoned are instants, naive are local time
+        t = arr if arr.type.tz else pc.assume_timezone(arr, tz, ambiguous="earliest", nonexistent="earliest")
+        secs = pc.divide(pc.cast(pc.cast(t, pa.timestamp("us", tz="UTC")), pa.int64()), 1_000_000)
+        bad = pa.array(np.zeros(len(arr), bool))
+    elif unit == "iso":
+        text = _text(arr)
+        ok = pc.fill_null(pc.match_substring_regex(text, _ISO_RE), False)
+        zoned = pc.and_(ok, pc.fill_null(pc.match_substring_regex(text, _ZONED_RE), False))
+        naive = pc.and_(ok, pc.invert(zoned))
+        secs = pa.nulls(len(text), pa.int64())
+        for mask, parse in ((naive, lambda x: pc.assume_timezone(pc.cast(x, pa.timestamp("us")), tz, ambiguous="earliest",
+                                                                  nonexistent="earliest")),
+                            (zoned, lambda x: pc.cast(x, pa.timestamp("us", tz="UTC")))):
+            if not pc.any(mask).as_py():
+                continue
+            sub = pc.if_else(mask, text, pa.scalar(None, pa.string()))
+            try:
+                us = pc.cast(parse(sub), pa.int64())
+            except pa.ArrowInvalid:  # a well-formed but impossible date (2024-13-01): find it row by row
+                us = pa.array([_iso_one(v, parse) for v in sub.to_pylist()], pa.int64())
+            secs = pc.if_else(mask, pc.divide(us, 1_000_000), secs)
+        bad = pc.and_(pc.invert(_empty(text)), pc.is_null(secs))
+    else:
+        if pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type):
+            num = pc.cast(arr, pa.float64())
+        else:
+            text = _text(arr)
+            ok = pc.fill_null(pc.match_substring_regex(text, _NUM_RE), False)
+            num = pc.cast(pc.if_else(ok, text, pa.scalar(None, pa.string())), pa.float64())
+        if unit == "ms":
+            num = pc.divide(num, 1000.0)
+        finite = pc.fill_null(pc.is_finite(num), False)
+        num = pc.if_else(finite, num, pa.scalar(None, pa.float64()))
+        secs = pc.cast(pc.floor(pc.if_else(pc.less(pc.abs(num), 1e15), num, pa.scalar(None, pa.float64()))), pa.int64())
+        bad = pc.and_(pc.invert(_empty(_text(arr))), pc.is_null(secs))
+    secs = pc.cast(secs, pa.int64())
+    out = pc.fill_null(pc.or_(pc.less(secs, 0), pc.greater(secs, TS_MAX)), False)
+    return secs, pc.fill_null(bad, False), out
+
+
+def _iso_one(v, parse):
+    if v is None:
+        return None
+    try:
+        return pc.cast(parse(pa.array([v])), pa.int64())[0].as_py()
+    except pa.ArrowInvalid:
+        return None
+
+
+def parse_label(arr) -> tuple[pa.Array, pa.Array]:
+    """0/1 (also true/false, 0.0/1.0) -> (int8 with nulls, bad mask)."""
+    text = pc.utf8_lower(_text(arr))
+    ones = pc.is_in(text, pa.array(["1", "1.0", "true"]))
+    zeros = pc.is_in(text, pa.array(["0", "0.0", "false"]))
+    label = pc.if_else(ones, pa.scalar(1, pa.int8()), pc.if_else(zeros, pa.scalar(0, pa.int8()),
+                                                                  pa.scalar(None, pa.int8())))
+    return label, pc.and_(pc.invert(_empty(text)), pc.is_null(label))
+
+
+def parse_position(arr) -> tuple[pa.Array, pa.Array]:
+    """1-based integers -> (int16 with nulls for empty, bad mask)."""
+    text = _text(arr)
+    ok = pc.fill_null(pc.match_substring_regex(text, r"^\+?\d{1,4}(\.0*)?$"), False)
+    pos = pc.cast(pc.cast(pc.if_else(ok, text, pa.scalar(None, pa.string())), pa.float64()), pa.int16())
+    ok = pc.and_(ok, pc.fill_null(pc.greater_equal(pos, 1), False))
+    return pc.if_else(ok, pos, pa.scalar(None, pa.int16())), pc.and_(pc.invert(_empty(text)), pc.invert(ok))
+
+
+# --------------------------------------------------------------------------------------------
+# ids: the user's strings <-> dense indices
+
+
+class IdMap:
+    """A dataset's id mapping: the user's id strings, sorted, are indices 1..N. An id the import
+    never saw (a new user at serving, a new item in the stream) gets a stable hashed index in
+    [2^62, 2^63), the same in every process, so its events still build one history; no run's
+    vocabulary contains it (cold start, edgerec.features.spec)."""
+
+    def __init__(self, ids: pa.Array):
+        self.ids = ids  # sorted unique strings; index i + 1 <-> ids[i]
+        self._lookup = {}
+
+    @classmethod
+    def fit(cls, text: pa.Array) -> "IdMap":
+        return cls(pc.unique(text).sort())
+
+    @classmethod
+    def from_table(cls, t: pa.Table) -> "IdMap":
+        return cls(t.column("id").combine_chunks())
+
+    def table(self) -> pa.Table:
+        return pa.table({"index": pa.array(np.arange(1, len(self.ids) + 1, dtype=np.int64)), "id": self.ids})
+
+    def encode_array(self, text: pa.Array) -> pa.Array:
+        """Known ids -> dense index (int64); unknown -> null."""
+        return pc.add(pc.cast(pc.index_in(text, value_set=self.ids), pa.int64()), 1)
+
+    def encode(self, raw) -> int:
+        """One id (str or int, as the user writes it) -> its index; unseen ids hash (class doc)."""
+        key = str(raw).strip()
+        if key not in self._lookup:
+            at = self.encode_array(pa.array([key])).to_pylist()[0]
+            if at is None:
+                h = int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "big")
+                at = _HASH_BASE + h % _HASH_BASE
+            if len(self._lookup) < 1_000_000:
+                self._lookup[key] = at
+            return at
+        return self._lookup[key]
+
+    def decode(self, index: np.ndarray) -> list[str | None]:
+        """Dense indices -> the user's ids (None for an index that is not a known id)."""
+        index = np.asarray(index, dtype=np.int64)
+        ok = (index >= 1) & (index <= len(self.ids))
+        taken = self.ids.take(pa.array(np.where(ok, index - 1, 0))).to_pylist()
+        return [v if o else None for v, o in zip(taken, ok)]
+
+
+# --------------------------------------------------------------------------------------------
+# the import
+
+
+def _constant_per_id(key: pa.Array, values: pa.Array, where: str, kind: str, name: str) -> pa.Table:
+    """Inline attribute (one value per event) -> one row per id; a second value for an id is an error."""
+    t = pa.table({"k": key, "v": values}).group_by(["k", "v"]).aggregate([]).sort_by("k")
+    k = t.column("k").to_numpy(zero_copy_only=False)
+    dup = np.flatnonzero(k[1:] == k[:-1])
+    if len(dup):
+        i = int(dup[0])
+        raise DataFormatError(
+            f"{where}: {kind}.{name}: {kind} {t.column('k')[i].as_py()!r} has two values "
+            f"({cut(t.column('v')[i].as_py(), 40)} and {cut(t.column('v')[i + 1].as_py(), 40)}); an inline {kind} "
+            f"attribute must be constant per {kind}. Map the column as side.{name} (an event feature) instead, "
+            f"or give a --{kind}s file")
+    return t.rename_columns([f"{kind}_id", name])
+
+
+def _attribute_table(path: Path, tf: TableFile, kind: str, default_id: str) -> pa.Table:
+    """An items / users file -> (kind_id: the id as text, attributes...). Its id column is
+    `map.id`, else the events' column of that id (`default_id`)."""
+    id_col = tf.map.get("id", default_id)
+    t = read_file(path, [id_col] + [c for c in _all_columns(path) if c != id_col], strings={id_col})
+    rename = {v: k for k, v in tf.map.items() if k != "id"}
+    text = _text(t.column(id_col))
+    if pc.any(_empty(text)).as_py():
+        row = int(pc.index(_empty(text), True).as_py())
+        raise DataFormatError(f"{path}: row {row + 1} (line {row + 2}), column {id_col!r}: the {kind} id is empty")
+    counts = pa.table({"k": text}).group_by("k").aggregate([("k", "count")])
+    many = counts.filter(pc.greater(counts.column("k_count"), 1))
+    if many.num_rows:
+        raise DataFormatError(f"{path}: {kind} id {cut(many.column('k')[0].as_py())} appears "
+                              f"{many.column('k_count')[0].as_py()} times; one row per {kind}")
+    cols = {f"{kind}_id": text}
+    for c in t.column_names:
+        if c != id_col:
+            cols[rename.get(c, c)] = t.column(c).combine_chunks()
+    return pa.table(cols)
+
+
+def _all_columns(path: Path) -> list[str]:
+    fmt = _format(path)
+    if fmt == "parquet":
+        return pq.read_schema(path).names
+    if fmt == "jsonl":
+        import pyarrow.json as pajson
+
+        return pajson.read_json(path).column_names
+    return _csv_header(path, "," if fmt == "csv" else "\t")
+
+
+def _csv_header(path: Path, delim: str) -> list[str]:
+    """The column names of a delimited file (quoted or not), from its first block only."""
+    with pacsv.open_csv(path, parse_options=pacsv.ParseOptions(delimiter=delim),
+                        read_options=pacsv.ReadOptions(block_size=1 << 20)) as reader:
+        return reader.schema.names
+
+
+def _check_attribute_types(table: pa.Table, key: str, kind: str, buckets: dict[str, int], where: str) -> dict:
+    """Attribute docs; a float attribute without a bucket count is refused (never silently cast)."""
+    docs = {}
+    for f in table.schema:
+        if f.name == key:
+            continue
+        if f.name in buckets:
+            if not (pa.types.is_integer(f.type) or pa.types.is_floating(f.type)):
+                raise DataFormatError(f"{where}: {kind} attribute {f.name!r} is {f.type}, not numeric: it cannot be "
+                                      f"bucketed; drop `--bucket {f.name}=...` (text is a category)")
+            docs[f.name] = f"numeric, {buckets[f.name]} quantile buckets fit on the training period's {kind}s"
+        elif pa.types.is_floating(f.type):
+            raise DataFormatError(f"{where}: {kind} attribute {f.name!r} is numeric ({f.type}); a model reads "
+                                  f"categories, so bucket it (--bucket {f.name}=8: quantile boundaries fit on the "
+                                  "training period) or leave the column out")
+        elif f.name == "title" and kind == "item":
+            docs[f.name] = "text (the item title: compress's item-title task)"
+        else:
+            docs[f.name] = f"categorical ({f.type})"
+    return docs
+
+
+def import_dataset(spec: DatasetFile, out_root: Path, log=print) -> dict:
+    """Read, check and convert the user's files; write the dataset folder (events, items, users,
+    id maps, rejected.csv, dataset.yaml, meta.json last). -> the import summary."""
+    import yaml
+
+    spec.check()
+    t0 = time.time()
+    m = spec.events.map
+    ev_path = Path(spec.events.path)
+    want = list(dict.fromkeys(m.values()))
+    raw = read_file(ev_path, want, strings={m["user"], m["item"]} | ({m["request"]} if "request" in m else set()))
+    n_read = raw.num_rows
+    row = pa.array(np.arange(1, n_read + 1, dtype=np.int64))  # 1-based data row (line = row + 1)
+    rej = Rejects(str(ev_path))
+    user_t, item_t = _text(raw.column(m["user"])), _text(raw.column(m["item"]))
+    rej.add(_empty(user_t), row, "missing value", m["user"], user_t)
+    rej.add(_empty(item_t), row, "missing value", m["item"], item_t)
+    secs, bad_t, out_t = parse_time(raw.column(m["time"]), spec.time_unit, spec.tz)
+    time_text = _text(raw.column(m["time"]))
+    rej.add(_empty(time_text), row, "missing value", m["time"], time_text)
+    rej.add(bad_t, row, "unparseable time", m["time"], time_text)
+    rej.add(out_t, row, "time out of range", m["time"], time_text)
+    if "label" in m:
+        label, bad_l = parse_label(raw.column(m["label"]))
+        lt = _text(raw.column(m["label"]))
+        rej.add(_empty(lt), row, "missing value", m["label"], lt)
+        rej.add(bad_l, row, "label not 0/1", m["label"], lt)
+    else:
+        kt = _text(raw.column(m["kind"]))
+        click = pc.is_in(kt, pa.array(spec.click_kinds))
+        expo = pc.is_in(kt, pa.array(spec.exposure_kinds))
+        label = pc.if_else(click, pa.scalar(1, pa.int8()), pc.if_else(expo, pa.scalar(0, pa.int8()),
+                                                                      pa.scalar(None, pa.int8())))
+        rej.add(_empty(kt), row, "missing value", m["kind"], kt)
+        rej.add(pc.and_(pc.invert(_empty(kt)), pc.is_null(label)), row, "unknown event kind", m["kind"], kt)
+    if "position" in m:
+        position, bad_p = parse_position(raw.column(m["position"]))
+        rej.add(bad_p, row, "bad position", m["position"], _text(raw.column(m["position"])))
+    else:
+        position = pa.nulls(n_read, pa.int16())
+    keep = pc.invert(pc.or_(pc.or_(pc.or_(_empty(user_t), _empty(item_t)), pc.is_null(secs)),
+                            pc.or_(out_t, pc.is_null(label))))
+    if "position" in m:
+        keep = pc.and_(keep, pc.invert(bad_p))
+    cols = {"user": user_t, "item": item_t, "ts": secs, "label": label, "position": position, "row": row}
+    if "request" in m:
+        cols["request"] = _text(raw.column(m["request"]))
+    side = {k.split(".", 1)[1]: raw.column(v).combine_chunks() for k, v in m.items() if k.startswith("side.")}
+    inline = {k: raw.column(v).combine_chunks() for k, v in m.items() if k.startswith(("item.", "user."))}
+    good = pa.table({**cols, **{f"side.{k}": v for k, v in side.items()}, **inline}).filter(pc.fill_null(keep, False))
+    # exact duplicates: the first copy is kept
+    dkeys = ["user", "item", "ts", "label", "position"] + (["request"] if "request" in m else [])
+    firsts = good.group_by(dkeys, use_threads=False).aggregate([("row", "min")]).column("row_min")
+    is_first = pc.is_in(good.column("row"), firsts)
+    rej.add(pc.invert(is_first), good.column("row"), "duplicate row", "(whole row)", None)
+    good = good.filter(is_first)
+    # users with too few events
+    if spec.min_user_events > 1:
+        per = good.group_by("user").aggregate([("user", "count")])
+        few = per.filter(pc.less(per.column("user_count"), spec.min_user_events)).column("user")
+        drop = pc.is_in(good.column("user"), few)
+        rej.add(drop, good.column("row"), "too few events", m["user"], good.column("user"))
+        good = good.filter(pc.invert(drop))
+    if good.num_rows == 0:
+        raise DataFormatError(f"{ev_path}: no row survived the checks; {rej.summary()}")
+
+    # ids: users from events (+ users file), items from events (+ items file)
+    items_t = users_t = None
+    if spec.items is not None:
+        items_t = _attribute_table(Path(spec.items.path), spec.items, "item", m["item"])
+    if spec.users is not None:
+        users_t = _attribute_table(Path(spec.users.path), spec.users, "user", m["user"])
+    item_map = IdMap.fit(pa.chunked_array([good.column("item")] + ([items_t.column("item_id")] if items_t else []))
+                         .combine_chunks())
+    user_map = IdMap.fit(pa.chunked_array([good.column("user")] + ([users_t.column("user_id")] if users_t else []))
+                         .combine_chunks())
+    uid = user_map.encode_array(good.column("user").combine_chunks())
+    iid = item_map.encode_array(good.column("item").combine_chunks())
+    for kind, idmap, table in (("item", item_map, items_t), ("user", user_map, users_t)):
+        inl = [c for c in good.column_names if c.startswith(f"{kind}.")]
+        attrs = None
+        for c in inl:
+            a = _constant_per_id(good.column(kind).combine_chunks(), good.column(c).combine_chunks(), str(ev_path),
+                                 kind, c.split(".", 1)[1])  # checked on the user's ids: the message names his id
+            a = a.set_column(0, f"{kind}_id", idmap.encode_array(a.column(0).combine_chunks()))
+            attrs = a if attrs is None else attrs.join(a, f"{kind}_id")
+        if table is not None:
+            table = table.set_column(0, f"{kind}_id", idmap.encode_array(table.column(f"{kind}_id").combine_chunks()))
+            if attrs is not None:
+                clash = [c for c in attrs.column_names[1:] if c in table.column_names]
+                if clash:
+                    raise DataFormatError(f"{kind} attribute(s) {clash} come both from the events (--map {kind}.NAME) "
+                                          f"and from the {kind}s file; keep one")
+                table = table.join(attrs, f"{kind}_id", join_type="full outer")
+        else:
+            table = attrs
+        if table is not None:
+            table = table.sort_by(f"{kind}_id")
+        if kind == "item":
+            items_t = table
+        else:
+            users_t = table
+    item_docs = _check_attribute_types(items_t, "item_id", "item", spec.buckets, "items") if items_t else {}
+    user_docs = _check_attribute_types(users_t, "user_id", "user", spec.buckets, "users") if users_t else {}
+    unknown_b = sorted(set(spec.buckets) - set(item_docs) - set(user_docs))
+    if unknown_b:
+        raise DataFormatError(f"--bucket {unknown_b}: no such item or user attribute; attributes are "
+                              f"{sorted(item_docs) + sorted(user_docs)}")
+
+    order = pc.sort_indices(pa.table({"u": uid, "t": good.column("ts"), "r": good.column("row")}),
+                            sort_keys=[("u", "ascending"), ("t", "ascending"), ("r", "ascending")])
+    columns = {"user_id": pc.take(uid, order), "item_id": pc.take(iid, order), "ts": good.column("ts").take(order),
+               "label": good.column("label").take(order), "position": good.column("position").take(order)}
+    side_docs = {}
+    if "request" in m:
+        req = good.column("request").combine_chunks()
+        req_map = IdMap.fit(pc.drop_null(req))
+        columns["request_id"] = pc.take(req_map.encode_array(req), order)
+        side_docs["request_id"] = f"int64, request / session id (column {m['request']!r}, mapped to 1..N)"
+    for name in side:
+        columns[name] = good.column(f"side.{name}").take(order)
+        side_docs[name] = f"{columns[name].type}, event side feature (column {m['side.' + name]!r})"
+    events = make_events(columns)
+    rejected = rej.table()
+    summary = {"read_rows": n_read, "imported_rows": events.num_rows, "rejected_rows": n_read - events.num_rows,
+               "rejected": rej.summary(), "users": len(user_map.ids), "items": len(item_map.ids),
+               "seconds": round(time.time() - t0, 2)}
+    meta = {"source": f"imported from {ev_path}", "license": "the user's own data", "imported": True,
+            "tz": spec.tz, "time_unit": spec.time_unit, "side_features": side_docs, "item_features": item_docs,
+            "user_features": user_docs, "buckets": dict(spec.buckets), "import": summary,
+            "notes": f"Imported with `edgerec data import`; ids mapped to dense indices (id_map_*.parquet); "
+                     f"times in {spec.tz} local for calendar features."}
+    extras = {"id_map_user": user_map.table(), "id_map_item": item_map.table()}
+    ds = EventDataset(spec.name, events, items=items_t, users=users_t, meta=meta, extras=extras)
+    out = Path(out_root) / spec.name
+    if (out / "meta.json").exists() and not (out / DATASET_FILE).exists():
+        raise DataFormatError(f"{out} holds a dataset that was not imported; choose another name")
+    out.mkdir(parents=True, exist_ok=True)
+    from edgerec.io import atomic_path, write_text_atomic
+
+    with atomic_path(out / "rejected.csv") as tmp:
+        pacsv.write_csv(rejected, tmp)
+    write_text_atomic(out / DATASET_FILE, yaml.safe_dump(spec.to_dict(), sort_keys=False, allow_unicode=True))
+    ds.save(Path(out_root), spec.name)
+    log_summary(summary, out, log)
+    return summary
+
+
+def log_summary(s: dict, out: Path, log=print) -> None:
+    log(f"read {s['read_rows']:,} rows; imported {s['imported_rows']:,} events of {s['users']:,} users and "
+        f"{s['items']:,} items; rejected {s['rejected_rows']:,} rows ({s['seconds']} s)")
+    for reason, r in s["rejected"].items():
+        log(f"  {reason}: {r['rows']:,} rows, e.g. {r['first']}. Fix: {r['fix']}")
+    if s["rejected_rows"]:
+        log(f"  every rejected row: {out / 'rejected.csv'}")
+    log(f"dataset folder: {out}")
+
+
+def load_id_maps(ds: EventDataset) -> tuple[IdMap, IdMap] | None:
+    """(user map, item map) of an imported dataset; None for the bundled ones (their ids are ints)."""
+    if "id_map_user" not in ds.extras:
+        return None
+    return IdMap.from_table(ds.extras["id_map_user"]), IdMap.from_table(ds.extras["id_map_item"])
+
+
+__all__ = ["DatasetFile", "TableFile", "IdMap", "import_dataset", "read_dataset_file", "load_id_maps", "CORE_DOCS"]

@@ -1,0 +1,260 @@
+"""Your own data: the dataset file, import checks, local time, id maps, buckets, and the CLI round trip."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.csv as pacsv
+import pytest
+
+from edgerec.data import registry
+from edgerec.data.imports import DatasetFile, IdMap, TableFile, import_dataset, parse_time, read_dataset_file
+from edgerec.errors import DataFormatError, EdgerecError
+from edgerec.features.time import LocalClock, local_clock, time_slots
+
+ROOT = Path(__file__).resolve().parents[1]
+TZ = "Asia/Kolkata"  # UTC+05:30: a non-UTC zone whose half hour catches an offset applied in whole hours
+NOON_LOCAL_MS = 1767594600000  # 2026-01-05 12:00 in Kolkata = 06:30 UTC, a Monday
+
+
+def _log_rows() -> list[str]:
+    """An impression log unlike our datasets: string ids, ms times, renamed and extra columns."""
+    rows = ["who,what,when_ms,shown_at,got,visit,cat,depth,app"]
+    t = NOON_LOCAL_MS
+    for day in range(6):
+        for u, user in enumerate(("alice", "bob", "carol")):
+            for p, item in enumerate(("i-a", "i-b", "i-c")):
+                ms = t + day * 86_400_000 + u * 60_000 + p
+                rows.append(f"{user},{item},{ms},{p + 1},{int((u + p + day) % 3 == 0)},v{day}{u},{'cafe' if p < 2 else 'bar'},"
+                            f"{0.2 + 0.3 * u},{'7.2' if p else '7.1'}")
+    good = len(rows) - 1
+    rows += [
+        f",i-a,{t},1,1,v9,cafe,0.2,7.1",  # missing user
+        f"alice,i-a,yesterday,1,1,v9,cafe,0.2,7.1",  # unparseable time
+        f"alice,i-a,-5,1,1,v9,cafe,0.2,7.1",  # before 1970
+        f"alice,i-a,{t},1,2,v9,cafe,0.2,7.1",  # label 2
+        f"alice,i-b,{t + 5},0,1,v9,cafe,0.2,7.1",  # position 0
+        f"alice,i-b,{t + 6},top,1,v9,cafe,0.2,7.1",  # position text
+        rows[1],  # an exact duplicate of the first row
+        f"dave,i-a,{t},1,0,v8,cafe,0.9,7.1",  # a user with one event (min_user_events 2)
+    ]
+    return rows, good
+
+
+def _spec(tmp_path: Path, name: str = "mylog", **kw) -> DatasetFile:
+    rows, _ = _log_rows()
+    ev = tmp_path / "events.csv"
+    ev.write_text("\n".join(rows) + "\n")
+    m = {"user": "who", "item": "what", "time": "when_ms", "label": "got", "position": "shown_at", "request": "visit",
+         "item.category": "cat", "user.depth": "depth", "side.app": "app"}
+    return DatasetFile(name=name, events=TableFile(str(ev), m), tz=TZ, time_unit="ms", buckets={"depth": 2},
+                       min_user_events=2, **kw)
+
+
+def test_local_clock_daylight_saving_and_fixed_offsets():
+    berlin = LocalClock("Europe/Berlin")
+    # 2024-03-31 01:00 UTC: CET (+1) -> CEST (+2), to the second
+    assert berlin.offset(np.array([1711846799, 1711846800])).tolist() == [3600, 7200]
+    assert time_slots(berlin.local(np.array([1719835200])))["hour"][0] == 14  # 12:00 UTC in July = 14:00
+    assert LocalClock("UTC+8").local(np.array([0]))[0] == 8 * 3600
+    assert local_clock("UTC").is_utc and local_clock(None).is_utc
+    import torch
+
+    assert berlin.local(torch.tensor([1719835200])).tolist() == berlin.local(np.array([1719835200])).tolist()
+    with pytest.raises(ValueError, match="IANA name"):
+        LocalClock("Mars/Olympus")
+
+
+def test_import_keeps_counts_and_writes_every_rejected_row(tmp_path):
+    spec = _spec(tmp_path)
+    s = import_dataset(spec, tmp_path / "data", log=lambda *_: None)
+    _, good = _log_rows()
+    assert s["imported_rows"] == good
+    assert s["read_rows"] == good + 8 and s["rejected_rows"] == 8  # nothing lost: every row is one or the other
+    assert {k: v["rows"] for k, v in s["rejected"].items()} == {
+        "missing value": 1, "unparseable time": 1, "time out of range": 1, "label not 0/1": 1, "bad position": 2,
+        "duplicate row": 1, "too few events": 1}
+    assert (f"row {good + 2} (line {good + 3}), column 'when_ms', value 'yesterday'"
+            in s["rejected"]["unparseable time"]["first"])  # the header is line 1
+    rejected = pacsv.read_csv(tmp_path / "data" / "mylog" / "rejected.csv").to_pylist()
+    assert [r["row"] for r in rejected] == list(range(good + 1, good + 9))
+    again = read_dataset_file(tmp_path / "data" / "mylog" / "dataset.yaml")  # the dataset file round-trips
+    assert again.to_dict() == spec.to_dict()
+
+
+def test_imported_ids_times_and_attributes(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEREC_DATA_DIR", str(tmp_path / "data"))
+    import_dataset(_spec(tmp_path), tmp_path / "data", log=lambda *_: None)
+    ds = registry.load("mylog")
+    assert ds.meta["tz"] == TZ and ds.users.column_names == ["user_id", "depth"]
+    users = IdMap.from_table(ds.extras["id_map_user"])
+    assert users.decode(np.array([1, 2, 3])) == ["alice", "bob", "carol"]  # sorted strings -> 1..N
+    new = users.encode("zed")
+    assert new >= 2 ** 62 and new == IdMap.from_table(ds.extras["id_map_user"]).encode("zed")  # stable across processes
+    e = ds.events
+    first = e.slice(0, 1).to_pylist()[0]
+    assert first["ts"] == NOON_LOCAL_MS // 1000 and first["user_id"] == 1 and first["app"] == 7.1  # side columns keep the type the file has
+    from edgerec.data.samples import build_impressions
+
+    s = build_impressions(ds, max_len=5, user_features=["depth"], item_features=["category"])
+    assert s.spec.tz == TZ
+    b = s.make_batch(s.splits["train"], np.arange(3))
+    slots = time_slots(b["ts"])
+    assert slots["hour"].tolist() == [12, 12, 12] and slots["weekday"].tolist() == [0, 0, 0]  # local Monday noon
+    assert set(s.user_feats["depth"][1:4].tolist()) <= {1, 2} and s.spec.user_features["depth"] == 3  # 2 buckets + 0
+
+
+def test_numeric_attribute_buckets_fit_on_training_users_only(tmp_path):
+    from edgerec.data.samples import _encode_side
+    import pyarrow as pa
+
+    table = pa.table({"user_id": [1, 2, 3, 4], "depth": [0.1, 0.2, 0.3, 1000.0]})
+    vocab = np.array([1, 2, 3, 4])
+    only_train = _encode_side(table, "user_id", vocab, ["depth"], "user", {"depth": 2}, np.array([1, 2, 3]))[0]
+    everyone = _encode_side(table, "user_id", vocab, ["depth"], "user", {"depth": 2}, None)[0]
+    assert only_train["depth"][1:5].tolist() == [1, 2, 2, 2]  # the boundary (0.2) ignores user 4 (test only)
+    assert everyone["depth"][1:5].tolist() == [1, 1, 2, 2]  # with user 4 the median moves: what the fit must not see
+    from edgerec.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="bucket it at import"):
+        _encode_side(table, "user_id", vocab, ["depth"], "user", {}, None)
+
+
+def test_bad_dataset_files_name_the_problem(tmp_path):
+    spec = _spec(tmp_path)
+    for change, match in ((dict(tz="Mars/Base"), "IANA"), (dict(time_unit="ns"), "time_unit"),
+                          (dict(name="a:b"), "dataset name"), (dict(buckets={"depth": 1}), "from 2 to 1000")):
+        bad = DatasetFile(**{**spec.__dict__, **change})
+        with pytest.raises(DataFormatError, match=match):
+            bad.check()
+    with pytest.raises(DataFormatError, match="not mapped"):
+        DatasetFile("x", TableFile(spec.events.path, {"user": "who"})).check()
+    with pytest.raises(DataFormatError, match=r"no column\(s\) \['nope'\]"):
+        import_dataset(DatasetFile("x", TableFile(spec.events.path, {**spec.events.map, "user": "nope"})), tmp_path)
+    no_bucket = DatasetFile(**{**spec.__dict__, "buckets": {}})
+    with pytest.raises(DataFormatError, match=r"attribute 'depth' is numeric .*--bucket depth=8"):
+        import_dataset(no_bucket, tmp_path / "d2", log=lambda *_: None)
+    varying = DatasetFile(**{**spec.__dict__, "events": TableFile(spec.events.path, {**spec.events.map,
+                                                                                      "item.visit": "visit"})})
+    with pytest.raises(DataFormatError, match="item 'i-a' has two values"):
+        import_dataset(varying, tmp_path / "d3", log=lambda *_: None)
+
+
+def test_iso_times_are_local_unless_zoned():
+    import pyarrow as pa
+
+    secs, bad, out = parse_time(pa.array(["2026-01-05T12:00:00", "2026-01-05 06:30:00Z", "2026-13-01T00:00:00",
+                                          "noon", None]), "iso", TZ)
+    assert secs.to_pylist()[:2] == [NOON_LOCAL_MS // 1000] * 2
+    assert bad.to_pylist() == [False, False, True, True, False]
+
+
+def test_unknown_dataset_error_points_to_import():
+    with pytest.raises(EdgerecError, match="edgerec data import NAME"):
+        registry.parse_id("not-a-dataset")
+
+
+def _cli(*args, env):
+    return subprocess.run([sys.executable, "-m", "edgerec.cli", *args], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=600)
+
+
+def test_cli_round_trip_import_train_serve_feedback_stream(tmp_path):
+    """import -> describe -> train a _test experiment -> serve: recommend with a string id, feedback, stream."""
+    from fastapi.testclient import TestClient
+
+    from edgerec.data.example import IMPORT_ARGS
+    from edgerec.serve.app import create_app
+    from edgerec.serve.server import ServiceRecipe, build_service
+
+    env = {**os.environ, "EDGEREC_DATA_DIR": str(tmp_path / "data"), "EDGEREC_THREADS": "1"}
+    p = _cli("data", "example", str(tmp_path / "ex"), env=env)
+    assert p.returncode == 0, p.stderr
+    p = _cli("data", "import", "myfeed", "--events", str(tmp_path / "ex" / "events.csv"), "--items",
+             str(tmp_path / "ex" / "items.csv"), *IMPORT_ARGS, env=env)
+    assert p.returncode == 0 and "rejected 0 rows" in p.stdout, p.stdout + p.stderr
+    p = _cli("data", "describe", "myfeed", "--json", env=env)
+    d = json.loads(p.stdout)
+    assert d["tz"] == "Asia/Shanghai" and d["items"] >= 100 and "scroll_depth" in d["user_features"]
+    p = _cli("train", "--config", "configs/ctr.yaml", "--expid", "COUPA_test", "--set", "dataset=myfeed",
+             "--set", "data.item_features=[category]", "--set", "data.user_features=[scroll_depth]",
+             "--set", f"output_dir={tmp_path / 'runs'}", "--set", f"ledger={tmp_path / 'ledger.jsonl'}", env=env)
+    assert p.returncode == 0, p.stderr
+    assert json.loads((tmp_path / "ledger.jsonl").read_text().splitlines()[-1])["dataset"] == "myfeed"
+    run = next((tmp_path / "runs" / "COUPA_test").iterdir())
+    assert (run / "id_map_user.parquet").exists()
+    p = _cli("stream", "--events", str(tmp_path / "log.jsonl"), "--export-from", "myfeed", "--store",
+             f"sqlite:{tmp_path / 'f.db'}", "--max-len", "10", env=env)  # the online store from the log
+    assert p.returncode == 0 and " 0 rejected" in p.stdout + p.stderr, p.stdout + p.stderr
+    events = tmp_path / "feedback.jsonl"
+    old = os.environ.get("EDGEREC_DATA_DIR")
+    os.environ["EDGEREC_DATA_DIR"] = env["EDGEREC_DATA_DIR"]
+    try:
+        svc = build_service(ServiceRecipe(store=f"sqlite:{tmp_path / 'f.db'}", run=str(run), feedback_to=str(events)))
+        client = TestClient(create_app(svc))
+        r = client.post("/recommend", json={"user_id": "u00067", "k": 5, "ts": 1768800000})  # after the log
+        assert r.status_code == 200, r.text
+        items = [x["item_id"] for x in r.json()["items"]]
+        assert len(items) == 5 and all(isinstance(i, str) and i.startswith("poi-") for i in items)
+        served = [x["score"] for x in r.json()["items"]]
+        rows = tmp_path / "rows.csv"  # batch scoring gives the service's scores for the same moment
+        rows.write_text("user_id,item_id,ts\n" + "".join(f"u00067,{i},1768800000\n" for i in items)
+                        + "someone-new,poi-0001,1768800000\n")
+        p = _cli("predict", "--run", str(run), "--input", str(rows), "--out", str(tmp_path / "s.parquet"), env=env)
+        assert p.returncode == 0, p.stderr
+        import pyarrow.parquet as pq
+
+        scored = pq.read_table(tmp_path / "s.parquet").to_pylist()
+        assert np.allclose([x["score"] for x in scored[:5]], served, atol=1e-5)
+        assert scored[5]["known_user"] is False and 0 < scored[5]["score"] < 1
+        ev = {"event_id": "rt-1", "user_id": "a-new-user", "item_id": items[0], "ts": 1768200000, "kind": "click",
+              "position": 1}
+        assert client.post("/feedback", json={"events": [ev]}).json() == {"accepted": 1}
+    finally:
+        if old is None:
+            os.environ.pop("EDGEREC_DATA_DIR", None)
+        else:
+            os.environ["EDGEREC_DATA_DIR"] = old
+    p = _cli("stream", "--events", str(events), "--store", f"sqlite:{tmp_path / 'f.db'}", env=env)
+    assert p.returncode == 0 and "1 applied" in p.stdout + p.stderr, p.stdout + p.stderr
+    os.environ["EDGEREC_DATA_DIR"] = env["EDGEREC_DATA_DIR"]
+    try:
+        svc2 = build_service(ServiceRecipe(store=f"sqlite:{tmp_path / 'f.db'}", run=str(run)))
+        r = TestClient(create_app(svc2)).post("/recommend", json={"user_id": "a-new-user", "ts": 1768200100})
+        assert r.status_code == 200 and r.json()["history_length"] == 1  # the new user's click is his history
+        bad = TestClient(create_app(svc2)).post("/recommend", json={"user_id": 3.5})
+        assert bad.status_code == 422
+    finally:
+        if old is None:
+            os.environ.pop("EDGEREC_DATA_DIR", None)
+        else:
+            os.environ["EDGEREC_DATA_DIR"] = old
+
+
+def test_own_text_task_with_split_column_and_vocab_floor(tmp_path):
+    from edgerec.compress.prune import select_vocab
+    from edgerec.compress.tasks import load_task, register_task
+
+    f = tmp_path / "intents.csv"
+    rows = ["text,label,split"] + [f"order some {w} {i},order,{('train', 'valid', 'test')[i % 3]}"
+                                   for i, w in enumerate(["noodles", "tea"] * 6)]
+    rows += [f"cancel it now {i},cancel,{('train', 'valid', 'test')[i % 3]}" for i in range(12)]
+    f.write_text("\n".join(rows) + "\n")
+    register_task("intent", str(f))
+    t = load_task("intent")
+    assert t.labels == ["cancel", "order"] and t.sizes() == {"train": 8, "valid": 8, "test": 8}  # the user's split
+    assert all(x.endswith(("0", "3", "6", "9")) for x in t.text["train"])
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,label,split\nhello there,a,train\nbye now,b,dev\n")
+    with pytest.raises(DataFormatError, match=r"row 2 \(line 3\), column 'split': 'dev'"):
+        register_task("bad", str(bad))
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b", "hello", "world", "pizza"]
+    score = np.array([0, 0, 0, 0, 0, 1, 1, 0.0, 0.0, 5.0])
+    freq = np.array([0, 0, 0, 0, 0, 1, 1, 0, 0, 1])
+    assert "hello" not in select_vocab(vocab, score, freq, 9)
+    assert select_vocab(vocab, score, freq, 9, floor=np.array([7, 8]))[5:] == ["a", "b", "hello", "world"]
