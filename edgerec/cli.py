@@ -102,7 +102,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
         from edgerec.data.example import IMPORT_ARGS, describe_example, write_example_log
 
         out = args.ids[0] if args.ids else "example-log"
-        paths = write_example_log(out)
+        paths = write_example_log(out, size=args.size)
         print(f"wrote {describe_example(paths)}\nimport it with:\n  edgerec data import myfeed "
               f"--events {paths['events']} --items {paths['items']} " + " ".join(IMPORT_ARGS))
         return 0
@@ -259,6 +259,11 @@ def _event_file(path: str, follow: bool = False) -> Path:
         raise EdgerecError(f"--events {path} is a directory; name the event file (JSON lines) in it.")
     if not p.exists() and not follow:
         raise EdgerecError(f"--events {path}: no such event file (JSON lines; make one with --export-from DATASET).")
+    if p.name.lower().removesuffix(".gz").endswith((".csv", ".tsv", ".parquet", ".pq", ".txt")):
+        raise EdgerecError(f"--events {path}: the stream reads wire events, JSON lines with event_id, user_id, "
+                           "item_id, ts and kind (docs/design.md, \"Event rules\"), not a table. For your own log: "
+                           f"`edgerec data import NAME --events {path} --map ...`, then "
+                           "`edgerec stream --events events.jsonl --export-from NAME` (docs/your-data.md).")
     return p
 
 
@@ -396,6 +401,10 @@ def _cmd_stream(args: argparse.Namespace) -> int:
         print(f"warning: {where}: line {stats.incomplete + 1} has no newline yet and is not a complete JSON object "
               "(a writer still writing it?): left unread and uncommitted; a later run reads it once it is complete.",
               file=sys.stderr)
+    if stats.read and stats.rejected == stats.read:  # nothing usable: a wrong file, not a few bad events
+        print(f"error: {where}: every one of the {stats.read:,} messages was rejected (see {rejected_to}); is it a "
+              "file of wire events (JSON lines: event_id, user_id, item_id, ts, kind)?", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -600,6 +609,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "an imported NAME or a dataset.yaml path; import: the NAME to give yours; example: a folder")
     d.add_argument("--force", action="store_true", help="prepare: rebuild even if cached (re-import for yours)")
     d.add_argument("--json", action="store_true", help="describe: print JSON")
+    d.add_argument("--size", choices=["example", "tiny"], default="example",
+                   help="example: the log's size (example: 800 users, 320 items, 30 days; tiny: seconds)")
     imp = d.add_argument_group("import (edgerec data import NAME --events FILE --map FIELD=COLUMN ...)")
     imp.add_argument("--events", metavar="FILE", help="the event log: CSV, TSV, Parquet or JSON lines, one row per "
                      "exposure or interaction")

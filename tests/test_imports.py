@@ -173,7 +173,7 @@ def test_cli_round_trip_import_train_serve_feedback_stream(tmp_path):
     from edgerec.serve.server import ServiceRecipe, build_service
 
     env = {**os.environ, "EDGEREC_DATA_DIR": str(tmp_path / "data"), "EDGEREC_THREADS": "1"}
-    p = _cli("data", "example", str(tmp_path / "ex"), env=env)
+    p = _cli("data", "example", str(tmp_path / "ex"), "--size", "tiny", env=env)
     assert p.returncode == 0, p.stderr
     p = _cli("data", "import", "myfeed", "--events", str(tmp_path / "ex" / "events.csv"), "--items",
              str(tmp_path / "ex" / "items.csv"), *IMPORT_ARGS, env=env)
@@ -258,3 +258,15 @@ def test_own_text_task_with_split_column_and_vocab_floor(tmp_path):
     freq = np.array([0, 0, 0, 0, 0, 1, 1, 0, 0, 1])
     assert "hello" not in select_vocab(vocab, score, freq, 9)
     assert select_vocab(vocab, score, freq, 9, floor=np.array([7, 8]))[5:] == ["a", "b", "hello", "world"]
+
+
+def test_stream_refuses_a_table_and_fails_when_every_event_is_rejected(tmp_path):
+    env = {**os.environ, "EDGEREC_DATA_DIR": str(tmp_path / "data")}
+    csv = tmp_path / "events.csv"
+    csv.write_text("user_id,item_id,ts\n1,2,3\n")
+    p = _cli("stream", "--events", str(csv), "--store", "memory", env=env)
+    assert p.returncode == 2 and "edgerec data import" in p.stderr and "Traceback" not in p.stderr  # a user error
+    junk = tmp_path / "junk.jsonl"
+    junk.write_text('{"user": 1}\n{"user": 2}\n')
+    p = _cli("stream", "--events", str(junk), "--store", "memory", env=env)
+    assert p.returncode == 1 and "every one of the 2 messages was rejected" in p.stderr

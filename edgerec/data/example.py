@@ -11,8 +11,9 @@ like what a platform exports, not like our bundled sets:
     and the app version (`app`, an event side feature)
   * items.csv with the title text and a price (float) of every item, one item nobody was shown
 
-Underneath it is the O2O simulator (a preset and seed the benchmarks never use: `tiny`, seed 11), its
-times shifted by -8 h so that the simulator's hours become Shanghai's local hours. It complements
+Underneath it is the O2O simulator at a size and seed the other benchmarks never use (`example`: 800
+users, 320 items, 30 days, seed 11; `tiny` for smoke tests), its times shifted by -8 h so that the
+simulator's hours become Shanghai's local hours. It complements
 real data and replaces none: the bundled sets are untouched.
 """
 
@@ -29,13 +30,20 @@ from edgerec.data.simulator import preset, simulate
 
 TZ = "Asia/Shanghai"
 UTC_OFFSET_S = 8 * 3600
+SIZES = {"example": ("small", dict(n_users=800, n_items=320, n_days=30)), "tiny": ("tiny", {})}
 
 
-def write_example_log(out: str | Path, size: str = "tiny", seed: int = 11) -> dict[str, Path]:
+def example_simulation(size: str = "example", seed: int = 11):
+    """The simulation behind the example log (its ground truth, for bench/your_data.py)."""
+    base, over = SIZES[size]
+    return simulate(preset(base, seed=seed, **over))
+
+
+def write_example_log(out: str | Path, size: str = "example", seed: int = 11) -> dict[str, Path]:
     """Write events.csv and items.csv under `out`. -> their paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    sim = simulate(preset(size, seed=seed))
+    sim = example_simulation(size, seed)
     ds = sim.dataset
     e = ds.events
     n = e.num_rows

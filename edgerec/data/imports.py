@@ -307,6 +307,19 @@ def _text(arr) -> pa.Array:
     return pc.cast(arr, pa.string())
 
 
+def _chunks(*cols) -> pa.Array:
+    """Columns (Array or ChunkedArray, None skipped) as one Array, without a Python loop over values."""
+    parts = [c for col in cols if col is not None for c in (col.chunks if isinstance(col, pa.ChunkedArray) else [col])]
+    return pa.chunked_array(parts).combine_chunks()
+
+
+def _codes(arr) -> pa.Array:
+    """Dense integer codes of a column's distinct values (hash-encoded, in order of appearance)."""
+    enc = pc.dictionary_encode(arr)
+    enc = enc.combine_chunks() if isinstance(enc, pa.ChunkedArray) else enc
+    return pc.cast(enc.indices, pa.int64())
+
+
 def _empty(text: pa.Array) -> pa.Array:
     return pc.or_kleene(pc.is_null(text), pc.equal(text, ""))
 
@@ -562,13 +575,22 @@ def import_dataset(spec: DatasetFile, out_root: Path, log=print) -> dict:
         cols["request"] = _text(raw.column(m["request"]))
     side = {k.split(".", 1)[1]: raw.column(v).combine_chunks() for k, v in m.items() if k.startswith("side.")}
     inline = {k: raw.column(v).combine_chunks() for k, v in m.items() if k.startswith(("item.", "user."))}
-    good = pa.table({**cols, **{f"side.{k}": v for k, v in side.items()}, **inline}).filter(pc.fill_null(keep, False))
-    # exact duplicates: the first copy is kept
-    dkeys = ["user", "item", "ts", "label", "position"] + (["request"] if "request" in m else [])
-    firsts = good.group_by(dkeys, use_threads=False).aggregate([("row", "min")]).column("row_min")
-    is_first = pc.is_in(good.column("row"), firsts)
-    rej.add(pc.invert(is_first), good.column("row"), "duplicate row", "(whole row)", None)
-    good = good.filter(is_first)
+    good = pa.table({**cols, **{f"side.{k}": v for k, v in side.items()}, **inline})
+    keep = pc.fill_null(keep, False)
+    if not pc.all(keep).as_py():
+        good = good.filter(keep)
+    # exact duplicates (the first copy is kept), found on integer codes: hashing strings 6 at a time is slow
+    packed = pc.add(pc.multiply(pc.cast(good.column("ts"), pa.int64()), 1 << 17),
+                    pc.add(pc.multiply(pc.cast(good.column("label"), pa.int64()), 1 << 16),
+                           pc.cast(pc.fill_null(good.column("position"), 0), pa.int64())))  # ts | label | position
+    key = {"u": _codes(good.column("user")), "i": _codes(good.column("item")), "p": packed, "row": good.column("row")}
+    if "request" in m:
+        key["r"] = _codes(good.column("request"))
+    firsts = pa.table(key).group_by([k for k in key if k != "row"]).aggregate([("row", "min")]).column("row_min")
+    if len(firsts) < good.num_rows:
+        is_first = pc.is_in(good.column("row"), firsts)
+        rej.add(pc.invert(is_first), good.column("row"), "duplicate row", "(whole row)", None)
+        good = good.filter(is_first)
     # users with too few events
     if spec.min_user_events > 1:
         per = good.group_by("user").aggregate([("user", "count")])
@@ -585,10 +607,8 @@ def import_dataset(spec: DatasetFile, out_root: Path, log=print) -> dict:
         items_t = _attribute_table(Path(spec.items.path), spec.items, "item", m["item"])
     if spec.users is not None:
         users_t = _attribute_table(Path(spec.users.path), spec.users, "user", m["user"])
-    item_map = IdMap.fit(pa.chunked_array([good.column("item")] + ([items_t.column("item_id")] if items_t else []))
-                         .combine_chunks())
-    user_map = IdMap.fit(pa.chunked_array([good.column("user")] + ([users_t.column("user_id")] if users_t else []))
-                         .combine_chunks())
+    item_map = IdMap.fit(_chunks(good.column("item"), items_t.column("item_id") if items_t else None))
+    user_map = IdMap.fit(_chunks(good.column("user"), users_t.column("user_id") if users_t else None))
     uid = user_map.encode_array(good.column("user").combine_chunks())
     iid = item_map.encode_array(good.column("item").combine_chunks())
     for kind, idmap, table in (("item", item_map, items_t), ("user", user_map, users_t)):
@@ -622,18 +642,16 @@ def import_dataset(spec: DatasetFile, out_root: Path, log=print) -> dict:
         raise DataFormatError(f"--bucket {unknown_b}: no such item or user attribute; attributes are "
                               f"{sorted(item_docs) + sorted(user_docs)}")
 
-    order = pc.sort_indices(pa.table({"u": uid, "t": good.column("ts"), "r": good.column("row")}),
-                            sort_keys=[("u", "ascending"), ("t", "ascending"), ("r", "ascending")])
-    columns = {"user_id": pc.take(uid, order), "item_id": pc.take(iid, order), "ts": good.column("ts").take(order),
-               "label": good.column("label").take(order), "position": good.column("position").take(order)}
+    columns = {"user_id": uid, "item_id": iid, "ts": good.column("ts"), "label": good.column("label"),
+               "position": good.column("position")}  # file order, as the bundled sets keep theirs
     side_docs = {}
     if "request" in m:
         req = good.column("request").combine_chunks()
         req_map = IdMap.fit(pc.drop_null(req))
-        columns["request_id"] = pc.take(req_map.encode_array(req), order)
+        columns["request_id"] = req_map.encode_array(req)
         side_docs["request_id"] = f"int64, request / session id (column {m['request']!r}, mapped to 1..N)"
     for name in side:
-        columns[name] = good.column(f"side.{name}").take(order)
+        columns[name] = good.column(f"side.{name}")
         side_docs[name] = f"{columns[name].type}, event side feature (column {m['side.' + name]!r})"
     events = make_events(columns)
     rejected = rej.table()
