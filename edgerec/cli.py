@@ -123,13 +123,23 @@ def _cmd_data(args: argparse.Namespace) -> int:
             print(f"{d['id']}  ({d['source']})")
             print(f"  license   {d['license']}")
             print(f"  events    {d['events']:,}   users {d['users']:,}   items {d['items']:,}")
-            print(f"  time      {d['time_range_utc'][0]} .. {d['time_range_utc'][1]} UTC")
+            print(f"  time      {d['time_range_utc'][0]} .. {d['time_range_utc'][1]} UTC"
+                  + (f"   (calendar features in {d['tz']} local time)" if d.get("tz", "UTC") != "UTC" else ""))
             print(f"  label=1   {d['label_rate']:.4f} of events")
             if "positions" in d:
                 print("  position  " + "  ".join(f"{p}: {v['share']:.2f} (ctr {v['ctr']:.3f})" for p, v in d["positions"].items()))
             print("  columns")
             for name, doc in d["columns"].items():
                 print(f"    {name:<24} {doc}")
+            for kind in ("item_features", "user_features"):
+                if d.get(kind):
+                    print(f"  {kind.split('_')[0]} attributes")
+                    for name, doc in d[kind].items():
+                        print(f"    {name:<24} {doc}")
+            if "import" in d:
+                imp = d["import"]
+                print(f"  import    {imp['read_rows']:,} rows read, {imp['imported_rows']:,} imported, "
+                      f"{imp['rejected_rows']:,} rejected" + "".join(f"; {k}: {v['rows']:,}" for k, v in imp["rejected"].items()))
             for key in ("notes", "timestamp_reconstruction", "release_year_unparsed"):
                 if key in d:
                     print(f"  {key}: {d[key]}")

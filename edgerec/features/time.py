@@ -1,10 +1,11 @@
-"""Semantic time slots from unix seconds (UTC), vectorized, for numpy arrays AND torch tensors.
+"""Semantic time slots from unix seconds, vectorized, for numpy arrays AND torch tensors.
 
 One definition used everywhere (simulator, sample builders, models inside forward, serving), so
 an hour slot means the same thing in training and at serving. Only integer floor-division,
 modulo and comparisons are used, so the same code runs on numpy and torch. Month and day of month
 come from Howard Hinnant's civil-from-days algorithm (exact for the proleptic Gregorian calendar).
-All times are UTC; see docs/design.md.
+`time_slots` reads its input as wall-clock seconds: pass `LocalClock(tz).local(ts)` for a
+dataset's local calendar (below; the bundled sets are UTC). See docs/design.md, "Time".
 """
 
 from __future__ import annotations

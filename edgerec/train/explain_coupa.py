@@ -59,7 +59,12 @@ def intensity_curves(model, samples, item_category: np.ndarray, names: list[str]
                     batch[f"item_{name}"] = torch.full((HOURS,), int(codes[item]))
                 acc += model.relevance(batch)["log_intensity"].numpy()
             out[u, c] = acc / len(picks)
-    return {"categories": names, "users": [int(samples.user_ids[sp.user[r] - 1]) for r in rows],
+    raw = [int(samples.user_ids[sp.user[r] - 1]) for r in rows]
+    if samples.id_maps:  # an imported dataset: the user's own ids, as the service speaks them
+        from edgerec.data.imports import IdMap
+
+        raw = IdMap.from_table(samples.id_maps["id_map_user"]).decode(np.asarray(raw))
+    return {"categories": names, "users": raw,
             "start_ts": starts, "log_intensity": out.tolist()}
 
 
