@@ -43,7 +43,8 @@ def _metrics(runs: list[dict]) -> list[str]:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", default="ml-100k", help="dataset id (experiments <MODEL>_<suffix> in the config)")
+    p.add_argument("--dataset", default="ml-100k", help="dataset id, also an imported NAME (it overrides the "
+                   "experiments' own dataset; experiments are <MODEL>_<suffix> in --config)")
     p.add_argument("--suffix", default="ml100k", help="experiment id suffix in configs/ctr.yaml")
     p.add_argument("--models", default="LR,DNN,DIN")
     p.add_argument("--lens", default="50,200", help="history lengths L")
@@ -69,6 +70,8 @@ def main(argv=None) -> dict:
     a = parse_args(argv)
     models, lens, seeds = [m for m in a.models.split(",") if m], [int(x) for x in a.lens.split(",")], [int(x) for x in a.seeds.split(",")]
     overrides = list(a.set)
+    if not a.quick:  # the experiments' own dataset gives way to --dataset (e.g. an imported log: --suffix mine)
+        overrides.insert(0, f"dataset={a.dataset}")
     if a.quick:
         a.suffix, lens, seeds = "test", [10], [1]
         overrides += ["train.epochs=1"]
@@ -118,6 +121,7 @@ def main(argv=None) -> dict:
         cfg = load_experiment(a.config, f"{model}_{a.suffix}", [
             *overrides, *extra, f"data.max_len={L}", f"train.seed={seed}", "train.progress=false",
             f"output_dir={runs_dir}", f"ledger={ROOT / 'results' / 'ledger.jsonl'}"])
+        report["protocol"] = cfg.protocol
         if cache and next(iter(cache))[-1] != seed:  # samples depend on (L, seed): keep one set in memory
             cache.clear()
         r = run_experiment(cfg, sample_cache=cache)

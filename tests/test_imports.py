@@ -98,7 +98,7 @@ def test_imported_ids_times_and_attributes(tmp_path, monkeypatch):
     assert new >= 2 ** 62 and new == IdMap.from_table(ds.extras["id_map_user"]).encode("zed")  # stable across processes
     e = ds.events
     first = e.slice(0, 1).to_pylist()[0]
-    assert first["ts"] == NOON_LOCAL_MS // 1000 and first["user_id"] == 1 and first["app"] == 7.1  # side columns keep the type the file has
+    assert first["ts"] == NOON_LOCAL_MS // 1000 and first["user_id"] == 1 and first["app"] == "7.1"  # read as text: never coerced to a number
     from edgerec.data.samples import build_impressions
 
     s = build_impressions(ds, max_len=5, user_features=["depth"], item_features=["category"])
@@ -227,8 +227,12 @@ def test_cli_round_trip_import_train_serve_feedback_stream(tmp_path):
         svc2 = build_service(ServiceRecipe(store=f"sqlite:{tmp_path / 'f.db'}", run=str(run)))
         r = TestClient(create_app(svc2)).post("/recommend", json={"user_id": "a-new-user", "ts": 1768200100})
         assert r.status_code == 200 and r.json()["history_length"] == 1  # the new user's click is his history
-        bad = TestClient(create_app(svc2)).post("/recommend", json={"user_id": 3.5})
-        assert bad.status_code == 422
+        c2 = TestClient(create_app(svc2))
+        assert c2.post("/recommend", json={"user_id": 3.5}).status_code == 422
+        long = c2.post("/recommend", json={"user_id": "u" * 300})
+        assert long.status_code == 422 and "256" in long.text and "valid integer" not in long.text
+        blank = c2.post("/recommend", json={"user_id": "   "})
+        assert blank.status_code == 422 and blank.json()["detail"][0]["loc"] == ["body", "user_id"]
     finally:
         if old is None:
             os.environ.pop("EDGEREC_DATA_DIR", None)
@@ -270,3 +274,98 @@ def test_stream_refuses_a_table_and_fails_when_every_event_is_rejected(tmp_path)
     junk.write_text('{"user": 1}\n{"user": 2}\n')
     p = _cli("stream", "--events", str(junk), "--store", "memory", env=env)
     assert p.returncode == 1 and "every one of the 2 messages was rejected" in p.stderr
+
+
+def test_event_kinds_fold_a_click_into_its_exposure(tmp_path):
+    """Review finding: an exposure row and a click row of one impression were a negative AND a positive."""
+    ev = tmp_path / "kinds.csv"
+    ev.write_text("u,i,t,what,p,req\na,x,100,impression,1,r1\na,x,105,click,1,r1\na,y,100,impression,2,r1\n"
+                  "b,y,200,click,1,r9\nb,x,300,Click,1,r9\n")
+    spec = DatasetFile("kinds", TableFile(str(ev), {"user": "u", "item": "i", "time": "t", "kind": "what",
+                                                     "position": "p", "request": "req"}))
+    s = import_dataset(spec, tmp_path / "d", log=lambda *_: None)
+    assert s["clicks_folded_into_exposures"] == 1 and s["rejected"]["unknown event kind"]["rows"] == 1  # 'Click'
+    e = EventDatasetLoad(tmp_path / "d", "kinds").events
+    assert sorted(zip(e.column("ts").to_pylist(), e.column("label").to_pylist())) == [(100, 0), (100, 1), (200, 1)]
+    assert s["read_rows"] == s["imported_rows"] + s["rejected_rows"] + s["clicks_folded_into_exposures"]
+
+
+def EventDatasetLoad(root, name):
+    from edgerec.data.schema import EventDataset
+
+    return EventDataset.load(root, name)
+
+
+def test_jsonl_parquet_iso_inputs_and_an_incomplete_item_file(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from edgerec.serve.service import CandidateIndex
+
+    rows = [{"u": "a", "i": "x", "t": "2026-01-05T12:00:00", "y": 1, "p": 1},
+            {"u": "a", "i": "z", "t": "2026-01-05T12:30:00", "y": 0, "p": 2},
+            {"u": "b", "i": "y", "t": "noon", "y": 1, "p": 1}]
+    (tmp_path / "e.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "e.parquet")
+    (tmp_path / "items.csv").write_text("i,title,cat\nx,Noodles,food\ny,Coffee,drink\n")  # z is missing
+    m = {"user": "u", "item": "i", "time": "t", "label": "y", "position": "p"}
+    for name, f in (("j", "e.jsonl"), ("q", "e.parquet")):
+        spec = DatasetFile(name, TableFile(str(tmp_path / f), m), items=TableFile(str(tmp_path / "items.csv"),
+                                                                                   {"category": "cat"}),
+                           tz=TZ, time_unit="iso")
+        s = import_dataset(spec, tmp_path / "d", log=lambda *_: None)
+        where = s["rejected"]["unparseable time"]["first"]
+        assert s["imported_rows"] == 2 and ("row 3 (line 3)" in where if f.endswith("jsonl") else "row 3," in where)
+        ds = EventDatasetLoad(tmp_path / "d", name)
+        assert ds.events.column("ts").to_pylist()[0] == NOON_LOCAL_MS // 1000
+        assert ds.items.num_rows == 3  # every event item is in the catalogue, z with null attributes
+        index = CandidateIndex.from_dataset(ds)  # was an IndexError with z missing from the items file
+        assert index.tz == TZ and index.slot_clicks.sum() == 1
+        assert index.slot_clicks[0, 12] == 1  # x clicked Monday 12:00 local: hour of week 12 (06:30 UTC)
+
+
+def test_dataset_file_paths_and_names(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEREC_DATA_DIR", str(tmp_path / "data"))
+    (tmp_path / "f").mkdir()
+    (tmp_path / "f" / "e.csv").write_text("u,i,t,y\na,x,100,1\na,y,200,0\n")
+    yml = tmp_path / "f" / "mine.yaml"
+    yml.write_text("name: mine\nevents: {path: e.csv, map: {user: u, item: i, time: t, label: y}}\n")
+    assert registry.load(str(yml)).events.num_rows == 2  # a relative path is relative to the dataset file
+    yml.write_text("name: ml-100k\nevents: {path: e.csv, map: {user: u, item: i, time: t, label: y}}\n")
+    with pytest.raises(EdgerecError, match="bundled dataset"):
+        registry.parse_id(str(yml))
+    with pytest.raises(DataFormatError, match="buckets must be a mapping"):
+        DatasetFile.from_dict({"name": "x", "events": {"path": "e.csv", "map": {}}, "buckets": ["price"]}, "f.yaml")
+    spec = DatasetFile.from_dict({"name": "x", "events": {"path": "e.csv", "map": {"user": "u", "item": "i",
+                                  "time": "t", "kind": "k"}}, "click_kinds": "click, order"}, "f.yaml")
+    assert spec.click_kinds == ["click", "order"]
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(DataFormatError, match="empty"):
+        import_dataset(DatasetFile("x", TableFile(str(tmp_path / "f" / "e.csv"), {"user": "u", "item": "i",
+                       "time": "t", "label": "y"}), items=TableFile(str(empty))), tmp_path / "d", log=lambda *_: None)
+    header = tmp_path / "header.csv"
+    header.write_text("u,i,t,y\n")
+    with pytest.raises(DataFormatError, match="has a header but no rows"):
+        import_dataset(DatasetFile("x", TableFile(str(header), {"user": "u", "item": "i", "time": "t", "label": "y"})),
+                       tmp_path / "d", log=lambda *_: None)
+
+
+def test_attributes_are_text_and_duplicates_are_exact(tmp_path):
+    ev = tmp_path / "e.csv"
+    ev.write_text("u,i,t,y,code\na,x,1000100,1,007\na,x,1000900,1,007\na,x,1000900,1,007\nb,y,2000000,0,7\n")
+    spec = DatasetFile("t", TableFile(str(ev), {"user": "u", "item": "i", "time": "t", "label": "y",
+                                                 "item.code": "code"}), time_unit="ms")
+    s = import_dataset(spec, tmp_path / "d", log=lambda *_: None)
+    assert s["rejected"] == {"duplicate row": s["rejected"]["duplicate row"]} and s["rejected_rows"] == 1
+    assert EventDatasetLoad(tmp_path / "d", "t").items.column("code").to_pylist() == ["007", "7"]  # two categories
+
+
+def test_batch_days_end_at_local_midnight():
+    import pyarrow as pa
+
+    from edgerec.features.batch import with_local_day
+
+    t = 1767638400 - 3000  # 2026-01-05 18:10 UTC = 2026-01-05 23:40 in Kolkata; +1 h is the next local day
+    out = with_local_day(pa.table({"ts": [t, t + 3600]}), TZ).column("local_day").to_pylist()
+    assert out[1] == out[0] + 1 and (t + 3600) // 86400 == t // 86400  # UTC would call them one day

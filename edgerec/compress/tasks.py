@@ -106,6 +106,9 @@ def register_task(name: str, source: str) -> None:
     if not re.match(r"^[a-z][a-z0-9_]{0,31}$", name):
         raise DataFormatError(f"--task {name}=...: a task name is lower-case letters, digits and '_' "
                               "(at most 32), e.g. --task dish_intent=intents.csv")
+    if name in READERS and not (name == "item_category" and source.startswith("dataset:")):
+        raise DataFormatError(f"--task {name}=...: {name!r} is a bundled task; name yours differently (only "
+                              "item_category may be replaced, by dataset:NAME)")
     _USER_TASKS[name] = source
     rows = _read_user_task(name)
     if len({lab for _, lab, _ in rows}) < 2:
@@ -135,16 +138,33 @@ def _read_user_task(name: str) -> list[tuple[str, str, str | None]]:
     split = t.column("split").to_pylist() if "split" in cols else [None] * len(text)
     rows = []
     for i, (x, lab, sp) in enumerate(zip(text, label, split), start=1):
-        if sp is not None and sp not in SPLITS:
+        if sp is not None and sp not in SPLITS or (sp is None and "split" in cols):
             raise DataFormatError(f"{path}: row {i} (line {i + 1}), column 'split': {sp!r} is not one of {SPLITS}")
-        if x and lab:
-            rows.append((x, lab, sp))
+        if not (x or "").strip() or not (lab or "").strip():
+            raise DataFormatError(f"{path}: row {i} (line {i + 1}): empty {'text' if not (x or '').strip() else 'label'}; "
+                                  "fill it or remove the row")
+        rows.append((x, lab, sp))
     if "split" in cols:
         missing = [s for s in SPLITS if s not in set(split)]
         if missing:
             raise DataFormatError(f"{path}: the split column has no {missing} rows; give all three, or leave the "
                                   "column out for an 80/10/10 split")
     return rows
+
+
+def task_fingerprint(name: str) -> str | None:
+    """For a user's task, a hash of its file's bytes (the teacher cache must not reuse a teacher
+    fine-tuned on an older version of the file); None for the bundled tasks."""
+    source = _USER_TASKS.get(name)
+    if source is None:
+        return None
+    import hashlib
+
+    if source.startswith("dataset:"):
+        from edgerec.data import registry
+
+        source = str(registry.data_dir() / source.split(":", 1)[1] / "items.parquet")
+    return hashlib.sha256(Path(source).read_bytes()).hexdigest()[:16]
 
 
 def task_names(extra=()) -> tuple[str, ...]:

@@ -85,8 +85,12 @@ def cached_teacher(task: str, n_classes: int, data: dict[str, Encoded], seed: in
     """Fine-tune once per (task, seed, settings, data); later calls load the saved weights."""
     from safetensors.torch import load_file, save_file
 
-    key = hashlib.sha256(json.dumps([task, n_classes, seed, epochs, lr, len(data["train"]),
-                                     sum(map(len, data["train"].ids))]).encode()).hexdigest()[:12]
+    from edgerec.compress.tasks import task_fingerprint
+
+    parts = [task, n_classes, seed, epochs, lr, len(data["train"]), sum(map(len, data["train"].ids))]
+    if task_fingerprint(task) is not None:  # a user's task file: its content too (the bundled keys are unchanged)
+        parts.append(task_fingerprint(task))
+    key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:12]
     d = cache_dir() / "eibert"
     path, meta_path = d / f"teacher_{task}_{key}.safetensors", d / f"teacher_{task}_{key}.json"
     if path.exists() and meta_path.exists():

@@ -155,6 +155,15 @@ class DatasetFile:
                 raise DataFormatError(f"{source}: {key} must be {{path: FILE, map: {{field: column}}}}")
             return TableFile(str(t["path"]), {str(k): str(v) for k, v in (t.get("map") or {}).items()})
 
+        for key in ("buckets",):
+            if not isinstance(d.get(key) or {}, dict):
+                raise DataFormatError(f"{source}: {key} must be a mapping NAME: N, e.g. {{price: 8}}")
+        for key in ("click_kinds", "exposure_kinds"):
+            v = d.get(key)
+            if isinstance(v, str):
+                d = {**d, key: [x.strip() for x in v.split(",") if x.strip()]}
+            elif v is not None and not isinstance(v, list):
+                raise DataFormatError(f"{source}: {key} must be a list of kinds, e.g. [click, order]")
         out = cls(name=str(d["name"]), events=table("events"), items=table("items"), users=table("users"),
                   tz=str(d.get("tz", "UTC")), time_unit=str(d.get("time_unit", "s")),
                   buckets=dict(d.get("buckets") or {}),
@@ -173,7 +182,11 @@ def read_dataset_file(path: str | Path) -> DatasetFile:
         d = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise DataFormatError(f"{path}: cannot read the dataset file: {cut(str(exc), 200)}") from None
-    return DatasetFile.from_dict(d, str(path))
+    spec = DatasetFile.from_dict(d, str(path))
+    for t in (spec.events, spec.items, spec.users):  # a relative path is relative to the dataset file
+        if t is not None and not Path(t.path).is_absolute():
+            t.path = str((path.parent / t.path).resolve())
+    return spec
 
 
 # --------------------------------------------------------------------------------------------
@@ -260,8 +273,9 @@ FIXES = {
 class Rejects:
     """Rows that break a rule: (row, reason, column, value), collected columnar per check."""
 
-    def __init__(self, source: str):
+    def __init__(self, source: str, header_lines: int | None = 1):
         self.source = source
+        self.header_lines = header_lines  # CSV / TSV: 1 (line = row + 1); JSON lines: 0; Parquet: None (no lines)
         self.parts: list[pa.Table] = []
 
     def add(self, bad: pa.Array, row: pa.Array, reason: str, column: str, values: pa.Array | None) -> None:
@@ -286,8 +300,9 @@ class Rejects:
         for reason in dict.fromkeys(t.column("reason").to_pylist()):
             sub = t.filter(pc.equal(t.column("reason"), reason))
             first = sub.slice(0, 1).to_pylist()[0]
+            line = f" (line {first['row'] + self.header_lines})" if self.header_lines is not None else ""
             out[reason] = {"rows": sub.num_rows,
-                           "first": f"{self.source}: row {first['row']} (line {first['row'] + 1}), column "
+                           "first": f"{self.source}: row {first['row']}{line}, column "
                                     f"{first['column']!r}, value {cut(first['value'], 60)}",
                            "fix": FIXES[reason]}
         return out
@@ -305,6 +320,50 @@ def _text(arr) -> pa.Array:
         integral = pc.fill_null(pc.equal(pc.floor(arr), arr), True)
         return pc.if_else(integral, pc.cast(pc.cast(arr, pa.int64(), safe=False), pa.string()), pc.cast(arr, pa.string()))
     return pc.cast(arr, pa.string())
+
+
+def _plain(col) -> pa.Array:
+    """A column as one Array; text trimmed (an attribute ' cafe' is 'cafe')."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    return pc.utf8_trim_whitespace(arr) if pa.types.is_string(arr.type) else arr
+
+
+def _fold_clicks(good: pa.Table, by_request: bool) -> tuple[pa.Table, int]:
+    """A log of event KINDS has a row for the exposure and another for its click: the click is folded
+    into its exposure (same user, item and request; that exposure becomes label 1, the click row goes),
+    so one impression is one sample, not a negative and a positive. A click without a matching
+    exposure (or without a request column to match on) stays an event of its own. -> (table, folded)."""
+    if not by_request:
+        return good, 0
+    keys = ["user", "item", "request"]
+    label = good.column("label")
+    clicks = good.filter(pc.equal(label, 1)).select(keys + ["row"])
+    expos = good.filter(pc.equal(label, 0)).select(keys + ["row"])
+    if not clicks.num_rows or not expos.num_rows:
+        return good, 0
+    first_expo = expos.group_by(keys).aggregate([("row", "min")])
+    first_click = clicks.group_by(keys).aggregate([("row", "min")])
+    pair = first_expo.join(first_click, keys, join_type="inner", left_suffix="_e", right_suffix="_c")
+    if not pair.num_rows:
+        return good, 0
+    e_rows, c_rows = pair.column("row_min_e"), pair.column("row_min_c")
+    row = good.column("row")
+    good = good.set_column(good.column_names.index("label"), "label",
+                           pc.if_else(pc.is_in(row, e_rows), pa.scalar(1, pa.int8()), label))
+    return good.filter(pc.invert(pc.is_in(row, c_rows))), len(c_rows)
+
+
+def _with_every_id(table: pa.Table | None, key: str, n: int) -> pa.Table:
+    """The attribute table with a row (nulls) for every index 1..n it lacks."""
+    ids = pa.array(np.arange(1, n + 1, dtype=np.int64))
+    if table is None:
+        return pa.table({key: ids})
+    missing = pc.filter(ids, pc.invert(pc.is_in(ids, table.column(key))))
+    if not len(missing):
+        return table
+    extra = pa.table({c: (missing if c == key else pa.nulls(len(missing), table.schema.field(c).type))
+                      for c in table.column_names})
+    return pa.concat_tables([table, extra]).sort_by(key)
 
 
 def _chunks(*cols) -> pa.Array:
@@ -407,7 +466,7 @@ class IdMap:
 
     def __init__(self, ids: pa.Array):
         self.ids = ids  # sorted unique strings; index i + 1 <-> ids[i]
-        self._lookup = {}
+        self._index: dict[str, int] | None = None  # built on the first single lookup (serving)
 
     @classmethod
     def fit(cls, text: pa.Array) -> "IdMap":
@@ -427,15 +486,15 @@ class IdMap:
     def encode(self, raw) -> int:
         """One id (str or int, as the user writes it) -> its index; unseen ids hash (class doc)."""
         key = str(raw).strip()
-        if key not in self._lookup:
-            at = self.encode_array(pa.array([key])).to_pylist()[0]
-            if at is None:
-                h = int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "big")
-                at = _HASH_BASE + h % _HASH_BASE
-            if len(self._lookup) < 1_000_000:
-                self._lookup[key] = at
-            return at
-        return self._lookup[key]
+        if not key:
+            raise ValueError("an id is empty (or only white space)")
+        if self._index is None:
+            self._index = {s: i + 1 for i, s in enumerate(self.ids.to_pylist())}
+        at = self._index.get(key)
+        if at is None:
+            h = int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "big")
+            at = _HASH_BASE + h % _HASH_BASE
+        return at
 
     def decode(self, index: np.ndarray) -> list[str | None]:
         """Dense indices -> the user's ids (None for an index that is not a known id)."""
@@ -464,12 +523,20 @@ def _constant_per_id(key: pa.Array, values: pa.Array, where: str, kind: str, nam
     return t.rename_columns([f"{kind}_id", name])
 
 
-def _attribute_table(path: Path, tf: TableFile, kind: str, default_id: str) -> pa.Table:
+def _attribute_table(path: Path, tf: TableFile, kind: str, default_id: str, buckets: dict[str, int]) -> pa.Table:
     """An items / users file -> (kind_id: the id as text, attributes...). Its id column is
-    `map.id`, else the events' column of that id (`default_id`)."""
+    `map.id`, else the events' column of that id (`default_id`). Attributes are read as text
+    (a code '007' stays '007') except those to bucket (`buckets`, by their new name)."""
     id_col = tf.map.get("id", default_id)
-    t = read_file(path, [id_col] + [c for c in _all_columns(path) if c != id_col], strings={id_col})
+    if not path.is_file():
+        raise DataFormatError(f"{path}: no such file")
+    have = _all_columns(path)
     rename = {v: k for k, v in tf.map.items() if k != "id"}
+    missing = [f"{kind}s.{k}={v}" for k, v in tf.map.items() if v not in have]
+    if missing:
+        raise DataFormatError(f"{path}: --map {', '.join(missing)}: no such column; the file has {cut(have, 300)}")
+    text = {c for c in have if rename.get(c, c) not in buckets}
+    t = read_file(path, [id_col] + [c for c in have if c != id_col], strings=text | {id_col})
     text = _text(t.column(id_col))
     if pc.any(_empty(text)).as_py():
         row = int(pc.index(_empty(text), True).as_py())
@@ -499,9 +566,23 @@ def _all_columns(path: Path) -> list[str]:
 
 def _csv_header(path: Path, delim: str) -> list[str]:
     """The column names of a delimited file (quoted or not), from its first block only."""
-    with pacsv.open_csv(path, parse_options=pacsv.ParseOptions(delimiter=delim),
-                        read_options=pacsv.ReadOptions(block_size=1 << 20)) as reader:
-        return reader.schema.names
+    try:
+        with pacsv.open_csv(path, parse_options=pacsv.ParseOptions(delimiter=delim),
+                            read_options=pacsv.ReadOptions(block_size=1 << 20)) as reader:
+            return reader.schema.names
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataFormatError(f"{path}: cannot read its header: {cut(str(exc), 200)} (an empty file?)") from None
+
+
+def _looks_continuous(col) -> bool:
+    """Text whose values are all decimal numbers, some with a fraction (a price, a depth): a model
+    would see one category per value. Integers ('3', '007') stay categories."""
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        return False
+    vals = pc.drop_null(col)
+    if not len(vals) or not pc.all(pc.match_substring_regex(vals, _NUM_RE)).as_py():
+        return False
+    return bool(pc.any(pc.match_substring(vals, ".")).as_py())
 
 
 def _check_attribute_types(table: pa.Table, key: str, kind: str, buckets: dict[str, int], where: str) -> dict:
@@ -515,7 +596,7 @@ def _check_attribute_types(table: pa.Table, key: str, kind: str, buckets: dict[s
                 raise DataFormatError(f"{where}: {kind} attribute {f.name!r} is {f.type}, not numeric: it cannot be "
                                       f"bucketed; drop `--bucket {f.name}=...` (text is a category)")
             docs[f.name] = f"numeric, {buckets[f.name]} quantile buckets fit on the training period's {kind}s"
-        elif pa.types.is_floating(f.type):
+        elif pa.types.is_floating(f.type) or _looks_continuous(table.column(f.name)):
             raise DataFormatError(f"{where}: {kind} attribute {f.name!r} is numeric ({f.type}); a model reads "
                                   f"categories, so bucket it (--bucket {f.name}=8: quantile boundaries fit on the "
                                   "training period) or leave the column out")
@@ -536,10 +617,11 @@ def import_dataset(spec: DatasetFile, out_root: Path, log=print) -> dict:
     m = spec.events.map
     ev_path = Path(spec.events.path)
     want = list(dict.fromkeys(m.values()))
-    raw = read_file(ev_path, want, strings={m["user"], m["item"]} | ({m["request"]} if "request" in m else set()))
+    numeric = {m[k] for k in m if k.startswith(("item.", "user.")) and k.split(".", 1)[1] in spec.buckets}
+    raw = read_file(ev_path, want, strings=set(want) - {m["time"]} - numeric)  # text unless it is a number to bucket
     n_read = raw.num_rows
     row = pa.array(np.arange(1, n_read + 1, dtype=np.int64))  # 1-based data row (line = row + 1)
-    rej = Rejects(str(ev_path))
+    rej = Rejects(str(ev_path), {"csv": 1, "tsv": 1, "jsonl": 0}.get(_format(ev_path)))
     user_t, item_t = _text(raw.column(m["user"])), _text(raw.column(m["item"]))
     rej.add(_empty(user_t), row, "missing value", m["user"], user_t)
     rej.add(_empty(item_t), row, "missing value", m["item"], item_t)
@@ -561,6 +643,8 @@ def import_dataset(spec: DatasetFile, out_root: Path, log=print) -> dict:
                                                                       pa.scalar(None, pa.int8())))
         rej.add(_empty(kt), row, "missing value", m["kind"], kt)
         rej.add(pc.and_(pc.invert(_empty(kt)), pc.is_null(label)), row, "unknown event kind", m["kind"], kt)
+        if spec.click_kinds and not set(spec.click_kinds).isdisjoint(spec.exposure_kinds):
+            raise DataFormatError(f"--click-kinds and --exposure-kinds share {sorted(set(spec.click_kinds) & set(spec.exposure_kinds))}")
     if "position" in m:
         position, bad_p = parse_position(raw.column(m["position"]))
         rej.add(bad_p, row, "bad position", m["position"], _text(raw.column(m["position"])))
@@ -573,19 +657,18 @@ def import_dataset(spec: DatasetFile, out_root: Path, log=print) -> dict:
     cols = {"user": user_t, "item": item_t, "ts": secs, "label": label, "position": position, "row": row}
     if "request" in m:
         cols["request"] = _text(raw.column(m["request"]))
-    side = {k.split(".", 1)[1]: raw.column(v).combine_chunks() for k, v in m.items() if k.startswith("side.")}
-    inline = {k: raw.column(v).combine_chunks() for k, v in m.items() if k.startswith(("item.", "user."))}
+    side = {k.split(".", 1)[1]: _plain(raw.column(v)) for k, v in m.items() if k.startswith("side.")}
+    inline = {k: _plain(raw.column(v)) for k, v in m.items() if k.startswith(("item.", "user."))}
     good = pa.table({**cols, **{f"side.{k}": v for k, v in side.items()}, **inline})
     keep = pc.fill_null(keep, False)
     if not pc.all(keep).as_py():
         good = good.filter(keep)
-    # exact duplicates (the first copy is kept), found on integer codes: hashing strings 6 at a time is slow
-    packed = pc.add(pc.multiply(pc.cast(good.column("ts"), pa.int64()), 1 << 17),
-                    pc.add(pc.multiply(pc.cast(good.column("label"), pa.int64()), 1 << 16),
-                           pc.cast(pc.fill_null(good.column("position"), 0), pa.int64())))  # ts | label | position
-    key = {"u": _codes(good.column("user")), "i": _codes(good.column("item")), "p": packed, "row": good.column("row")}
-    if "request" in m:
-        key["r"] = _codes(good.column("request"))
+    # exact duplicates: every mapped column equal, the time as written (not cut to the second); the first
+    # copy is kept. Found on integer codes: hashing several string columns at once is slow
+    good = good.append_column("time_text", pc.filter(time_text, keep) if good.num_rows < n_read else time_text)
+    key = {f"k{j}": _codes(good.column(c)) for j, c in enumerate(
+        [c for c in good.column_names if c not in ("ts", "row")])}
+    key["row"] = good.column("row")
     firsts = pa.table(key).group_by([k for k in key if k != "row"]).aggregate([("row", "min")]).column("row_min")
     if len(firsts) < good.num_rows:
         is_first = pc.is_in(good.column("row"), firsts)
@@ -598,15 +681,21 @@ def import_dataset(spec: DatasetFile, out_root: Path, log=print) -> dict:
         drop = pc.is_in(good.column("user"), few)
         rej.add(drop, good.column("row"), "too few events", m["user"], good.column("user"))
         good = good.filter(pc.invert(drop))
+    if "kind" in m:
+        good, folded = _fold_clicks(good, "request" in m)
+    else:
+        folded = 0
     if good.num_rows == 0:
-        raise DataFormatError(f"{ev_path}: no row survived the checks; {rej.summary()}")
+        why = "; ".join(f"{k}: {v['rows']:,} rows, e.g. {v['first']}. Fix: {v['fix']}" for k, v in rej.summary().items())
+        raise DataFormatError(f"{ev_path}: no event survived the checks ({n_read:,} data rows read). "
+                              + (why or "The file has a header but no rows."))
 
     # ids: users from events (+ users file), items from events (+ items file)
     items_t = users_t = None
     if spec.items is not None:
-        items_t = _attribute_table(Path(spec.items.path), spec.items, "item", m["item"])
+        items_t = _attribute_table(Path(spec.items.path), spec.items, "item", m["item"], spec.buckets)
     if spec.users is not None:
-        users_t = _attribute_table(Path(spec.users.path), spec.users, "user", m["user"])
+        users_t = _attribute_table(Path(spec.users.path), spec.users, "user", m["user"], spec.buckets)
     item_map = IdMap.fit(_chunks(good.column("item"), items_t.column("item_id") if items_t else None))
     user_map = IdMap.fit(_chunks(good.column("user"), users_t.column("user_id") if users_t else None))
     uid = user_map.encode_array(good.column("user").combine_chunks())
@@ -635,6 +724,7 @@ def import_dataset(spec: DatasetFile, out_root: Path, log=print) -> dict:
             items_t = table
         else:
             users_t = table
+    items_t = _with_every_id(items_t, "item_id", len(item_map.ids))  # the catalogue holds every event item
     item_docs = _check_attribute_types(items_t, "item_id", "item", spec.buckets, "items") if items_t else {}
     user_docs = _check_attribute_types(users_t, "user_id", "user", spec.buckets, "users") if users_t else {}
     unknown_b = sorted(set(spec.buckets) - set(item_docs) - set(user_docs))
@@ -655,7 +745,8 @@ def import_dataset(spec: DatasetFile, out_root: Path, log=print) -> dict:
         side_docs[name] = f"{columns[name].type}, event side feature (column {m['side.' + name]!r})"
     events = make_events(columns)
     rejected = rej.table()
-    summary = {"read_rows": n_read, "imported_rows": events.num_rows, "rejected_rows": n_read - events.num_rows,
+    summary = {"read_rows": n_read, "imported_rows": events.num_rows,
+               "rejected_rows": n_read - events.num_rows - folded, "clicks_folded_into_exposures": folded,
                "rejected": rej.summary(), "users": len(user_map.ids), "items": len(item_map.ids),
                "seconds": round(time.time() - t0, 2)}
     meta = {"source": f"imported from {ev_path}", "license": "the user's own data", "imported": True,

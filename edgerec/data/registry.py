@@ -79,6 +79,8 @@ def _imported(dataset_id: str) -> DatasetInfo | None:
     path = Path(dataset_id)
     if dataset_id.endswith((".yaml", ".yml")) and path.is_file():
         spec = read_dataset_file(path)
+        if spec.name in REGISTRY:
+            raise EdgerecError(f"{path}: name {spec.name!r} is a bundled dataset's; give yours another name")
         own = data_dir() / spec.name / DATASET_FILE
         if not own.exists() or read_dataset_file(own).to_dict() != spec.to_dict():  # new or edited: (re)import
             import_dataset(spec, data_dir())
@@ -88,6 +90,8 @@ def _imported(dataset_id: str) -> DatasetInfo | None:
     else:
         return None
     spec = read_dataset_file(path)
+    if spec.name in REGISTRY:
+        raise EdgerecError(f"{path}: name {spec.name!r} is a bundled dataset's; give yours another name")
 
     def build(_variant):
         raise EdgerecError(f"{spec.name}: re-import it with `edgerec data import` (its files: {spec.events.path})")

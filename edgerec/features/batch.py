@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from edgerec.features.definition import Event, FeatureDefinition, UserState, hour_of_week
 from edgerec.features.store import DEFAULT_DEDUP_WINDOW_S
-from edgerec.features.time import SECONDS_PER_DAY
+from edgerec.features.time import SECONDS_PER_DAY, local_clock
 from edgerec.io import atomic_path
 
 ENGINES = ("polars", "spark")
@@ -100,6 +100,15 @@ def read_event_file(path: str | Path, dedup_window_s: int | None = DEFAULT_DEDUP
     return events_table(gen())
 
 
+def with_local_day(events: pa.Table, tz: str) -> pa.Table:
+    """Adds `local_day`: days since 1970 on the dataset's local clock, so a day's snapshot ends at
+    local midnight (the same cut for the user fold and the item counts, on both engines)."""
+    import numpy as np
+
+    local = local_clock(tz).local(events.column("ts").to_numpy().astype(np.int64))
+    return events.append_column("local_day", pa.array(local // SECONDS_PER_DAY))
+
+
 def fold_user(rows: dict[str, list], definition: FeatureDefinition) -> tuple[dict, dict]:
     """ONE user's events (sorted by ts, then seq) -> (daily snapshot rows, sample rows), column-wise.
 
@@ -110,6 +119,7 @@ def fold_user(rows: dict[str, list], definition: FeatureDefinition) -> tuple[dic
     snaps: dict[str, list] = {f.name: [] for f in USER_SCHEMA}
     samples: dict[str, list] = {f.name: [] for f in SAMPLE_SCHEMA}
     n = len(rows["ts"])
+    local_day = rows["local_day"]  # the definition's local day of each event (with_local_day)
     i = 0
     while i < n:
         t = rows["ts"][i]
@@ -124,7 +134,7 @@ def fold_user(rows: dict[str, list], definition: FeatureDefinition) -> tuple[dic
             if e.kind != "exposure":
                 continue
             feats = feats or definition.user_features(state, t)
-            for k, v in (("user_id", user_id), ("item_id", e.item_id), ("ts", t), ("day", t // SECONDS_PER_DAY),
+            for k, v in (("user_id", user_id), ("item_id", e.item_id), ("ts", t), ("day", local_day[i]),
                          ("position", e.position), ("request_id", e.request_id),
                          ("label", int((e.item_id, e.request_id) in clicked)),
                          ("hist_item", feats["hist_item"]), ("hist_ts", feats["hist_ts"]),
@@ -134,8 +144,8 @@ def fold_user(rows: dict[str, list], definition: FeatureDefinition) -> tuple[dic
                 samples[k].append(v)
         for e in group:
             definition.apply_user(state, e)
-        day = t // SECONDS_PER_DAY
-        if j == n or rows["ts"][j] // SECONDS_PER_DAY != day:  # end of this user's day: snapshot
+        day = local_day[i]
+        if j == n or local_day[j] != day:  # end of this user's (local) day: snapshot
             d = state.to_dict()
             for k, v in (("user_id", user_id), ("day", day), ("hist_item", d["recent_item"]),
                          ("hist_ts", d["recent_ts"]), ("hist_position", d["recent_position"]),
@@ -165,7 +175,7 @@ def _run_polars(events: pa.Table, definition: FeatureDefinition) -> dict[str, pa
         s, x = fold_user(part.to_dict(as_series=False), definition)
         snaps.append(s)
         samples.append(x)
-    items = (df.with_columns((pl.col("ts") // SECONDS_PER_DAY).alias("day"))
+    items = (df.with_columns(pl.col("local_day").alias("day"))
              .group_by(["item_id", "day"])
              .agg((pl.col("kind") == "exposure").sum().cast(pl.Int64).alias("exposures"),
                   (pl.col("kind") == "click").sum().cast(pl.Int64).alias("clicks"))
@@ -225,7 +235,7 @@ def _run_spark(events: pa.Table, definition: FeatureDefinition, master: str) -> 
     users = folded.filter(pc.equal(folded.column("kind_of_row"), "user")).select(user_cols).cast(USER_SCHEMA)
     samples = folded.filter(pc.equal(folded.column("kind_of_row"), "sample")).select(sample_cols).cast(SAMPLE_SCHEMA)
     w = Window.partitionBy("item_id").orderBy("day").rowsBetween(Window.unboundedPreceding, 0)
-    items = (df.withColumn("day", F.floor(F.col("ts") / SECONDS_PER_DAY).cast("long"))
+    items = (df.withColumn("day", F.col("local_day"))
              .groupBy("item_id", "day")
              .agg(F.sum((F.col("kind") == "exposure").cast("long")).alias("exposures"),
                   F.sum((F.col("kind") == "click").cast("long")).alias("clicks"))
@@ -243,6 +253,7 @@ def run_batch(events: pa.Table, out_dir: str | Path, definition: FeatureDefiniti
     if engine not in ENGINES:
         raise ValueError(f"engine {engine!r}: choose one of {ENGINES}")
     events = events.cast(EVENT_SCHEMA)
+    events = with_local_day(events, definition.tz)
     tables = _run_polars(events, definition) if engine == "polars" else _run_spark(events, definition, spark_master)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

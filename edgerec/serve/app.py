@@ -114,8 +114,12 @@ def validation_error_reply(errors: list[dict]) -> JSONResponse:
     detail, seen = [], set()
     for e in errors:
         loc = [_json_safe(x) for x in e.get("loc", ()) if x not in _UNION_TAGS]
-        if repr(loc) in seen:  # an id failed as an integer AND as text: one error, the integer's
+        if repr(loc) in seen:  # an id failed as an integer AND as text: one error, the one for its JSON type
             continue
+        if any(x in _UNION_TAGS for x in e.get("loc", ())):
+            tag = "constrained-str" if isinstance(e.get("input"), str) else "constrained-int"
+            e = next((x for x in errors if tag in x.get("loc", ()) and
+                      [y for y in x.get("loc", ()) if y not in _UNION_TAGS] == list(e.get("loc", ()))[:-1]), e)
         seen.add(repr(loc))
         d = {"loc": loc, "msg": _json_safe(str(e.get("msg", ""))),
              "type": str(e.get("type", "value_error")), "input": cut(e.get("input"))}

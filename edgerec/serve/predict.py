@@ -52,7 +52,17 @@ def predict_rows(run_dir: str | Path, input_path: str | Path, out_path: str | Pa
     cfg, model, samples = load_run(run_dir)
     model.eval()
     source = str(input_path)
-    rows = read_file(input_path, ["user_id", "item_id", "ts"], strings={"user_id", "item_id"})
+    from edgerec.data.imports import _all_columns
+
+    path = Path(input_path)
+    if not path.is_file():
+        raise DataFormatError(f"{path}: no such file")
+    have = _all_columns(path)
+    taken = [c for c in ("score", "known_user", "known_item") if c in have]
+    if taken:
+        raise DataFormatError(f"{path}: already has column(s) {taken}, which predict writes; rename them")
+    rows = read_file(path, ["user_id", "item_id", "ts"] + [c for c in have if c not in ("user_id", "item_id", "ts")],
+                     strings={"user_id", "item_id"})  # every input column comes back, with the scores
     n = rows.num_rows
     maps = samples.id_maps or {}
     users = IdMap.from_table(maps["id_map_user"]) if "id_map_user" in maps else None

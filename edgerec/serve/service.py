@@ -234,7 +234,10 @@ class RecommendService:
     def internal_id(self, raw: int | str, kind: str, where: str = "request") -> int:
         """The user's id -> the index the store and the model use (the id itself for bundled data)."""
         if self.ids is not None:
-            return self.ids[kind].encode(raw)
+            try:
+                return self.ids[kind].encode(raw)
+            except ValueError as e:
+                raise IdError(f"{where}: {kind}_id {cut(raw)}: {e}", f"{kind}_id") from None
         if isinstance(raw, str):
             raise IdError(f"{where}: {kind}_id {cut(raw)} is text, but this service's dataset has integer ids; "
                           f"send an integer (text ids are for datasets imported with `edgerec data import`)",
