@@ -411,11 +411,11 @@ def _cmd_stream(args: argparse.Namespace) -> int:
         print(f"warning: {where}: line {stats.incomplete + 1} has no newline yet and is not a complete JSON object "
               "(a writer still writing it?): left unread and uncommitted; a later run reads it once it is complete.",
               file=sys.stderr)
-    if stats.read and stats.rejected == stats.read:  # nothing usable: a wrong file, not a few bad events
-        print(f"error: {where}: every one of the {stats.read:,} messages was rejected (see {rejected_to}); is it a "
-              "file of wire events (JSON lines: event_id, user_id, item_id, ts, kind)?", file=sys.stderr)
-        return 1
-    return 0
+    if stats.read and stats.rejected == stats.read:  # nothing usable: likely a wrong file, not a few bad events
+        print(f"warning: {where}: every one of the {stats.read:,} messages was rejected (see {rejected_to}); is it a "
+              "file of wire events (JSON lines: event_id, user_id, item_id, ts, kind)? For your own log, "
+              "`edgerec data import` it and stream with --export-from NAME.", file=sys.stderr)
+    return 0  # dead-lettering is the stream's job, not a failure: a live stream must not stop at a bad batch
 
 
 def _cmd_batch(args: argparse.Namespace) -> int:
