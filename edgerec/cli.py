@@ -299,7 +299,7 @@ def _definition(args: argparse.Namespace, dataset: str | None) -> "FeatureDefini
     if tz is None and dataset:
         from edgerec.data import registry
 
-        tz = registry.load(dataset).meta.get("tz")
+        tz = json.loads((registry.prepare(dataset) / "meta.json").read_text()).get("tz")  # meta only: no events
     tz = tz or "UTC"
     try:
         local_clock(tz)

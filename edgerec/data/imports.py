@@ -623,8 +623,9 @@ def import_dataset(spec: DatasetFile, out_root: Path, log=print) -> dict:
     row = pa.array(np.arange(1, n_read + 1, dtype=np.int64))  # 1-based data row (line = row + 1)
     rej = Rejects(str(ev_path), {"csv": 1, "tsv": 1, "jsonl": 0}.get(_format(ev_path)))
     user_t, item_t = _text(raw.column(m["user"])), _text(raw.column(m["item"]))
-    rej.add(_empty(user_t), row, "missing value", m["user"], user_t)
-    rej.add(_empty(item_t), row, "missing value", m["item"], item_t)
+    no_user, no_item = _empty(user_t), _empty(item_t)
+    rej.add(no_user, row, "missing value", m["user"], user_t)
+    rej.add(no_item, row, "missing value", m["item"], item_t)
     secs, bad_t, out_t = parse_time(raw.column(m["time"]), spec.time_unit, spec.tz)
     time_text = _text(raw.column(m["time"]))
     rej.add(_empty(time_text), row, "missing value", m["time"], time_text)
@@ -641,8 +642,9 @@ def import_dataset(spec: DatasetFile, out_root: Path, log=print) -> dict:
         expo = pc.is_in(kt, pa.array(spec.exposure_kinds))
         label = pc.if_else(click, pa.scalar(1, pa.int8()), pc.if_else(expo, pa.scalar(0, pa.int8()),
                                                                       pa.scalar(None, pa.int8())))
-        rej.add(_empty(kt), row, "missing value", m["kind"], kt)
-        rej.add(pc.and_(pc.invert(_empty(kt)), pc.is_null(label)), row, "unknown event kind", m["kind"], kt)
+        no_kind = _empty(kt)
+        rej.add(no_kind, row, "missing value", m["kind"], kt)
+        rej.add(pc.and_(pc.invert(no_kind), pc.is_null(label)), row, "unknown event kind", m["kind"], kt)
         if spec.click_kinds and not set(spec.click_kinds).isdisjoint(spec.exposure_kinds):
             raise DataFormatError(f"--click-kinds and --exposure-kinds share {sorted(set(spec.click_kinds) & set(spec.exposure_kinds))}")
     if "position" in m:
@@ -650,7 +652,7 @@ def import_dataset(spec: DatasetFile, out_root: Path, log=print) -> dict:
         rej.add(bad_p, row, "bad position", m["position"], _text(raw.column(m["position"])))
     else:
         position = pa.nulls(n_read, pa.int16())
-    keep = pc.invert(pc.or_(pc.or_(pc.or_(_empty(user_t), _empty(item_t)), pc.is_null(secs)),
+    keep = pc.invert(pc.or_(pc.or_(pc.or_(no_user, no_item), pc.is_null(secs)),
                             pc.or_(out_t, pc.is_null(label))))
     if "position" in m:
         keep = pc.and_(keep, pc.invert(bad_p))

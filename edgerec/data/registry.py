@@ -153,7 +153,7 @@ def describe(dataset_id: str) -> dict:
         "events": e.num_rows, "users": len(pc.unique(e.column("user_id"))),
         "items": len(pc.unique(e.column("item_id"))),
         "time_range_utc": [str(np.datetime64(int(ts.min()), "s")), str(np.datetime64(int(ts.max()), "s"))],
-        "tz": ds.meta.get("tz") or "UTC",
+        "tz": ds.tz,
         "label_rate": round(float(label.mean()), 5),
         "columns": {f.name: CORE_DOCS.get(f.name) or ds.meta.get("side_features", {}).get(f.name, str(f.type))
                     for f in e.schema},

@@ -165,11 +165,6 @@ class SampleSet:
 # encoding helpers
 
 
-def dataset_tz(ds: EventDataset) -> str:
-    """The dataset's time zone (meta.json `tz`; the bundled sets and the simulator are UTC)."""
-    return ds.meta.get("tz") or "UTC"
-
-
 def _index(values: np.ndarray, vocab: np.ndarray) -> np.ndarray:
     """1-based index of each value in the sorted unique array `vocab` (all values must be present)."""
     return np.searchsorted(vocab, values).astype(np.int64) + 1
@@ -425,7 +420,7 @@ def build_dicycle(ds: EventDataset, max_len: int = 50, seed: int = 0, min_events
     user_feats, user_sizes = _encode_side(ds.users, "user_id", user_vocab, list(user_features or []), "user", bk,
                                           np.unique(tr.user))
     spec = FeatureSpec(n_users=n_users + 2, n_items=n_items + 2, max_len=max_len,
-                       item_features=item_sizes, user_features=user_sizes, n_positions=0, tz=dataset_tz(ds))
+                       item_features=item_sizes, user_features=user_sizes, n_positions=0, tz=ds.tz)
     info = {"protocol": "dicycle", "negatives": negatives, "users": n_users, "items": n_items,
             "behaviours": len(item), "dropped_users_lt_min_events": int((moments_per_user < min_events).sum()),
             **{f"{k}_samples": len(v) for k, v in splits.items()},
@@ -483,7 +478,7 @@ def build_impressions(ds: EventDataset, max_len: int = 50, split_fractions=(0.8,
                                           np.unique(tr.user))
     spec = FeatureSpec(n_users=len(user_vocab) + 2, n_items=len(item_vocab) + 2, max_len=max_len,
                        item_features=item_sizes, user_features=user_sizes, n_positions=n_pos + 1,
-                       tz=dataset_tz(ds))
+                       tz=ds.tz)
     info = {"protocol": "impression", "users": len(user_vocab), "items": len(item_vocab),
             "split_time_cuts": [float(t1), float(t2)], **{f"{k}_samples": len(v) for k, v in splits.items()},
             **{f"{k}_ctr": round(float(v.label.mean()), 5) if len(v) else None for k, v in splits.items()}}

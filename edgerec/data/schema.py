@@ -99,6 +99,11 @@ class EventDataset:
     meta: dict = field(default_factory=dict)
     extras: dict[str, pa.Table] = field(default_factory=dict)  # e.g. simulator ground truth
 
+    @property
+    def tz(self) -> str:
+        """The time zone of the calendar features (meta.json `tz`; the bundled sets and the simulator are UTC)."""
+        return self.meta.get("tz") or "UTC"
+
     def save(self, root: Path, dirname: str | None = None) -> Path:
         """Write to root/<name>/ ; each file is written to a temp name and renamed."""
         out = Path(root) / (dirname or self.name)

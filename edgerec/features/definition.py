@@ -196,9 +196,10 @@ def causal_ends(store_key: np.ndarray, query_key: np.ndarray) -> np.ndarray:
 def hour_of_week(ts, tz: str | None = None):
     """Hour of the week in zone `tz` (None = UTC), Monday 00:00 local = 0: the calendar of
     edgerec.features.time.time_slots on the local clock. An int for an int, an array for an array."""
+    if isinstance(ts, numbers.Integral):  # one event (the stream's fold): integer arithmetic, no numpy
+        return (local_clock(tz).local(int(ts)) - _FIRST_MONDAY) % (7 * SECONDS_PER_DAY) // SECONDS_PER_HOUR
     local = local_clock(tz).local(np.asarray(ts, dtype=np.int64))
-    how = (local - _FIRST_MONDAY) % (7 * SECONDS_PER_DAY) // SECONDS_PER_HOUR
-    return int(how) if np.ndim(how) == 0 else how
+    return (local - _FIRST_MONDAY) % (7 * SECONDS_PER_DAY) // SECONDS_PER_HOUR
 
 
 class _Stored:

@@ -125,6 +125,7 @@ class LocalClock:
             offsets.append(int(off[i + 1]))
         self.starts = np.asarray(starts, dtype=np.int64)  # (K,) first UTC second of each offset
         self.offsets = np.asarray(offsets, dtype=np.int64)  # (K,) its UTC offset in seconds
+        self._starts, self._offsets = starts, offsets  # as Python ints: one event's lookup needs no numpy
 
     @property
     def is_utc(self) -> bool:
@@ -143,9 +144,14 @@ class LocalClock:
         return offsets[torch.searchsorted(starts, ts.contiguous(), right=True) - 1]
 
     def local(self, ts: T) -> T:
-        """Local wall-clock seconds: what `time_slots` must see for a local hour and weekday."""
+        """Local wall-clock seconds: what `time_slots` must see for a local hour and weekday.
+        A Python int gives an int (the stream folds events one at a time)."""
         if self.is_utc:
             return ts
+        if isinstance(ts, int):
+            import bisect
+
+            return ts + self._offsets[bisect.bisect_right(self._starts, ts) - 1]
         return ts + self.offset(ts)
 
 

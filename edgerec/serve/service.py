@@ -158,7 +158,7 @@ class CandidateIndex:
         if until_ts is not None:
             clicked &= ev.column("ts").to_numpy() < until_ts
         it = ev.column("item_id").to_numpy()[clicked]
-        tz = ds.meta.get("tz") or "UTC"
+        tz = ds.tz
         how = hour_of_week(ev.column("ts").to_numpy()[clicked], tz)  # (K,) local hour of the week
         counts = np.zeros((len(ids), HOURS_PER_WEEK), dtype=np.float64)
         np.add.at(counts, (np.searchsorted(ids, it), how), 1.0)
