@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 import pytest
 
 from edgerec.data import registry
@@ -93,7 +94,8 @@ def test_imported_ids_times_and_attributes(tmp_path, monkeypatch):
     ds = registry.load("mylog")
     assert ds.meta["tz"] == TZ and ds.users.column_names == ["user_id", "depth"]
     users = IdMap.from_table(ds.extras["id_map_user"])
-    assert users.decode(np.array([1, 2, 3])) == ["alice", "bob", "carol"]  # sorted strings -> 1..N
+    assert users.ids.to_pylist() == ["alice", "bob", "carol"]  # sorted strings -> 1..N; dave (too few events) is gone
+    assert ds.users.column("user_id").to_pylist() == [1, 2, 3] and ds.meta["import"]["users"] == 3
     new = users.encode("zed")
     assert new >= 2 ** 62 and new == IdMap.from_table(ds.extras["id_map_user"]).encode("zed")  # stable across processes
     e = ds.events
@@ -369,3 +371,57 @@ def test_batch_days_end_at_local_midnight():
     t = 1767638400 - 3000  # 2026-01-05 18:10 UTC = 2026-01-05 23:40 in Kolkata; +1 h is the next local day
     out = with_local_day(pa.table({"ts": [t, t + 3600]}), TZ).column("local_day").to_pylist()
     assert out[1] == out[0] + 1 and (t + 3600) // 86400 == t // 86400  # UTC would call them one day
+
+
+def test_duplicates_are_exact_rows_first_copy_kept_against_a_python_reference(tmp_path):
+    """The duplicate check compares in full only rows that share (user, item, second); on a log dense in
+    such near-copies (same second, another millisecond, position, request or side value) it must drop
+    exactly the rows a plain Python scan calls repeats, and keep each first copy."""
+    rng = np.random.default_rng(3)
+    lines, seen, repeats = ["u,i,t,y,p,r,app"], set(), []
+    for row in range(1, 2001):
+        rec = (f"u{rng.integers(3)}", f"x{rng.integers(3)}", str(1_000_000 + int(rng.integers(2)) * 1000 + int(rng.integers(2))),
+               str(rng.integers(2)), str(1 + rng.integers(2)), f"s{rng.integers(2)}", ["7.1", "7.2"][rng.integers(2)])
+        lines.append(",".join(rec))
+        if rec in seen:
+            repeats.append(row)
+        seen.add(rec)
+    (tmp_path / "e.csv").write_text("\n".join(lines) + "\n")
+    m = {"user": "u", "item": "i", "time": "t", "label": "y", "position": "p", "request": "r", "side.app": "app"}
+    s = import_dataset(DatasetFile("dups", TableFile(str(tmp_path / "e.csv"), m), time_unit="ms"), tmp_path / "d",
+                       log=lambda *_: None)
+    rejected = pacsv.read_csv(tmp_path / "d" / "dups" / "rejected.csv")
+    assert 0 < len(repeats) < 2000 - 100  # near-copies and exact copies both common
+    assert rejected.column("row").to_pylist() == repeats and set(rejected.column("reason").to_pylist()) == {"duplicate row"}
+    assert s["imported_rows"] == 2000 - len(repeats)
+
+
+def test_typed_parquet_labels_and_positions_are_checked_without_text(tmp_path):
+    """A Parquet log with integer labels and positions and float millisecond times: bad values are
+    rejected with the value as written, good ones kept."""
+    import pyarrow as pa
+
+    t = pa.table({"u": ["a"] * 6, "i": ["x", "y", "z", "w", "v", "q"],
+                  "t": pa.array([1e12, 1e12 + 1000, 1e12 + 2000, 1e12 + 3000, None, 1e12 + 5000]),
+                  "y": pa.array([1, 0, 2, 1, 1, None], pa.int64()),
+                  "p": pa.array([1, 9999, 1, 0, 1, 2], pa.int32())})
+    pq.write_table(t, tmp_path / "e.parquet")
+    spec = DatasetFile("typed", TableFile(str(tmp_path / "e.parquet"), {"user": "u", "item": "i", "time": "t",
+                                                                        "label": "y", "position": "p"}), time_unit="ms")
+    s = import_dataset(spec, tmp_path / "d", log=lambda *_: None)
+    r = s["rejected"]
+    assert s["imported_rows"] == 2 and s["rejected_rows"] == 4
+    assert r["label not 0/1"]["rows"] == 1 and "value '2'" in r["label not 0/1"]["first"]
+    assert r["bad position"]["rows"] == 1 and "value '0'" in r["bad position"]["first"]
+    assert r["missing value"]["rows"] == 2  # the time of row 5, the label of row 6
+    ev = EventDatasetLoad(tmp_path / "d", "typed").events
+    assert ev.column("position").to_pylist() == [1, 9999] and ev.column("ts").to_pylist() == [10 ** 9, 10 ** 9 + 1]
+
+
+def test_integer_millisecond_times_floor_and_range():
+    import pyarrow as pa
+
+    secs, bad, out = parse_time(pa.array([1767225600999, -500, None, 5 * 10 ** 15]), "ms", "UTC")
+    assert secs.to_pylist()[0] == 1767225600  # floored, not rounded
+    assert out.to_pylist() == [False, True, False, True]  # -0.5 s is before 1970, not truncated to 0
+    assert bad.to_pylist() == [False] * 4  # a null is a missing value, not an unparseable one

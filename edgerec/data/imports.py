@@ -312,20 +312,37 @@ class Rejects:
 # conversions (vectorized; each returns values and a mask of rows it could not read)
 
 
-def _text(arr) -> pa.Array:
-    arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+def _value(col) -> pa.Array:
+    """A column as written (chunks kept: combining a 10M-row column would copy it); text trimmed
+    (' cafe' is 'cafe'). When no value had white space around it the original is returned and the
+    trimmed copy dropped at once, so an id column is not held twice for nothing."""
+    arr = col
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        return arr
+    trimmed = pc.utf8_trim_whitespace(arr)
+    same = pc.sum(pc.binary_length(trimmed)).as_py() == pc.sum(pc.binary_length(arr)).as_py()
+    return arr if same else trimmed
+
+
+def _text(col) -> pa.Array:
+    """A column as trimmed text (ids are text: '007' stays '007'); a float id column (pandas writes
+    ints with a missing value as 7.0) reads '7'."""
+    arr = _value(col)
     if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
-        return pc.utf8_trim_whitespace(arr)
-    if pa.types.is_floating(arr.type):  # 7.0 -> '7' (an id column that pandas wrote as float)
+        return arr
+    if pa.types.is_floating(arr.type):
         integral = pc.fill_null(pc.equal(pc.floor(arr), arr), True)
         return pc.if_else(integral, pc.cast(pc.cast(arr, pa.int64(), safe=False), pa.string()), pc.cast(arr, pa.string()))
     return pc.cast(arr, pa.string())
 
 
-def _plain(col) -> pa.Array:
-    """A column as one Array; text trimmed (an attribute ' cafe' is 'cafe')."""
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    return pc.utf8_trim_whitespace(arr) if pa.types.is_string(arr.type) else arr
+def _is_text(arr) -> bool:
+    return pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)
+
+
+def _missing(arr) -> pa.Array:
+    """Null, or (text) empty after trimming: the value was not given."""
+    return _empty(arr) if _is_text(arr) else pc.is_null(arr)
 
 
 def _fold_clicks(good: pa.Table, by_request: bool) -> tuple[pa.Table, int]:
@@ -335,7 +352,7 @@ def _fold_clicks(good: pa.Table, by_request: bool) -> tuple[pa.Table, int]:
     exposure (or without a request column to match on) stays an event of its own. -> (table, folded)."""
     if not by_request:
         return good, 0
-    keys = ["user", "item", "request"]
+    keys = ["uid", "iid", "request"]
     label = good.column("label")
     clicks = good.filter(pc.equal(label, 1)).select(keys + ["row"])
     expos = good.filter(pc.equal(label, 0)).select(keys + ["row"])
@@ -408,8 +425,13 @@ def parse_time(arr, unit: str, tz: str) -> tuple[pa.Array, pa.Array, pa.Array]:
                 us = pa.array([_iso_one(v, parse) for v in sub.to_pylist()], pa.int64())
             secs = pc.if_else(mask, pc.divide(us, 1_000_000), secs)
         bad = pc.and_(pc.invert(_empty(text)), pc.is_null(secs))
+    elif pa.types.is_integer(arr.type):  # integer seconds / ms: integer arithmetic, no float pass
+        secs = pc.cast(arr, pa.int64())
+        if unit == "ms":  # a negative time stays negative (out of range), not truncated to 0
+            secs = pc.if_else(pc.less(secs, 0), pa.scalar(-1, pa.int64()), pc.divide(secs, 1000))
+        bad = pa.array(np.zeros(len(arr), bool))
     else:
-        if pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type):
+        if pa.types.is_floating(arr.type):
             num = pc.cast(arr, pa.float64())
         else:
             text = _text(arr)
@@ -420,7 +442,7 @@ def parse_time(arr, unit: str, tz: str) -> tuple[pa.Array, pa.Array, pa.Array]:
         finite = pc.fill_null(pc.is_finite(num), False)
         num = pc.if_else(finite, num, pa.scalar(None, pa.float64()))
         secs = pc.cast(pc.floor(pc.if_else(pc.less(pc.abs(num), 1e15), num, pa.scalar(None, pa.float64()))), pa.int64())
-        bad = pc.and_(pc.invert(_empty(_text(arr))), pc.is_null(secs))
+        bad = pc.and_(pc.invert(_missing(_value(arr))), pc.is_null(secs))
     secs = pc.cast(secs, pa.int64())
     out = pc.fill_null(pc.or_(pc.less(secs, 0), pc.greater(secs, TS_MAX)), False)
     return secs, pc.fill_null(bad, False), out
@@ -436,7 +458,13 @@ def _iso_one(v, parse):
 
 
 def parse_label(arr) -> tuple[pa.Array, pa.Array]:
-    """0/1 (also true/false, 0.0/1.0) -> (int8 with nulls, bad mask)."""
+    """0/1 (also true/false, 0.0/1.0; a typed Parquet column is read as it is) -> (int8 with nulls, bad mask)."""
+    arr = _value(arr)
+    if pa.types.is_boolean(arr.type) or pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type):
+        num = pc.cast(arr, pa.float64())
+        label = pc.if_else(pc.equal(num, 1.0), pa.scalar(1, pa.int8()),
+                           pc.if_else(pc.equal(num, 0.0), pa.scalar(0, pa.int8()), pa.scalar(None, pa.int8())))
+        return label, pc.and_(pc.is_valid(arr), pc.is_null(label))
     text = pc.utf8_lower(_text(arr))
     ones = pc.is_in(text, pa.array(["1", "1.0", "true"]))
     zeros = pc.is_in(text, pa.array(["0", "0.0", "false"]))
@@ -446,7 +474,15 @@ def parse_label(arr) -> tuple[pa.Array, pa.Array]:
 
 
 def parse_position(arr) -> tuple[pa.Array, pa.Array]:
-    """1-based integers -> (int16 with nulls for empty, bad mask)."""
+    """1-based integers up to 9999 (a typed Parquet column is read as it is) -> (int16 with nulls for
+    empty, bad mask)."""
+    arr = _value(arr)
+    if pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type):
+        num = pc.cast(arr, pa.float64())
+        ok = pc.and_(pc.and_(pc.greater_equal(num, 1.0), pc.less_equal(num, 9999.0)), pc.equal(pc.floor(num), num))
+        ok = pc.fill_null(ok, False)
+        pos = pc.if_else(ok, pc.cast(pc.if_else(ok, num, pa.scalar(1.0)), pa.int16()), pa.scalar(None, pa.int16()))
+        return pos, pc.and_(pc.is_valid(arr), pc.invert(ok))
     text = _text(arr)
     ok = pc.fill_null(pc.match_substring_regex(text, r"^\+?\d{1,4}(\.0*)?$"), False)
     pos = pc.cast(pc.cast(pc.if_else(ok, text, pa.scalar(None, pa.string())), pa.float64()), pa.int16())
@@ -607,105 +643,140 @@ def _check_attribute_types(table: pa.Table, key: str, kind: str, buckets: dict[s
     return docs
 
 
-def import_dataset(spec: DatasetFile, out_root: Path, log=print) -> dict:
-    """Read, check and convert the user's files; write the dataset folder (events, items, users,
-    id maps, rejected.csv, dataset.yaml, meta.json last). -> the import summary."""
-    import yaml
-
-    spec.check()
-    t0 = time.time()
+def _checked_events(spec: DatasetFile, rej: Rejects) -> tuple[pa.Table, int]:
+    """Read the events file and run every per-row check; rejected rows go to `rej`. -> (the rows that
+    passed, with columns user, item (text), ts, label, position, row, [request], side.*, item.* /
+    user.* inline and time_raw (the time as written, for the duplicate check); rows read). The raw
+    table dies when this returns, so the import never holds it beside later copies."""
     m = spec.events.map
     ev_path = Path(spec.events.path)
     want = list(dict.fromkeys(m.values()))
     numeric = {m[k] for k in m if k.startswith(("item.", "user.")) and k.split(".", 1)[1] in spec.buckets}
-    raw = read_file(ev_path, want, strings=set(want) - {m["time"]} - numeric)  # text unless it is a number to bucket
+    typed = {m[k] for k in ("time", "label", "position") if k in m} | numeric  # parsed; a bad value makes read_file
+    raw = read_file(ev_path, want, strings=set(want) - typed)  # fall back to text, and the checks name its row
     n_read = raw.num_rows
     row = pa.array(np.arange(1, n_read + 1, dtype=np.int64))  # 1-based data row (line = row + 1)
-    rej = Rejects(str(ev_path), {"csv": 1, "tsv": 1, "jsonl": 0}.get(_format(ev_path)))
     user_t, item_t = _text(raw.column(m["user"])), _text(raw.column(m["item"]))
     no_user, no_item = _empty(user_t), _empty(item_t)
     rej.add(no_user, row, "missing value", m["user"], user_t)
     rej.add(no_item, row, "missing value", m["item"], item_t)
-    secs, bad_t, out_t = parse_time(raw.column(m["time"]), spec.time_unit, spec.tz)
-    time_text = _text(raw.column(m["time"]))
-    rej.add(_empty(time_text), row, "missing value", m["time"], time_text)
-    rej.add(bad_t, row, "unparseable time", m["time"], time_text)
-    rej.add(out_t, row, "time out of range", m["time"], time_text)
+    time_raw = _value(raw.column(m["time"]))
+    secs, bad_t, out_t = parse_time(time_raw, spec.time_unit, spec.tz)
+    rej.add(_missing(time_raw), row, "missing value", m["time"], time_raw)
+    rej.add(bad_t, row, "unparseable time", m["time"], time_raw)
+    rej.add(out_t, row, "time out of range", m["time"], time_raw)
     if "label" in m:
-        label, bad_l = parse_label(raw.column(m["label"]))
-        lt = _text(raw.column(m["label"]))
-        rej.add(_empty(lt), row, "missing value", m["label"], lt)
-        rej.add(bad_l, row, "label not 0/1", m["label"], lt)
+        lv = _value(raw.column(m["label"]))
+        label, bad_l = parse_label(lv)
+        rej.add(_missing(lv), row, "missing value", m["label"], lv)
+        rej.add(bad_l, row, "label not 0/1", m["label"], lv)
     else:
+        if spec.click_kinds and not set(spec.click_kinds).isdisjoint(spec.exposure_kinds):
+            raise DataFormatError(f"--click-kinds and --exposure-kinds share "
+                                  f"{sorted(set(spec.click_kinds) & set(spec.exposure_kinds))}")
         kt = _text(raw.column(m["kind"]))
-        click = pc.is_in(kt, pa.array(spec.click_kinds))
-        expo = pc.is_in(kt, pa.array(spec.exposure_kinds))
+        click = pc.is_in(kt, pa.array(spec.click_kinds, pa.string()))
+        expo = pc.is_in(kt, pa.array(spec.exposure_kinds, pa.string()))
         label = pc.if_else(click, pa.scalar(1, pa.int8()), pc.if_else(expo, pa.scalar(0, pa.int8()),
                                                                       pa.scalar(None, pa.int8())))
         no_kind = _empty(kt)
         rej.add(no_kind, row, "missing value", m["kind"], kt)
         rej.add(pc.and_(pc.invert(no_kind), pc.is_null(label)), row, "unknown event kind", m["kind"], kt)
-        if spec.click_kinds and not set(spec.click_kinds).isdisjoint(spec.exposure_kinds):
-            raise DataFormatError(f"--click-kinds and --exposure-kinds share {sorted(set(spec.click_kinds) & set(spec.exposure_kinds))}")
-    if "position" in m:
-        position, bad_p = parse_position(raw.column(m["position"]))
-        rej.add(bad_p, row, "bad position", m["position"], _text(raw.column(m["position"])))
-    else:
-        position = pa.nulls(n_read, pa.int16())
     keep = pc.invert(pc.or_(pc.or_(pc.or_(no_user, no_item), pc.is_null(secs)),
                             pc.or_(out_t, pc.is_null(label))))
     if "position" in m:
+        pv = _value(raw.column(m["position"]))
+        position, bad_p = parse_position(pv)
+        rej.add(bad_p, row, "bad position", m["position"], pv)
         keep = pc.and_(keep, pc.invert(bad_p))
+    else:
+        position = pa.nulls(n_read, pa.int16())
     cols = {"user": user_t, "item": item_t, "ts": secs, "label": label, "position": position, "row": row}
     if "request" in m:
         cols["request"] = _text(raw.column(m["request"]))
-    side = {k.split(".", 1)[1]: _plain(raw.column(v)) for k, v in m.items() if k.startswith("side.")}
-    inline = {k: _plain(raw.column(v)) for k, v in m.items() if k.startswith(("item.", "user."))}
-    good = pa.table({**cols, **{f"side.{k}": v for k, v in side.items()}, **inline})
+    cols.update({k: _value(raw.column(v)) for k, v in m.items() if k.startswith(("side.", "item.", "user."))})
+    cols["time_raw"] = time_raw
+    good = pa.table(cols)
     keep = pc.fill_null(keep, False)
-    if not pc.all(keep).as_py():
-        good = good.filter(keep)
-    # exact duplicates: every mapped column equal, the time as written (not cut to the second); the first
-    # copy is kept. Found on integer codes: hashing several string columns at once is slow
-    good = good.append_column("time_text", pc.filter(time_text, keep) if good.num_rows < n_read else time_text)
-    key = {f"k{j}": _codes(good.column(c)) for j, c in enumerate(
-        [c for c in good.column_names if c not in ("ts", "row")])}
-    key["row"] = good.column("row")
-    firsts = pa.table(key).group_by([k for k in key if k != "row"]).aggregate([("row", "min")]).column("row_min")
-    if len(firsts) < good.num_rows:
-        is_first = pc.is_in(good.column("row"), firsts)
-        rej.add(pc.invert(is_first), good.column("row"), "duplicate row", "(whole row)", None)
-        good = good.filter(is_first)
-    # users with too few events
-    if spec.min_user_events > 1:
-        per = good.group_by("user").aggregate([("user", "count")])
-        few = per.filter(pc.less(per.column("user_count"), spec.min_user_events)).column("user")
-        drop = pc.is_in(good.column("user"), few)
-        rej.add(drop, good.column("row"), "too few events", m["user"], good.column("user"))
-        good = good.filter(pc.invert(drop))
-    if "kind" in m:
-        good, folded = _fold_clicks(good, "request" in m)
-    else:
-        folded = 0
-    if good.num_rows == 0:
-        why = "; ".join(f"{k}: {v['rows']:,} rows, e.g. {v['first']}. Fix: {v['fix']}" for k, v in rej.summary().items())
-        raise DataFormatError(f"{ev_path}: no event survived the checks ({n_read:,} data rows read). "
-                              + (why or "The file has a header but no rows."))
+    return (good if pc.all(keep).as_py() else good.filter(keep)), n_read
 
-    # ids: users from events (+ users file), items from events (+ items file)
+
+_MIX_U, _MIX_I = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F)
+
+
+def _drop_duplicates(good: pa.Table, rej: Rejects) -> pa.Table:
+    """Exact duplicates: every mapped column equal, the time as written (not cut to the second); the
+    first copy is kept. Two copies share (user, item, second), so a sort of a 64-bit mix of those three
+    finds the candidates (a collision of the mix only adds a candidate) and only the candidates are
+    compared in full: a sort of one integer column instead of a group-by over every column."""
+    if good.num_rows < 2:
+        return good
+    u = good.column("uid").to_numpy().astype(np.uint64)  # dense ids: no second hash of the id strings
+    i = good.column("iid").to_numpy().astype(np.uint64)
+    with np.errstate(over="ignore"):
+        mix = (u * _MIX_U) ^ (i * _MIX_I) ^ good.column("ts").to_numpy().astype(np.uint64)  # (rows,)
+    del u, i
+    s = np.sort(mix)
+    shared = s[1:][s[1:] == s[:-1]]
+    if not len(shared):
+        return good
+    shared = np.unique(shared)  # small: the mixes seen twice or more
+    at = np.minimum(np.searchsorted(shared, mix), len(shared) - 1)
+    sub = good.filter(pa.array(shared[at] == mix))  # the candidates (np.isin would sort all rows again)
+    key = {f"k{j}": _codes(sub.column(c)) for j, c in enumerate(c for c in sub.column_names if c not in ("ts", "row", "uid", "iid"))}
+    key["row"] = sub.column("row")
+    firsts = pa.table(key).group_by([k for k in key if k != "row"]).aggregate([("row", "min")]).column("row_min")
+    if len(firsts) == sub.num_rows:
+        return good
+    later = pc.invert(pc.is_in(sub.column("row"), firsts))
+    rej.add(later, sub.column("row"), "duplicate row", "(whole row)", None)
+    return good.filter(pc.invert(pc.is_in(good.column("row"), pc.filter(sub.column("row"), later))))
+
+
+def _drop_sparse_users(good: pa.Table, min_events: int, user_column: str, rej: Rejects) -> pa.Table:
+    """Users with fewer than `min_events` events are dropped (and counted)."""
+    if min_events <= 1:
+        return good
+    per = good.group_by("uid").aggregate([("uid", "count")])
+    few = per.filter(pc.less(per.column("uid_count"), min_events)).column("uid")
+    drop = pc.is_in(good.column("uid"), few)
+    rej.add(drop, good.column("row"), "too few events", user_column, good.column("user"))
+    return good.filter(pc.invert(drop))
+
+
+def _attribute_files(spec: DatasetFile) -> tuple[pa.Table | None, pa.Table | None]:
+    """The items and users files (ids still text), or None where the dataset file names none."""
+    m = spec.events.map
     items_t = users_t = None
     if spec.items is not None:
         items_t = _attribute_table(Path(spec.items.path), spec.items, "item", m["item"], spec.buckets)
     if spec.users is not None:
         users_t = _attribute_table(Path(spec.users.path), spec.users, "user", m["user"], spec.buckets)
-    item_map = IdMap.fit(_chunks(good.column("item"), items_t.column("item_id") if items_t else None))
+    return items_t, users_t
+
+
+def _with_dense_ids(good: pa.Table, items_t: pa.Table | None, users_t: pa.Table | None) -> tuple[pa.Table, IdMap, IdMap]:
+    """Fit the id maps on the events' ids and the files' ids; add the dense `uid` / `iid` columns,
+    which the later steps (duplicates, sparse users, the events table) use instead of the strings."""
     user_map = IdMap.fit(_chunks(good.column("user"), users_t.column("user_id") if users_t else None))
-    uid = user_map.encode_array(good.column("user").combine_chunks())
-    iid = item_map.encode_array(good.column("item").combine_chunks())
+    item_map = IdMap.fit(_chunks(good.column("item"), items_t.column("item_id") if items_t else None))
+    good = _drop_columns(good, ("uid", "iid"))
+    good = good.append_column("uid", user_map.encode_array(good.column("user")))
+    return good.append_column("iid", item_map.encode_array(good.column("item"))), user_map, item_map
+
+
+def _drop_columns(t: pa.Table, names) -> pa.Table:
+    return t.drop_columns([c for c in names if c in t.column_names])
+
+
+def _attributes(good: pa.Table, spec: DatasetFile, user_map: IdMap, item_map: IdMap, items_t: pa.Table | None,
+                users_t: pa.Table | None) -> tuple[pa.Table, pa.Table | None, dict, dict]:
+    """The attribute tables keyed by dense index, inline attributes (item.* / user.* of the events)
+    joined in, every event item in the catalogue. -> (items, users, item docs, user docs)."""
+    ev_path = Path(spec.events.path)
     for kind, idmap, table in (("item", item_map, items_t), ("user", user_map, users_t)):
-        inl = [c for c in good.column_names if c.startswith(f"{kind}.")]
         attrs = None
-        for c in inl:
+        for c in (c for c in good.column_names if c.startswith(f"{kind}.")):
             a = _constant_per_id(good.column(kind).combine_chunks(), good.column(c).combine_chunks(), str(ev_path),
                                  kind, c.split(".", 1)[1])  # checked on the user's ids: the message names his id
             a = a.set_column(0, f"{kind}_id", idmap.encode_array(a.column(0).combine_chunks()))
@@ -733,20 +804,49 @@ def import_dataset(spec: DatasetFile, out_root: Path, log=print) -> dict:
     if unknown_b:
         raise DataFormatError(f"--bucket {unknown_b}: no such item or user attribute; attributes are "
                               f"{sorted(item_docs) + sorted(user_docs)}")
+    return items_t, users_t, item_docs, user_docs
 
-    columns = {"user_id": uid, "item_id": iid, "ts": good.column("ts"), "label": good.column("label"),
-               "position": good.column("position")}  # file order, as the bundled sets keep theirs
+
+def _event_table(good: pa.Table, spec: DatasetFile) -> tuple[pa.Table, dict]:
+    """The checked rows as an events table (dense ids, file order as the bundled sets keep theirs). -> (events, side docs)."""
+    m = spec.events.map
+    columns = {"user_id": good.column("uid"), "item_id": good.column("iid"), "ts": good.column("ts"), "label": good.column("label"), "position": good.column("position")}
     side_docs = {}
     if "request" in m:
-        req = good.column("request").combine_chunks()
-        req_map = IdMap.fit(pc.drop_null(req))
-        columns["request_id"] = req_map.encode_array(req)
-        side_docs["request_id"] = f"int64, request / session id (column {m['request']!r}, mapped to 1..N)"
-    for name in side:
-        columns[name] = good.column(f"side.{name}")
-        side_docs[name] = f"{columns[name].type}, event side feature (column {m['side.' + name]!r})"
-    events = make_events(columns)
-    rejected = rej.table()
+        columns["request_id"] = pc.add(_codes(good.column("request")), 1)  # one hash pass; null stays null
+        side_docs["request_id"] = (f"int64, request / session id (column {m['request']!r}, mapped to 1..N in order "
+                                   "of first appearance)")
+    for key in (k for k in m if k.startswith("side.")):
+        name = key.split(".", 1)[1]
+        columns[name] = good.column(key)
+        side_docs[name] = f"{columns[name].type}, event side feature (column {m[key]!r})"
+    return make_events(columns), side_docs
+
+
+def import_dataset(spec: DatasetFile, out_root: Path, log=print) -> dict:
+    """Read, check and convert the user's files; write the dataset folder (events, items, users,
+    id maps, rejected.csv, dataset.yaml, meta.json last). -> the import summary."""
+    spec.check()
+    t0 = time.time()
+    m = spec.events.map
+    ev_path = Path(spec.events.path)
+    rej = Rejects(str(ev_path), {"csv": 1, "tsv": 1, "jsonl": 0}.get(_format(ev_path)))
+    good, n_read = _checked_events(spec, rej)
+    if good.num_rows == 0:
+        _nothing_survived(ev_path, n_read, rej)
+    items_t, users_t = _attribute_files(spec)
+    good, user_map, item_map = _with_dense_ids(good, items_t, users_t)
+    good = _drop_duplicates(good, rej)  # never removes an id: the first copy stays
+    n_before = good.num_rows
+    good = _drop_sparse_users(good, spec.min_user_events, m["user"], rej)
+    if good.num_rows == 0:
+        _nothing_survived(ev_path, n_read, rej)
+    if good.num_rows < n_before:  # some ids are gone with their users' rows: refit, so the maps hold none of them
+        good, user_map, item_map = _with_dense_ids(good, items_t, users_t)
+    good, folded = _fold_clicks(good, "request" in m) if "kind" in m else (good, 0)  # a fold keeps every id
+    items_t, users_t, item_docs, user_docs = _attributes(good, spec, user_map, item_map, items_t, users_t)
+    events, side_docs = _event_table(good, spec)
+    del good
     summary = {"read_rows": n_read, "imported_rows": events.num_rows,
                "rejected_rows": n_read - events.num_rows - folded, "clicks_folded_into_exposures": folded,
                "rejected": rej.summary(), "users": len(user_map.ids), "items": len(item_map.ids),
@@ -758,18 +858,31 @@ def import_dataset(spec: DatasetFile, out_root: Path, log=print) -> dict:
                      f"times in {spec.tz} local for calendar features."}
     extras = {"id_map_user": user_map.table(), "id_map_item": item_map.table()}
     ds = EventDataset(spec.name, events, items=items_t, users=users_t, meta=meta, extras=extras)
-    out = Path(out_root) / spec.name
+    _write_dataset(ds, spec, rej.table(), Path(out_root))
+    log_summary(summary, Path(out_root) / spec.name, log)
+    return summary
+
+
+def _nothing_survived(ev_path: Path, n_read: int, rej: Rejects) -> None:
+    why = "; ".join(f"{k}: {v['rows']:,} rows, e.g. {v['first']}. Fix: {v['fix']}" for k, v in rej.summary().items())
+    raise DataFormatError(f"{ev_path}: no event survived the checks ({n_read:,} data rows read). "
+                          + (why or "The file has a header but no rows."))
+
+
+def _write_dataset(ds: EventDataset, spec: DatasetFile, rejected: pa.Table, out_root: Path) -> None:
+    """rejected.csv, dataset.yaml, then the dataset (meta.json last: its presence marks a complete import)."""
+    import yaml
+
+    from edgerec.io import atomic_path, write_text_atomic
+
+    out = out_root / spec.name
     if (out / "meta.json").exists() and not (out / DATASET_FILE).exists():
         raise DataFormatError(f"{out} holds a dataset that was not imported; choose another name")
     out.mkdir(parents=True, exist_ok=True)
-    from edgerec.io import atomic_path, write_text_atomic
-
     with atomic_path(out / "rejected.csv") as tmp:
         pacsv.write_csv(rejected, tmp)
     write_text_atomic(out / DATASET_FILE, yaml.safe_dump(spec.to_dict(), sort_keys=False, allow_unicode=True))
-    ds.save(Path(out_root), spec.name)
-    log_summary(summary, out, log)
-    return summary
+    ds.save(out_root, spec.name)
 
 
 def log_summary(s: dict, out: Path, log=print) -> None:
