@@ -425,3 +425,28 @@ def test_integer_millisecond_times_floor_and_range():
     assert secs.to_pylist()[0] == 1767225600  # floored, not rounded
     assert out.to_pylist() == [False, True, False, True]  # -0.5 s is before 1970, not truncated to 0
     assert bad.to_pylist() == [False] * 4  # a null is a missing value, not an unparseable one
+
+
+def test_one_rule_per_column_whatever_the_other_rows_or_the_parquet_writer(tmp_path):
+    """Review findings on the typed reading: a CSV label '01' is refused whether or not another row
+    makes the column text; an empty label in a dictionary-typed Parquet column is a counted 'missing
+    value' (it was dropped without a rejected.csv row); a microsecond time read as seconds is
+    'unparseable' whether the column is integer or float."""
+    import pyarrow as pa
+
+    m = {"user": "u", "item": "i", "time": "t", "label": "y"}
+    for name, extra in (("plain", ""), ("texty", "a,w,1700000003,yes\n")):
+        (tmp_path / f"{name}.csv").write_text("u,i,t,y\na,x,1700000000,1\na,y,1700000001,0\na,z,1700000002,01\n" + extra)
+        s = import_dataset(DatasetFile(name, TableFile(str(tmp_path / f"{name}.csv"), m)), tmp_path / "d",
+                           log=lambda *_: None)
+        assert s["imported_rows"] == 2 and s["rejected"]["label not 0/1"]["first"].endswith("value '01'")
+        assert IdMap.from_table(EventDatasetLoad(tmp_path / "d", name).extras["id_map_item"]).ids.to_pylist() == ["x", "y"]
+    t = pa.table({"u": ["a"] * 3, "i": ["x", "y", "z"], "t": [1700000000, 1700000001, 1700000002],
+                  "y": pa.array(["1", "", "0"]).dictionary_encode()})
+    pq.write_table(t, tmp_path / "dict.parquet")
+    s = import_dataset(DatasetFile("dict", TableFile(str(tmp_path / "dict.parquet"), m)), tmp_path / "d", log=lambda *_: None)
+    assert s["rejected_rows"] == 1 and s["rejected"]["missing value"]["rows"] == 1
+    assert pacsv.read_csv(tmp_path / "d" / "dict" / "rejected.csv").column("row").to_pylist() == [2]
+    for arr in (pa.array([1_700_000_000_000_000]), pa.array([1.7e15])):
+        _, bad, out = parse_time(arr, "s", "UTC")
+        assert bad.to_pylist() == [True] and out.to_pylist() == [False]

@@ -42,6 +42,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import pyarrow as pa
@@ -313,9 +314,9 @@ class Rejects:
 
 
 def _value(col) -> pa.Array:
-    """A column as written (chunks kept: combining a 10M-row column would copy it); text trimmed
-    (' cafe' is 'cafe'). When no value had white space around it the original is returned and the
-    trimmed copy dropped at once, so an id column is not held twice for nothing."""
+    """A column with its text trimmed (' cafe' is 'cafe'), anything else as it is; chunks kept
+    (combining a 10M-row column would copy it). When no value had white space around it the original
+    is returned and the trimmed copy dropped at once, so an id column is not held twice for nothing."""
     arr = col
     if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
         return arr
@@ -336,13 +337,13 @@ def _text(col) -> pa.Array:
     return pc.cast(arr, pa.string())
 
 
-def _is_text(arr) -> bool:
-    return pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)
-
-
 def _missing(arr) -> pa.Array:
-    """Null, or (text) empty after trimming: the value was not given."""
-    return _empty(arr) if _is_text(arr) else pc.is_null(arr)
+    """The value was not given: null, or empty text after trimming (dictionary and binary columns,
+    as some Parquet writers produce, are read as text for this)."""
+    t = arr.type
+    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_timestamp(t):
+        return pc.is_null(arr)
+    return _empty(_text(arr))
 
 
 def _fold_clicks(good: pa.Table, by_request: bool) -> tuple[pa.Table, int]:
@@ -429,7 +430,9 @@ def parse_time(arr, unit: str, tz: str) -> tuple[pa.Array, pa.Array, pa.Array]:
         secs = pc.cast(arr, pa.int64())
         if unit == "ms":  # a negative time stays negative (out of range), not truncated to 0
             secs = pc.if_else(pc.less(secs, 0), pa.scalar(-1, pa.int64()), pc.divide(secs, 1000))
-        bad = pa.array(np.zeros(len(arr), bool))
+        huge = pc.fill_null(pc.greater_equal(pc.abs(secs), 10 ** 15), False)  # as the float path: not a time at all
+        secs = pc.if_else(huge, pa.scalar(None, pa.int64()), secs)
+        bad = huge
     else:
         if pa.types.is_floating(arr.type):
             num = pc.cast(arr, pa.float64())
@@ -458,7 +461,7 @@ def _iso_one(v, parse):
 
 
 def parse_label(arr) -> tuple[pa.Array, pa.Array]:
-    """0/1 (also true/false, 0.0/1.0; a typed Parquet column is read as it is) -> (int8 with nulls, bad mask)."""
+    """0/1 (text: also true/false, 0.0/1.0; a typed Parquet / JSON column by its value) -> (int8 with nulls, bad mask)."""
     arr = _value(arr)
     if pa.types.is_boolean(arr.type) or pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type):
         num = pc.cast(arr, pa.float64())
@@ -474,8 +477,8 @@ def parse_label(arr) -> tuple[pa.Array, pa.Array]:
 
 
 def parse_position(arr) -> tuple[pa.Array, pa.Array]:
-    """1-based integers up to 9999 (a typed Parquet column is read as it is) -> (int16 with nulls for
-    empty, bad mask)."""
+    """1-based integers up to 9999 (text as written, '+3' and '3.0' allowed; a typed Parquet / JSON
+    column by its value) -> (int16 with nulls for empty, bad mask)."""
     arr = _value(arr)
     if pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type):
         num = pc.cast(arr, pa.float64())
@@ -652,8 +655,9 @@ def _checked_events(spec: DatasetFile, rej: Rejects) -> tuple[pa.Table, int]:
     ev_path = Path(spec.events.path)
     want = list(dict.fromkeys(m.values()))
     numeric = {m[k] for k in m if k.startswith(("item.", "user.")) and k.split(".", 1)[1] in spec.buckets}
-    typed = {m[k] for k in ("time", "label", "position") if k in m} | numeric  # parsed; a bad value makes read_file
-    raw = read_file(ev_path, want, strings=set(want) - typed)  # fall back to text, and the checks name its row
+    # CSV: every column text (the checks below apply one rule to every row, as written) except the time,
+    # which Arrow parses (a bad value makes read_file read the file as text) and numbers to bucket
+    raw = read_file(ev_path, want, strings=set(want) - {m["time"]} - numeric)
     n_read = raw.num_rows
     row = pa.array(np.arange(1, n_read + 1, dtype=np.int64))  # 1-based data row (line = row + 1)
     user_t, item_t = _text(raw.column(m["user"])), _text(raw.column(m["item"]))
@@ -833,14 +837,14 @@ def import_dataset(spec: DatasetFile, out_root: Path, log=print) -> dict:
     rej = Rejects(str(ev_path), {"csv": 1, "tsv": 1, "jsonl": 0}.get(_format(ev_path)))
     good, n_read = _checked_events(spec, rej)
     if good.num_rows == 0:
-        _nothing_survived(ev_path, n_read, rej)
+        _raise_nothing_survived(ev_path, n_read, rej)
     items_t, users_t = _attribute_files(spec)
     good, user_map, item_map = _with_dense_ids(good, items_t, users_t)
     good = _drop_duplicates(good, rej)  # never removes an id: the first copy stays
     n_before = good.num_rows
     good = _drop_sparse_users(good, spec.min_user_events, m["user"], rej)
     if good.num_rows == 0:
-        _nothing_survived(ev_path, n_read, rej)
+        _raise_nothing_survived(ev_path, n_read, rej)
     if good.num_rows < n_before:  # some ids are gone with their users' rows: refit, so the maps hold none of them
         good, user_map, item_map = _with_dense_ids(good, items_t, users_t)
     good, folded = _fold_clicks(good, "request" in m) if "kind" in m else (good, 0)  # a fold keeps every id
@@ -863,7 +867,7 @@ def import_dataset(spec: DatasetFile, out_root: Path, log=print) -> dict:
     return summary
 
 
-def _nothing_survived(ev_path: Path, n_read: int, rej: Rejects) -> None:
+def _raise_nothing_survived(ev_path: Path, n_read: int, rej: Rejects) -> NoReturn:
     why = "; ".join(f"{k}: {v['rows']:,} rows, e.g. {v['first']}. Fix: {v['fix']}" for k, v in rej.summary().items())
     raise DataFormatError(f"{ev_path}: no event survived the checks ({n_read:,} data rows read). "
                           + (why or "The file has a header but no rows."))
