@@ -341,6 +341,9 @@ def test_dataset_file_paths_and_names(tmp_path, monkeypatch):
     spec = DatasetFile.from_dict({"name": "x", "events": {"path": "e.csv", "map": {"user": "u", "item": "i",
                                   "time": "t", "kind": "k"}}, "click_kinds": "click, order"}, "f.yaml")
     assert spec.click_kinds == ["click", "order"]
+    with pytest.raises(DataFormatError, match="--click-kinds and --exposure-kinds share \\['view'\\]"):
+        DatasetFile.from_dict({"name": "x", "events": {"path": "e.csv", "map": {"user": "u", "item": "i", "time": "t",
+                               "kind": "k"}}, "click_kinds": ["click", "view"]}, "f.yaml")  # refused before any data
     empty = tmp_path / "empty.csv"
     empty.write_text("")
     with pytest.raises(DataFormatError, match="empty"):

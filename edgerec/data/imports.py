@@ -118,6 +118,9 @@ class DatasetFile:
         if ("label" in m) == ("kind" in m):
             raise DataFormatError("events map: map exactly one of label (a 0/1 column) and kind (an event-kind "
                                   "column, with --click-kinds)")
+        if "kind" in m and not set(self.click_kinds).isdisjoint(self.exposure_kinds):
+            raise DataFormatError(f"--click-kinds and --exposure-kinds share "
+                                  f"{sorted(set(self.click_kinds) & set(self.exposure_kinds))}")
         for name, n in self.buckets.items():
             if not isinstance(n, int) or isinstance(n, bool) or not 2 <= n <= 1000:
                 raise DataFormatError(f"buckets: {name} = {cut(n)}; the number of quantile buckets is an integer "
@@ -317,12 +320,11 @@ def _value(col) -> pa.Array:
     """A column with its text trimmed (' cafe' is 'cafe'), anything else as it is; chunks kept
     (combining a 10M-row column would copy it). When no value had white space around it the original
     is returned and the trimmed copy dropped at once, so an id column is not held twice for nothing."""
-    arr = col
-    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
-        return arr
-    trimmed = pc.utf8_trim_whitespace(arr)
-    same = pc.sum(pc.binary_length(trimmed)).as_py() == pc.sum(pc.binary_length(arr)).as_py()
-    return arr if same else trimmed
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        return col
+    trimmed = pc.utf8_trim_whitespace(col)
+    same = pc.sum(pc.binary_length(trimmed)).as_py() == pc.sum(pc.binary_length(col)).as_py()
+    return col if same else trimmed
 
 
 def _text(col) -> pa.Array:
@@ -445,7 +447,7 @@ def parse_time(arr, unit: str, tz: str) -> tuple[pa.Array, pa.Array, pa.Array]:
         finite = pc.fill_null(pc.is_finite(num), False)
         num = pc.if_else(finite, num, pa.scalar(None, pa.float64()))
         secs = pc.cast(pc.floor(pc.if_else(pc.less(pc.abs(num), 1e15), num, pa.scalar(None, pa.float64()))), pa.int64())
-        bad = pc.and_(pc.invert(_missing(_value(arr))), pc.is_null(secs))
+        bad = pc.and_(pc.invert(_missing(arr)), pc.is_null(secs))
     secs = pc.cast(secs, pa.int64())
     out = pc.fill_null(pc.or_(pc.less(secs, 0), pc.greater(secs, TS_MAX)), False)
     return secs, pc.fill_null(bad, False), out
@@ -462,7 +464,6 @@ def _iso_one(v, parse):
 
 def parse_label(arr) -> tuple[pa.Array, pa.Array]:
     """0/1 (text: also true/false, 0.0/1.0; a typed Parquet / JSON column by its value) -> (int8 with nulls, bad mask)."""
-    arr = _value(arr)
     if pa.types.is_boolean(arr.type) or pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type):
         num = pc.cast(arr, pa.float64())
         label = pc.if_else(pc.equal(num, 1.0), pa.scalar(1, pa.int8()),
@@ -479,7 +480,6 @@ def parse_label(arr) -> tuple[pa.Array, pa.Array]:
 def parse_position(arr) -> tuple[pa.Array, pa.Array]:
     """1-based integers up to 9999 (text as written, '+3' and '3.0' allowed; a typed Parquet / JSON
     column by its value) -> (int16 with nulls for empty, bad mask)."""
-    arr = _value(arr)
     if pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type):
         num = pc.cast(arr, pa.float64())
         ok = pc.and_(pc.and_(pc.greater_equal(num, 1.0), pc.less_equal(num, 9999.0)), pc.equal(pc.floor(num), num))
@@ -675,9 +675,6 @@ def _checked_events(spec: DatasetFile, rej: Rejects) -> tuple[pa.Table, int]:
         rej.add(_missing(lv), row, "missing value", m["label"], lv)
         rej.add(bad_l, row, "label not 0/1", m["label"], lv)
     else:
-        if spec.click_kinds and not set(spec.click_kinds).isdisjoint(spec.exposure_kinds):
-            raise DataFormatError(f"--click-kinds and --exposure-kinds share "
-                                  f"{sorted(set(spec.click_kinds) & set(spec.exposure_kinds))}")
         kt = _text(raw.column(m["kind"]))
         click = pc.is_in(kt, pa.array(spec.click_kinds, pa.string()))
         expo = pc.is_in(kt, pa.array(spec.exposure_kinds, pa.string()))
@@ -812,9 +809,11 @@ def _attributes(good: pa.Table, spec: DatasetFile, user_map: IdMap, item_map: Id
 
 
 def _event_table(good: pa.Table, spec: DatasetFile) -> tuple[pa.Table, dict]:
-    """The checked rows as an events table (dense ids, file order as the bundled sets keep theirs). -> (events, side docs)."""
+    """The checked rows as an events table (dense ids, file order as the bundled sets keep theirs).
+    -> (events, side docs)."""
     m = spec.events.map
-    columns = {"user_id": good.column("uid"), "item_id": good.column("iid"), "ts": good.column("ts"), "label": good.column("label"), "position": good.column("position")}
+    columns = {"user_id": good.column("uid"), "item_id": good.column("iid"),
+               **{c: good.column(c) for c in ("ts", "label", "position")}}
     side_docs = {}
     if "request" in m:
         columns["request_id"] = pc.add(_codes(good.column("request")), 1)  # one hash pass; null stays null
