@@ -471,7 +471,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                                   kafka=args.kafka, topic=args.topic, threads=args.threads,
                                   index_period=args.index_period, future_skew_s=_future_skew_s(args.future_skew_hours,
                                                                                                window),
-                                  max_body_bytes=round(args.max_body_mb * 1e6), dedup_window_s=window)
+                                  max_body_bytes=round(args.max_body_mb * 1e6), dedup_window_s=window,
+                                  engine=args.engine)
     server.check_workers(recipe, args.workers)
     service = server.build_service(recipe)  # also with --workers > 1: fails here, readably, before any worker
     if args.openapi:
@@ -479,8 +480,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
         _write_openapi(create_app(service), args.openapi)
     to = (f"kafka {args.kafka} topic {args.topic}" if args.kafka else args.feedback_to or "applied in-process to the store")
-    print(f"serving {type(service.ranker.model).__name__} from {args.run} over {len(service.index.item_ids):,} items; "
-          f"store {args.store}; feedback -> {to}; {args.workers} worker(s) x {args.threads} torch thread(s); "
+    print(f"serving {type(service.ranker.model).__name__} ({args.engine}) from {args.run} over "
+          f"{len(service.index.item_ids):,} items; "
+          f"store {args.store}; feedback -> {to}; {args.workers} worker(s) x {args.threads} thread(s); "
           f"ready in {time.perf_counter() - t0:.1f} s\n"
           f"  http://{args.host}:{args.port}/docs  (POST /recommend, POST /feedback, GET /health)")
     if args.workers > 1:
@@ -504,6 +506,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     check_writable(args.out, "--out")
     predict_rows(args.run, args.input, args.out, time_unit=args.time_unit)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from edgerec.serve.export import export_run
+
+    export_run(args.run, args.out)
     return 0
 
 
@@ -763,7 +772,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "events one /feedback may carry)")
     sv.add_argument("--workers", type=_int_in(1, 64), default=1, help="uvicorn worker processes (default %(default)s); "
                     "more than 1 needs a shared --store (sqlite: or redis://)")
-    sv.add_argument("--threads", type=_int_in(1), default=1, help="torch threads per worker (default %(default)s)")
+    sv.add_argument("--threads", type=_int_in(1), default=1, help="torch (or ONNX Runtime) threads per worker "
+                    "(default %(default)s)")
+    sv.add_argument("--engine", choices=["torch", "onnx"], default="torch",
+                    help="stage 2 on PyTorch (default) or on ONNX Runtime: the run's export in RUN/onnx, made "
+                         "first (checked against PyTorch) when it is missing or older than the weights")
     sv.add_argument("--index-period", choices=["all", "train"], default="all",
                     help="stage 1's per-hour click counts from the whole log (all, default: a live service) or "
                          "only from the run's training period (train: replaying held-out events for evaluation, "
@@ -783,6 +796,20 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--time-unit", choices=["s", "ms", "iso"], default="s",
                     help="how ts is written (ISO without a zone = local time of the run's dataset)")
     pr.set_defaults(func=_cmd_predict)
+
+    ex = sub.add_parser("export", help="export a run's stage-2 ranker as ONNX, for serving outside Python",
+                        description="Writes OUT/model.onnx (one request's history and C candidates -> logit and "
+                                    "score, C dynamic), OUT/export.json (inputs, outputs, history rule, time zone, "
+                                    "out-of-vocabulary indices, checksums) and the id tables ids_item.parquet / "
+                                    "ids_user.parquet (your ids -> the model's indices). Before anything is written "
+                                    "the graph is run on ONNX Runtime against PyTorch on the run's validation "
+                                    "requests (max |logit difference| <= 1e-4, same top 20), an empty history "
+                                    "and an unknown item included. DIN, DiCycle and COUPA runs export. "
+                                    "`edgerec serve --engine onnx` serves this graph.")
+    ex.add_argument("--run", required=True, help="a run folder from `edgerec train` (DIN, DiCycle or COUPA)")
+    ex.add_argument("--format", choices=["onnx"], default="onnx", help="artifact format (default %(default)s)")
+    ex.add_argument("--out", help="output folder (default RUN/onnx, where `serve --engine onnx` looks)")
+    ex.set_defaults(func=_cmd_export)
 
     c = sub.add_parser("compress", help="build the EI-BERT on-device NLU artifact (prune, distill, int8, pack)",
                        description="Fine-tune the all-MiniLM-L6-v2 teacher per task (cached), prune the vocabulary by "

@@ -148,6 +148,12 @@ class COUPA(CTRModel):
     def serve_candidates(self, cache: dict, items: torch.Tensor, item_features: dict[str, torch.Tensor] | None = None
                          ) -> torch.Tensor:
         """Stage 2: served relevance (C,) of candidate item indices `items` (C,) for the cached request."""
+        return torch.sigmoid(self.candidate_logits(cache, items, item_features))
+
+    @torch.no_grad()
+    def candidate_logits(self, cache: dict, items: torch.Tensor, item_features: dict[str, torch.Tensor] | None = None
+                         ) -> torch.Tensor:
+        """The relevance logits z (C,) behind `serve_candidates` (what an ONNX export outputs)."""
         C = items.shape[0]
         batch = {"item": items, "ts": cache["request"]["ts"].expand(C)}
         for name, codes in (item_features or {}).items():
@@ -157,10 +163,10 @@ class COUPA(CTRModel):
         if self.time is not None:  # dense over (C, N): one history, no tiling
             same = self.same_item(cache["hist_item"][None], items[:, None]) if self.pp_same_item else None  # (C, N)
             pp = self.time.target_side_one_history(e_i, batch["ts"], cache["hist"], e_u, same)
-            return torch.sigmoid(self._score(batch, e_i, None, None, e_u, pp=pp)["z"])
+            return self._score(batch, e_i, None, None, e_u, pp=pp)["z"]
         packed = PackedHistory(cache["mask"].expand(C, -1))  # every candidate row sees the same history
         hist = cache["hist"].repeat(C, 1)  # (N, d) -> (C*N, d) in packed row order
-        return torch.sigmoid(self._score(batch, e_i, hist, packed, e_u)["z"])
+        return self._score(batch, e_i, hist, packed, e_u)["z"]
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         rel = self.relevance(batch)

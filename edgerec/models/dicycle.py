@@ -55,7 +55,7 @@ class DiCycle(CTRModel):
         ts = batch["ts"]  # (B,)
         d = self.emb.item_dim
         q_a = ts.new_zeros(ts.shape[0], d, dtype=torch.float32)
-        q_k = q_a.new_zeros(len(packed.b_idx), d)
+        q_k = q_a.new_zeros(packed.b_idx.shape[0], d)  # .shape, not len(): an ONNX trace keeps it dynamic
         if self.absolute is not None:
             table = self.absolute.table()  # (Σ P_g, d): computed once per step, then gathered
             q_a = q_a + self.absolute(ts, table)  # (B, d)

@@ -49,6 +49,7 @@ class ServiceRecipe:
     future_skew_s: int | None = DEFAULT_FUTURE_SKEW_S  # /feedback refuses ts > clock + this (None: no bound)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # larger request bodies get 413
     dedup_window_s: int | None = DEFAULT_DEDUP_WINDOW_S  # the stream's window: /feedback refuses what it dead-letters
+    engine: str = "torch"  # stage 2 on PyTorch, or 'onnx': the run's exported graph on ONNX Runtime
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -63,7 +64,21 @@ class ServiceRecipe:
 
 
 def build_ranker(recipe: ServiceRecipe):
-    """The stage-2 Ranker and the dataset id of its item catalogue."""
+    """The stage-2 Ranker (on the recipe's engine) and the dataset id of its item catalogue."""
+    from edgerec.serve.onnx_ranker import ENGINES
+
+    if recipe.engine not in ENGINES:  # before any work
+        raise EdgerecError(f"engine must be one of {', '.join(ENGINES)}, got {recipe.engine!r}")
+    ranker, dataset = _torch_ranker(recipe)
+    if recipe.engine == "onnx":
+        from edgerec.serve.onnx_ranker import onnx_ranker
+
+        ranker = onnx_ranker(ranker, recipe.run, recipe.threads)
+    return ranker, dataset
+
+
+def _torch_ranker(recipe: ServiceRecipe):
+    """The PyTorch Ranker of a trained run, or of an untrained seeded experiment (benchmarks)."""
     import torch
 
     from edgerec.features.definition import FeatureDefinition

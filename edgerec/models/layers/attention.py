@@ -23,9 +23,12 @@ class Dice(nn.Module):
         self.alpha = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., dim)
-        shape = x.shape
-        flat = x.reshape(-1, shape[-1])  # (N, dim)
-        p = torch.sigmoid(self.bn(flat)).reshape(shape)
+        if self.training:
+            shape = x.shape
+            p = torch.sigmoid(self.bn(x.reshape(-1, shape[-1]))).reshape(shape)  # batch statistics
+        else:  # BN with its running statistics is elementwise on the last axis: no reshape (ONNX export)
+            inv_std = torch.rsqrt(self.bn.running_var + self.bn.eps)  # (dim,)
+            p = torch.sigmoid((x - self.bn.running_mean) * inv_std)  # (..., dim)
         return x * (self.alpha + (1 - self.alpha) * p)  # = p*x + (1-p)*alpha*x, fewer passes
 
 

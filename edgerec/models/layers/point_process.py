@@ -170,7 +170,9 @@ class PointProcessIntensity(nn.Module):
         parts = [e_target, cyc_t] if e_user is None else [e_user, e_target, cyc_t]
         mu = self.base(torch.cat(parts, -1)).squeeze(-1)  # (C,)
         N = hist["k"].shape[0]
-        if N == 0:  # no history: nothing to attend, no excitation (as the packed path gives)
+        # no history: nothing to attend, no excitation (as the packed path gives). The general path below
+        # gives the same on an empty history, and an ONNX trace must keep it (a Python branch is frozen)
+        if N == 0 and not torch.jit.is_tracing():
             log_lam = torch.log(F.softplus(mu, beta=self.beta) + 1e-6)
             return {"log_intensity": log_lam, "h_time": e_target.new_zeros(C, d), "attention": e_target.new_zeros(C, 0)}
         q = self.query(torch.cat([e_target, cyc_t], -1))  # (C, d)
@@ -179,7 +181,7 @@ class PointProcessIntensity(nn.Module):
         first = self.excite.net[0]
         _, w_t, w_x, _ = first.weight.split([d, d, d, first.in_features - 3 * d], dim=1)  # (h, d) each
         prod = (e_target[:, None, :] * hist["e_hist"][None]).view(C * N, d)  # (C*N, d): e_t ⊙ e_h per pair
-        pair = (prod @ w_x.T).view(C, N, -1)  # (C, N, h): one tall GEMM, faster here than C small ones
+        pair = (prod @ w_x.T).view(C, N, w_x.shape[0])  # (C, N, h): one tall GEMM, faster than C small ones
         pair += hist["excite_pre"]  # (C, N, h) + (N, h)
         pair += (e_target @ w_t.T)[:, None, :]  # (C, N, h) + (C, 1, h)
         for layer in self.excite.net[1:]:  # ReLU in place: the (C, N, h) tensor is the biggest one here

@@ -44,6 +44,10 @@ class PackedHistory:
     def pool(self, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Σ over each row's behaviours of w * x: (N,), (N, d) -> (B, d)."""
         out = x.new_zeros(self.shape[0], x.shape[-1])
+        if torch.jit.is_tracing():  # ONNX export: index_add becomes a ScatterElements that keeps ONE of the
+            # rows sent to the same place instead of their sum; scatter_add is the same sum and exports as
+            # reduction="add". Not used in training: on CPU it is ~20 % slower than index_add here.
+            return out.scatter_add(0, self.b_idx.unsqueeze(-1).expand(-1, x.shape[-1]), w.unsqueeze(-1) * x)
         return out.index_add(0, self.b_idx, w.unsqueeze(-1) * x)
 
     def softmax(self, logits: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:

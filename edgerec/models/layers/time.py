@@ -76,7 +76,7 @@ class AbsoluteTimeEncoding(nn.Module):
         idx = torch.stack(idx, dim=-1)  # (..., G)
         shape = idx.shape[:-1]
         out = F.embedding_bag(idx.reshape(-1, len(self.granularities)), table, mode="sum")  # (N, d)
-        return out.view(*shape, -1)
+        return out.view(*shape, table.shape[-1])  # d spelled out: -1 is ambiguous for an empty history
 
 
 def default_periods_hours(n: int) -> torch.Tensor:
@@ -100,7 +100,8 @@ class FourierTimeEncoding(nn.Module):
         """dt_hours: float (...) -> (..., d), pairs (cos, sin) per frequency."""
         phase = dt_hours.unsqueeze(-1) * self.omega  # (..., d/2)
         out = torch.stack([torch.cos(phase), torch.sin(phase)], dim=-1)  # (..., d/2, 2)
-        return out.flatten(-2) * math.sqrt(1.0 / self.dim)  # (..., d)
+        # reshape with the sizes spelled out, not flatten: ONNX cannot infer a -1 axis of an empty history
+        return out.reshape(*phase.shape[:-1], self.dim) * math.sqrt(1.0 / self.dim)  # (..., d)
 
     @torch.no_grad()
     def kernel(self, dt_hours: torch.Tensor) -> torch.Tensor:
