@@ -31,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -198,7 +199,7 @@ def stream_lag(port: int, store_path: Path, feedback_path: Path, definition, n: 
         for j in range(n):
             u = int(users[j % len(users)])
             before = reader.user(u).clicks
-            ev = {"event_id": f"lag-{os.getpid()}-{j}", "user_id": u, "item_id": 0, "ts": ts + j, "kind": "click"}
+            ev = {"event_id": f"lag-{os.getpid()}-{port}-{j}", "user_id": u, "item_id": 0, "ts": ts + j, "kind": "click"}
             t = time.perf_counter()
             client.post("/feedback", json={"events": [ev]}).raise_for_status()
             while reader.user(u).clicks == before:
@@ -231,6 +232,8 @@ def main(argv=None) -> dict:
                    help="load generator's HTTP client (default %(default)s; see LeanClient)")
     p.add_argument("--workers", type=int, help="uvicorn worker processes (default 2; 1 with --quick)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker (default %(default)s)")
+    p.add_argument("--engines", default="torch", help="stage-2 engines, comma-separated (torch, onnx): each gets "
+                   "its own server and the same load, one after the other in this run (default %(default)s)")
     p.add_argument("--out")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--no-docs", action="store_true", help="do not rewrite the table in docs/results.md")
@@ -243,19 +246,50 @@ def main(argv=None) -> dict:
     name = a.dataset.replace("-", "").replace(":", "_")
     out = Path(a.out) if a.out else (ROOT / "runs" / "bench" / "serve_quick.json" if a.quick
                                      else ROOT / "bench" / "results" / f"serve_{name}.json")
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     tmp = Path(tempfile.mkdtemp(prefix="edgerec-serve-bench-"))
     store_path, feedback_path = tmp / "features.db", tmp / "feedback.jsonl"
     print(f"building the service on {a.dataset} ...", flush=True)
     recipe, ranker, dataset, meta = build(a, store_path, feedback_path)
     users, last_ts = meta.pop("users"), meta.pop("last_ts")
+    engines = [e.strip() for e in a.engines.split(",") if e.strip()]
+    res, lags = [], {}
+    for engine in engines:
+        r, lags[engine] = measure(a, replace(recipe, engine=engine), ranker, dataset, store_path, feedback_path,
+                                  users, last_ts, rates)
+        res += [{"engine": engine, **row} for row in r]
+    lag = lags[engines[0]]
+    report = {"benchmark": "serve", "dataset": a.dataset, "git": git_commit(), "machine": machine_info(),
+              "started": started,
+              "setup": {**meta, "seconds": a.seconds, "candidates": a.candidates, "k": a.k,
+                        "store": "SQLiteStore", "workers": a.workers, "threads": a.threads, "engines": engines,
+                        "server": f"uvicorn, {a.workers} worker process(es), async endpoints, {a.threads} "
+                                  "thread(s) each",
+                        "client": ("LeanClient (asyncio HTTP/1.1 keep-alive)" if a.client == "lean"
+                                   else "httpx2 AsyncClient") + ", open loop"},
+              "load": res, "stream": lag, "stream_by_engine": lags, "target": "p99 <= 30 ms at 100 req/s (issue 5)"}
+    write_json_atomic(out, report)
+    table = markdown(report)
+    print(table)
+    if not a.quick and not a.no_docs:
+        replace_block(f"serve_{name}", table + f"\n\nRaw: bench/results/serve_{name}.json; git {report['git']}.")
+    return report
+
+
+def measure(a, recipe, ranker, dataset, store_path: Path, feedback_path: Path, users, last_ts: int, rates):
+    """One server on `recipe`'s engine: warm-up, every offered rate, then the streaming lag."""
+    import httpx2
+
     from edgerec.serve.ports import free_port
 
+    if recipe.engine == "onnx" and a.workers == 1:  # the forked worker inherits this engine
+        from edgerec.serve.onnx_ranker import onnx_ranker
+
+        ranker = onnx_ranker(ranker, recipe.run, recipe.threads, quiet=True)
     port = a.port or free_port()
     ctx = mp.get_context("fork")  # one worker: the child inherits the built ranker; more: uvicorn spawns them
     server = ctx.Process(target=serve_forever, args=(recipe, ranker, dataset, port, a.workers))
     server.start()
-    import httpx2
-
     pids = set()
     for _ in range(1200):  # wait until every worker answers (each builds its service: seconds)
         try:
@@ -270,7 +304,7 @@ def main(argv=None) -> dict:
     else:
         raise RuntimeError(f"the server on port {port} did not answer /health from {a.workers} workers in 120 s")
     try:
-        print("warm-up ...", flush=True)
+        print(f"{recipe.engine} engine: warm-up ...", flush=True)
         asyncio.run(load(port, min(rates[0], 50), 1.0, users, last_ts + 86400, a.candidates, a.k, seed=0,
                          client_kind=a.client))
         res = []
@@ -292,31 +326,17 @@ def main(argv=None) -> dict:
         server.join(30)
         if server.is_alive():
             server.kill()
-    report = {"benchmark": "serve", "dataset": a.dataset, "git": git_commit(), "machine": machine_info(),
-              "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "setup": {**meta, "seconds": a.seconds, "candidates": a.candidates, "k": a.k,
-                        "store": "SQLiteStore", "workers": a.workers, "threads": a.threads,
-                        "server": f"uvicorn, {a.workers} worker process(es), async endpoints, torch {a.threads} "
-                                  "thread(s) each",
-                        "client": ("LeanClient (asyncio HTTP/1.1 keep-alive)" if a.client == "lean"
-                                   else "httpx2 AsyncClient") + ", open loop"},
-              "load": res, "stream": lag, "target": "p99 <= 30 ms at 100 req/s (issue 5)"}
-    write_json_atomic(out, report)
-    table = markdown(report)
-    print(table)
-    if not a.quick and not a.no_docs:
-        replace_block(f"serve_{name}", table + f"\n\nRaw: bench/results/serve_{name}.json; git {report['git']}.")
-    return report
+    return res, lag
 
 
 def markdown(r: dict) -> str:
     s = r["setup"]
-    rows = ["| offered | achieved | ok / errors | client p50 | p90 | p99 | max | server features p50/p99 "
+    rows = ["| engine | offered | achieved | ok / errors | client p50 | p90 | p99 | max | server features p50/p99 "
             "| stage 1 p50/p99 | stage 2 p50/p99 | CPU per request: server / client |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for L in r["load"]:
         st = L["server_stage_ms"]
-        rows.append(f"| {L['rate']:g}/s × {s['seconds']:g} s | {L['achieved_qps']}/s | {L['ok']} / {L['errors']} | "
+        rows.append(f"| {L.get('engine', 'torch')} | {L['rate']:g}/s × {s['seconds']:g} s | {L['achieved_qps']}/s | {L['ok']} / {L['errors']} | "
                     f"{L['latency_ms']['p50']} ms | {L['latency_ms']['p90']} ms | {L['latency_ms']['p99']} ms | "
                     f"{L['latency_ms']['max']} ms | {st['features']['p50']} / {st['features']['p99']} ms | "
                     f"{st['stage1']['p50']} / {st['stage1']['p99']} ms | {st['stage2']['p50']} / {st['stage2']['p99']} ms | "
