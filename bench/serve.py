@@ -182,6 +182,22 @@ async def load(port: int, rate: float, seconds: float, users: list[int], ts: int
             "server_stage_ms": {s: {"p50": round(_pct(v, 50), 2), "p99": round(_pct(v, 99), 2)} for s, v in stage.items()}}
 
 
+def drain(port: int, quiet_ms: float = 50.0, limit_s: float = 300.0) -> float:
+    """Seconds until the server answers /health within `quiet_ms` twice in a row: its queue is empty."""
+    import httpx2
+
+    t0, calm = time.perf_counter(), 0
+    while calm < 2 and time.perf_counter() - t0 < limit_s:
+        t = time.perf_counter()
+        try:
+            httpx2.get(f"http://127.0.0.1:{port}/health", timeout=limit_s)
+            calm = calm + 1 if 1e3 * (time.perf_counter() - t) < quiet_ms else 0
+        except Exception:
+            calm = 0
+        time.sleep(0.2)
+    return round(time.perf_counter() - t0, 1)
+
+
 def stream_lag(port: int, store_path: Path, feedback_path: Path, definition, n: int, users: list[int], ts: int):
     """POST n feedback clicks (~20/s) while a follower applies the feedback file; lag per click."""
     import httpx2
@@ -277,7 +293,8 @@ def main(argv=None) -> dict:
 
 
 def measure(a, recipe, ranker, dataset, store_path: Path, feedback_path: Path, users, last_ts: int, rates):
-    """One server on `recipe`'s engine: warm-up, every offered rate, then the streaming lag."""
+    """One server on `recipe`'s engine: warm-up, the streaming lag while it is idle, then each offered
+    rate (after each, the server's queue drains before the next; the ramp stops at saturation)."""
     import httpx2
 
     from edgerec.serve.ports import free_port
@@ -307,20 +324,24 @@ def measure(a, recipe, ranker, dataset, store_path: Path, feedback_path: Path, u
         print(f"{recipe.engine} engine: warm-up ...", flush=True)
         asyncio.run(load(port, min(rates[0], 50), 1.0, users, last_ts + 86400, a.candidates, a.k, seed=0,
                          client_kind=a.client))
+        print("streaming lag (idle server) ...", flush=True)
+        lag = stream_lag(port, store_path, feedback_path, ranker.definition, a.lag_events, users,
+                         last_ts + 2 * 86400)
         res = []
         for rate in rates:
             print(f"load: {rate:g} req/s for {a.seconds:g} s, {a.candidates} candidates ...", flush=True)
             server_cpu0, client_cpu0 = tree_cpu_seconds(server.pid), time.process_time()
             r = asyncio.run(load(port, rate, a.seconds, users, last_ts + 86400, a.candidates, a.k, seed=1,
                                  client_kind=a.client))
+            client_cpu = time.process_time() - client_cpu0
+            r["drain_seconds"] = drain(port)  # requests the client gave up on still run: counted in the CPU
             n = max(r["requests"], 1)
             r["cpu_ms_per_request"] = {"server": round(1e3 * (tree_cpu_seconds(server.pid) - server_cpu0) / n, 2),
-                                       "client": round(1e3 * (time.process_time() - client_cpu0) / n, 2)}
+                                       "client": round(1e3 * client_cpu / n, 2)}
             res.append({"rate": rate, **r})
-            time.sleep(2)  # let the queue drain before the next rate
-        print("streaming lag ...", flush=True)
-        lag = stream_lag(port, store_path, feedback_path, ranker.definition, a.lag_events, users,
-                         last_ts + 2 * 86400)
+            if r["errors"] or r["achieved_qps"] < 0.95 * rate:  # saturated: higher rates only queue longer
+                print(f"saturated at {rate:g} req/s offered; higher rates skipped", flush=True)
+                break
     finally:
         server.terminate()  # uvicorn's supervisor stops its workers on SIGTERM
         server.join(30)
