@@ -156,8 +156,7 @@ def edge_latency_32(pack: Path, texts: list[str], task: str, n: int = 300, round
     mask = np.ones((1, 32), dtype=np.int64)
 
     def run(ids):
-        pooled = m._encode(ids, mask)
-        return pooled @ m.t[f"head.{task}.weight"].T
+        return m.heads[task](m._encode(ids, mask))
 
     for x in sents[:5]:  # warm-up
         run(x)

@@ -129,10 +129,32 @@ def test_numpy_runtime_matches_the_pytorch_int8_model(smoke):
         with torch.no_grad():
             ref = model(ids, mask, task)["logits"].numpy()
         assert np.abs(edge.logits(texts, task) - ref).max() < 1e-4
+        int8 = EdgeModel.load(out)  # the default: weights stay int8 in memory
+        assert int8.weights == "int8" and np.abs(int8.logits(texts, task) - ref).max() < 1e-4
     # and the runtime really needs no torch
     code = f"import sys; from edgerec.serve.edge.runtime import EdgeModel; EdgeModel.load({str(out)!r}); " \
            "assert 'torch' not in sys.modules, 'torch was imported'"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+def test_the_int8_runtime_holds_about_the_files_size_and_predicts_like_the_float32_one(smoke):
+    """The int8 runtime keeps the file's int8 rows (and one shared float32 scratch layer); the float32
+    one, the runtime before, dequantized every matrix (4x) and kept transposed copies besides."""
+    from edgerec.compress.pack import QuantizedRows
+    from edgerec.compress.tasks import load_task
+    from edgerec.serve.edge.runtime import EdgeModel
+
+    _, out = smoke
+    int8, f32 = EdgeModel.load(out), EdgeModel.load(out, "float32")
+    size = out.stat().st_size
+    assert int8.resident_weight_bytes() <= 1.5 * size < 3 * size <= f32.resident_weight_bytes()
+    assert isinstance(int8.word, QuantizedRows) and int8.word.q.dtype == np.int8
+    for task in int8.tasks:
+        texts = load_task(task).text["test"][:60]
+        a, b = int8.logits(texts, task), f32.logits(texts, task)
+        assert np.abs(a - b).max() < 1e-4 and (a.argmax(1) == b.argmax(1)).all()
+    with pytest.raises(ValueError, match="'int8' or 'float32'"):
+        EdgeModel.load(out, "int4")
 
 
 @pytest.mark.parametrize("damage,match", [

@@ -22,6 +22,7 @@ import json
 import struct
 import zlib
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -107,8 +108,30 @@ def breakdown(table: list[dict], vocab_bytes: int, overhead: int, total: int) ->
     return parts
 
 
-def read_artifact(path: str | Path) -> dict:
-    """-> {"config", "tasks", "vocab", "tensors": name -> float32 array (dequantized), "table"}."""
+class QuantizedRows(NamedTuple):
+    """A quantized matrix as the file holds it: w[r] = q[r] * scale[r] (int4 rows unpacked to int8)."""
+
+    q: np.ndarray  # (R, C) int8
+    scale: np.ndarray  # (R,) float32
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.q.shape
+
+    @property
+    def ndim(self) -> int:
+        return 2
+
+    def dequantized(self) -> np.ndarray:
+        return self.q.astype(np.float32) * self.scale[:, None]
+
+    def abs_max(self) -> float:
+        return float((np.abs(self.q).max(1).astype(np.float32) * np.abs(self.scale)).max()) if self.q.size else 0.0
+
+
+def read_artifact(path: str | Path, dequantize: bool = True) -> dict:
+    """-> {"config", "tasks", "vocab", "tensors", "table"}: tensors are name -> float32 array, or with
+    dequantize=False the quantized ones stay `QuantizedRows` (int8 in memory, the edge runtime's way)."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -155,15 +178,19 @@ def read_artifact(path: str | Path) -> dict:
             continue
         scale = np.frombuffer(blob[e["scale_offset"]: e["scale_offset"] + e["scale_nbytes"]], dtype="<f4")
         if e["kind"] == "q8":
-            q = np.frombuffer(raw, dtype=np.int8).reshape(shape)
+            q = np.frombuffer(raw, dtype=np.int8).reshape(shape).copy()  # a copy: the file's bytes can go
         else:
             q = unpack_int4(np.frombuffer(raw, dtype=np.uint8).reshape(shape[0], -1), shape[1])
-        tensors[e["name"]] = q.astype(np.float32) * scale[:, None]
-    bad = [name for name, t in tensors.items() if not np.isfinite(t).all()]
+        rows = QuantizedRows(q, scale.astype(np.float32))
+        tensors[e["name"]] = rows.dequantized() if dequantize else rows
+    bad = [name for name, t in tensors.items()
+           if not np.isfinite(t.scale if isinstance(t, QuantizedRows) else t).all()]
     if bad:
         raise _unfit(path, f"{len(bad)} tensor(s) hold NaN or infinite values ({', '.join(bad[:3])})")
     # finite but absurd: a trained student's weights stay far below this; 3e38 overflowed to NaN scores
-    huge = [name for name, t in tensors.items() if t.size and float(np.abs(t).max()) > MAX_ABS_WEIGHT]
+    huge = [name for name, t in tensors.items()
+            if (t.abs_max() if isinstance(t, QuantizedRows) else float(np.abs(t).max()) if t.size else 0.0)
+            > MAX_ABS_WEIGHT]
     if huge:
         raise _unfit(path, f"{len(huge)} tensor(s) hold values beyond +-{MAX_ABS_WEIGHT:g} ({', '.join(huge[:3])})")
     seen: set[str] = set()
