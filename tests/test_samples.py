@@ -140,6 +140,23 @@ def test_own_history_negatives_do_not_give_the_label_away():
         np.testing.assert_array_equal(in_hist[pos], sp.repeat[pos])
 
 
+def test_own_history_builds_for_a_user_who_took_every_item_and_uniform_unseen_says_why_not():
+    """User 1 takes the whole catalogue at once, then re-buys one item at a time: every later positive
+    is a repeat with eligible history items, so own_history needs no uniform negative for him (it used
+    to draw one anyway and fail with a RuntimeError traceback). uniform_unseen has none to give: a
+    clear error naming the user."""
+    from edgerec.errors import DataFormatError
+
+    rows = [(1, i, 100) for i in (1, 2, 3)] + [(1, 1 + k % 3, 200 + 100 * k) for k in range(6)]
+    rows += [(u, 1 + (u + k) % 2, 100 * k + 50) for u in (2, 3, 4) for k in range(1, 6)]  # users who leave item 3
+    own = build_dicycle(_toy(rows), max_len=10, seed=1, negatives="own_history")
+    sp = own.splits["test"]
+    mine = sp.user == np.searchsorted(own.user_ids, 1) + 1
+    assert (sp.item[mine & (sp.label == 0)] > 0).all()
+    with pytest.raises(DataFormatError, match="took \\(almost\\) every one of the 3 items"):
+        build_dicycle(_toy(rows), max_len=10, seed=1, negatives="uniform_unseen")
+
+
 def test_the_samplers_coincide_without_repeats(ml100k):
     """ml-100k has no repeats: both samplers draw exactly the same negatives there."""
     own = build_dicycle(ml100k, max_len=5, seed=3, negatives="own_history")

@@ -481,9 +481,9 @@ def test_dicycle_protocol_serving_equals_training(tmp_path_factory, events):
                           ["train.epochs=1", f"output_dir={out}", f"ledger={out / 'ledger.jsonl'}"])
     run = run_experiment(cfg, log=lambda *a, **k: None)
     s = run.sample_set
-    # the online state keeps a few clicks more than L: clicks of the request's own second are in the
-    # store (folded before the request) but not visible to it, and must not push visible ones out
-    ranker = Ranker(run.trained, s, FeatureDefinition(max_len=s.spec.max_len + 16, n_positions=1))
+    # the production definition (max_len = L): clicks of the request's own second are in the store
+    # (folded before the request) but not visible to it, and must not push visible ones out
+    ranker = Ranker(run.trained, s, FeatureDefinition(max_len=s.spec.max_len, n_positions=1))
     rows = np.random.default_rng(2).choice(len(s.splits["test"]), 20, replace=False)
     assert_served_equals_training(ranker, events, rows, ("hist_item", "hist_ts", "hist_mask", "hist_slots", "user"),
                                   fold="right")

@@ -42,8 +42,13 @@ def test_clicks_keep_time_order_and_the_last_max_len():
     evs = [Event(f"e{k}", 1, 100 + k, 1000 + 10 * k, "click", 1) for k in (0, 2, 1, 4, 3)]
     s.apply(evs, d)
     u = s.user(1)
-    assert u.recent_ts == [1020, 1030, 1040] and u.recent_item == [102, 103, 104] and u.clicks == 5
-    assert d.user_features(u, now=1030)["hist_item"] == [102]  # strictly before the request
+    # max_len clicks before the newest second, plus that second's: a request at 1040 sees 3 clicks
+    assert u.recent_ts == [1010, 1020, 1030, 1040] and u.recent_item == [101, 102, 103, 104] and u.clicks == 5
+    assert d.user_features(u, now=1041)["hist_item"] == [102, 103, 104]  # the last max_len
+    assert d.user_features(u, now=1040)["hist_item"] == [101, 102, 103]  # strictly before the request
+    assert d.user_features(u, now=1030)["hist_item"] == [101, 102]
+    s.apply([Event("e5", 1, 105, 1040, "click", 1), Event("e6", 1, 106, 1050, "click", 1)], d)
+    assert s.user(1).recent_ts == [1030, 1040, 1040, 1050]  # the bound holds as time moves on
 
 
 def test_replaying_every_event_changes_nothing(tmp_path, log_events):

@@ -52,7 +52,7 @@ import pyarrow.compute as pc
 import torch
 
 from edgerec.data.schema import EventDataset
-from edgerec.errors import ConfigError
+from edgerec.errors import ConfigError, DataFormatError
 from edgerec.features.definition import causal_ends, time_key
 from edgerec.features.spec import FeatureSpec
 from edgerec.features.time import local_clock, pack_slots
@@ -258,7 +258,15 @@ class NegativeSampler:
             if not clash.any():
                 return out
             out[clash] = self._draw(int(clash.sum()), rng)
-        raise RuntimeError("could not draw negatives: some user has interacted with almost every item")
+        users = np.unique(pos.user[clash])
+        raise NoNegativeLeft(f"could not draw a negative the user never took for {len(users)} user(s) (user index "
+                             f"{', '.join(map(str, users[:5].tolist()))}): they took (almost) every one of the "
+                             f"{self.n_items} items. Drop such users (an import's min_events does not; filter the "
+                             "log), or use a dataset with a larger catalogue.")
+
+
+class NoNegativeLeft(DataFormatError):
+    """Some user took (almost) every item: no `uniform_unseen` negative exists for him."""
 
 
 class OwnHistorySampler:
@@ -286,7 +294,11 @@ class OwnHistorySampler:
         return lookup_sorted(self.taken, _pair_key(self._moment(user, ts), item, self.n_items))[0]
 
     def sample(self, pos: "Split", rng: np.random.Generator) -> np.ndarray:
-        out = self.uniform.sample(pos, rng)  # (P,) new-item positives keep these
+        try:
+            out = self.uniform.sample(pos, rng)  # (P,) new-item positives keep these
+            short = None
+        except NoNegativeLeft:  # a user took every item: only the rows that need one get a uniform draw
+            out, short = np.zeros(len(pos), dtype=np.int64), rng
         todo = np.flatnonzero(pos.repeat & (pos.hist_end > pos.hist_start))
         for _ in range(_HISTORY_DRAWS):
             if not len(todo):
@@ -301,6 +313,10 @@ class OwnHistorySampler:
             ok = hist[~self._taken_then(np.full(len(hist), pos.user[j]), np.full(len(hist), pos.ts[j]), hist)]
             if len(ok):
                 out[j] = ok[rng.integers(len(ok))]
+        if short is not None:  # new-item positives and fallbacks; names the users if none exists for them
+            need = np.flatnonzero(out == 0)
+            if len(need):
+                out[need] = self.uniform.sample(pos.subset(need), short)
         return out
 
 

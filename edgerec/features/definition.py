@@ -7,6 +7,7 @@ checks the served history equals the training history of the sample builders, ev
 
 Per user (`UserState`):
   * recent clicks: the last `max_len` (item_id, ts, position), oldest first, as the models read them
+    (plus the newest second's clicks, which a request in that second does not see)
   * clicks per hour of the week (168 counts, local time in the definition's `tz`), the user's own time cycle
   * clicks per display position (the examination habit COUPA's personalization module reads),
     exposures and clicks in total
@@ -254,7 +255,10 @@ class FeatureDefinition:
         s.recent_ts.insert(i, e.ts)
         s.recent_item.insert(i, e.item_id)
         s.recent_position.insert(i, e.position or 0)
-        if len(s.recent_ts) > self.max_len:
+        # keep max_len clicks strictly before the newest second, plus that second's clicks: a request in
+        # the newest second may not see those (the history is strictly before it), so they must not push
+        # out clicks it does see (train/serve parity with the sample builders' causal cut)
+        while bisect.bisect_left(s.recent_ts, s.recent_ts[-1]) > self.max_len:
             del s.recent_ts[0], s.recent_item[0], s.recent_position[0]
         return s
 
@@ -266,10 +270,14 @@ class FeatureDefinition:
         return s
 
     def user_features(self, s: UserState, now: int) -> dict:
-        """What a model reads for a request at `now`: only behaviour strictly before it."""
+        """What a model reads for a request at `now`: only behaviour strictly before it, the last
+        max_len of it (for `now` in or after the newest folded second; a request older than events
+        already folded, e.g. from a clock ahead of it, may see fewer)."""
         k = causal_end(s.recent_ts, now)
+        k0 = max(0, k - self.max_len)
         total = max(sum(s.position_clicks), 1)
-        return {"hist_item": s.recent_item[:k], "hist_ts": s.recent_ts[:k], "hist_position": s.recent_position[:k],
+        return {"hist_item": s.recent_item[k0:k], "hist_ts": s.recent_ts[k0:k],
+                "hist_position": s.recent_position[k0:k],
                 "slot_clicks": list(s.slot_clicks), "position_click_share": [c / total for c in s.position_clicks],
                 "exposures": s.exposures, "clicks": s.clicks}
 
