@@ -50,7 +50,8 @@ def shape_twin(path: Path = TWIN) -> Path:
     from edgerec.compress.pipeline import CompressConfig, build
 
     print(f"building the shape twin {path} (one short distillation) ...", flush=True)
-    build(CompressConfig(method="kd", teacher_epochs=0, limit_per_split=200, distill={"epochs": 1}), path,
+    build(CompressConfig(method="kd", teacher_epochs=0, limit_per_split=200, vocab_floor=7000, distill={"epochs": 1}),
+          path,
           log=lambda *a: None, progress=False)
     return path
 

@@ -179,3 +179,13 @@ def test_a_model_without_an_export_is_refused_by_name(tmp_path_factory):
     run = _train(tmp_path_factory, "GRU4Rec_test", [])
     with pytest.raises(EdgerecError, match="GRU4Rec has no ONNX export"):
         ex.export_run(run, quiet=True)
+
+
+def test_bench_export_measures_both_engines(tmp_path):
+    sys.path.insert(0, str(ROOT))
+    from bench.export import main
+
+    r = main(["--expids", "COUPA_test", "--dataset", "o2o-sim:tiny", "--out", str(tmp_path / "export.json")])
+    m = r["models"][0]
+    assert m["parity"]["max_abs_logit"] <= 1e-4 and set(m["stage2_ms"]) == {"torch", "onnx"}
+    assert json.loads((tmp_path / "export.json").read_text())["models"][0]["model_bytes"] == m["model_bytes"]
