@@ -358,7 +358,7 @@ def test_dataset_file_paths_and_names(tmp_path, monkeypatch):
 
 def test_attributes_are_text_and_duplicates_are_exact(tmp_path):
     ev = tmp_path / "e.csv"
-    ev.write_text("u,i,t,y,code\na,x,1000100,1,007\na,x,1000900,1,007\na,x,1000900,1,007\nb,y,2000000,0,7\n")
+    ev.write_text("u,i,t,y,code\na,x,1700001000100,1,007\na,x,1700001000900,1,007\na,x,1700001000900,1,007\nb,y,1700002000000,0,7\n")
     spec = DatasetFile("t", TableFile(str(ev), {"user": "u", "item": "i", "time": "t", "label": "y",
                                                  "item.code": "code"}), time_unit="ms")
     s = import_dataset(spec, tmp_path / "d", log=lambda *_: None)
@@ -383,7 +383,7 @@ def test_duplicates_are_exact_rows_first_copy_kept_against_a_python_reference(tm
     rng = np.random.default_rng(3)
     lines, seen, repeats = ["u,i,t,y,p,r,app"], set(), []
     for row in range(1, 2001):
-        rec = (f"u{rng.integers(3)}", f"x{rng.integers(3)}", str(1_000_000 + int(rng.integers(2)) * 1000 + int(rng.integers(2))),
+        rec = (f"u{rng.integers(3)}", f"x{rng.integers(3)}", str(1_700_000_000_000 + int(rng.integers(2)) * 1000 + int(rng.integers(2))),
                str(rng.integers(2)), str(1 + rng.integers(2)), f"s{rng.integers(2)}", ["7.1", "7.2"][rng.integers(2)])
         lines.append(",".join(rec))
         if rec in seen:
@@ -453,3 +453,37 @@ def test_one_rule_per_column_whatever_the_other_rows_or_the_parquet_writer(tmp_p
     for arr in (pa.array([1_700_000_000_000_000]), pa.array([1.7e15])):
         _, bad, out = parse_time(arr, "s", "UTC")
         assert bad.to_pylist() == [True] and out.to_pylist() == [False]
+
+
+def test_a_reimport_leaves_no_table_of_the_earlier_one(tmp_path, monkeypatch):
+    """users.parquet of a first import (with a user attribute) must not outlive a re-import without
+    one: the loader reads any table it finds, keyed on ids the new import may have renumbered."""
+    monkeypatch.setenv("EDGEREC_DATA_DIR", str(tmp_path / "data"))
+    spec = _spec(tmp_path)
+    import_dataset(spec, tmp_path / "data", log=lambda *_: None)
+    assert registry.load("mylog").users is not None
+    m = {k: v for k, v in spec.events.map.items() if k != "user.depth"}
+    import_dataset(DatasetFile(**{**spec.__dict__, "events": TableFile(spec.events.path, m), "buckets": {}}),
+                   tmp_path / "data", log=lambda *_: None)
+    assert not (tmp_path / "data" / "mylog" / "users.parquet").exists() and registry.load("mylog").users is None
+
+
+def test_one_stray_word_in_a_numeric_attribute_is_named_not_made_a_category(tmp_path):
+    spec = _spec(tmp_path)
+    items = tmp_path / "items.csv"
+    items.write_text("sku,price\ni-a,7.10\ni-b,cheap\ni-c,8.25\n" + "".join(f"x-{k},{k}.5\n" for k in range(20)))
+    with_items = {**spec.__dict__, "items": TableFile(str(items), {"id": "sku"})}
+    with pytest.raises(DataFormatError, match=r"attribute 'price' is numeric .*item 'i-b' has 'cheap'"):
+        import_dataset(DatasetFile(**with_items), tmp_path / "a", log=lambda *_: None)
+    bucketed = {**with_items, "buckets": {"depth": 2, "price": 4}}
+    with pytest.raises(DataFormatError, match=r"item 'i-b': price is 'cheap', not a number"):
+        import_dataset(DatasetFile(**bucketed), tmp_path / "b", log=lambda *_: None)
+    assert not (tmp_path / "a" / "mylog").exists() and not (tmp_path / "b" / "mylog").exists()
+
+
+def test_seconds_read_as_milliseconds_are_refused(tmp_path):
+    ev = tmp_path / "s.csv"
+    ev.write_text("u,i,t,y\n" + "".join(f"u{k % 3},i{k % 4},{1_700_000_000 + 60 * k},{k % 2}\n" for k in range(30)))
+    spec = DatasetFile("secs", TableFile(str(ev), {"user": "u", "item": "i", "time": "t", "label": "y"}), time_unit="ms")
+    with pytest.raises(DataFormatError, match="look like unix seconds; set time_unit: s"):
+        import_dataset(spec, tmp_path / "data", log=lambda *_: None)

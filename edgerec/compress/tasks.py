@@ -125,7 +125,8 @@ def _read_user_task(name: str) -> list[tuple[str, str, str | None]]:
         items = ds.items
         if items is None or "title" not in items.column_names or "category" not in items.column_names:
             raise DataFormatError(f"--task {name}={source}: the dataset's item table needs `title` and `category` "
-                                  "(import with --map items.title=COL and --map item.category=COL)")
+                                  "(import with --map items.title=COL --map items.category=COL for columns of the items file, or "
+                                  "item.title / item.category for columns of the events file)")
         return [(t, str(c), None) for t, c in zip(items.column("title").to_pylist(),
                                                   items.column("category").to_pylist()) if t and c is not None]
     from edgerec.data.imports import _all_columns, read_file

@@ -614,36 +614,80 @@ def _csv_header(path: Path, delim: str) -> list[str]:
 
 
 def _looks_continuous(col) -> bool:
-    """Text whose values are all decimal numbers, some with a fraction (a price, a depth): a model
-    would see one category per value. Integers ('3', '007') stay categories."""
+    """Text whose values are at least 90 % decimal numbers, some with a fraction (a price, a depth):
+    a model would see one category per value. Integers ('3', '007') stay categories. The share, not
+    all: one stray 'cheap' among prices must not turn the column into 48 silent categories."""
     if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
         return False
     vals = pc.drop_null(col)
-    if not len(vals) or not pc.all(pc.match_substring_regex(vals, _NUM_RE)).as_py():
+    if not len(vals):
         return False
-    return bool(pc.any(pc.match_substring(vals, ".")).as_py())
+    numeric = pc.match_substring_regex(vals, _NUM_RE)
+    if pc.sum(numeric).as_py() < 0.9 * len(vals):
+        return False
+    return bool(pc.any(pc.and_(numeric, pc.match_substring(vals, "."))).as_py())
 
 
-def _check_attribute_types(table: pa.Table, key: str, kind: str, buckets: dict[str, int], where: str) -> dict:
+def _where(tf: "TableFile | None", default: str) -> str:
+    """The attribute file's path for a message (attributes mapped from the events have none)."""
+    return tf.path if tf is not None else default
+
+
+def _first_non_number(table: pa.Table, key: str, name: str, ids: "IdMap") -> tuple[str, str] | None:
+    """(the user's id, value) of the first row whose `name` is text that is not a number, else None."""
+    col = table.column(name)
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        return None
+    bad = pc.invert(pc.fill_null(pc.match_substring_regex(col, _NUM_RE), True))
+    if not pc.any(bad).as_py():
+        return None
+    at = int(pc.index(bad, True).as_py())
+    return str(ids.decode([table.column(key)[at].as_py()])[0]), str(col[at].as_py())
+
+
+def _check_attribute_types(table: pa.Table, key: str, kind: str, buckets: dict[str, int], where: str,
+                           ids: "IdMap") -> dict:
     """Attribute docs; a float attribute without a bucket count is refused (never silently cast)."""
     docs = {}
     for f in table.schema:
         if f.name == key:
             continue
+        stray = _first_non_number(table, key, f.name, ids)
         if f.name in buckets:
+            if stray is not None:
+                raise DataFormatError(f"{where}: {kind} {cut(stray[0])}: {f.name} is {cut(stray[1])}, not a number, so "
+                                      f"{f.name} cannot be bucketed; fix that value (leave it empty if unknown) or "
+                                      f"drop `--bucket {f.name}=...` if the column is really text")
             if not (pa.types.is_integer(f.type) or pa.types.is_floating(f.type)):
                 raise DataFormatError(f"{where}: {kind} attribute {f.name!r} is {f.type}, not numeric: it cannot be "
                                       f"bucketed; drop `--bucket {f.name}=...` (text is a category)")
             docs[f.name] = f"numeric, {buckets[f.name]} quantile buckets fit on the training period's {kind}s"
         elif pa.types.is_floating(f.type) or _looks_continuous(table.column(f.name)):
+            odd = f"; and {kind} {cut(stray[0])} has {cut(stray[1])}, not a number: fix it" if stray else ""
             raise DataFormatError(f"{where}: {kind} attribute {f.name!r} is numeric ({f.type}); a model reads "
                                   f"categories, so bucket it (--bucket {f.name}=8: quantile boundaries fit on the "
-                                  "training period) or leave the column out")
+                                  f"training period) or leave the column out{odd}")
         elif f.name == "title" and kind == "item":
             docs[f.name] = "text (the item title: compress's item-title task)"
         else:
             docs[f.name] = f"categorical ({f.type})"
     return docs
+
+
+_Y2000 = 946_684_800  # 2000-01-01 UTC, in seconds
+
+
+def _check_plausible_ms(secs, spec: DatasetFile, path: Path) -> None:
+    """Seconds read as milliseconds land in January 1970 and parse without error: refuse a log whose
+    median time, read as milliseconds, falls before 2000 (the opposite mistake is out of range)."""
+    if spec.time_unit != "ms":
+        return
+    t = pc.drop_null(secs)
+    if len(t) and pc.approximate_median(t).as_py() < _Y2000:
+        first = pc.min(t).as_py()
+        raise DataFormatError(f"{path}: column {spec.events.map['time']!r} read as milliseconds puts the log in "
+                              f"{time.strftime('%Y-%m', time.gmtime(first))}: these look like unix seconds; "
+                              "set time_unit: s (--time-unit s)")
 
 
 def _checked_events(spec: DatasetFile, rej: Rejects) -> tuple[pa.Table, int]:
@@ -666,6 +710,7 @@ def _checked_events(spec: DatasetFile, rej: Rejects) -> tuple[pa.Table, int]:
     rej.add(no_item, row, "missing value", m["item"], item_t)
     time_raw = _value(raw.column(m["time"]))
     secs, bad_t, out_t = parse_time(time_raw, spec.time_unit, spec.tz)
+    _check_plausible_ms(secs, spec, ev_path)
     rej.add(_missing(time_raw), row, "missing value", m["time"], time_raw)
     rej.add(bad_t, row, "unparseable time", m["time"], time_raw)
     rej.add(out_t, row, "time out of range", m["time"], time_raw)
@@ -799,8 +844,10 @@ def _attributes(good: pa.Table, spec: DatasetFile, user_map: IdMap, item_map: Id
         else:
             users_t = table
     items_t = _with_every_id(items_t, "item_id", len(item_map.ids))  # the catalogue holds every event item
-    item_docs = _check_attribute_types(items_t, "item_id", "item", spec.buckets, "items") if items_t else {}
-    user_docs = _check_attribute_types(users_t, "user_id", "user", spec.buckets, "users") if users_t else {}
+    item_docs = _check_attribute_types(items_t, "item_id", "item", spec.buckets, _where(spec.items, "items"),
+                                       item_map) if items_t else {}
+    user_docs = _check_attribute_types(users_t, "user_id", "user", spec.buckets, _where(spec.users, "users"),
+                                       user_map) if users_t else {}
     unknown_b = sorted(set(spec.buckets) - set(item_docs) - set(user_docs))
     if unknown_b:
         raise DataFormatError(f"--bucket {unknown_b}: no such item or user attribute; attributes are "
@@ -893,6 +940,9 @@ def log_summary(s: dict, out: Path, log=print) -> None:
         f"{s['items']:,} items; rejected {s['rejected_rows']:,} rows ({s['seconds']} s)")
     for reason, r in s["rejected"].items():
         log(f"  {reason}: {r['rows']:,} rows, e.g. {r['first']}. Fix: {r['fix']}")
+    if s.get("clicks_folded_into_exposures"):
+        log(f"  {s['clicks_folded_into_exposures']:,} click rows folded into their exposure rows (same user, item "
+            "and request): one impression each, label 1")
     if s["rejected_rows"]:
         log(f"  every rejected row: {out / 'rejected.csv'}")
     log(f"dataset folder: {out}")

@@ -111,6 +111,10 @@ class EventDataset:
         (out / "meta.json").unlink(missing_ok=True)  # the dataset is incomplete until meta is rewritten
         tables = [("items.parquet", self.items), ("users.parquet", self.users)]
         tables += [(f"{k}.parquet", t) for k, t in self.extras.items()]
+        keep = {"events.parquet"} | {fname for fname, table in tables if table is not None}
+        for old in out.glob("*.parquet"):  # a table an earlier save wrote and this one has not (load reads any)
+            if old.name not in keep:
+                old.unlink()
         for fname, table in tables:
             if table is not None:
                 with atomic_path(out / fname) as tmp:

@@ -100,7 +100,7 @@ def _torch_ranker(recipe: ServiceRecipe):
     torch.manual_seed(recipe.seed)  # every worker builds the same untrained weights
     model = build_model(cfg, samples.spec)
     d = FeatureDefinition(max_len=samples.spec.max_len, n_positions=max(samples.spec.n_positions, 1), tz=samples.spec.tz)
-    return Ranker(model, samples, d), recipe.dataset or cfg["experiment"]["dataset"]
+    return Ranker(model, samples, d), recipe.dataset or cfg.dataset
 
 
 def _run_dataset(run_dir: str) -> str:

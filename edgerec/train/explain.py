@@ -44,7 +44,8 @@ def item_categories(samples, dataset) -> tuple[np.ndarray, list[str]]:
     col = next((c for c in ("category", "genre") if items is not None and c in items.column_names), None)
     if col is None or samples.item_ids is None:
         raise EdgerecError(f"{dataset.name}: the item table has no category or genre column; "
-                           "the per-category time sweep needs one.")
+                           "the per-category time sweep needs one (an imported dataset: import again with "
+                           "--map items.category=COL or --map item.category=COL, see docs/your-data.md).")
     names_raw = np.asarray(items.column(col).to_pylist(), dtype=object)
     names = sorted({str(x) for x in names_raw if x is not None})
     code_of = {n: i for i, n in enumerate(names)}
