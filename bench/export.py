@@ -36,7 +36,7 @@ def measure(expid: str, dataset: str | None, rounds: int = 5, n_requests: int = 
     from edgerec.serve.server import ServiceRecipe, build_ranker
 
     torch.set_num_threads(1)
-    ranker, _ = build_ranker(ServiceRecipe(store="memory", expid=expid, config=str(ROOT / "configs" / "ctr.yaml"),
+    ranker, ds = build_ranker(ServiceRecipe(store="memory", expid=expid, config=str(ROOT / "configs" / "ctr.yaml"),
                                            dataset=dataset))
     folder = Path(tempfile.mkdtemp(prefix="edgerec-export-bench-")) / "onnx"
     t0 = time.perf_counter()
@@ -56,7 +56,7 @@ def measure(expid: str, dataset: str | None, rounds: int = 5, n_requests: int = 
                 ms[name].append(1e3 * (time.perf_counter() - t))
     pct = {n: {"p50_ms": round(float(np.percentile(v, 50)), 3), "p99_ms": round(float(np.percentile(v, 99)), 3)}
            for n, v in ms.items()}
-    return {"expid": expid, "model": contract["model"], "dataset": dataset or ranker.samples.info.get("dataset"),
+    return {"expid": expid, "model": contract["model"], "dataset": ds,
             "max_len": ranker.samples.spec.max_len, "model_bytes": contract["model_bytes"],
             "parameters": int(sum(p.numel() for p in ranker.model.parameters())),
             "parity": contract["parity"], "export_seconds": round(export_s, 1), "candidates": 200,

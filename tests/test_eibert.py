@@ -356,3 +356,37 @@ def test_every_method_matches_the_student_against_dropout_free_teacher_targets(m
         with torch.no_grad():
             pooled = teacher.eval().encoder(*pad([sent]))["pooled"][0]  # (32,)
         assert torch.allclose(a["pooled"], pooled.expand_as(a["pooled"]), atol=1e-2)
+
+
+def test_the_int8_runtime_is_thread_safe_and_fits_any_shape(tmp_path):
+    """Each thread dequantizes into its own scratch buffer (a shared one gave wrong logits under 4
+    threads), sized for the fused qkv even when the FFN is narrower than 3 x hidden."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from edgerec.compress.pack import write_artifact
+    from edgerec.compress.quantize import quantize_rows
+    from edgerec.serve.edge.runtime import EdgeModel
+    from edgerec.serve.edge.tokenizer import SPECIALS
+
+    vocab = [*SPECIALS, *[f"w{k}" for k in range(40)]]
+    cfg = {"vocab_size": len(vocab), "hidden": 32, "ffn": 48, "heads": 2, "layers": 2, "max_positions": 16,
+           "emb_dim": None}
+    tasks = {"t": ["a", "b", "c"]}
+    rng = np.random.default_rng(0)
+    from edgerec.compress.pack import expected_shapes
+
+    tensors = {}
+    for name, shape in expected_shapes(cfg, tasks).items():
+        w = (rng.normal(size=shape) * 0.3).astype(np.float32)
+        if len(shape) == 2:
+            q, s = quantize_rows(w, 8)
+            tensors[name] = {"kind": "q8", "q": q, "scale": s, "shape": shape}
+        else:
+            tensors[name] = {"kind": "f32", "value": w + (1.0 if name.endswith("ln1.weight") else 0.0), "shape": shape}
+    write_artifact(tmp_path / "m.pack", cfg, tasks, vocab, tensors)
+    int8, f32 = EdgeModel.load(tmp_path / "m.pack"), EdgeModel.load(tmp_path / "m.pack", "float32")
+    texts = [" ".join(f"w{(k * 7 + j) % 40}" for j in range(1 + k % 12)) for k in range(64)]
+    want = [f32.logits([t], "t") for t in texts]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda t: int8.logits([t], "t"), texts * 4))
+    assert all(np.abs(g - want[k % len(texts)]).max() < 1e-4 for k, g in enumerate(got))

@@ -81,7 +81,7 @@ def test_onnx_engine_scores_like_the_torch_engine(runs, name):
         cand = np.concatenate([raw[items[:-1] - 1], [-5]])  # raw ids, the last one unknown to the run
         torch_scores, onnx_scores = ranker.score(req, cand), engine.score(req, cand)
         assert np.abs(torch_scores - onnx_scores).max() <= 1e-5
-        assert np.array_equal(np.argsort(-torch_scores, kind="stable")[:20], np.argsort(-onnx_scores, kind="stable")[:20])
+        assert ex.same_top(torch_scores, onnx_scores, 20, 1e-6)  # the same top 20, up to ties within 1e-6
 
 
 def test_an_empty_history_is_scored_by_both_graphs(runs):
@@ -189,3 +189,15 @@ def test_bench_export_measures_both_engines(tmp_path):
     m = r["models"][0]
     assert m["parity"]["max_abs_logit"] <= 1e-4 and set(m["stage2_ms"]) == {"torch", "onnx"}
     assert json.loads((tmp_path / "export.json").read_text())["models"][0]["model_bytes"] == m["model_bytes"]
+
+
+def test_export_replaces_only_an_empty_folder_or_an_earlier_export(runs, tmp_path):
+    with pytest.raises(EdgerecError, match="holds other files"):
+        ex.export_run(runs["DIN"], runs["DIN"], quiet=True)  # --out RUN: the run itself is never removed
+    assert (Path(runs["DIN"]) / "model.safetensors").is_file()
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(EdgerecError, match="not a folder"):
+        ex.export_run(runs["DIN"], tmp_path / "f", quiet=True)
+    ex.export_run(runs["DIN"], tmp_path / "e", quiet=True)
+    ex.export_run(runs["DIN"], tmp_path / "e", quiet=True)  # an earlier export is replaced
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e", "f"]

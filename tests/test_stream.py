@@ -49,6 +49,9 @@ def test_clicks_keep_time_order_and_the_last_max_len():
     assert d.user_features(u, now=1030)["hist_item"] == [101, 102]
     s.apply([Event("e5", 1, 105, 1040, "click", 1), Event("e6", 1, 106, 1050, "click", 1)], d)
     assert s.user(1).recent_ts == [1030, 1040, 1040, 1050]  # the bound holds as time moves on
+    s.apply([Event(f"f{k}", 1, 200 + k, 1060, "click", 1) for k in range(10)], d)  # a flood in one second
+    u = s.user(1)
+    assert u.recent_ts == [1040, 1040, 1050, 1060, 1060, 1060] and u.recent_item[-3:] == [207, 208, 209]
 
 
 def test_replaying_every_event_changes_nothing(tmp_path, log_events):

@@ -126,7 +126,8 @@ class QuantizedRows(NamedTuple):
         return self.q.astype(np.float32) * self.scale[:, None]
 
     def abs_max(self) -> float:
-        return float((np.abs(self.q).max(1).astype(np.float32) * np.abs(self.scale)).max()) if self.q.size else 0.0
+        # int16 before abs: np.abs(int8 -128) is -128
+        return float((np.abs(self.q.astype(np.int16)).max(1) * np.abs(self.scale)).max()) if self.q.size else 0.0
 
 
 def read_artifact(path: str | Path, dequantize: bool = True) -> dict:

@@ -674,16 +674,17 @@ def _check_attribute_types(table: pa.Table, key: str, kind: str, buckets: dict[s
     return docs
 
 
-_Y2000 = 946_684_800  # 2000-01-01 UTC, in seconds
+_SECONDS_AS_MS = 100_000_000  # 1973-03-03 in seconds: unix seconds of 1973-2100 read as ms all fall before it
 
 
 def _check_plausible_ms(secs, spec: DatasetFile, path: Path) -> None:
-    """Seconds read as milliseconds land in January 1970 and parse without error: refuse a log whose
-    median time, read as milliseconds, falls before 2000 (the opposite mistake is out of range)."""
+    """Seconds read as milliseconds land in early 1970 and parse without error: refuse a log whose
+    median time, read as milliseconds, falls before March 1973 (the opposite mistake is out of range;
+    a real millisecond log of the 1990s, like MovieLens's, passes)."""
     if spec.time_unit != "ms":
         return
     t = pc.drop_null(secs)
-    if len(t) and pc.approximate_median(t).as_py() < _Y2000:
+    if len(t) and pc.approximate_median(t).as_py() < _SECONDS_AS_MS:
         first = pc.min(t).as_py()
         raise DataFormatError(f"{path}: column {spec.events.map['time']!r} read as milliseconds puts the log in "
                               f"{time.strftime('%Y-%m', time.gmtime(first))}: these look like unix seconds; "

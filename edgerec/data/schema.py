@@ -108,13 +108,16 @@ class EventDataset:
         """Write to root/<name>/ ; each file is written to a temp name and renamed."""
         out = Path(root) / (dirname or self.name)
         out.mkdir(parents=True, exist_ok=True)
+        try:  # the tables an earlier save wrote (meta "tables"; before 2026-12-02: the core ones)
+            earlier = set(json.loads((out / "meta.json").read_text()).get("tables", ["items.parquet", "users.parquet"]))
+        except (OSError, ValueError, AttributeError):
+            earlier = {"items.parquet", "users.parquet"}
         (out / "meta.json").unlink(missing_ok=True)  # the dataset is incomplete until meta is rewritten
         tables = [("items.parquet", self.items), ("users.parquet", self.users)]
         tables += [(f"{k}.parquet", t) for k, t in self.extras.items()]
         keep = {"events.parquet"} | {fname for fname, table in tables if table is not None}
-        for old in out.glob("*.parquet"):  # a table an earlier save wrote and this one has not (load reads any)
-            if old.name not in keep:
-                old.unlink()
+        for name in earlier - keep:  # a table of an earlier save that this one has not: load would read it
+            (out / Path(name).name).unlink(missing_ok=True)
         for fname, table in tables:
             if table is not None:
                 with atomic_path(out / fname) as tmp:
@@ -122,7 +125,7 @@ class EventDataset:
         with atomic_path(out / "events.parquet") as tmp:
             pq.write_table(self.events, tmp)
         meta = dict(self.meta)
-        meta.update(name=self.name, n_events=self.events.num_rows,
+        meta.update(name=self.name, n_events=self.events.num_rows, tables=sorted(keep),
                     n_users=len(pc.unique(self.events.column("user_id"))),
                     n_items=len(pc.unique(self.events.column("item_id"))),
                     columns={f.name: str(f.type) for f in self.events.schema})

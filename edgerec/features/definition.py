@@ -258,8 +258,12 @@ class FeatureDefinition:
         # keep max_len clicks strictly before the newest second, plus that second's clicks: a request in
         # the newest second may not see those (the history is strictly before it), so they must not push
         # out clicks it does see (train/serve parity with the sample builders' causal cut)
-        while bisect.bisect_left(s.recent_ts, s.recent_ts[-1]) > self.max_len:
+        before = bisect.bisect_left(s.recent_ts, s.recent_ts[-1])  # clicks before the newest second
+        while before > self.max_len:
             del s.recent_ts[0], s.recent_item[0], s.recent_position[0]
+            before -= 1
+        while len(s.recent_ts) - before > self.max_len:  # and at most max_len of that second: 2 * max_len in all
+            del s.recent_ts[before], s.recent_item[before], s.recent_position[before]
         return s
 
     def apply_item(self, s: ItemState, e: Event) -> ItemState:

@@ -41,6 +41,9 @@ from edgerec.errors import EdgerecError
 MODEL_FILE, CONTRACT_FILE = "model.onnx", "export.json"
 ID_TABLES = {"item": "ids_item.parquet", "user": "ids_user.parquet"}
 OPSET = 17
+# bumped whenever the graph an export writes changes (serve --engine onnx re-exports an older one);
+# 2: PackedHistory.pool as scatter_add, Dice without reshape, allowzero Reshapes (2026-12-02)
+EXPORTER = 2
 EXPORTABLE = ("DIN", "DiCycle", "COUPA")
 
 
@@ -131,42 +134,60 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, spec: Exp
 def export_ranker(ranker, out_dir: Path, spec: ExportSpec = ExportSpec(), run: str | None = None,
                   quiet: bool = False, weights_sha256: str | None = None) -> dict:
     """Trace, check against PyTorch, and write the folder atomically (see the module doc)."""
-    import onnxruntime as ort
-
+    ort = _require("onnxruntime")
+    _require("onnx")
     samples = ranker.samples
     graph = Stage2Graph(ranker.model, samples).eval()
     names = input_names(samples)
     requests = _check_requests(ranker, spec.requests, max(spec.candidate_counts))
     example = request_inputs(requests[0][0], requests[0][1][-spec.candidate_counts[0]:], names)
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    _check_replaceable(out_dir)
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    except OSError as e:
+        raise EdgerecError(f"cannot write the export next to {out_dir} ({e.strerror}); export it to a folder you "
+                           "can write with `edgerec export --run RUN --out DIR`, or serve with --engine torch") from None
     try:
         model_path = tmp / MODEL_FILE
         args = tuple(torch.from_numpy(example[n]) for n in names)
         dynamic = {"items": {0: "C"}, "logit": {0: "C"}, "score": {0: "C"}}
-        with torch.no_grad(), warnings.catch_warnings():
-            # the tracer's notes on Python-side values (shapes read as ints) are checked by the parity run below
-            warnings.simplefilter("ignore")
-            torch.onnx.export(graph, args, str(model_path), input_names=names, output_names=["logit", "score"],
-                              dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
-        _allow_empty_history(model_path)
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3  # errors only: its graph-rewrite notes are not the user's business
-        session = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
-        names = [i.name for i in session.get_inputs()]  # an input the model never reads is not in the graph
-        parity = _parity(ranker, session, names, requests, spec)
+        what = type(ranker.model).__name__
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                # the tracer's notes on Python-side values (shapes read as ints) are checked by the parity run
+                warnings.simplefilter("ignore")
+                torch.onnx.export(graph, args, str(model_path), input_names=names, output_names=["logit", "score"],
+                                  dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
+            _allow_empty_history(model_path)
+            opts = ort.SessionOptions()
+            opts.log_severity_level = 3  # errors only: its graph-rewrite notes are not the user's business
+            session = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+            names = [i.name for i in session.get_inputs()]  # an input the model never reads is not in the graph
+            parity = _parity(ranker, session, names, requests, spec)
+        except EdgerecError:
+            raise
+        except Exception as e:  # an op or a shape this exporter or runtime does not handle for these model_args
+            raise EdgerecError(f"cannot export {what} with these model_args to ONNX ({type(e).__name__}: "
+                               f"{str(e)[:200]}); nothing was written. Serve it with --engine torch, and please "
+                               "report this with the run.") from None
         if parity["max_abs_logit"] > spec.atol or not parity["same_top20"]:
-            raise EdgerecError(f"ONNX export of {type(ranker.model).__name__} does not match PyTorch: max |Δ logit| "
+            raise EdgerecError(f"ONNX export of {what} does not match PyTorch: max |Δ logit| "
                                f"{parity['max_abs_logit']:.2e} (allowed {spec.atol:.0e}), same top-20 "
-                               f"{parity['same_top20']}; nothing was written. Please report this with the run.")
+                               f"{parity['same_top20']}; nothing was written. Serve it with --engine torch, and "
+                               "please report this with the run.")
         id_rows = _write_id_tables(ranker, tmp)
         contract = _contract(ranker, names, parity, model_path, id_rows, run, weights_sha256)
         (tmp / CONTRACT_FILE).write_text(json.dumps(contract, indent=2) + "\n")
         tmp.chmod(0o755)  # mkdtemp's folder is private; an export is meant to be shipped
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
+        old = out_dir.with_name(f".{out_dir.name}.old") if out_dir.exists() else None
+        if old is not None:  # swap: the earlier export is removed only once the new one is in place
+            shutil.rmtree(old, ignore_errors=True)
+            out_dir.rename(old)
         tmp.rename(out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -177,12 +198,52 @@ def export_ranker(ranker, out_dir: Path, spec: ExportSpec = ExportSpec(), run: s
     return contract
 
 
+def same_top(ref: np.ndarray, got: np.ndarray, k: int, tol: float) -> bool:
+    """`got`'s top k is a top k of `ref` up to ties within `tol`: in got's order the ref scores never
+    rise by more than tol, and none falls below ref's k-th best by more than tol. (Exact argsort
+    equality would fail on two candidates 1e-8 apart.)"""
+    k = min(k, len(ref))
+    order = np.argsort(-got, kind="stable")[:k]
+    kth = np.sort(ref)[::-1][k - 1]
+    return bool(np.all(np.diff(ref[order]) <= tol) and ref[order].min() >= kth - tol)
+
+
+def _require(module: str):
+    """onnx / onnxruntime, or an EdgerecError saying how to install them."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise EdgerecError(f"ONNX export and --engine onnx need the {module} package: pip install "
+                           "'edgerec[serve]' (or serve with --engine torch)") from None
+
+
+def _check_replaceable(out_dir: Path) -> None:
+    """--out may be new, an empty folder, or an earlier export: never a run folder or anything else."""
+    if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
+        raise EdgerecError(f"--out {out_dir} is not a folder; choose a new or empty folder for the export")
+    if out_dir.is_dir():
+        names = {p.name for p in out_dir.iterdir()}
+        ours = {MODEL_FILE, CONTRACT_FILE, *ID_TABLES.values()}
+        if names and not (CONTRACT_FILE in names and names <= ours):
+            raise EdgerecError(f"--out {out_dir} holds other files ({', '.join(sorted(names)[:4])}); an export "
+                               "replaces only an empty folder or an earlier export: choose a new folder")
+
+
 def _check_requests(ranker, n: int, C_max: int) -> list[tuple[dict, np.ndarray]]:
     """Real requests for the parity check: the first `n` validation rows' histories (as the store
     would serve them: the sample's own history) against C_max candidate indices drawn from the catalogue."""
     samples = ranker.samples
     split = samples.splits["valid"]
-    rows = np.arange(min(n, len(split)))
+    if not len(split):
+        raise EdgerecError("the run's validation split is empty: there are no requests to check the export on")
+    # distinct requests (user, time): under the impression protocol consecutive rows share one request;
+    # and the longest history among them first, so a full-length history is always checked
+    keys = split.user.astype(np.int64) * (1 << 32) + (split.ts - split.ts.min())
+    _, first = np.unique(keys, return_index=True)
+    first = first[np.argsort(-(split.hist_end[first] - split.hist_start[first]), kind="stable")]
+    rows = np.sort(first[:n])
     batch = samples.make_batch(split, rows)
     rng = np.random.default_rng(0)
     catalogue = samples.item_ids
@@ -195,7 +256,7 @@ def _check_requests(ranker, n: int, C_max: int) -> list[tuple[dict, np.ndarray]]
             req[f"hist_{name}"] = batch[f"hist_{name}"][r: r + 1]
         for name in samples.user_feats:
             req[f"user_{name}"] = batch[f"user_{name}"][r: r + 1]
-        if r == len(rows) - 1:  # a known user without history yet: the empty-history path is checked too
+        if r == len(rows) - 1:  # the last request is made a known user's first one: the empty-history path
             req["hist_mask"] = torch.zeros_like(req["hist_mask"])
             req.update({k: torch.zeros_like(v) for k, v in req.items() if k.startswith("hist_") and k != "hist_mask"})
         items = ranker.item_index(rng.choice(catalogue, size=min(C_max, len(catalogue)), replace=False))
@@ -213,8 +274,7 @@ def _parity(ranker, session, names, requests, spec: ExportSpec) -> dict:
             ref = _torch_logits(ranker, req, items)
             got = session.run(["logit"], request_inputs(req, items, names))[0]
             worst = max(worst, float(np.max(np.abs(got - ref))))
-            k = min(20, C)
-            same &= bool(np.array_equal(np.argsort(-ref, kind="stable")[:k], np.argsort(-got, kind="stable")[:k]))
+            same &= same_top(ref, got, 20, spec.atol)
     return {"requests": len(requests), "candidate_counts": counts,
             "max_abs_logit": worst, "same_top20": same, "atol": spec.atol}
 
@@ -269,7 +329,7 @@ def _contract(ranker, names, parity, model_path: Path, id_rows: dict, run: str |
         "items": "(C,) int64: the candidates' item indices, C >= 1",
     }
     return {
-        "format": "onnx", "opset": OPSET, "model": type(ranker.model).__name__, "run": run,
+        "format": "onnx", "opset": OPSET, "exporter": EXPORTER, "model": type(ranker.model).__name__, "run": run,
         "weights_sha256": weights_sha256,  # the run's weights this graph was made from (serve re-exports on change)
         "inputs": {n: inputs[n] for n in names},
         "outputs": {"logit": "(C,) float32", "score": "(C,) float32: sigmoid(logit), the served relevance"},

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from edgerec.errors import EdgerecError
-from edgerec.serve.export import CONTRACT_FILE, MODEL_FILE, export_ranker, request_inputs
+from edgerec.serve.export import CONTRACT_FILE, EXPORTER, MODEL_FILE, export_ranker, request_inputs
 from edgerec.serve.service import Ranker
 
 ENGINES = ("torch", "onnx")
@@ -22,8 +22,9 @@ class OnnxRanker(Ranker):
     """A Ranker whose `score` runs the exported graph on ONNX Runtime (one session per process)."""
 
     def __init__(self, ranker: Ranker, export_dir: str | Path, threads: int = 1):
-        import onnxruntime as ort
+        from edgerec.serve.export import _require
 
+        ort = _require("onnxruntime")
         super().__init__(ranker.model, ranker.samples, ranker.definition)
         export_dir = Path(export_dir)
         self.contract = read_contract(export_dir)
@@ -63,9 +64,13 @@ def onnx_ranker(ranker: Ranker, run_dir: str | None, threads: int = 1, quiet: bo
     missing or belongs to other weights; an untrained benchmark ranker (no run) is exported to a
     temporary folder."""
     if run_dir is None:
+        import atexit
+        import shutil
         import tempfile
 
-        folder = Path(tempfile.mkdtemp(prefix="edgerec-onnx-")) / "onnx"
+        root = Path(tempfile.mkdtemp(prefix="edgerec-onnx-"))
+        atexit.register(shutil.rmtree, root, True)  # this process's own export: gone when it exits
+        folder = root / "onnx"
         export_ranker(ranker, folder, quiet=True)
         return OnnxRanker(ranker, folder, threads)
     folder = Path(run_dir) / "onnx"
@@ -76,7 +81,7 @@ def onnx_ranker(ranker: Ranker, run_dir: str | None, threads: int = 1, quiet: bo
             current = read_contract(folder)
         except EdgerecError:
             current = None  # damaged: exported again below
-    if current is None or current.get("weights_sha256") != weights:
+    if current is None or current.get("weights_sha256") != weights or current.get("exporter") != EXPORTER:
         if not quiet:
             print(f"{run_dir}: no current ONNX export; exporting stage 2 to {folder}")
         export_ranker(ranker, folder, run=str(run_dir), quiet=quiet, weights_sha256=weights)

@@ -16,6 +16,8 @@ Parity with the PyTorch int8 model is tested to 1e-4 on the logits.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from edgerec.compress.pack import ArtifactError, QuantizedRows, read_artifact
@@ -92,16 +94,31 @@ class _Int8Linear:
     buffer that all layers share (one layer's worth, dequantized just before its matmul), and the
     scale is applied to the (T, out) result instead of to the weights."""
 
-    def __init__(self, w: QuantizedRows, b: np.ndarray, scratch: np.ndarray):
+    def __init__(self, w: QuantizedRows, b: np.ndarray, scratch: "_Scratch"):
         self.q, self.s, self.b, self.scratch = w.q, w.scale, b, scratch
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        w = self.scratch[: self.q.size].reshape(self.q.shape)  # (out, in) float32 view of the shared buffer
+        w = self.scratch.get()[: self.q.size].reshape(self.q.shape)  # (out, in) float32 view of the buffer
         np.copyto(w, self.q)  # int8 -> float32
         y = x @ w.T  # BLAS reads w.T as a transposed operand: no copy
         y *= self.s
         y += self.b
         return y
+
+
+class _Scratch:
+    """The float32 buffer the int8 layers dequantize into, one per thread: numpy releases the GIL in
+    copyto and matmul, so two threads sharing one buffer would overwrite each other's weights."""
+
+    def __init__(self):
+        self.size = 0  # floats; set once every layer is built (the largest int8 matrix, fused qkv included)
+        self._local = threading.local()
+
+    def get(self) -> np.ndarray:
+        buf = getattr(self._local, "buf", None)
+        if buf is None or buf.size < self.size:
+            buf = self._local.buf = np.empty(self.size, dtype=np.float32)
+        return buf
 
 
 def _rows(table, ids: np.ndarray) -> np.ndarray:
@@ -129,9 +146,7 @@ class EdgeModel:
         c = self.config
         self.heads_n, self.hidden, self.n_layers = c["heads"], c["hidden"], c["layers"]
         self.max_len = c["max_positions"]
-        tables = ("encoder.word.weight", "encoder.position.weight")  # gathered by row, never multiplied whole
-        big = max((v.q.size for k, v in t.items() if isinstance(v, QuantizedRows) and k not in tables), default=0)
-        self._scratch = np.empty(big, dtype=np.float32)  # one layer's weights, shared by every int8 layer
+        self._scratch = _Scratch()  # one layer's weights, shared by every int8 layer (per thread)
         self.word, self.position = t.pop("encoder.word.weight"), t.pop("encoder.position.weight")
         self.emb_proj = self._linear(t.pop("encoder.emb_proj.weight"), None) if "encoder.emb_proj.weight" in t else None
         self.type0, self.emb_ln = t.pop("encoder.type0"), (t.pop("encoder.emb_ln.weight"), t.pop("encoder.emb_ln.bias"))
@@ -142,6 +157,9 @@ class EdgeModel:
             p = f"encoder.layers.{i}."
             q, k, v = (t.pop(p + n + ".weight") for n in ("query", "key", "value"))
             b = np.concatenate([t.pop(p + "query.bias") * qs, t.pop(p + "key.bias"), t.pop(p + "value.bias")])
+            if isinstance(q, QuantizedRows) != isinstance(k, QuantizedRows) or \
+                    isinstance(q, QuantizedRows) != isinstance(v, QuantizedRows):  # mixed kinds: all float32
+                q, k, v = (w.dequantized() if isinstance(w, QuantizedRows) else w for w in (q, k, v))
             if isinstance(q, QuantizedRows):
                 qkv = QuantizedRows(np.concatenate([q.q, k.q, v.q]), np.concatenate([q.scale * qs, k.scale, v.scale]))
             else:
@@ -152,6 +170,8 @@ class EdgeModel:
                                 "ln1": (t.pop(p + "ln1.weight"), t.pop(p + "ln1.bias")),
                                 "ln2": (t.pop(p + "ln2.weight"), t.pop(p + "ln2.bias"))})
         self.heads = {task: self._linear(t.pop(f"head.{task}.weight"), t.pop(f"head.{task}.bias")) for task in self.tasks}
+        linears = [*(v for layer in self.layers for v in layer.values()), *self.heads.values(), self.emb_proj]
+        self._scratch.size = max((m.q.size for m in linears if isinstance(m, _Int8Linear)), default=0)
 
     def _linear(self, w, b):
         b = np.zeros(w.shape[0], np.float32) if b is None else b
@@ -189,7 +209,8 @@ class EdgeModel:
             else:
                 add(x)
 
-        walk([self.word, self.position, self.emb_proj, self.type0, self.emb_ln, self.layers, self.heads, self._scratch])
+        walk([self.word, self.position, self.emb_proj, self.type0, self.emb_ln, self.layers, self.heads])
+        total += 4 * self._scratch.size  # one thread's scratch buffer
         return total
 
     def _encode(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
