@@ -137,22 +137,29 @@ def teacher_rows(name, task, n_lat: int) -> tuple[dict, dict]:
     return fp32, int8
 
 
-def edge_latency_32(pack: Path, texts: list[str], task: str, n: int = 300, rounds: int = 5) -> dict:
-    """numpy runtime on sentences of exactly 32 pieces ([CLS] ... [SEP]), batch 1."""
-    from edgerec.serve.edge.runtime import EdgeModel
-
-    m = EdgeModel.load(pack)
+def sentences_32(model, texts: list[str], n: int) -> tuple[list[str], list[np.ndarray]]:
+    """Word windows of `texts` that tokenize to exactly 32 pieces ([CLS] ... [SEP]), untruncated:
+    (the windows, their ids as (1, 32) arrays)."""
     words = " ".join(texts).split()
-    texts32, sents = [], []  # word windows that tokenize to exactly 32 pieces, untruncated
+    texts32, sents = [], []
     for i in range(n):
         for j in range(1, 60):
             text = " ".join(words[i * 7: i * 7 + j])
-            ids = m.tok.encode(text, 10**6)
+            ids = model.tok.encode(text, 10**6)
             if len(ids) >= 32:
                 break
         if len(ids) == 32:
             texts32.append(text)
             sents.append(np.asarray(ids)[None, :])
+    return texts32, sents
+
+
+def edge_latency_32(pack: Path, texts: list[str], task: str, n: int = 300, rounds: int = 5) -> dict:
+    """numpy runtime on sentences of exactly 32 pieces ([CLS] ... [SEP]), batch 1."""
+    from edgerec.serve.edge.runtime import EdgeModel
+
+    m = EdgeModel.load(pack)
+    texts32, sents = sentences_32(m, texts, n)
     mask = np.ones((1, 32), dtype=np.int64)
 
     def run(ids):

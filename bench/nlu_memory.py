@@ -68,19 +68,6 @@ def load_measured(pack: Path, weights: str):
     return model, heap
 
 
-def sentences_32(model, texts: list[str], n: int) -> list[np.ndarray]:
-    """Word windows of the texts that tokenize to exactly 32 pieces ([CLS] ... [SEP]), as (1, 32) ids."""
-    words, out = " ".join(texts).split(), []
-    for i in range(n):
-        for j in range(1, 60):
-            ids = model.tok.encode(" ".join(words[i * 7: i * 7 + j]), 10**6)
-            if len(ids) >= 32:
-                break
-        if len(ids) == 32:
-            out.append(np.asarray(ids)[None, :])
-    return out
-
-
 def latency(models: dict, sents: list[np.ndarray], task: str, rounds: int = 5) -> dict:
     """Encoder + head per sentence, the runtimes interleaved sentence by sentence (a slow phase of a
     shared machine hits both alike)."""
@@ -114,7 +101,7 @@ def agreement(models: dict, tasks: list[str]) -> dict:
 
 
 def main(argv=None) -> dict:
-    from bench.nlu import headline_variant, pack_path
+    from bench.nlu import headline_variant, pack_path, sentences_32
     from bench.nlu_latency import sgemm_gflops
     from edgerec.compress.tasks import load_task
     from edgerec.io import write_json_atomic
@@ -143,7 +130,7 @@ def main(argv=None) -> dict:
         models[w], heap[w] = load_measured(pack, w)
     size = pack.stat().st_size
     task = "sentiment" if "sentiment" in models["int8"].tasks else sorted(models["int8"].tasks)[0]
-    sents = sentences_32(models["int8"], load_task(task).text["test"], 300)
+    _, sents = sentences_32(models["int8"], load_task(task).text["test"], 300)
     r = {"benchmark": "nlu_memory", "pack": str(pack.relative_to(ROOT) if pack.is_relative_to(ROOT) else pack),
          "pack_kind": kind, "file_bytes": size, "config": models["int8"].config, "git": git_commit(),
          "machine": machine_info(), "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),

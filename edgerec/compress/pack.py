@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from edgerec.compress.quantize import pack_int4, unpack_int4
+from edgerec.compress.quantize import dequantize_rows, pack_int4, unpack_int4
 from edgerec.errors import EdgerecError
 from edgerec.features.definition import cut
 from edgerec.io import atomic_path
@@ -123,7 +123,7 @@ class QuantizedRows(NamedTuple):
         return 2
 
     def dequantized(self) -> np.ndarray:
-        return self.q.astype(np.float32) * self.scale[:, None]
+        return dequantize_rows(self.q, self.scale)
 
     def abs_max(self) -> float:
         # int16 before abs: np.abs(int8 -128) is -128
@@ -179,7 +179,8 @@ def read_artifact(path: str | Path, dequantize: bool = True) -> dict:
             continue
         scale = np.frombuffer(blob[e["scale_offset"]: e["scale_offset"] + e["scale_nbytes"]], dtype="<f4")
         if e["kind"] == "q8":
-            q = np.frombuffer(raw, dtype=np.int8).reshape(shape).copy()  # a copy: the file's bytes can go
+            q = np.frombuffer(raw, dtype=np.int8).reshape(shape)
+            q = q if dequantize else q.copy()  # kept int8: a copy, so the file's bytes can go
         else:
             q = unpack_int4(np.frombuffer(raw, dtype=np.uint8).reshape(shape[0], -1), shape[1])
         rows = QuantizedRows(q, scale.astype(np.float32))

@@ -178,6 +178,10 @@ class DatasetFile:
         return out
 
 
+def _is_text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
 def read_dataset_file(path: str | Path) -> DatasetFile:
     import yaml
 
@@ -320,7 +324,7 @@ def _value(col) -> pa.Array:
     """A column with its text trimmed (' cafe' is 'cafe'), anything else as it is; chunks kept
     (combining a 10M-row column would copy it). When no value had white space around it the original
     is returned and the trimmed copy dropped at once, so an id column is not held twice for nothing."""
-    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+    if not _is_text(col.type):
         return col
     trimmed = pc.utf8_trim_whitespace(col)
     same = pc.sum(pc.binary_length(trimmed)).as_py() == pc.sum(pc.binary_length(col)).as_py()
@@ -331,7 +335,7 @@ def _text(col) -> pa.Array:
     """A column as trimmed text (ids are text: '007' stays '007'); a float id column (pandas writes
     ints with a missing value as 7.0) reads '7'."""
     arr = _value(col)
-    if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+    if _is_text(arr.type):
         return arr
     if pa.types.is_floating(arr.type):
         integral = pc.fill_null(pc.equal(pc.floor(arr), arr), True)
@@ -617,7 +621,7 @@ def _looks_continuous(col) -> bool:
     """Text whose values are at least 90 % decimal numbers, some with a fraction (a price, a depth):
     a model would see one category per value. Integers ('3', '007') stay categories. The share, not
     all: one stray 'cheap' among prices must not turn the column into 48 silent categories."""
-    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+    if not _is_text(col.type):
         return False
     vals = pc.drop_null(col)
     if not len(vals):
@@ -636,7 +640,7 @@ def _where(tf: "TableFile | None", default: str) -> str:
 def _first_non_number(table: pa.Table, key: str, name: str, ids: "IdMap") -> tuple[str, str] | None:
     """(the user's id, value) of the first row whose `name` is text that is not a number, else None."""
     col = table.column(name)
-    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+    if not _is_text(col.type):
         return None
     bad = pc.invert(pc.fill_null(pc.match_substring_regex(col, _NUM_RE), True))
     if not pc.any(bad).as_py():

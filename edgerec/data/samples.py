@@ -296,9 +296,9 @@ class OwnHistorySampler:
     def sample(self, pos: "Split", rng: np.random.Generator) -> np.ndarray:
         try:
             out = self.uniform.sample(pos, rng)  # (P,) new-item positives keep these
-            short = None
+            uniform_later = False
         except NoNegativeLeft:  # a user took every item: only the rows that need one get a uniform draw
-            out, short = np.zeros(len(pos), dtype=np.int64), rng
+            out, uniform_later = np.zeros(len(pos), dtype=np.int64), True
         todo = np.flatnonzero(pos.repeat & (pos.hist_end > pos.hist_start))
         for _ in range(_HISTORY_DRAWS):
             if not len(todo):
@@ -313,10 +313,10 @@ class OwnHistorySampler:
             ok = hist[~self._taken_then(np.full(len(hist), pos.user[j]), np.full(len(hist), pos.ts[j]), hist)]
             if len(ok):
                 out[j] = ok[rng.integers(len(ok))]
-        if short is not None:  # new-item positives and fallbacks; names the users if none exists for them
+        if uniform_later:  # new-item positives and fallbacks; names the users if none exists for them
             need = np.flatnonzero(out == 0)
             if len(need):
-                out[need] = self.uniform.sample(pos.subset(need), short)
+                out[need] = self.uniform.sample(pos.subset(need), rng)
         return out
 
 

@@ -108,10 +108,11 @@ class EventDataset:
         """Write to root/<name>/ ; each file is written to a temp name and renamed."""
         out = Path(root) / (dirname or self.name)
         out.mkdir(parents=True, exist_ok=True)
-        try:  # the tables an earlier save wrote (meta "tables"; before 2026-12-02: the core ones)
-            earlier = set(json.loads((out / "meta.json").read_text()).get("tables", ["items.parquet", "users.parquet"]))
+        side = {"items.parquet", "users.parquet"}
+        try:  # the tables an earlier save wrote (meta "tables"; before 2026-12-02: items and users)
+            earlier = set(json.loads((out / "meta.json").read_text()).get("tables", side))
         except (OSError, ValueError, AttributeError):
-            earlier = {"items.parquet", "users.parquet"}
+            earlier = side
         (out / "meta.json").unlink(missing_ok=True)  # the dataset is incomplete until meta is rewritten
         tables = [("items.parquet", self.items), ("users.parquet", self.users)]
         tables += [(f"{k}.parquet", t) for k, t in self.extras.items()]

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from edgerec.errors import EdgerecError
+from edgerec.serve.service import candidate_batch
 
 MODEL_FILE, CONTRACT_FILE = "model.onnx", "export.json"
 ID_TABLES = {"item": "ids_item.parquet", "user": "ids_user.parquet"}
@@ -92,11 +93,7 @@ class Stage2Graph(nn.Module):
         if self.two_stage:
             logit = self.model.candidate_logits(self.model.serve_user(req), items, feats)  # (C,)
         else:
-            C = items.shape[0]
-            batch = {k: v.expand(C, *v.shape[1:]) for k, v in req.items()}  # (C, L) / (C,)
-            batch["item"] = items
-            batch.update({f"item_{name}": codes for name, codes in feats.items()})
-            logit = self.model(batch)["logit"]  # (C,)
+            logit = self.model(candidate_batch(req, items, feats))["logit"]  # (C,)
         return logit, torch.sigmoid(logit)
 
 
@@ -126,9 +123,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, spec: Exp
     name = type(ranker.model).__name__
     if name not in EXPORTABLE:
         raise EdgerecError(f"{run_dir}: {name} has no ONNX export; stage 2 exports {', '.join(EXPORTABLE)}.")
-    from edgerec.serve.onnx_ranker import _weights_sha256
-
-    return export_ranker(ranker, out_dir, spec, run=str(run_dir), quiet=quiet, weights_sha256=_weights_sha256(run_dir))
+    return export_ranker(ranker, out_dir, spec, run=str(run_dir), quiet=quiet,
+                         weights_sha256=run_weights_sha256(run_dir))
 
 
 def export_ranker(ranker, out_dir: Path, spec: ExportSpec = ExportSpec(), run: str | None = None,
@@ -196,6 +192,12 @@ def export_ranker(ranker, out_dir: Path, spec: ExportSpec = ExportSpec(), run: s
               f"onnxruntime vs PyTorch on {parity['requests']} validation requests x C in "
               f"{parity['candidate_counts']}: max |Δ logit| {parity['max_abs_logit']:.1e}, same top-20 everywhere")
     return contract
+
+
+def run_weights_sha256(run_dir: str | Path) -> str | None:
+    """The weights' sha256 from the run's manifest (config.json; checked when the run was loaded)."""
+    meta = json.loads((Path(run_dir) / "config.json").read_text())
+    return (meta.get("weights") or {}).get("sha256")
 
 
 def same_top(ref: np.ndarray, got: np.ndarray, k: int, tol: float) -> bool:
@@ -271,26 +273,12 @@ def _parity(ranker, session, names, requests, spec: ExportSpec) -> dict:
     for req, cand in requests:
         for C in counts:
             items = cand[-C:]  # the OOV candidate in every check
-            ref = _torch_logits(ranker, req, items)
+            ref = ranker.logits(req, torch.from_numpy(items)).numpy()  # the torch engine's path
             got = session.run(["logit"], request_inputs(req, items, names))[0]
             worst = max(worst, float(np.max(np.abs(got - ref))))
             same &= same_top(ref, got, 20, spec.atol)
     return {"requests": len(requests), "candidate_counts": counts,
             "max_abs_logit": worst, "same_top20": same, "atol": spec.atol}
-
-
-@torch.no_grad()
-def _torch_logits(ranker, req: dict, items: np.ndarray) -> np.ndarray:
-    """PyTorch's logits for the request, by the path the torch engine serves (Ranker.score)."""
-    idx = torch.from_numpy(items)
-    feats = ranker._item_feats(idx)
-    if ranker.two_stage:
-        return ranker.model.candidate_logits(ranker.model.serve_user(req), idx, feats).numpy()
-    C = len(items)
-    batch = {k: v.expand(C, *v.shape[1:]) for k, v in req.items()}
-    batch["item"] = idx
-    batch.update({f"item_{n}": c for n, c in feats.items()})
-    return ranker.model(batch)["logit"].numpy()
 
 
 def _write_id_tables(ranker, folder: Path) -> dict[str, int]:

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from edgerec.errors import EdgerecError
-from edgerec.serve.export import CONTRACT_FILE, EXPORTER, MODEL_FILE, export_ranker, request_inputs
+from edgerec.serve.export import (CONTRACT_FILE, EXPORTER, MODEL_FILE, _require, export_ranker, request_inputs,
+                                   run_weights_sha256)
 from edgerec.serve.service import Ranker
 
 ENGINES = ("torch", "onnx")
@@ -22,8 +23,6 @@ class OnnxRanker(Ranker):
     """A Ranker whose `score` runs the exported graph on ONNX Runtime (one session per process)."""
 
     def __init__(self, ranker: Ranker, export_dir: str | Path, threads: int = 1):
-        from edgerec.serve.export import _require
-
         ort = _require("onnxruntime")
         super().__init__(ranker.model, ranker.samples, ranker.definition)
         export_dir = Path(export_dir)
@@ -74,7 +73,7 @@ def onnx_ranker(ranker: Ranker, run_dir: str | None, threads: int = 1, quiet: bo
         export_ranker(ranker, folder, quiet=True)
         return OnnxRanker(ranker, folder, threads)
     folder = Path(run_dir) / "onnx"
-    weights = _weights_sha256(run_dir)
+    weights = run_weights_sha256(run_dir)
     current = None
     if (folder / CONTRACT_FILE).exists():
         try:
@@ -87,8 +86,3 @@ def onnx_ranker(ranker: Ranker, run_dir: str | None, threads: int = 1, quiet: bo
         export_ranker(ranker, folder, run=str(run_dir), quiet=quiet, weights_sha256=weights)
     return OnnxRanker(ranker, folder, threads)
 
-
-def _weights_sha256(run_dir: str | Path) -> str | None:
-    """The weights' sha256 from the run's manifest (config.json; checked when the run was loaded)."""
-    meta = json.loads((Path(run_dir) / "config.json").read_text())
-    return (meta.get("weights") or {}).get("sha256")

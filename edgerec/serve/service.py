@@ -107,21 +107,33 @@ class Ranker:
     def score(self, request: dict[str, torch.Tensor], items: np.ndarray) -> np.ndarray:
         """Served relevance of raw item ids `items` (C,) for one encoded request."""
         idx = torch.from_numpy(self.item_index(np.asarray(items, dtype=np.int64)))  # (C,)
+        return torch.sigmoid(self.logits(request, idx)).numpy()
+
+    @torch.no_grad()
+    def logits(self, request: dict[str, torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
+        """Relevance logits (C,) of candidate item INDICES `idx` (C,): COUPA's two-stage path (the user
+        side once, then the candidates), or one ordinary forward over the request repeated C times."""
+        feats = self._item_feats(idx)
         if self.two_stage:
-            cache = self.model.serve_user(request)
-            return self.model.serve_candidates(cache, idx, self._item_feats(idx)).numpy()
-        return self.single_pass(request, items)
+            return self.model.candidate_logits(self.model.serve_user(request), idx, feats)
+        return self.model(candidate_batch(request, idx, feats))["logit"]
 
     @torch.no_grad()
     def single_pass(self, request: dict[str, torch.Tensor], items: np.ndarray) -> np.ndarray:
         """The same scores from one ordinary forward over C rows (the parity reference)."""
         idx = torch.from_numpy(self.item_index(np.asarray(items, dtype=np.int64)))
-        C = idx.shape[0]
-        batch = {k: v.expand(C, *v.shape[1:]) if v.dim() > 1 else v.expand(C) for k, v in request.items()}
-        batch["item"] = idx
-        for name, codes in self._item_feats(idx).items():
-            batch[f"item_{name}"] = codes
-        return self.model(batch)["y_pred"].numpy()
+        return self.model(candidate_batch(request, idx, self._item_feats(idx)))["y_pred"].numpy()
+
+
+def candidate_batch(request: dict[str, torch.Tensor], idx: torch.Tensor,
+                    item_feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One encoded request (a batch of 1) as a batch of C rows, one per candidate `idx` (C,) with its
+    side features: what a CTR model's ordinary forward scores (the torch engine and the ONNX graph)."""
+    C = idx.shape[0]
+    batch = {k: v.expand(C, *v.shape[1:]) for k, v in request.items()}  # (C, L) / (C,)
+    batch["item"] = idx
+    batch.update({f"item_{name}": codes for name, codes in item_feats.items()})
+    return batch
 
 
 @dataclass

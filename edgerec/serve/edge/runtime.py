@@ -5,7 +5,7 @@
 
 Loads the packed file (edgerec/compress/pack.py: magic, version, CRC checked first), keeps its
 int8 (and int4, unpacked to int8) matrices int8 in memory, dequantizing one layer at a time into a
-shared scratch buffer just before its matmul (`_Int8Linear`; `EdgeModel.load(path, "float32")`
+scratch buffer (one per thread) just before its matmul (`_Int8Linear`; `EdgeModel.load(path, "float32")`
 dequantizes everything once, the runtime before December 2026), and runs the same post-LayerNorm
 BERT the PyTorch model runs (edgerec/models/layers/bert.py): embeddings (+ factorized projection), L layers of
 multi-head attention and GELU FFN, mean pooling, the merged task head. GELU needs erf, which numpy
@@ -91,8 +91,8 @@ class _Int8Linear:
     """y = x @ W.T + b with W kept int8 (out, in) and a float32 scale per output row.
 
     W = q * s[:, None], so x @ W.T = (x @ q.T) * s: the int8 rows are cast into a float32 scratch
-    buffer that all layers share (one layer's worth, dequantized just before its matmul), and the
-    scale is applied to the (T, out) result instead of to the weights."""
+    buffer that all layers share (one layer's worth per thread, filled just before its matmul), and
+    the scale is applied to the (T, out) result instead of to the weights."""
 
     def __init__(self, w: QuantizedRows, b: np.ndarray, scratch: "_Scratch"):
         self.q, self.s, self.b, self.scratch = w.q, w.scale, b, scratch
