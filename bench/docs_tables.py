@@ -70,7 +70,30 @@ def render_throughput(t: dict) -> None:
                   f"git {t['git']}. {checks}.")
 
 
-RENDERERS = {"simulator.json": render_simulator, "throughput.json": render_throughput}
+def render_train_speed(t: dict) -> None:
+    """bench/train_speed.py: speed per (model, precision, code) and where the time goes, by op."""
+    rows = ["| model | precision | code | train samples/s | ms/step | inference samples/s | batch build ms | "
+            "peak RSS (MB) |", "|---|---|---|---|---|---|---|---|"]
+    for x in t["rows"]:
+        rows.append(f"| {x['model']} | {x['precision']} | {x['code']} | {x['train_samples_per_s']:,} | "
+                    f"{x['train_ms_per_step']} | {x['infer_samples_per_s']:,} | {x['batch_build_ms']} | "
+                    f"{x['peak_rss_mb']:,} |")
+    prof = ["", "Where a training step's time goes (torch.profiler, self CPU time, top ops; share of the step):", "",
+            "| model | precision | code | ms/step (profiled) | top ops |", "|---|---|---|---|---|"]
+    for x in t["rows"]:
+        ops = ", ".join(f"{o['op'].removeprefix('aten::')} {o['share']:.0%}" for o in x["profile_top_ops"][:7])
+        prof.append(f"| {x['model']} | {x['precision']} | {x['code']} | {x['profile_total_ms_per_step']} | {ops} |")
+    m = t["machine"]
+    r0 = t["rows"][0]
+    replace_block("train_speed", "\n".join(rows + prof) + f"\n\n`python bench/train_speed.py"
+                  f"{' --baseline ' + t['baseline'] if t.get('baseline') else ''}`: {t['experiments']}, {t['dataset']} "
+                  f"({t['protocol']}), batch {r0['batch_size']}, {r0['threads']} torch threads on {m['cpu_count']} "
+                  f"cores ({m.get('cpu_model')}; flags {', '.join(m.get('bf16_flags', [])) or 'none'}), median of "
+                  f"{r0['steps']} timed steps after 2 warm-up steps, batches built before timing; git {t['git']}.")
+
+
+RENDERERS = {"simulator.json": render_simulator, "throughput.json": render_throughput,
+             "train_speed.json": render_train_speed}
 
 if __name__ == "__main__":
     for name, render in RENDERERS.items():

@@ -182,3 +182,42 @@ def test_a_model_constructors_refusal_is_a_config_error_naming_the_experiment(co
 
     with pytest.raises(ConfigError, match=r"COUPA_ml100k: model_args of COUPA: position_mode 'pal' needs display"):
         run_experiment(_cfg(config_dir, "COUPA_ml100k", "model_args.position_mode=pal"), log=lambda *_: None)
+
+
+def test_train_precision_bf16_trains_in_bf16_and_keeps_float32_weights(config_dir, monkeypatch):
+    """bf16 runs the forward's matmuls in bfloat16 (the attention unit's output is bf16), the parameters,
+    loss and evaluation stay float32, the result is reproducible, and it differs from fp32 (so the switch
+    does something). A ConfigError for an unknown value, and the hash of fp32 runs is unchanged."""
+    from edgerec.errors import ConfigError
+    from edgerec.models.layers.attention import TargetAttention
+    from edgerec.train.trainer import bf16_unsupported
+
+    if bf16_unsupported(torch.device("cpu")):
+        pytest.skip("this CPU has no bf16 (the refusal is tested below)")  # CI's machines have AVX512
+    with pytest.raises(ConfigError, match="train.precision must be fp32 or bf16, got 'fp16'"):
+        _cfg(config_dir, "DIN_test", "train.precision=fp16")
+    assert _cfg(config_dir, "DIN_test", "train.precision=fp32").hash() == _cfg(config_dir, "DIN_test").hash()
+    assert _cfg(config_dir, "DIN_test", "train.precision=bf16").hash() != _cfg(config_dir, "DIN_test").hash()
+    seen = []
+    real = TargetAttention.forward_packed
+    monkeypatch.setattr(TargetAttention, "forward_packed",
+                        lambda self, *a: (out := real(self, *a), seen.append(out[1].dtype))[0])
+    bf = run_experiment(_cfg(config_dir, "DIN_test", "train.precision=bf16"), log=lambda *_: None)
+    assert torch.bfloat16 in seen and torch.float32 in seen  # bf16 in training, float32 in evaluation
+    again = run_experiment(_cfg(config_dir, "DIN_test", "train.precision=bf16"), log=lambda *_: None)
+    fp = run_experiment(_cfg(config_dir, "DIN_test"), log=lambda *_: None)
+    assert bf.test == again.test and bf.test != fp.test
+    assert abs(bf.test["AUC"] - fp.test["AUC"]) < 0.05
+    _, model, _ = load_run(bf.run_dir)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+def test_bf16_without_hardware_support_is_refused_before_any_data_is_loaded(config_dir, monkeypatch):
+    import edgerec.train.experiment as experiment
+    from edgerec.errors import ConfigError
+
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)  # as on a CPU without AVX512
+    monkeypatch.setattr(experiment, "build_samples", lambda cfg: pytest.fail("data loaded before the checks"))
+    with pytest.raises(ConfigError, match=r"train.precision=bf16 but this CPU \(.*\) lacks the AVX512 instructions "
+                                          r"oneDNN's bf16 kernels need; use train.precision=fp32"):
+        run_experiment(_cfg(config_dir, "DNN_test", "train.precision=bf16"))

@@ -16,8 +16,8 @@ from edgerec.io import check_writable
 from edgerec.models import MODELS, CTRModel
 from edgerec.train.config import ExperimentConfig, experiment_from_dict
 from edgerec.train.ledger import append_run, machine_info
-from edgerec.train.trainer import (RETRAIN, WEIGHTS, Trainer, check_fits, evaluate_split, load_state, resolve_device,
-                                   save_checkpoint, seed_everything)
+from edgerec.train.trainer import (RETRAIN, WEIGHTS, Trainer, check_fits, check_precision, evaluate_split, load_state,
+                                   resolve_device, save_checkpoint, seed_everything)
 
 
 @dataclass
@@ -99,8 +99,9 @@ def new_model(cfg: ExperimentConfig, spec: FeatureSpec, where: str | None = None
 
 def check_before_work(cfg: ExperimentConfig, write_ledger: bool = True) -> None:
     """What would otherwise fail after the work: a train.device this machine lacks (it failed at the
-    first batch) and an unwritable output_dir or ledger (they failed after training had finished)."""
-    resolve_device(cfg.train.device)
+    first batch), bf16 on hardware without it, and an unwritable output_dir or ledger (they failed after
+    training had finished)."""
+    check_precision(cfg.train.precision, resolve_device(cfg.train.device))
     check_writable(cfg.output_dir, f"{cfg.expid}: output_dir (--set output_dir=DIR)", folder=True)
     if write_ledger:
         check_writable(cfg.ledger, f"{cfg.expid}: ledger (--set ledger=FILE)")

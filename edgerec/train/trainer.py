@@ -59,6 +59,41 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def bf16_unsupported(device: torch.device) -> str | None:
+    """Why `device` cannot train in bf16, or None when it can. CPU: oneDNN's bf16 kernels, which need
+    AVX512 (native bf16 arithmetic with AVX512-BF16 or AMX; plain AVX512 converts, and is slower than
+    fp32); CUDA: compute capability 8.0 (Ampere) or newer."""
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported(including_emulation=False):
+            return None
+        return f"{torch.cuda.get_device_name(device)} has no native bf16 (needs compute capability 8.0+)"
+    if device.type == "cpu":
+        try:
+            ok = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        except (AttributeError, RuntimeError):  # a torch build without the oneDNN ops
+            ok = False
+        return None if ok else (f"this CPU ({torch.backends.cpu.get_cpu_capability()}) lacks the AVX512 "
+                                f"instructions oneDNN's bf16 kernels need")
+    return f"bf16 autocast is not wired up for {device.type}"
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """train.precision=bf16 on hardware without bf16 support is a ConfigError before any work."""
+    if precision == "bf16" and (why := bf16_unsupported(device)):
+        raise ConfigError(f"train.precision=bf16 but {why}; use train.precision=fp32 (--set train.precision=fp32).")
+
+
+def autocast(precision: str, device: torch.device):
+    """The training forward's precision context: bf16 autocast (matmuls and convolutions in bfloat16,
+    the parameters stay float32 master weights) or a no-op for fp32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def float32_outputs(out: dict) -> dict:
+    """The model's floating outputs as float32, so the loss is computed in float32 under bf16 autocast."""
+    return {k: v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in out.items()}
+
+
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     if device.type == "cpu":
         return batch
@@ -137,6 +172,7 @@ class Trainer:
         cfg = self.cfg
         torch.set_num_threads(int(os.environ.get("EDGEREC_THREADS", cfg.threads)))  # env wins: shared machines
         device = resolve_device(cfg.device)
+        check_precision(cfg.precision, device)
         seed_everything(cfg.seed, cfg.deterministic)
         model.to(device)
         opt = make_optimizer(model, cfg)
@@ -159,8 +195,9 @@ class Trainer:
                 if step >= steps:
                     break
                 batch = to_device(batch, device)
-                out = model(batch)
-                loss = model.loss(batch, out)
+                with autocast(cfg.precision, device):
+                    out = model(batch)
+                loss = model.loss(batch, float32_outputs(out))  # evaluation below stays float32, as serving
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1} step {step}; "
                                              f"lower train.lr (now {cfg.lr}) or set train.grad_clip.")

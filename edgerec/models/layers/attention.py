@@ -51,13 +51,14 @@ class TargetAttention(nn.Module):
 
         The unit runs on real behaviours only; padding keeps weight 0. Its first layer on
         [k, q, k-q, k*q] is factorized so the 4d-wide concat is never built:
-        W [k; q; k-q; k*q] = (Wk + Wd) k + (Wq - Wd) q + Wp (k*q), with the q term computed per row.
+        W [k; q; k-q; k*q] + b = [Wk + Wd, Wp] [k; k*q] + ((Wq - Wd) q + b), the last term once per row,
+        as ONE addmm over the behaviours (under bf16 autocast it stays bf16: no fp32 (N, h) copy).
         """
         first, rest = self.unit.net[0], self.unit.net[1:]
         w_k, w_q, w_d, w_p = first.weight.split(keys.shape[-1], dim=1)  # each (h, d)
-        q_term = query @ (w_q - w_d).T + first.bias  # (B, h)
-        q = packed.rows(query)  # (N, d)
-        hidden = keys @ (w_k + w_d).T + (keys * q) @ w_p.T + packed.rows(q_term)  # (N, h)
+        q_term = torch.addmm(first.bias, query, (w_q - w_d).T)  # (B, h)
+        pair = torch.cat([keys, keys * packed.rows(query)], dim=-1)  # (N, 2d)
+        hidden = torch.addmm(packed.rows(q_term), pair, torch.cat([w_k + w_d, w_p], dim=1).T)  # (N, h)
         score = rest(hidden).squeeze(-1)  # (N,)
         weights = packed.softmax(score) if self.normalize else score  # (N,)
         return packed.pool(weights, keys), packed.unpack(weights)  # (B, d), (B, L)
