@@ -92,8 +92,35 @@ def render_train_speed(t: dict) -> None:
                   f"{r0['steps']} timed steps after 2 warm-up steps, batches built before timing; git {t['git']}.")
 
 
+def render_peer(t: dict) -> None:
+    """bench/peer.py: edgerec next to RecBole, mean (and spread) over seeds per framework, model, precision."""
+    import statistics
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in t["rows"]:
+        groups.setdefault((r["model"], r["framework"], r.get("precision", "fp32")), []).append(r)
+
+    def cell(rs: list[dict], key: str, fmt: str = ",.0f") -> str:
+        v = [float(r[key]) if not isinstance(r[key], list) else sum(r[key]) / len(r[key]) for r in rs]
+        mean = format(statistics.mean(v), fmt)
+        return mean if len(v) < 2 else f"{mean} ± {format(statistics.stdev(v), fmt)}"
+
+    rows = ["| model | framework | precision | seeds | rows/s | positives/s | epoch s | test AUC | peak RSS (MB) | "
+            "params |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for (model, fw, prec), rs in groups.items():
+        rows.append(f"| {model} | {fw} | {prec} | {len(rs)} | {cell(rs, 'rows_per_s')} | {cell(rs, 'positives_per_s')} | "
+                    f"{cell(rs, 'epoch_seconds', '.1f')} | {cell(rs, 'test_auc', '.4f')} | {cell(rs, 'peak_rss_mb')} | "
+                    f"{rs[0]['params']:,} |")
+    m = t["machine"]
+    ratios = "; ".join(f"{k}: {v}x" for k, v in t["ratios"].items())
+    replace_block("peer", "\n".join(rows) + f"\n\n`python bench/peer.py` (seeds {t['seeds']}): {t['dataset']}; "
+                  f"{t['protocol']}; {t['epochs']} epoch(s); {m['torch_threads']} torch threads on {m['cpu_count']} "
+                  f"cores ({m.get('cpu_model')}), one run at a time; git {t['git']}. Mean ± sample std over seeds. "
+                  f"Speed ratios (means): {ratios}.")
+
+
 RENDERERS = {"simulator.json": render_simulator, "throughput.json": render_throughput,
-             "train_speed.json": render_train_speed}
+             "train_speed.json": render_train_speed, "peer.json": render_peer}
 
 if __name__ == "__main__":
     for name, render in RENDERERS.items():

@@ -224,3 +224,19 @@ def test_truth_table_pairs_variants_with_coupa_by_seed(tmp_path, monkeypatch):
     text = integ.render_truth()
     assert "| PAL | 2 | -0.0150 ± 0.0071 | 0 / 2 |" in text
     assert "| COUPA | 2 | 0.8050 ± 0.0071 | 0.8250 ± 0.0071 | +0.0200 ± 0.0000 |" in text
+
+
+def test_peer_ratios_compare_each_side_on_the_unit_both_count_the_same_way():
+    """DIN on rows/s (a row per positive and per negative on both sides), SASRec on positives/s (RecBole's
+    BPR row is a pair), means over seeds; RecBole's rows never count as edgerec's."""
+    from bench.peer import ratios
+
+    def row(fw, model, rows, pos, precision=None):
+        r = {"framework": fw, "model": model, "rows_per_s": rows, "positives_per_s": pos}
+        return r if precision is None else {**r, "precision": precision}
+
+    rows = [row("RecBole 1.2.1", "DIN", 1000, 500), row("RecBole 1.2.1", "DIN", 1200, 600),
+            row("edgerec", "DIN", 3300, 1650, "bf16"), row("edgerec", "DIN", 3300, 1650, "fp32"),
+            row("RecBole 1.2.1", "SASRec", 900, 900), row("edgerec", "SASRec", 1000, 500, "fp32")]
+    assert ratios(rows) == {"DIN bf16 / RecBole (rows_per_s)": 3.0, "DIN fp32 / RecBole (rows_per_s)": 3.0,
+                            "SASRec fp32 / RecBole (positives_per_s)": 0.56}

@@ -18,12 +18,13 @@ from edgerec.models.layers.transformer import SelfAttentionBlock, causal_padding
 @register_model
 class SASRec(CTRModel):
     def __init__(self, spec: FeatureSpec, embedding_dim: int = 32, blocks: int = 2, heads: int = 1,
-                 dropout: float = 0.2, mlp_units: tuple[int, ...] = (200, 80), activation: str = "relu"):
+                 dropout: float = 0.2, mlp_units: tuple[int, ...] = (200, 80), activation: str = "relu",
+                 ffn_mult: int = 1):
         super().__init__(spec)
         self.emb = FeatureEmbedding(spec, embedding_dim)
         d = self.emb.item_dim
         self.position = nn.Embedding(spec.max_len, d)
-        self.blocks = nn.ModuleList([SelfAttentionBlock(d, heads, dropout) for _ in range(blocks)])
+        self.blocks = nn.ModuleList([SelfAttentionBlock(d, heads, dropout, ffn_mult) for _ in range(blocks)])
         self.ln = nn.LayerNorm(d)
         self.mlp = MLP(3 * d + self.emb.user_dim, mlp_units, activation=activation)
 
