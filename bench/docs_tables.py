@@ -105,11 +105,12 @@ def render_peer(t: dict) -> None:
         mean = format(statistics.mean(v), fmt)
         return mean if len(v) < 2 else f"{mean} ± {format(statistics.stdev(v), fmt)}"
 
-    rows = ["| model | framework | precision | seeds | rows/s | positives/s | epoch s | test AUC | peak RSS (MB) | "
-            "params |", "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| model | framework | precision | seeds | rows/s | positives/s | epoch s | test AUC | test eval s | "
+            "peak RSS (MB) | params |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for (model, fw, prec), rs in groups.items():
         rows.append(f"| {model} | {fw} | {prec} | {len(rs)} | {cell(rs, 'rows_per_s')} | {cell(rs, 'positives_per_s')} | "
-                    f"{cell(rs, 'epoch_seconds', '.1f')} | {cell(rs, 'test_auc', '.4f')} | {cell(rs, 'peak_rss_mb')} | "
+                    f"{cell(rs, 'epoch_seconds', '.1f')} | {cell(rs, 'test_auc', '.4f')} | {cell(rs, 'eval_seconds', '.1f')} | "
+                    f"{cell(rs, 'peak_rss_mb')} | "
                     f"{rs[0]['params']:,} |")
     m = t["machine"]
     ratios = "; ".join(f"{k}: {v}x" for k, v in t["ratios"].items())

@@ -70,12 +70,19 @@ def test_packed_target_attention_equals_textbook_din():
     q, k = torch.randn(5, 8), torch.randn(5, 7, 8)
     mask = torch.rand(5, 7) > 0.4
     mask[0] = False  # a user with no history
+    q.requires_grad_(True)
+    k.requires_grad_(True)
     pooled, weights = att(q, k, mask)
+    grads = torch.autograd.grad(pooled.square().sum(), [q, k, att.unit.net[0].weight])
     # textbook DIN: MLP on the concat for every (row, step), then zero the padding
     qq = q.unsqueeze(1).expand_as(k)
     ref_score = att.unit(torch.cat([k, qq, k - qq, k * qq], -1)).squeeze(-1) * mask
+    ref_pooled = torch.einsum("bl,bld->bd", ref_score, k)
+    ref_grads = torch.autograd.grad(ref_pooled.square().sum(), [q, k, att.unit.net[0].weight])
     torch.testing.assert_close(weights, ref_score)
-    torch.testing.assert_close(pooled, torch.einsum("bl,bld->bd", ref_score, k))
+    torch.testing.assert_close(pooled, ref_pooled)
+    for g, ref in zip(grads, ref_grads):  # the rewrite trains the same weights the same way
+        torch.testing.assert_close(g, ref)
     assert torch.all(pooled[0] == 0)
 
 
