@@ -4,16 +4,26 @@
     python bench/peer.py --models DIN --seeds 2024,1,2  # three seeds of DIN
 
 RecBole is installed into its own venv (`--venv`, default .edgerec-cache/peer-venv) with pinned
-versions (PEER_PACKAGES; the torch wheel is the one edgerec uses), on first use; it never touches
-edgerec's environment. Each run is a fresh subprocess, one at a time, with the same torch thread count
+versions (PEER_PACKAGES), on first use; it never touches edgerec's environment. torch is the same
+version as edgerec's, from wherever pip finds it (as `make install` does: on this project's machines
+the CPU wheel on disk; plain PyPI on Linux serves the CUDA build, which runs on the CPU too). Each run is a fresh subprocess, one at a time, with the same torch thread count
 (EDGEREC_THREADS, default 2). What each side runs is in bench/peer_recbole.py (RecBole, and the
 settings changed from its defaults) and configs/ctr.yaml's `*_ml100k_peer` blocks (edgerec).
 
-Measured per run: the training epoch's wall time (the framework's own data loading, negative sampling
-and batch building included; validation and test evaluation excluded), rows/s (training rows, each
+Measured per run: the training epoch's wall time (each framework's own batch building included;
+validation and test evaluation excluded; RecBole draws its negatives inside the epoch, edgerec before
+it, in sample building, which is timed separately: about 0.8 s for ml-100k), rows/s (training rows, each
 framework's own unit: DIN has one row per positive and one per negative on both sides; RecBole's BPR
 row is a (positive, negative) pair, so SASRec and GRU4Rec are compared as positives/s), peak RSS of
-the process (data, model and all), and test AUC after the same number of epochs.
+the process (data, model and all), and test AUC after the same number of epochs (with --epochs > 1,
+edgerec's is the epoch best on validation, RecBole's the last one).
+
+The two sides do not evaluate on the same test rows: RecBole holds out each user's last interaction in
+file order and its histories include interactions of the same second; edgerec holds out the user's
+last moment (every interaction sharing its timestamp) and a history is strictly earlier (the causal
+cut; docs/results.md, "Honest samples"). Half of ml-100k's interactions share their second with the
+user's previous one, so the AUCs are close but not a paired comparison; the speeds are (both make one
+pass over ~190,000 rows with at most 50 behaviours each).
 Writes bench/results/peer.json and a table in docs/results.md.
 """
 
@@ -40,17 +50,27 @@ RECBOLE = "recbole==1.2.1"
 
 
 def ensure_venv(venv: Path) -> Path:
-    """The peer venv's python, creating and filling the venv first when it lacks this package list."""
+    """The peer venv's python, creating and filling the venv first when it lacks this package list or
+    cannot import RecBole (a venv broken after its stamp was written is rebuilt, not trusted)."""
     python = venv / "bin" / "python"
     stamp = venv / ".peer-packages"
     want = "\n".join(PEER_PACKAGES + [RECBOLE])
-    if python.exists() and stamp.exists() and stamp.read_text() == want:
+    if python.exists() and stamp.exists() and stamp.read_text() == want and subprocess.run(
+            [str(python), "-c", "import recbole, torch"], capture_output=True).returncode == 0:
         return python
     print(f"installing RecBole and its pinned dependencies into {venv} (once) ...", flush=True)
-    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-    pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    subprocess.run(pip + PEER_PACKAGES, check=True)
-    subprocess.run(pip + ["--no-deps", RECBOLE], check=True)
+    steps = [([sys.executable, "-m", "venv", "--clear", str(venv)], "create the venv"),
+             ([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *PEER_PACKAGES],
+              "install RecBole's pinned dependencies"),
+             ([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps", RECBOLE],
+              f"install {RECBOLE}")]
+    for cmd, what in steps:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode:
+            tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
+            raise SystemExit(f"bench/peer.py: could not {what} in {venv}:\n{tail}\nThe packages come from the "
+                             f"package registry pip is configured for (offline? a proxy?); --venv DIR puts the "
+                             f"venv elsewhere.")
     stamp.write_text(want)
     return python
 

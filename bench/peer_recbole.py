@@ -4,11 +4,12 @@ dependencies), so it imports nothing from edgerec.
     <peer-venv>/bin/python bench/peer_recbole.py MODEL SEED EPOCHS THREADS OUT.json
 
 Data: ml-100k.inter from the installed recbole package (user, item, timestamp; no side features).
-Protocol, as edgerec's `dicycle` protocol: each user's interactions in time order, the last one is the
-test target and the one before the validation target (`LS: valid_and_test`, `order: TO`); every
-earlier interaction is a training target with the interactions before it as history (RecBole's
-sequential augmentation), at most 50; one uniformly drawn negative per positive in training and in
-evaluation (`uni1`); test AUC.
+Protocol, the closest RecBole has to edgerec's `dicycle` protocol: each user's interactions in time
+order, the last one is the test target and the one before the validation target (`LS:
+valid_and_test`, `order: TO`); every earlier interaction is a training target with the interactions
+before it as history (RecBole's sequential augmentation), at most 50; one uniformly drawn negative per
+positive in training and in evaluation (`uni1`); test AUC. Unlike edgerec, RecBole orders
+interactions of the same second by file order and counts the earlier ones as history (bench/peer.py).
 
 Settings changed from RecBole's defaults, and why:
 - `torch.autograd.set_detect_anomaly(False)` after import: RecBole's sine.py switches anomaly

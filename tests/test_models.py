@@ -115,3 +115,25 @@ def test_tisasrec_relative_terms_equal_the_naive_formula():
     naive_val = torch.einsum("bhij,bijd->bhid", w, RV[r])
     torch.testing.assert_close(fast_bias, naive_bias)
     torch.testing.assert_close(fast_val, naive_val)
+
+
+def test_bucketed_rows_change_nothing_but_the_matmul_shapes():
+    """Under bf16 autocast the per-behaviour MLPs run on a row count padded to a multiple of 1024 (oneDNN
+    keeps kernels per shape: a new N per batch grew a bf16 run's memory ~25 MB per batch); the real rows'
+    values and every gradient equal the unpadded computation's, and fp32 is not padded at all."""
+    from edgerec.models.layers.sequence import ROW_BUCKET, bucket_rows, per_row
+
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Sigmoid(), torch.nn.Linear(16, 1))
+    x = torch.randn(1500, 8, requires_grad=True)
+    assert bucket_rows(x) is x  # fp32: untouched
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert bucket_rows(x).shape == (2 * ROW_BUCKET, 8) and bucket_rows(x[:1024]).shape == (1024, 8)
+        padded = per_row(mlp, x)
+        plain = mlp(x)
+    assert padded.shape == plain.shape == (1500, 1)
+    grads = torch.autograd.grad(padded.float().square().sum(), [x, *mlp.parameters()])
+    ref = torch.autograd.grad(plain.float().square().sum(), [x, *mlp.parameters()])
+    torch.testing.assert_close(padded.float(), plain.float(), rtol=2e-2, atol=2e-2)
+    for g, r in zip(grads, ref):
+        torch.testing.assert_close(g, r, rtol=5e-2, atol=5e-2)

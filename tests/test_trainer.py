@@ -198,10 +198,15 @@ def test_train_precision_bf16_trains_in_bf16_and_keeps_float32_weights(config_di
         _cfg(config_dir, "DIN_test", "train.precision=fp16")
     assert _cfg(config_dir, "DIN_test", "train.precision=fp32").hash() == _cfg(config_dir, "DIN_test").hash()
     assert _cfg(config_dir, "DIN_test", "train.precision=bf16").hash() != _cfg(config_dir, "DIN_test").hash()
-    seen = []
+    seen = []  # the dtype of the attention weights at every call
     real = TargetAttention.forward_packed
-    monkeypatch.setattr(TargetAttention, "forward_packed",
-                        lambda self, *a: (out := real(self, *a), seen.append(out[1].dtype))[0])
+
+    def recording(self, *args):
+        pooled, weights = real(self, *args)
+        seen.append(weights.dtype)
+        return pooled, weights
+
+    monkeypatch.setattr(TargetAttention, "forward_packed", recording)
     bf = run_experiment(_cfg(config_dir, "DIN_test", "train.precision=bf16"), log=lambda *_: None)
     assert torch.bfloat16 in seen and torch.float32 in seen  # bf16 in training, float32 in evaluation
     again = run_experiment(_cfg(config_dir, "DIN_test", "train.precision=bf16"), log=lambda *_: None)
@@ -216,8 +221,10 @@ def test_bf16_without_hardware_support_is_refused_before_any_data_is_loaded(conf
     import edgerec.train.experiment as experiment
     from edgerec.errors import ConfigError
 
-    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)  # as on a CPU without AVX512
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)  # as on a CPU without native bf16
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     monkeypatch.setattr(experiment, "build_samples", lambda cfg: pytest.fail("data loaded before the checks"))
-    with pytest.raises(ConfigError, match=r"train.precision=bf16 but this CPU \(.*\) lacks the AVX512 instructions "
-                                          r"oneDNN's bf16 kernels need; use train.precision=fp32"):
+    with pytest.raises(ConfigError, match=r"DNN_test: train.precision=bf16 but this CPU \(torch sees .*\) has no native "
+                                          r"bf16 arithmetic \(AVX512-BF16 or AMX\); bf16 would be emulated, slower than "
+                                          r"fp32; use train.precision=fp32"):
         run_experiment(_cfg(config_dir, "DNN_test", "train.precision=bf16"))

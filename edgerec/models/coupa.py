@@ -174,7 +174,7 @@ class COUPA(CTRModel):
         out = self.output(z, **rel)  # y_pred = relevance: what serving ranks by
         if self.training and self.examination is not None:
             log_theta = self.examination(e_u, batch, batch["position"])  # (B,)
-            out["log_click"] = log_theta + F.logsigmoid(z)  # (B,) log θ_u(p) r
+            out["log_click"] = log_theta.float() + F.logsigmoid(z.float())  # (B,) log θ_u(p) r, float32 under autocast
             out["log_examination"] = log_theta
         if self.training and self.time is not None and self.pp_loss_weight > 0:
             rows = slice(0, min(self.pp_rows, z.shape[0]))

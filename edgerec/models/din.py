@@ -14,6 +14,7 @@ import torch
 from edgerec.features.spec import FeatureSpec
 from edgerec.models.base import CTRModel, register_model
 from edgerec.models.layers import MLP, FeatureEmbedding, TargetAttention
+from edgerec.models.layers.sequence import PackedHistory
 
 
 @register_model
@@ -31,9 +32,10 @@ class DIN(CTRModel):
         self.mlp = MLP(in_dim, mlp_units, activation=activation, dropout=dropout)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        packed = PackedHistory(batch["hist_mask"])  # embed and score the real behaviours only
         target = self.emb.target(batch)  # (B, D)
-        hist = self.emb.history(batch)  # (B, L, D)
-        pooled, weights = self.attention(target, hist, batch["hist_mask"])  # (B, D), (B, L)
+        hist = self.emb.history(batch, packed)  # (N, D)
+        pooled, weights = self.attention.forward_packed(target, hist, packed)  # (B, D), (B, L)
         parts = [target, pooled]
         if self.use_product:
             parts.append(target * pooled)  # (B, D)

@@ -101,7 +101,7 @@ def check_before_work(cfg: ExperimentConfig, write_ledger: bool = True) -> None:
     """What would otherwise fail after the work: a train.device this machine lacks (it failed at the
     first batch), bf16 on hardware without it, and an unwritable output_dir or ledger (they failed after
     training had finished)."""
-    check_precision(cfg.train.precision, resolve_device(cfg.train.device))
+    check_precision(cfg.train.precision, resolve_device(cfg.train.device), cfg.expid)
     check_writable(cfg.output_dir, f"{cfg.expid}: output_dir (--set output_dir=DIR)", folder=True)
     if write_ledger:
         check_writable(cfg.ledger, f"{cfg.expid}: ledger (--set ledger=FILE)")

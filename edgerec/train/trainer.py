@@ -60,27 +60,39 @@ def resolve_device(name: str) -> torch.device:
 
 
 def bf16_unsupported(device: torch.device) -> str | None:
-    """Why `device` cannot train in bf16, or None when it can. CPU: oneDNN's bf16 kernels, which need
-    AVX512 (native bf16 arithmetic with AVX512-BF16 or AMX; plain AVX512 converts, and is slower than
-    fp32); CUDA: compute capability 8.0 (Ampere) or newer."""
+    """Why `device` should not train in bf16, or None when it can. CPU: native bf16 arithmetic, i.e.
+    AVX512-BF16 or AMX (x86). oneDNN also runs bf16 on plain AVX512 by converting, but slower than fp32,
+    which would make the option a silent slow-down. CUDA: compute capability 8.0 (Ampere) or newer, of
+    the device asked for (torch.cuda.is_bf16_supported looks at the current device only)."""
     if device.type == "cuda":
-        if torch.cuda.is_bf16_supported(including_emulation=False):
+        major, minor = torch.cuda.get_device_capability(device)
+        if (major, minor) >= (8, 0):
             return None
-        return f"{torch.cuda.get_device_name(device)} has no native bf16 (needs compute capability 8.0+)"
+        return (f"{device} ({torch.cuda.get_device_name(device)}, compute capability {major}.{minor}) has no native "
+                f"bf16 (needs 8.0+, Ampere or newer)")
     if device.type == "cpu":
-        try:
-            ok = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        except (AttributeError, RuntimeError):  # a torch build without the oneDNN ops
-            ok = False
-        return None if ok else (f"this CPU ({torch.backends.cpu.get_cpu_capability()}) lacks the AVX512 "
-                                f"instructions oneDNN's bf16 kernels need")
+        native = _cpu_flag("_is_avx512_bf16_supported") or _cpu_flag("_is_amx_tile_supported")
+        if native and torch.backends.mkldnn.is_available():
+            return None
+        return (f"this CPU (torch sees {torch.backends.cpu.get_cpu_capability()}) has no native bf16 arithmetic "
+                f"(AVX512-BF16 or AMX); bf16 would be emulated, slower than fp32")
     return f"bf16 autocast is not wired up for {device.type}"
 
 
-def check_precision(precision: str, device: torch.device) -> None:
-    """train.precision=bf16 on hardware without bf16 support is a ConfigError before any work."""
+def _cpu_flag(name: str) -> bool:
+    """torch.cpu's private feature probes (x86 only; absent or False elsewhere)."""
+    probe = getattr(torch.cpu, name, None)
+    try:
+        return bool(probe()) if probe is not None else False
+    except RuntimeError:
+        return False
+
+
+def check_precision(precision: str, device: torch.device, where: str = "train") -> None:
+    """train.precision=bf16 on hardware without native bf16 is a ConfigError before any work."""
     if precision == "bf16" and (why := bf16_unsupported(device)):
-        raise ConfigError(f"train.precision=bf16 but {why}; use train.precision=fp32 (--set train.precision=fp32).")
+        raise ConfigError(f"{where}: train.precision=bf16 but {why}; use train.precision=fp32 "
+                          f"(--set train.precision=fp32).")
 
 
 def autocast(precision: str, device: torch.device):
@@ -90,7 +102,8 @@ def autocast(precision: str, device: torch.device):
 
 
 def float32_outputs(out: dict) -> dict:
-    """The model's floating outputs as float32, so the loss is computed in float32 under bf16 autocast."""
+    """The model's floating outputs as float32, so the loss is computed in float32 under bf16 autocast
+    (from logits rounded to bf16, as in any mixed-precision training)."""
     return {k: v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in out.items()}
 
 
@@ -172,7 +185,7 @@ class Trainer:
         cfg = self.cfg
         torch.set_num_threads(int(os.environ.get("EDGEREC_THREADS", cfg.threads)))  # env wins: shared machines
         device = resolve_device(cfg.device)
-        check_precision(cfg.precision, device)
+        check_precision(cfg.precision, device)  # run_experiment asked already; Trainer is used alone too
         seed_everything(cfg.seed, cfg.deterministic)
         model.to(device)
         opt = make_optimizer(model, cfg)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from edgerec.models.layers.mlp import MLP
-from edgerec.models.layers.sequence import PackedHistory
+from edgerec.models.layers.sequence import PackedHistory, bucket_rows
 
 
 class Dice(nn.Module):
@@ -57,9 +57,9 @@ class TargetAttention(nn.Module):
         first, rest = self.unit.net[0], self.unit.net[1:]
         w_k, w_q, w_d, w_p = first.weight.split(keys.shape[-1], dim=1)  # each (h, d)
         q_term = torch.addmm(first.bias, query, (w_q - w_d).T)  # (B, h)
-        pair = torch.cat([keys, keys * packed.rows(query)], dim=-1)  # (N, 2d)
-        hidden = torch.addmm(packed.rows(q_term), pair, torch.cat([w_k + w_d, w_p], dim=1).T)  # (N, h)
-        score = rest(hidden).squeeze(-1)  # (N,)
+        pair = bucket_rows(torch.cat([keys, keys * packed.rows(query)], dim=-1))  # (N', 2d), N' >= N
+        hidden = torch.addmm(bucket_rows(packed.rows(q_term)), pair, torch.cat([w_k + w_d, w_p], dim=1).T)  # (N', h)
+        score = rest(hidden).squeeze(-1)[: keys.shape[0]]  # (N,)
         weights = packed.softmax(score) if self.normalize else score  # (N,)
         return packed.pool(weights, keys), packed.unpack(weights)  # (B, d), (B, L)
 

@@ -43,7 +43,7 @@ from torch.nn import functional as F
 
 from edgerec.features.time import SECONDS_PER_HOUR
 from edgerec.models.layers.mlp import MLP
-from edgerec.models.layers.sequence import PackedHistory
+from edgerec.models.layers.sequence import PackedHistory, per_row
 from edgerec.models.layers.time import FourierTimeEncoding
 
 CYCLE_PERIODS_HOURS = (24.0, 168.0)
@@ -102,11 +102,11 @@ class PointProcessIntensity(nn.Module):
         seen = dt > 0  # (N,) causal
         dt_h = dt.clamp_min(0).to(torch.float32) / SECONDS_PER_HOUR  # (N,)
         phi = self.phi(dt_h)  # (N, t)
-        k = self.key(torch.cat([e_hist, phi, cyclic_features(hist_ts, self.harmonics)], -1))  # (N, d)
-        v = self.value(torch.cat([e_hist, phi], -1))  # (N, d)
+        k = per_row(self.key, torch.cat([e_hist, phi, cyclic_features(hist_ts, self.harmonics)], -1))  # (N, d)
+        v = per_row(self.value, torch.cat([e_hist, phi], -1))  # (N, d)
         out = {"e_hist": e_hist, "dt_h": dt_h, "phi": phi, "k": k, "v": v, "seen": seen}
         if self.self_excite is not None:  # (N,) each event's self-excitation, none from the not yet seen
-            out["self_k"] = self.self_excite(phi).squeeze(-1).masked_fill(~seen, 0.0)
+            out["self_k"] = per_row(self.self_excite, phi).squeeze(-1).masked_fill(~seen, 0.0)
         return out
 
     def _same(self, same: torch.Tensor | None) -> torch.Tensor | None:
@@ -128,7 +128,7 @@ class PointProcessIntensity(nn.Module):
         logits = (packed.rows(q) * hist["k"]).sum(-1) / math.sqrt(q.shape[-1])  # (N,)
         a = packed.softmax(logits, keep=hist["seen"])  # (N,) 0 for events not before ts
         e_t, e_h = packed.rows(e_target), hist["e_hist"]  # (N, d) each
-        psi = self.excite(torch.cat([e_h, e_t, e_h * e_t, hist["phi"]], -1)).squeeze(-1)  # (N,)
+        psi = per_row(self.excite, torch.cat([e_h, e_t, e_h * e_t, hist["phi"]], -1)).squeeze(-1)  # (N,)
         psi = psi * torch.exp(-self.decay() * hist["dt_h"])  # (N,) continuous-time decay
         parts = [e_target, cyc_t] if e_user is None else [e_user, e_target, cyc_t]
         mu = self.base(torch.cat(parts, -1)).squeeze(-1)  # (B,)
