@@ -137,3 +137,21 @@ def test_bucketed_rows_change_nothing_but_the_matmul_shapes():
     torch.testing.assert_close(padded.float(), plain.float(), rtol=2e-2, atol=2e-2)
     for g, r in zip(grads, ref):
         torch.testing.assert_close(g, r, rtol=5e-2, atol=5e-2)
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "dice"])
+def test_the_attention_unit_buckets_rows_only_where_no_batch_norm_sees_them(activation):
+    """A Dice unit's BatchNorm takes batch statistics over the rows it is given: under bf16 it must see
+    exactly the N real behaviours (padding rows would shift its statistics and running estimates)."""
+    from edgerec.models.layers.sequence import ROW_BUCKET
+
+    torch.manual_seed(0)
+    att = TargetAttention(8, (12, 6), activation=activation).train()
+    seen = []
+    hook = att.unit.net[1].register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0]))
+    mask = torch.rand(40, 30) < 0.8
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        pooled, weights = att(torch.randn(40, 8), torch.randn(40, 30, 8), mask)
+    hook.remove()
+    n = int(mask.sum())
+    assert seen == [ROW_BUCKET if activation == "sigmoid" else n] and weights.shape == (40, 30)

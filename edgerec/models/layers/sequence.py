@@ -23,8 +23,8 @@ def bucket_rows(x: torch.Tensor, multiple: int = ROW_BUCKET) -> torch.Tensor:
     """x (N, ...) padded with zero rows to a multiple of `multiple` rows, under bf16 autocast only.
 
     Why: oneDNN builds (and keeps) kernels per matrix shape for bf16 matmuls, and the number of real
-    behaviours N differs in every batch, so without this a bf16 run's memory grew by ~25 MB per batch of
-    a new N (1.36 GB peak in fp32, 2.9 GB in bf16 after one ml-100k epoch). Callers slice the padded
+    behaviours N differs in every batch, so without this a bf16 run's memory grew by ~17-24 MB per batch
+    of a new N (1.36 GB peak in fp32, 2.9 GB in bf16 after one ml-100k epoch). Callers slice the padded
     rows off the result: each row of an MLP is computed independently, so the real rows are unchanged
     and the padding gets no gradient. A no-op in fp32 (and so in every export and serving path)."""
     if not torch.is_autocast_enabled(x.device.type) or x.shape[0] % multiple == 0:
