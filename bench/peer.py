@@ -1,4 +1,5 @@
-"""edgerec next to RecBole 1.2.1 on the same data, protocol and architecture, side by side in one run.
+"""edgerec next to RecBole 1.2.1, side by side in one run: the same data file, the closest protocol RecBole
+has, and RecBole's DIN architecture (SASRec and GRU4Rec at RecBole's sizes, not architecture-matched).
 
     python bench/peer.py                                # DIN, SASRec, GRU4Rec; 1 epoch; seed 2024
     python bench/peer.py --models DIN --seeds 2024,1,2  # three seeds of DIN
@@ -6,8 +7,9 @@
 RecBole is installed into its own venv (`--venv`, default .edgerec-cache/peer-venv) with pinned
 versions (PEER_PACKAGES), on first use; it never touches edgerec's environment. torch is the same
 version as edgerec's, from wherever pip finds it (as `make install` does: on this project's machines
-the CPU wheel on disk; plain PyPI on Linux serves the CUDA build, which runs on the CPU too). Each run is a fresh subprocess, one at a time, with the same torch thread count
-(EDGEREC_THREADS, default 2). What each side runs is in bench/peer_recbole.py (RecBole, and the
+the CPU wheel on disk; plain PyPI on Linux serves the CUDA build, which runs on the CPU too). Each
+run is a fresh subprocess, one at a time, with the same torch thread count (EDGEREC_THREADS,
+default 2). What each side runs is in bench/peer_recbole.py (RecBole, and the
 settings changed from its defaults) and configs/ctr.yaml's `*_ml100k_peer` blocks (edgerec).
 
 Measured per run: the training epoch's wall time (each framework's own batch building included;
