@@ -75,7 +75,7 @@ class TrainConfig:
     device: str = "cpu"  # cpu | cuda | cuda:N | auto (cuda when one is visible); results are saved on CPU either way
     deterministic: bool = True
     # fp32 | bf16: bf16 runs the training forward under autocast (matmuls in bfloat16; weights, optimizer
-    # state, loss and evaluation stay float32). ~2x the training speed on a CPU with AVX512-BF16 or AMX.
+    # state, loss and evaluation stay float32). 1.5-2.1x the training speed measured on AVX512-BF16 (docs/results.md).
     precision: str = "fp32"
     max_steps_per_epoch: int | None = None  # smoke tests: cut each epoch short
     progress: bool = True  # tqdm progress bars
@@ -364,7 +364,8 @@ def _check_semantics(cfg: ExperimentConfig, where: str) -> None:
     if not re.fullmatch(r"cpu|auto|cuda(:\d+)?", str(cfg.train.device)):
         raise ConfigError(f"{where}: train.device must be cpu, cuda, cuda:N or auto, got {cut(cfg.train.device)}.")
     if cfg.train.precision not in PRECISIONS:
-        raise ConfigError(f"{where}: train.precision must be {' or '.join(PRECISIONS)}, got {cut(cfg.train.precision)}.")
+        raise ConfigError(f"{where}: train.precision must be {' or '.join(PRECISIONS)}, "
+                          f"got {cut(cfg.train.precision)}.")
     t = cfg.train
     for key, ok, rule in (("lr", t.lr > 0, "> 0, e.g. 1e-3"), ("weight_decay", t.weight_decay >= 0, ">= 0"),
                           ("grad_clip", t.grad_clip is None or t.grad_clip > 0, "> 0 (or null: no clipping)")):

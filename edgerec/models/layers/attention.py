@@ -40,9 +40,6 @@ class TargetAttention(nn.Module):
         super().__init__()
         self.unit = MLP(4 * dim, hidden_units, activation=activation, output_dim=1)
         self.normalize = normalize  # softmax over the history instead of raw DIN weights
-        # bf16 row buckets (bucket_rows) only where the unit is row-wise: Dice's BatchNorm would take the
-        # padding rows into its batch statistics in training
-        self.rowwise = not any(isinstance(m, nn.BatchNorm1d) for m in self.unit.modules())
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """query (B, d), keys (B, L, d), mask (B, L) -> pooled (B, d), weights (B, L)."""
@@ -60,9 +57,10 @@ class TargetAttention(nn.Module):
         first, rest = self.unit.net[0], self.unit.net[1:]
         w_k, w_q, w_d, w_p = first.weight.split(keys.shape[-1], dim=1)  # each (h, d)
         q_term = torch.addmm(first.bias, query, (w_q - w_d).T)  # (B, h)
-        pad = bucket_rows if self.rowwise or not self.training else (lambda x: x)
-        pair = pad(torch.cat([keys, keys * packed.rows(query)], dim=-1))  # (N', 2d), N' >= N
-        hidden = torch.addmm(pad(packed.rows(q_term)), pair, torch.cat([w_k + w_d, w_p], dim=1).T)  # (N', h)
+        # bf16: N' >= N rows (bucket_rows), unless a Dice BatchNorm in the unit would see the padding
+        pair = bucket_rows(torch.cat([keys, keys * packed.rows(query)], dim=-1), self.unit)  # (N', 2d)
+        hidden = torch.addmm(bucket_rows(packed.rows(q_term), self.unit), pair,
+                             torch.cat([w_k + w_d, w_p], dim=1).T)  # (N', h)
         score = rest(hidden).squeeze(-1)[: keys.shape[0]]  # (N,)
         weights = packed.softmax(score) if self.normalize else score  # (N,)
         return packed.pool(weights, keys), packed.unpack(weights)  # (B, d), (B, L)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -19,8 +20,9 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 ROW_BUCKET = 1024
 
 
-def bucket_rows(x: torch.Tensor, multiple: int = ROW_BUCKET) -> torch.Tensor:
-    """x (N, ...) padded with zero rows to a multiple of `multiple` rows, under bf16 autocast only.
+def bucket_rows(x: torch.Tensor, fn: nn.Module | None = None, multiple: int = ROW_BUCKET) -> torch.Tensor:
+    """x (N, ...) padded with zero rows to a multiple of `multiple` rows, under bf16 autocast only, for
+    the row-wise module `fn` that will read it (unpadded when `fn` is not row-wise: see rows_independent).
 
     Why: oneDNN builds (and keeps) kernels per matrix shape for bf16 matmuls, and the number of real
     behaviours N differs in every batch, so without this a bf16 run's memory grew by ~17-24 MB per batch
@@ -29,12 +31,21 @@ def bucket_rows(x: torch.Tensor, multiple: int = ROW_BUCKET) -> torch.Tensor:
     and the padding gets no gradient. A no-op in fp32 (and so in every export and serving path)."""
     if not torch.is_autocast_enabled(x.device.type) or x.shape[0] % multiple == 0:
         return x
+    if fn is not None and not rows_independent(fn):
+        return x
     return torch.cat([x, x.new_zeros(multiple - x.shape[0] % multiple, *x.shape[1:])])
 
 
-def per_row(fn, x: torch.Tensor) -> torch.Tensor:
+def rows_independent(module: nn.Module) -> bool:
+    """Whether `module` computes each row on its own. A BatchNorm in training (e.g. inside Dice) takes
+    batch statistics over all rows it is given, so padding rows would change the real rows and its
+    running estimates; in eval it uses the running estimates and is row-wise too."""
+    return not any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in module.modules())
+
+
+def per_row(fn: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """fn (a row-wise module: Linear, MLP) on x (N, ...) with bucket_rows' padding, sliced back to N rows."""
-    return fn(bucket_rows(x))[: x.shape[0]]
+    return fn(bucket_rows(x, fn))[: x.shape[0]]
 
 
 class PackedHistory:
