@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -487,3 +488,72 @@ def test_seconds_read_as_milliseconds_are_refused(tmp_path):
     spec = DatasetFile("secs", TableFile(str(ev), {"user": "u", "item": "i", "time": "t", "label": "y"}), time_unit="ms")
     with pytest.raises(DataFormatError, match="look like unix seconds; set time_unit: s"):
         import_dataset(spec, tmp_path / "data", log=lambda *_: None)
+
+
+def _imported(root: Path) -> dict:
+    """What an import wrote, table by table (the summary without its timing)."""
+    out = {p.name: pq.read_table(p).to_pylist() for p in sorted((root / "mylog").glob("*.parquet"))}
+    out["rejected.csv"] = (root / "mylog" / "rejected.csv").read_text()
+    meta = json.loads((root / "mylog" / "meta.json").read_text())
+    meta["import"].pop("seconds")
+    out["meta"] = meta
+    return out
+
+
+def test_import_streams_the_events_file_in_batches_with_the_same_result(tmp_path, monkeypatch):
+    """The events file is checked batch by batch: cut into CSV blocks of a few rows (the bad time
+    'yesterday' lands in a later block than the first, so the typed time column must be re-read as
+    text) or Parquet batches of 7 rows, the import writes exactly what one batch gives."""
+    import edgerec.data.imports as imports
+
+    spec = _spec(tmp_path)
+    import_dataset(spec, tmp_path / "whole", log=lambda *_: None)
+    whole = _imported(tmp_path / "whole")
+    monkeypatch.setattr(imports, "BLOCK_BYTES", 300)
+    batches = []
+    real = imports._check_batch
+    monkeypatch.setattr(imports, "_check_batch", lambda *a: batches.append(a[2].num_rows) or real(*a))
+    import_dataset(spec, tmp_path / "blocks", log=lambda *_: None)
+    assert len(batches) > 10 and _imported(tmp_path / "blocks") == whole
+    pq_path = tmp_path / "events.parquet"
+    pq.write_table(pacsv.read_csv(spec.events.path, convert_options=pacsv.ConvertOptions(
+        column_types={c: "string" for c in ("who", "what", "when_ms", "shown_at", "got", "visit", "cat", "app")},
+        strings_can_be_null=True)), pq_path)
+    monkeypatch.setattr(imports, "BATCH_ROWS", 7)
+    batches.clear()
+    import_dataset(DatasetFile(**{**spec.__dict__, "events": TableFile(str(pq_path), spec.events.map)}),
+                   tmp_path / "pq", log=lambda *_: None)
+    got = _imported(tmp_path / "pq")
+    assert max(batches) == 7 and got["events.parquet"] == whole["events.parquet"]
+    counts = lambda d: {k: (v["rows"], re.sub(r" \(line \d+\)", "", v["first"].split(": ", 1)[1])) for k, v in d.items()}
+    assert got["rejected.csv"] == whole["rejected.csv"]  # the same rows, for the same reasons, with the same values
+    assert counts(got["meta"]["import"]["rejected"]) == counts(whole["meta"]["import"]["rejected"])
+
+
+def test_only_an_empty_field_is_missing_and_na_words_are_values(tmp_path):
+    """Arrow's default null words ('NA', 'n/a', 'null') are values as written: a country code 'NA'
+    stays a category, and 'n/a' in a column to bucket is named, not turned into an uncounted gap."""
+    spec = _spec(tmp_path)
+    items = tmp_path / "items.csv"
+    items.write_text("sku,country,price\ni-a,NA,7.10\ni-b,DE,\ni-c,null,8.25\n")
+    with_items = {**spec.__dict__, "items": TableFile(str(items), {"id": "sku"}), "buckets": {"depth": 2, "price": 2}}
+    import_dataset(DatasetFile(**with_items), tmp_path / "ok", log=lambda *_: None)
+    got = pq.read_table(tmp_path / "ok" / "mylog" / "items.parquet").to_pylist()
+    assert [r["country"] for r in got] == ["NA", "DE", "null"] and got[1]["price"] is None  # empty: unknown
+    meta = json.loads((tmp_path / "ok" / "mylog" / "meta.json").read_text())
+    assert "1 of 3 items without a value" in meta["item_features"]["price"]
+    items.write_text("sku,country,price\ni-a,NA,7.10\ni-b,DE,n/a\ni-c,FR,8.25\n")
+    with pytest.raises(DataFormatError, match=r"item 'i-b': price is 'n/a', not a number.*leave it empty if unknown"):
+        import_dataset(DatasetFile(**with_items), tmp_path / "bad", log=lambda *_: None)
+
+
+def test_date_time_text_with_a_numeric_time_unit_is_refused(tmp_path):
+    ev = tmp_path / "iso.csv"
+    ev.write_text("u,i,t,y\n" + "".join(f"u{k % 3},i{k % 4},2024-07-01T12:{k:02d}:00,{k % 2}\n" for k in range(30)))
+    m = {"user": "u", "item": "i", "time": "t", "label": "y"}
+    with pytest.raises(DataFormatError, match=r"'t' holds date-time text \(e.g. 2024-07-01 12:00:00\), not unix seconds; "
+                                              r"set time_unit: iso"):
+        import_dataset(DatasetFile("iso", TableFile(str(ev), m), time_unit="s"), tmp_path / "data", log=lambda *_: None)
+    s = import_dataset(DatasetFile("iso", TableFile(str(ev), m), time_unit="iso", tz="UTC+8"), tmp_path / "data",
+                       log=lambda *_: None)
+    assert s["imported_rows"] == 30

@@ -31,18 +31,21 @@ Rows that break a rule are not imported, and none is lost silently: `rejected.cs
 dataset folder lists each (file row, reason, column, value), and the import summary counts them
 per reason with the first example and its fix. Reasons: missing value, unparseable time, time out
 of range, label not 0/1, unknown event kind, position < 1 or not an integer, exact duplicate row,
-user with fewer than `min_user_events` events. Reading is columnar (pyarrow), never a Python loop
-per row.
+user with fewer than `min_user_events` events. Only an empty field is a missing value: 'NA',
+'n/a' or 'null' are values as written. Reading is columnar (pyarrow), never a Python loop per row,
+and streaming: the events file is read and checked a CSV block or a Parquet batch at a time, and
+only the checked columns of each are kept for the whole-log steps (duplicates, id maps, sparse users).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
+from typing import Iterator, NoReturn
 
 import numpy as np
 import pyarrow as pa
@@ -210,49 +213,81 @@ def _format(path: Path) -> str:
     raise DataFormatError(f"{path}: unknown file type; use .csv, .tsv, .parquet or .jsonl (JSON lines)")
 
 
-def read_file(path: str | Path, columns: list[str], strings: set[str] = frozenset()) -> pa.Table:
-    """The named columns of a CSV / TSV / Parquet / JSON-lines file, columnar. `strings`: columns
-    read as text (ids: '007' stays '007'). A missing column is an error listing what the file has."""
+BLOCK_BYTES = 64 << 20  # CSV / TSV: file bytes parsed per batch (about 1M rows of a typical log)
+BATCH_ROWS = 1 << 20  # Parquet / JSON lines: rows per batch
+
+
+class _ReadAsText(Exception):
+    """A CSV column typed from the first block met a value of another type in a later block: the
+    caller reads the file again with every column as text, and the checks name the row."""
+
+
+def _csv_options(path: Path, columns: list[str], strings: set[str]):
+    delim = "," if _format(path) == "csv" else "\t"
+    # only an empty field is missing: Arrow's default null words ('NA', 'n/a', 'null', ...) would turn
+    # a country code 'NA' into a missing value and a 'n/a' in a number column into an uncounted gap
+    return (pacsv.ParseOptions(delimiter=delim, newlines_in_values=False),
+            pacsv.ConvertOptions(include_columns=columns, column_types={c: pa.string() for c in strings},
+                                 null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=True))
+
+
+def iter_file(path: str | Path, columns: list[str], strings: set[str] = frozenset()) -> Iterator[pa.Table]:
+    """The named columns of a CSV / TSV / Parquet / JSON-lines file as a stream of tables (a CSV
+    block, a Parquet batch), so a caller that reduces each one never holds the whole file as read.
+    `strings`: columns read as text (ids: '007' stays '007'). A missing column is an error listing
+    what the file has. Raises _ReadAsText when a typed CSV column changes type after its first block."""
     path = Path(path)
     if not path.is_file():
         raise DataFormatError(f"{path}: no such file")
     fmt = _format(path)
     try:
         if fmt == "parquet":
-            have = pq.read_schema(path).names
-            _check_columns(path, columns, have)
-            t = pq.read_table(path, columns=columns)
-        elif fmt == "jsonl":
+            f = pq.ParquetFile(path)
+            _check_columns(path, columns, f.schema_arrow.names)
+            yielded = False
+            for b in f.iter_batches(batch_size=BATCH_ROWS, columns=columns):
+                yielded = True
+                yield pa.Table.from_batches([b])
+            if not yielded:
+                yield f.schema_arrow.empty_table().select(columns)
+        elif fmt == "jsonl":  # pyarrow has no streaming JSON reader: read whole, hand out in batches
             import pyarrow.json as pajson
 
             t = pajson.read_json(path)
             _check_columns(path, columns, t.column_names)
             t = t.select(columns)
+            for lo in range(0, max(t.num_rows, 1), BATCH_ROWS):
+                yield t.slice(lo, BATCH_ROWS)
         else:
-            delim = "," if fmt == "csv" else "\t"
-            _check_columns(path, columns, _csv_header(path, delim))
-            t = pacsv.read_csv(path, parse_options=pacsv.ParseOptions(delimiter=delim, newlines_in_values=False),
-                               convert_options=pacsv.ConvertOptions(
-                                   include_columns=columns, column_types={c: pa.string() for c in strings},
-                                   strings_can_be_null=True, quoted_strings_can_be_null=True))
+            parse, convert = _csv_options(path, columns, strings)
+            _check_columns(path, columns, _csv_header(path, parse.delimiter))
+            with pacsv.open_csv(path, parse_options=parse, convert_options=convert,
+                                read_options=pacsv.ReadOptions(block_size=BLOCK_BYTES)) as reader:
+                yielded = False
+                while True:
+                    try:
+                        b = reader.read_next_batch()
+                    except StopIteration:
+                        break
+                    yielded = True
+                    yield pa.Table.from_batches([b])
+                if not yielded:
+                    yield reader.schema.empty_table()
     except pa.ArrowInvalid as exc:
-        if fmt in ("csv", "tsv") and "conversion error" in str(exc).lower():  # a typed column with one bad value:
-            return read_file_as_text(path, columns)  # read it as text; the checks below name the row
+        if fmt in ("csv", "tsv") and "conversion error" in str(exc).lower() and set(columns) - set(strings):
+            raise _ReadAsText() from None  # a typed column with one bad value: read it as text, the checks name the row
         raise DataFormatError(f"{path}: cannot read it as {fmt}: {cut(str(exc), 300)}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise DataFormatError(f"{path}: cannot read it: {cut(str(exc), 300)}") from None
-    return t
 
 
-def read_file_as_text(path: Path, columns: list[str]) -> pa.Table:
-    delim = "," if _format(path) == "csv" else "\t"
+def read_file(path: str | Path, columns: list[str], strings: set[str] = frozenset()) -> pa.Table:
+    """The whole of `iter_file` as one table (chunks kept): for the small files (items, users,
+    texts, rows to score); the events file is checked batch by batch instead."""
     try:
-        return pacsv.read_csv(path, parse_options=pacsv.ParseOptions(delimiter=delim, newlines_in_values=False),
-                              convert_options=pacsv.ConvertOptions(
-                                  include_columns=columns, column_types={c: pa.string() for c in columns},
-                                  strings_can_be_null=True, quoted_strings_can_be_null=True))
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise DataFormatError(f"{path}: cannot read it: {cut(str(exc), 300)}") from None
+        return pa.concat_tables(iter_file(path, columns, strings))
+    except _ReadAsText:
+        return pa.concat_tables(iter_file(path, columns, set(columns)))
 
 
 def _check_columns(path: Path, want: list[str], have: list[str]) -> None:
@@ -407,9 +442,19 @@ def _empty(text: pa.Array) -> pa.Array:
     return pc.or_kleene(pc.is_null(text), pc.equal(text, ""))
 
 
+def _arrow_zone(tz: str) -> str:
+    """Our zone spelling as Arrow's: a fixed offset 'UTC+8' is '+08:00'; IANA names are the same."""
+    z = _zone(tz)
+    if isinstance(z, dt.timezone):
+        minutes = int(z.utcoffset(None).total_seconds()) // 60
+        return f"{'-' if minutes < 0 else '+'}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+    return tz
+
+
 def parse_time(arr, unit: str, tz: str) -> tuple[pa.Array, pa.Array, pa.Array]:
     """-> (unix seconds int64 with nulls, unparseable mask, out-of-range mask)."""
     arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+    tz = _arrow_zone(tz)
     if pa.types.is_timestamp(arr.type):  # Parquet timestamps: zoned are instants, naive are local time
         t = arr if arr.type.tz else pc.assume_timezone(arr, tz, ambiguous="earliest", nonexistent="earliest")
         secs = pc.divide(pc.cast(pc.cast(t, pa.timestamp("us", tz="UTC")), pa.int64()), 1_000_000)
@@ -649,6 +694,19 @@ def _first_non_number(table: pa.Table, key: str, name: str, ids: "IdMap") -> tup
     return str(ids.decode([table.column(key)[at].as_py()])[0]), str(col[at].as_py())
 
 
+def _numbers_read_as_text(table: pa.Table | None, buckets: dict[str, int]) -> pa.Table | None:
+    """Columns to bucket that came in as text (a file re-read as text because another column held
+    a bad value) and hold only numbers: as float64. One that does not stays text and is named below."""
+    if table is None:
+        return None
+    for name in (n for n in buckets if n in table.column_names):
+        col = table.column(name)
+        if _is_text(col.type) and pc.all(pc.fill_null(pc.match_substring_regex(col, _NUM_RE), True)).as_py():
+            table = table.set_column(table.column_names.index(name), name,
+                                     pc.cast(pc.utf8_trim_whitespace(col), pa.float64()))
+    return table
+
+
 def _check_attribute_types(table: pa.Table, key: str, kind: str, buckets: dict[str, int], where: str,
                            ids: "IdMap") -> dict:
     """Attribute docs; a float attribute without a bucket count is refused (never silently cast)."""
@@ -665,7 +723,9 @@ def _check_attribute_types(table: pa.Table, key: str, kind: str, buckets: dict[s
             if not (pa.types.is_integer(f.type) or pa.types.is_floating(f.type)):
                 raise DataFormatError(f"{where}: {kind} attribute {f.name!r} is {f.type}, not numeric: it cannot be "
                                       f"bucketed; drop `--bucket {f.name}=...` (text is a category)")
-            docs[f.name] = f"numeric, {buckets[f.name]} quantile buckets fit on the training period's {kind}s"
+            gaps = table.column(f.name).null_count
+            docs[f.name] = (f"numeric, {buckets[f.name]} quantile buckets fit on the training period's {kind}s; "
+                            f"{gaps:,} of {table.num_rows:,} {kind}s without a value (index 0, as unknown)")
         elif pa.types.is_floating(f.type) or _looks_continuous(table.column(f.name)):
             odd = f"; and {kind} {cut(stray[0])} has {cut(stray[1])}, not a number: fix it" if stray else ""
             raise DataFormatError(f"{where}: {kind} attribute {f.name!r} is numeric ({f.type}); a model reads "
@@ -696,26 +756,49 @@ def _check_plausible_ms(secs, spec: DatasetFile, path: Path) -> None:
 
 
 def _checked_events(spec: DatasetFile, rej: Rejects) -> tuple[pa.Table, int]:
-    """Read the events file and run every per-row check; rejected rows go to `rej`. -> (the rows that
-    passed, with columns user, item (text), ts, label, position, row, [request], side.*, item.* /
-    user.* inline and time_raw (the time as written, for the duplicate check); rows read). The raw
-    table dies when this returns, so the import never holds it beside later copies."""
+    """Read the events file batch by batch and run every per-row check on each batch; rejected rows
+    go to `rej`. -> (the rows that passed, with columns user, item (text), ts, label, position, row,
+    [request], side.*, item.* / user.* inline and time_raw (the time as written, for the duplicate
+    check); rows read). Only the checked columns of each batch are kept, so the import never holds
+    the file as read beside its checked copy; the whole-log steps (duplicates, id maps, sparse users)
+    run on the result."""
     m = spec.events.map
-    ev_path = Path(spec.events.path)
     want = list(dict.fromkeys(m.values()))
-    numeric = {m[k] for k in m if k.startswith(("item.", "user.")) and k.split(".", 1)[1] in spec.buckets}
-    # CSV: every column text (the checks below apply one rule to every row, as written) except the time,
-    # which Arrow parses (a bad value makes read_file read the file as text) and numbers to bucket
-    raw = read_file(ev_path, want, strings=set(want) - {m["time"]} - numeric)
-    n_read = raw.num_rows
-    row = pa.array(np.arange(1, n_read + 1, dtype=np.int64))  # 1-based data row (line = row + 1)
+    # CSV: every column text (the checks below apply one rule to every row, as written) except the
+    # time, which Arrow parses, and numbers to bucket (a bad value makes the file read as text)
+    typed = {m["time"]} | {m[k] for k in m if k.startswith(("item.", "user.")) and k.split(".", 1)[1] in spec.buckets}
+    try:
+        return _check_batches(spec, rej, iter_file(spec.events.path, want, strings=set(want) - typed))
+    except _ReadAsText:
+        rej.parts.clear()
+        return _check_batches(spec, rej, iter_file(spec.events.path, want, strings=set(want)))
+
+
+def _check_batches(spec: DatasetFile, rej: Rejects, batches: Iterator[pa.Table]) -> tuple[pa.Table, int]:
+    kept, n_read = [], 0
+    for raw in batches:
+        kept.append(_check_batch(spec, rej, raw, n_read))
+        n_read += raw.num_rows
+    good = pa.concat_tables(kept)
+    _check_plausible_ms(good.column("ts"), spec, Path(spec.events.path))
+    return good, n_read
+
+
+def _check_batch(spec: DatasetFile, rej: Rejects, raw: pa.Table, first_row: int) -> pa.Table:
+    """The per-row checks of one batch whose first row is data row `first_row` + 1."""
+    m = spec.events.map
+    n = raw.num_rows
+    row = pa.array(np.arange(first_row + 1, first_row + n + 1, dtype=np.int64))  # 1-based data row (line = row + 1)
     user_t, item_t = _text(raw.column(m["user"])), _text(raw.column(m["item"]))
     no_user, no_item = _empty(user_t), _empty(item_t)
     rej.add(no_user, row, "missing value", m["user"], user_t)
     rej.add(no_item, row, "missing value", m["item"], item_t)
     time_raw = _value(raw.column(m["time"]))
+    if pa.types.is_timestamp(time_raw.type) and spec.time_unit != "iso" and _format(Path(spec.events.path)) in ("csv", "tsv"):
+        raise DataFormatError(f"{spec.events.path}: column {m['time']!r} holds date-time text (e.g. "
+                              f"{pc.drop_null(time_raw)[0]}), not unix {'seconds' if spec.time_unit == 's' else 'milliseconds'}; "
+                              "set time_unit: iso (--time-unit iso)")
     secs, bad_t, out_t = parse_time(time_raw, spec.time_unit, spec.tz)
-    _check_plausible_ms(secs, spec, ev_path)
     rej.add(_missing(time_raw), row, "missing value", m["time"], time_raw)
     rej.add(bad_t, row, "unparseable time", m["time"], time_raw)
     rej.add(out_t, row, "time out of range", m["time"], time_raw)
@@ -741,7 +824,7 @@ def _checked_events(spec: DatasetFile, rej: Rejects) -> tuple[pa.Table, int]:
         rej.add(bad_p, row, "bad position", m["position"], pv)
         keep = pc.and_(keep, pc.invert(bad_p))
     else:
-        position = pa.nulls(n_read, pa.int16())
+        position = pa.nulls(n, pa.int16())
     cols = {"user": user_t, "item": item_t, "ts": secs, "label": label, "position": position, "row": row}
     if "request" in m:
         cols["request"] = _text(raw.column(m["request"]))
@@ -749,7 +832,7 @@ def _checked_events(spec: DatasetFile, rej: Rejects) -> tuple[pa.Table, int]:
     cols["time_raw"] = time_raw
     good = pa.table(cols)
     keep = pc.fill_null(keep, False)
-    return (good if pc.all(keep).as_py() else good.filter(keep)), n_read
+    return good if pc.all(keep).as_py() else good.filter(keep)
 
 
 _MIX_U, _MIX_I = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F)
@@ -849,6 +932,7 @@ def _attributes(good: pa.Table, spec: DatasetFile, user_map: IdMap, item_map: Id
         else:
             users_t = table
     items_t = _with_every_id(items_t, "item_id", len(item_map.ids))  # the catalogue holds every event item
+    items_t, users_t = _numbers_read_as_text(items_t, spec.buckets), _numbers_read_as_text(users_t, spec.buckets)
     item_docs = _check_attribute_types(items_t, "item_id", "item", spec.buckets, _where(spec.items, "items"),
                                        item_map) if items_t else {}
     user_docs = _check_attribute_types(users_t, "user_id", "user", spec.buckets, _where(spec.users, "users"),
