@@ -2,6 +2,7 @@
 
     python bench/import_scale.py                       # 1M and 10M rows, CSV and Parquet (~10 min on 2 cores)
     python bench/import_scale.py --rows 100000 --quick # smoke
+    python bench/import_scale.py --baseline b27c513    # + that commit's import, side by side
 
 The log: an O2O impression export like the example log's (string user / item / session ids,
 millisecond timestamps, 1-based positions, a 0/1 label, an inline category, a float user attribute
@@ -12,6 +13,7 @@ Per size and format, side by side in one run, each in its own fresh process (so 
 step's own):
   plain read    pyarrow.csv.read_csv / pyarrow.parquet.read_table of the whole file (all columns)
   import        edgerec.data.imports.import_dataset (read, every check, id maps, sort, Parquet write)
+  baseline      with --baseline REF: the same import with REF's edgerec (a git worktree)
 Reported: seconds, rows/s, peak RSS (ru_maxrss), our time / plain read time (goal <= 2), and our peak
 RSS / the in-memory size of the file read as Arrow (goal <= 3). Writes bench/results/import_scale.json
 and its table in docs/results.md (<!-- import_scale -->).
@@ -115,9 +117,12 @@ def _child(kind: str, path: str, out_root: str) -> dict:
     return info
 
 
-def measure(kind: str, path: Path, data_dir: Path) -> dict:
+def measure(kind: str, path: Path, data_dir: Path, code_root: Path = ROOT) -> dict:
+    """One step in a fresh process, with the edgerec of `code_root` (this checkout or a baseline)."""
     env = {**os.environ, "EDGEREC_DATA_DIR": str(data_dir)}
-    code = (f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); sys.argv = ['x'];"
+    code = (f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(0, {str(code_root)!r}); "
+            "sys.argv = ['x']; import edgerec; assert edgerec.__file__.startswith("
+            f"{str(code_root)!r}), edgerec.__file__;"
             f"from bench.import_scale import _child; print('RESULT ' + json.dumps(_child({kind!r}, {str(path)!r}, "
             f"{str(data_dir)!r})))")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
@@ -131,13 +136,34 @@ def markdown(r: dict) -> str:
     rows = ["| rows | format | file MB | plain read s | import s | import rows/s | time ratio (goal ≤ 2) | "
             "plain peak RSS MiB | import peak RSS MiB | Arrow table MiB | RSS / Arrow (goal ≤ 3) |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    base = any("baseline" in x for x in r["runs"])
+    if base:
+        rows[0] += f" {r['baseline']} import s | {r['baseline']} peak RSS MiB |"
+        rows[1] += "---|---|"
     for x in r["runs"]:
         p, m = x["plain"], x["import"]
         rows.append(f"| {x['rows']:,} | {x['format']} | {x['file_mb']:.0f} | {p['seconds']:.2f} | {m['seconds']:.2f} | "
                     f"{x['rows'] / m['seconds']:,.0f} | {m['seconds'] / p['seconds']:.2f} | {p['peak_rss_mb']:,.0f} | "
                     f"{m['peak_rss_mb']:,.0f} | {p['arrow_bytes'] / 2 ** 20:,.0f} | "
                     f"{m['peak_rss_mb'] / (p['arrow_bytes'] / 2 ** 20):.2f} |")
+        if base:
+            rows[-1] += f" {x['baseline']['seconds']:.2f} | {x['baseline']['peak_rss_mb']:,.0f} |"
     return "\n".join(rows)
+
+
+def _sizes(a, report: dict, tmp: Path, base: Path | None) -> None:
+    """Per row count and format: write the file, then the plain read, our import (and the baseline's)."""
+    for rows in [int(x) for x in a.rows.split(",")]:
+        for fmt in a.formats.split(","):
+            path = tmp / f"events_{rows}.{fmt}"
+            synth(path, rows, fmt)
+            run = {"rows": rows, "format": fmt, "file_mb": path.stat().st_size / 1e6,
+                   "plain": measure("plain", path, tmp / "data"), "import": measure("import", path, tmp / "data")}
+            if base is not None:
+                run["baseline"] = measure("import", path, tmp / "data_base", code_root=base)
+            report["runs"].append(run)
+            print(json.dumps(run), flush=True)
+            path.unlink()
 
 
 def main(argv=None) -> dict:
@@ -149,25 +175,25 @@ def main(argv=None) -> dict:
     ap.add_argument("--formats", default="csv,parquet")
     ap.add_argument("--quick", action="store_true", help="smoke: no docs, output under runs/bench")
     ap.add_argument("--out", help="result JSON (default bench/results/import_scale.json)")
+    ap.add_argument("--baseline", metavar="REF", help="also import with this git commit's edgerec, side by side")
     a = ap.parse_args(argv)
     out = Path(a.out) if a.out else (ROOT / "runs" / "bench" / "import_scale_quick.json" if a.quick
                                      else ROOT / "bench" / "results" / "import_scale.json")
     report = {"benchmark": "import_scale", "git": git_commit(), "machine": machine_info(),
-              "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "runs": [],
+              "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "runs": [], "baseline": a.baseline,
               "note": "each step in a fresh process; peak RSS = ru_maxrss of that process (Python, pyarrow and, "
                       "for the import, edgerec's imports included)"}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        for rows in [int(x) for x in a.rows.split(",")]:
-            for fmt in a.formats.split(","):
-                path = tmp / f"events_{rows}.{fmt}"
-                synth(path, rows, fmt)
-                plain = measure("plain", path, tmp / "data")
-                ours = measure("import", path, tmp / "data")
-                report["runs"].append({"rows": rows, "format": fmt, "file_mb": path.stat().st_size / 1e6,
-                                       "plain": plain, "import": ours})
-                print(json.dumps(report["runs"][-1]), flush=True)
-                path.unlink()
+        base = tmp / "baseline" if a.baseline else None
+        if base is not None:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(base), a.baseline],
+                           check=True)
+        try:
+            _sizes(a, report, tmp, base)
+        finally:
+            if base is not None:
+                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)], check=False)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out, report)
     table = markdown(report)
