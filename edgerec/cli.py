@@ -287,11 +287,12 @@ def _add_definition_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-len", type=_int_in(1), default=50, help="recent clicks kept per user (default %(default)s)")
     p.add_argument("--positions", type=_int_in(1), default=20, help="display positions tracked (default %(default)s)")
     p.add_argument("--tz", help="time zone of the per-user hour-of-week counts (default: the dataset's, e.g. an "
-                   "imported log's --tz; else UTC)")
+                   "imported log's --tz; else, for a stream, the zone its --store was folded in; else UTC)")
 
 
-def _definition(args: argparse.Namespace, dataset: str | None) -> "FeatureDefinition":
-    """The FeatureDefinition of stream / batch: sizes from the flags, the zone from --tz or the dataset."""
+def _definition(args: argparse.Namespace, dataset: str | None, store=None) -> "FeatureDefinition":
+    """The FeatureDefinition of stream / batch: sizes from the flags, the zone from --tz, else the
+    dataset's, else the zone the store was folded in (a stream of a served run's feedback), else UTC."""
     from edgerec.features.definition import FeatureDefinition
     from edgerec.features.time import local_clock
 
@@ -300,6 +301,8 @@ def _definition(args: argparse.Namespace, dataset: str | None) -> "FeatureDefini
         from edgerec.data import registry
 
         tz = json.loads((registry.prepare(dataset) / "meta.json").read_text()).get("tz")  # meta only: no events
+    if tz is None and store is not None:
+        tz = store.zone()
     tz = tz or "UTC"
     try:
         local_clock(tz)
@@ -370,7 +373,7 @@ def _cmd_stream(args: argparse.Namespace) -> int:
     if args.events:  # a missing file is fine when --export-from writes it or --follow waits for it
         _event_file(args.events, follow=args.follow or bool(args.export_from))
     store = open_store(args.store, dedup_window_s=dedup_window_s)  # before any work
-    definition = _definition(args, getattr(args, "export_from", None) or getattr(args, "dataset", None))
+    definition = _definition(args, getattr(args, "export_from", None) or getattr(args, "dataset", None), store)
     events = None
     if args.export_from:
         from edgerec.data import registry

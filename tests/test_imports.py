@@ -236,6 +236,14 @@ def test_cli_round_trip_import_train_serve_feedback_stream(tmp_path):
         assert long.status_code == 422 and "256" in long.text and "valid integer" not in long.text
         blank = c2.post("/recommend", json={"user_id": "   "})
         assert blank.status_code == 422 and blank.json()["detail"][0]["loc"] == ["body", "user_id"]
+        from edgerec.errors import ConfigError
+        from edgerec.features.definition import Event, FeatureDefinition
+        from edgerec.features.store import SQLiteStore
+
+        assert SQLiteStore(tmp_path / "f.db").zone() == "Asia/Shanghai"  # the feedback stream took the store's zone
+        SQLiteStore(tmp_path / "utc.db").apply([Event("e", 1, 1, 1768200000, "click")], FeatureDefinition())
+        with pytest.raises(ConfigError, match="folded in time zone UTC, and this fold uses Asia/Shanghai"):
+            build_service(ServiceRecipe(store=f"sqlite:{tmp_path / 'utc.db'}", run=str(run)))  # at start
     finally:
         if old is None:
             os.environ.pop("EDGEREC_DATA_DIR", None)

@@ -68,6 +68,12 @@ def test_redis_store_equals_the_fold_and_replays_are_no_ops(redis_server, log_ev
     assert store.watermark(src) == max(e.ts for e in log_events)
     assert store.offset(FileEventSource(path).name) == len(log_events) - 1
     assert type(open_store(redis_server.url)).__name__ == "RedisStore"  # what --store redis://... opens
+    assert store.zone() == "UTC"  # the zone of its first fold: another one is refused, nothing applied
+    from edgerec.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="folded in time zone UTC, and this fold uses Asia/Shanghai"):
+        store.apply(log_events[-1:], FeatureDefinition(max_len=DEF.max_len, tz="Asia/Shanghai"), "other", 0)
+    assert store.offset("other") is None and _snapshot(store, log_events) == _snapshot(reference, log_events)
 
 
 def test_redis_store_still_honours_ids_written_before_the_dedup_window(redis_server):

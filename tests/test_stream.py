@@ -585,3 +585,42 @@ def test_a_file_name_that_is_not_utf8_streams(tmp_path):
     src = FileEventSource(os.fsdecode(raw))
     store = SQLiteStore(tmp_path / "s.db")
     assert run_stream(src, store, DEF).applied == 1 and store.offset(src.name) == 0
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_a_store_keeps_the_zone_of_its_first_fold_and_refuses_another(tmp_path, log_events, kind):
+    """Per-user hour-of-week counts of two zones in one store would be silently wrong: the store
+    records its zone at the first fold, and a fold in another zone changes nothing."""
+    from edgerec.errors import ConfigError
+
+    store = MemoryStore() if kind == "memory" else SQLiteStore(tmp_path / "f.db")
+    assert store.zone() is None
+    store.apply([], FeatureDefinition(tz="Asia/Shanghai"))  # nothing applied: no zone yet
+    assert store.zone() is None
+    shanghai = FeatureDefinition(max_len=10, n_positions=6, tz="Asia/Shanghai")
+    store.apply(log_events[:100], shanghai, "a", 99)
+    before = _snapshot(store, {e.user_id for e in log_events}, {e.item_id for e in log_events})
+    with pytest.raises(ConfigError, match="folded in time zone Asia/Shanghai, and this fold uses UTC"):
+        store.apply(log_events[100:200], DEF, "a", 199)
+    assert store.offset("a") == 99
+    assert _snapshot(store, {e.user_id for e in log_events}, {e.item_id for e in log_events}) == before
+    if kind == "sqlite":
+        assert SQLiteStore(tmp_path / "f.db").zone() == "Asia/Shanghai"  # persisted with the states
+
+
+def test_cli_stream_takes_the_zone_of_its_store_and_refuses_another(tmp_path, capsys):
+    """`edgerec serve --feedback-to F` then `edgerec stream --events F --store S` (no --tz, no dataset):
+    the stream folds in the zone the store was first folded in, not UTC."""
+    from edgerec.cli import main
+    from edgerec.features.store import SQLiteStore
+
+    ev, db = tmp_path / "ev.jsonl", tmp_path / "f.db"
+    assert main(["stream", "--events", str(ev), "--export-from", "o2o-sim:tiny", "--store", f"sqlite:{db}",
+                 "--max-messages", "300", "--tz", "UTC+8"]) == 0
+    more = tmp_path / "more.jsonl"
+    more.write_text("".join(ev.read_text().splitlines(keepends=True)[300:400]))
+    capsys.readouterr()
+    assert main(["stream", "--events", str(more), "--store", f"sqlite:{db}", "--tz", "UTC"]) == 2
+    assert "folded in time zone UTC+8, and this fold uses UTC" in capsys.readouterr().err
+    assert main(["stream", "--events", str(more), "--store", f"sqlite:{db}"]) == 0
+    assert "100 applied" in capsys.readouterr().out and SQLiteStore(db).zone() == "UTC+8"

@@ -29,7 +29,7 @@ from typing import Callable, Iterable
 
 from edgerec.errors import EdgerecError, StoreUnavailable
 from edgerec.features.definition import Event, FeatureDefinition, ItemState, UserState
-from edgerec.features.store import DEFAULT_DEDUP_WINDOW_S, LateGate, OnLate, checked_window, source_key
+from edgerec.features.store import DEFAULT_DEDUP_WINDOW_S, LateGate, OnLate, check_zone, checked_window, source_key
 
 
 def redis_server_args(port: int, data_dir: str) -> list[str]:
@@ -79,6 +79,11 @@ class RedisStore:
         top = self._call(lambda: self.r.zrange(self._applied_at(source), -1, -1, withscores=True))
         return int(top[0][1]) if top else None
 
+    def zone(self) -> str | None:
+        """The tz of the first fold (None: nothing applied yet)."""
+        v = self._call(self.r.get, f"{self.prefix}:tz")
+        return None if v is None else v.decode()
+
     def apply(self, events: Iterable[Event], definition: FeatureDefinition, source: str | None = None,
               offset: int | None = None, on_late: OnLate | None = None,
               before_commit: Callable[[], None] | None = None) -> int:
@@ -90,7 +95,9 @@ class RedisStore:
         with self.r.pipeline(transaction=True) as pipe:
             zkey = self._applied_at(source)
             # fencing: nobody else may advance this source (its offset, its applied ids) meanwhile
-            pipe.watch(self._off(source) if source is not None else zkey)
+            pipe.watch(self._off(source) if source is not None else zkey, f"{self.prefix}:tz")  # tz: set once
+            zone = pipe.get(f"{self.prefix}:tz")
+            check_zone(None if zone is None else zone.decode(), definition, f"Redis at {self.url}")
             top = pipe.zrange(zkey, -1, -1, withscores=True)
             gate = LateGate(int(top[0][1]) if top else None, self.dedup_window_s, on_late)
             ids = [e.event_id for e in events]
@@ -132,6 +139,8 @@ class RedisStore:
                 pipe.hdel(self._applied_ids, *expired)
             if source is not None and offset is not None:
                 pipe.set(self._off(source), offset)
+            if fresh and zone is None:
+                pipe.set(f"{self.prefix}:tz", definition.tz)
             try:
                 pipe.execute()
             except self._redis.WatchError:

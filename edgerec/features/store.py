@@ -89,6 +89,15 @@ def source_key(source: str | None) -> str:
     return "" if source is None else source
 
 
+def check_zone(recorded: str | None, definition: FeatureDefinition, where: str) -> None:
+    """A store's per-user hour-of-week counts are in the zone of its first apply: folding more events
+    in another zone would mix two clocks in one count, silently, so it is refused."""
+    if recorded is not None and recorded != definition.tz:
+        raise ConfigError(f"{where} holds hour-of-week counts folded in time zone {recorded}, and this fold uses "
+                          f"{definition.tz}: one store has one clock. Pass --tz {recorded} (a stream), serve a run "
+                          "of that zone, or start a new store")
+
+
 def checked_window(dedup_window_s: int | None) -> int | None:
     """The constructor argument, validated: positive seconds, or None to keep every id."""
     if dedup_window_s is not None and dedup_window_s <= 0:
@@ -113,6 +122,8 @@ class FeatureStore(Protocol):
 
     def watermark(self, source: str | None = None) -> int | None: ...  # newest applied event ts of `source`
 
+    def zone(self) -> str | None: ...  # the definition's tz the store was folded in (None: nothing applied yet)
+
 
 class MemoryStore:
     def __init__(self, dedup_window_s: int | None = DEFAULT_DEDUP_WINDOW_S) -> None:
@@ -123,11 +134,16 @@ class MemoryStore:
         self.watermarks: dict[str | None, int] = {}  # per source, the newest applied event ts
         self.dedup_window_s = checked_window(dedup_window_s)
         self.offsets: dict[str, int] = {}
+        self.tz: str | None = None
 
     def watermark(self, source: str | None = None) -> int | None:
         return self.watermarks.get(source)
 
+    def zone(self) -> str | None:
+        return self.tz
+
     def apply(self, events, definition, source=None, offset=None, on_late=None, before_commit=None) -> int:
+        check_zone(self.tz, definition, "the in-memory feature store")
         gate = LateGate(self.watermarks.get(source), self.dedup_window_s, on_late)
         fresh: list[Event] = []  # decided first, applied after: a LateEventError changes nothing
         seen: set[str] = set()
@@ -146,6 +162,7 @@ class MemoryStore:
             heapq.heappush(heap, (e.ts, e.event_id))
         if gate.watermark is not None and fresh:
             self.watermarks[source] = gate.watermark
+            self.tz = definition.tz
         if self.dedup_window_s is not None and source in self.watermarks:
             cutoff = self.watermarks[source] - self.dedup_window_s
             while heap and heap[0][0] < cutoff:
@@ -184,6 +201,7 @@ class SQLiteStore:
     CREATE TABLE IF NOT EXISTS items (item_id INTEGER PRIMARY KEY, state TEXT NOT NULL);
     CREATE TABLE IF NOT EXISTS applied (event_id TEXT PRIMARY KEY, ts INTEGER, source TEXT);
     CREATE TABLE IF NOT EXISTS offsets (source TEXT PRIMARY KEY, offset INTEGER NOT NULL);
+    CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """
 
     def __init__(self, path: str | Path, dedup_window_s: int | None = DEFAULT_DEDUP_WINDOW_S):
@@ -217,6 +235,11 @@ class SQLiteStore:
         row = self.db.execute("SELECT MAX(ts) FROM applied WHERE source = ?", (source_key(source),)).fetchone()
         return row[0]
 
+    def zone(self) -> str | None:
+        """The tz of the first fold (a store written before zones were recorded: None, taken as is)."""
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'tz'").fetchone()
+        return row[0] if row else None
+
     def _get(self, table: str, key: str, k: int, cls):
         row = self.db.execute(f"SELECT state FROM {table} WHERE {key} = ?", (k,)).fetchone()
         return cls.from_dict(json.loads(row[0])) if row else cls()
@@ -236,6 +259,7 @@ class SQLiteStore:
         self.db.execute("BEGIN IMMEDIATE")
         try:
             src = source_key(source)  # NULL marks the pre-window rows
+            check_zone(self.zone(), definition, f"--store sqlite:{self.path}")
             gate = LateGate(self.watermark(source), self.dedup_window_s, on_late)
             for e in events:
                 if not gate.admits(e):
@@ -255,6 +279,8 @@ class SQLiteStore:
                                 [(k, json.dumps(v.to_dict())) for k, v in items.items()])
             if source is not None and offset is not None:
                 self.db.execute("INSERT OR REPLACE INTO offsets VALUES (?, ?)", (source, offset))
+            if n:
+                self.db.execute("INSERT OR IGNORE INTO meta VALUES ('tz', ?)", (definition.tz,))
             if self.dedup_window_s is not None and gate.watermark is not None:  # this source's ids past the window
                 self.db.execute("DELETE FROM applied WHERE source = ? AND ts < ?",
                                 (src, gate.watermark - self.dedup_window_s))

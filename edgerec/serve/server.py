@@ -122,6 +122,9 @@ def build_service(recipe: ServiceRecipe, ranker=None, dataset: str | None = None
     store = open_store(recipe.store, dedup_window_s=recipe.dedup_window_s)  # a bad --store fails before the run
     if ranker is None:
         ranker, dataset = build_ranker(recipe)
+    from edgerec.features.store import check_zone
+
+    check_zone(store.zone(), ranker.definition, f"--store {recipe.store}")  # at start, not at the first feedback
     until = training_cut(ranker.samples) if recipe.index_period == "train" else None
     index = CandidateIndex.from_dataset(registry.load(dataset), until_ts=until)
     if recipe.kafka:
