@@ -80,7 +80,7 @@ def main(argv=None) -> dict:
     out = Path(a.out) if a.out else default_out
     runs_dir = ROOT / "runs" / "bench"
     report = {
-        "benchmark": "ctr", "dataset": "o2o-sim:tiny" if a.quick else a.dataset, "protocol": "dicycle",
+        "benchmark": "ctr", "dataset": "o2o-sim:tiny" if a.quick else a.dataset, "protocol": None,
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "git": git_commit(),
         "machine": machine_info(), "seeds": seeds, "lens": lens, "models": models, "config": a.config,
         "overrides": overrides, "complete": False, "runs": [], "summary": [],
@@ -94,6 +94,8 @@ def main(argv=None) -> dict:
         raise SystemExit(f"unknown ablation(s) {unknown}; choose from {list(VARIANTS)} or 'all' (= the ablations)")
     variants = [(m, m, []) for m in models] + [(f"DiCycle {x}", "DiCycle", VARIANTS[x]) for x in ablations]
     report["models"] = [v[0] for v in variants]
+    if variants:  # the experiments' protocol (dicycle or impression), also for a --merge or a finished --resume
+        report["protocol"] = load_experiment(a.config, f"{variants[0][1]}_{a.suffix}", overrides).protocol
     if a.resume and out.exists():
         report["runs"] = json.loads(out.read_text())["runs"]
     if a.merge:

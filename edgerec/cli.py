@@ -54,8 +54,6 @@ def _data_import(args: argparse.Namespace, registry) -> int:
     if len(args.ids) != 1:
         raise EdgerecError("edgerec data import NAME --events FILE --map user=COL --map item=COL --map time=COL "
                            "--map label=COL: name exactly one dataset")
-    if not args.events:
-        raise EdgerecError("edgerec data import: --events FILE is required (CSV, TSV, Parquet or JSON lines)")
     maps = _pairs(args.map, "--map", "user=user_id")
     split = {"items": {}, "users": {}, "events": {}}
     for k, v in maps.items():
@@ -508,7 +506,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from edgerec.io import check_writable
 
     check_writable(args.out, "--out")
-    predict_rows(args.run, args.input, args.out, time_unit=args.time_unit)
+    columns = _pairs(args.map, "--map", "user=uid")
+    predict_rows(args.run, args.input, args.out, time_unit=args.time_unit, columns=columns)
     return 0
 
 
@@ -620,22 +619,39 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    d = sub.add_parser("data", help="list, prepare or describe datasets",
-                       description="Datasets come from pinned packages (see docs/data.md) or the O2O simulator; "
-                                   "prepared copies are cached as Parquet.")
-    d.add_argument("action", choices=["list", "prepare", "describe", "import", "example"],
-                   help="list: what exists; prepare: build the Parquet cache; describe: statistics and columns; "
-                        "import NAME: your own log (docs/your-data.md); example [DIR]: write a small example log "
-                        "to import")
-    d.add_argument("ids", nargs="*", help="dataset ids: ml-100k, obd, instacart, o2o-sim[:tiny|small|medium|large], "
-                   "an imported NAME or a dataset.yaml path; import: the NAME to give yours; example: a folder")
-    d.add_argument("--force", action="store_true", help="prepare: rebuild even if cached (re-import for yours)")
-    d.add_argument("--json", action="store_true", help="describe: print JSON")
-    d.add_argument("--size", choices=["example", "tiny"], default="example",
-                   help="example: the log's size (example: 800 users, 320 items, 30 days; tiny: seconds)")
-    imp = d.add_argument_group("import (edgerec data import NAME --events FILE --map FIELD=COLUMN ...)")
-    imp.add_argument("--events", metavar="FILE", help="the event log: CSV, TSV, Parquet or JSON lines, one row per "
-                     "exposure or interaction")
+    d = sub.add_parser("data", help="list, prepare, describe or import datasets",
+                       description="Datasets come from pinned packages (see docs/data.md), the O2O simulator or "
+                                   "your own log (docs/your-data.md); prepared copies are cached as Parquet. "
+                                   "`edgerec data ACTION --help` explains each action.")
+    acts = d.add_subparsers(dest="action", metavar="ACTION", required=True)
+    ids_help = ("dataset ids: ml-100k, obd, instacart, o2o-sim[:tiny|small|medium|large], an imported NAME or a "
+                "dataset.yaml path")
+    da = acts.add_parser("list", help="the bundled and imported datasets, and the cache folder")
+    da.set_defaults(ids=[])
+    da = acts.add_parser("prepare", help="build the Parquet cache of datasets")
+    da.add_argument("ids", nargs="*", help=ids_help)
+    da.add_argument("--force", action="store_true", help="rebuild even if cached (re-import for yours)")
+    da = acts.add_parser("describe", help="statistics, columns and features of datasets")
+    da.add_argument("ids", nargs="*", help=ids_help)
+    da.add_argument("--json", action="store_true", help="print JSON")
+    da = acts.add_parser("example", help="write a small example log (events + items) to import",
+                         description="A generated O2O impression log unlike the bundled sets (string ids, "
+                                     "millisecond times, local time UTC+8, renamed and extra columns), for trying "
+                                     "`edgerec data import` and the walk-through in docs/your-data.md.")
+    da.add_argument("ids", nargs="*", metavar="DIR", help="the folder to write (default example-log)")
+    da.add_argument("--size", choices=["example", "tiny"], default="example",
+                    help="the log's size (example: 800 users, 320 items, 30 days; tiny: seconds)")
+    imp = acts.add_parser("import", help="your own log: map its columns, check it, cache it (docs/your-data.md)",
+                          description="Writes DATA_DIR/NAME/dataset.yaml and the Parquet cache; after it NAME "
+                                      "works wherever a dataset id goes (describe, train, eval, explain, bench, "
+                                      "serve, stream, batch). Rows that break a rule are counted, listed in "
+                                      "rejected.csv and never imported silently.",
+                          epilog="example: edgerec data import myfeed --events events.csv --map user=user_id "
+                                 "--map item=item_id --map time=ts --map label=clicked --time-unit ms "
+                                 "--tz Asia/Shanghai")
+    imp.add_argument("ids", nargs=1, metavar="NAME", help="the name to give your dataset")
+    imp.add_argument("--events", metavar="FILE", required=True,
+                     help="the event log: CSV, TSV, Parquet or JSON lines, one row per exposure or interaction")
     imp.add_argument("--items", metavar="FILE", help="optional item table: an id column, the title and attributes")
     imp.add_argument("--users", metavar="FILE", help="optional user table: an id column and attributes")
     imp.add_argument("--map", action="append", metavar="FIELD=COLUMN",
@@ -793,12 +809,18 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Batch scoring: each row's history is the run's dataset log strictly before its "
                                     "time (as the service sees it); users and items the run never saw are scored "
                                     "with out-of-vocabulary vectors (known_user / known_item say which). The input "
-                                    "needs columns user_id, item_id and ts (in your own ids).")
+                                    "holds your own ids and times, by default in your log's format: the columns "
+                                    "and time unit its `data import` mapped, else user_id, item_id, ts in unix "
+                                    "seconds; any other columns come back unchanged beside the score.")
     pr.add_argument("--run", required=True, help="a run folder from `edgerec train`")
     pr.add_argument("--input", required=True, help="rows to score: CSV, TSV, Parquet or JSON lines")
     pr.add_argument("--out", default="scores.parquet", help="output Parquet: the input columns + score")
-    pr.add_argument("--time-unit", choices=["s", "ms", "iso"], default="s",
-                    help="how ts is written (ISO without a zone = local time of the run's dataset)")
+    pr.add_argument("--map", action="append", metavar="FIELD=COLUMN",
+                    help="the input's user, item and time columns, e.g. --map user=uid --map time=event_ms "
+                         "(default: the import's, else user_id, item_id, ts)")
+    pr.add_argument("--time-unit", choices=["s", "ms", "iso"], default=None,
+                    help="how the time is written (default: the import's --time-unit, else s; ISO without a "
+                         "zone = local time of the run's dataset)")
     pr.set_defaults(func=_cmd_predict)
 
     ex = sub.add_parser("export", help="export a run's stage-2 ranker as ONNX, for serving outside Python",

@@ -206,15 +206,23 @@ def test_cli_round_trip_import_train_serve_feedback_stream(tmp_path):
         assert len(items) == 5 and all(isinstance(i, str) and i.startswith("poi-") for i in items)
         served = [x["score"] for x in r.json()["items"]]
         rows = tmp_path / "rows.csv"  # batch scoring gives the service's scores for the same moment
-        rows.write_text("user_id,item_id,ts\n" + "".join(f"u00067,{i},1768800000\n" for i in items)
-                        + "someone-new,poi-0001,1768800000\n")
+        rows.write_text("uid,poi,event_ms,app\n" + "".join(f"u00067,{i},1768800000000,9.1\n" for i in items)
+                        + "someone-new,poi-0001,1768800000000,9.1\n")  # rows in the log's own format: no flags
         p = _cli("predict", "--run", str(run), "--input", str(rows), "--out", str(tmp_path / "s.parquet"), env=env)
         assert p.returncode == 0, p.stderr
         import pyarrow.parquet as pq
 
         scored = pq.read_table(tmp_path / "s.parquet").to_pylist()
         assert np.allclose([x["score"] for x in scored[:5]], served, atol=1e-5)
-        assert scored[5]["known_user"] is False and 0 < scored[5]["score"] < 1
+        assert scored[5]["known_user"] is False and 0 < scored[5]["score"] < 1 and scored[0]["app"] == 9.1
+        plain = tmp_path / "plain.csv"  # other columns and seconds: named with --map / --time-unit
+        plain.write_text("who,what,t\n" + "".join(f"u00067,{i},1768800000\n" for i in items))
+        p = _cli("predict", "--run", str(run), "--input", str(plain), "--out", str(tmp_path / "p.parquet"),
+                 "--map", "user=who", "--map", "item=what", "--map", "time=t", "--time-unit", "s", env=env)
+        assert p.returncode == 0, p.stderr
+        assert np.allclose(pq.read_table(tmp_path / "p.parquet").column("score").to_numpy(), served, atol=1e-5)
+        p = _cli("predict", "--run", str(run), "--input", str(plain), "--out", str(tmp_path / "q.parquet"), env=env)
+        assert p.returncode == 2 and "--map user=COL" in p.stderr and "uid" in p.stderr and "Traceback" not in p.stderr, p.stderr
         ev = {"event_id": "rt-1", "user_id": "a-new-user", "item_id": items[0], "ts": 1768200000, "kind": "click",
               "position": 1}
         assert client.post("/feedback", json={"events": [ev]}).json() == {"accepted": 1}
