@@ -51,9 +51,6 @@ def _pairs(values: list[str], flag: str, example: str) -> dict[str, str]:
 def _data_import(args: argparse.Namespace, registry) -> int:
     from edgerec.data.imports import DatasetFile, TableFile, import_dataset
 
-    if len(args.ids) != 1:
-        raise EdgerecError("edgerec data import NAME --events FILE --map user=COL --map item=COL --map time=COL "
-                           "--map label=COL: name exactly one dataset")
     maps = _pairs(args.map, "--map", "user=user_id")
     split = {"items": {}, "users": {}, "events": {}}
     for k, v in maps.items():
@@ -372,6 +369,9 @@ def _cmd_stream(args: argparse.Namespace) -> int:
         _event_file(args.events, follow=args.follow or bool(args.export_from))
     store = open_store(args.store, dedup_window_s=dedup_window_s)  # before any work
     definition = _definition(args, getattr(args, "export_from", None) or getattr(args, "dataset", None), store)
+    from edgerec.features.store import check_zone
+
+    check_zone(store.zone(), definition, f"--store {args.store}")  # before --export-from writes or publishes
     events = None
     if args.export_from:
         from edgerec.data import registry
@@ -623,7 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Datasets come from pinned packages (see docs/data.md), the O2O simulator or "
                                    "your own log (docs/your-data.md); prepared copies are cached as Parquet. "
                                    "`edgerec data ACTION --help` explains each action.")
-    acts = d.add_subparsers(dest="action", metavar="ACTION", required=True)
+    acts = d.add_subparsers(dest="action", metavar="{list,prepare,describe,example,import}", required=True)
     ids_help = ("dataset ids: ml-100k, obd, instacart, o2o-sim[:tiny|small|medium|large], an imported NAME or a "
                 "dataset.yaml path")
     da = acts.add_parser("list", help="the bundled and imported datasets, and the cache folder")

@@ -25,6 +25,17 @@ def test_data_list_and_describe(capsys):
     assert "position" in out and "ctr" in out
 
 
+
+@pytest.mark.parametrize("argv, message", [
+    (["data"], "required: {list,prepare,describe,example,import}"),  # the actions, not a bare ACTION
+    (["data", "import", "mine"], "the following arguments are required: --events"),
+])
+def test_data_without_its_action_or_its_events_file_names_what_is_missing(capsys, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_errors_are_one_line_without_traceback(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("Base: {dataset: ml-100k}\nX: {model: DIN, train: {lrr: 0.1}}\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import numpy as np
 import pytest
 import torch
@@ -597,3 +598,25 @@ def test_feedback_sink_failures_are_503_and_late_events_are_refused_before_the_f
     assert r.status_code == 422, r.text
     assert c.get("/health").status_code == 200  # the sink failure earlier was cleared by a good /feedback
     assert Event.from_dict(ev, "x").event_id == "s1"
+
+
+def test_serve_records_its_zone_in_a_new_store_and_refuses_a_store_of_another(tmp_path, ranker):
+    """A service on a new store records the run's zone at start, so that `edgerec stream` folding
+    its feedback later (no --tz) uses the service's clock rather than UTC by default; a store of
+    another clock is refused at start; one zone spelled two ways is one zone."""
+    from edgerec.errors import ConfigError
+    from edgerec.features.store import SQLiteStore
+    from edgerec.serve.server import ServiceRecipe, build_service
+
+    assert ranker.definition.tz == "UTC"
+    db = tmp_path / "new.db"
+    build_service(ServiceRecipe(store=f"sqlite:{db}"), ranker=ranker, dataset="o2o-sim:tiny")
+    assert SQLiteStore(db).zone() == "UTC"
+    for recorded, ok in (("UTC+0", True), ("UTC+8", False), ("Asia/Shanghai", False)):
+        other = tmp_path / f"{recorded.replace('/', '_')}.db"
+        assert SQLiteStore(other).claim_zone(recorded) == recorded
+        if ok:
+            build_service(ServiceRecipe(store=f"sqlite:{other}"), ranker=ranker, dataset="o2o-sim:tiny")
+        else:
+            with pytest.raises(ConfigError, match=re.escape(f"folded in time zone {recorded}, and this fold uses UTC")):
+                build_service(ServiceRecipe(store=f"sqlite:{other}"), ranker=ranker, dataset="o2o-sim:tiny")

@@ -74,6 +74,8 @@ def test_redis_store_equals_the_fold_and_replays_are_no_ops(redis_server, log_ev
     with pytest.raises(ConfigError, match="folded in time zone UTC, and this fold uses Asia/Shanghai"):
         store.apply(log_events[-1:], FeatureDefinition(max_len=DEF.max_len, tz="Asia/Shanghai"), "other", 0)
     assert store.offset("other") is None and _snapshot(store, log_events) == _snapshot(reference, log_events)
+    assert store.claim_zone("Asia/Shanghai") == "UTC"  # a recorded zone stays; a new prefix takes the claim
+    assert _redis_store(redis_server).claim_zone("UTC+8") == "UTC+8"
 
 
 def test_redis_store_still_honours_ids_written_before_the_dedup_window(redis_server):

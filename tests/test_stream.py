@@ -624,3 +624,7 @@ def test_cli_stream_takes_the_zone_of_its_store_and_refuses_another(tmp_path, ca
     assert "folded in time zone UTC+8, and this fold uses UTC" in capsys.readouterr().err
     assert main(["stream", "--events", str(more), "--store", f"sqlite:{db}"]) == 0
     assert "100 applied" in capsys.readouterr().out and SQLiteStore(db).zone() == "UTC+8"
+    fresh = tmp_path / "fresh.jsonl"  # refused before --export-from writes the file
+    assert main(["stream", "--events", str(fresh), "--export-from", "o2o-sim:tiny", "--store", f"sqlite:{db}",
+                 "--tz", "UTC"]) == 2 and not fresh.exists()
+    assert main(["stream", "--events", str(more), "--store", f"sqlite:{db}", "--tz", "UTC+08:00"]) == 0  # one zone

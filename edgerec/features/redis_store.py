@@ -84,6 +84,11 @@ class RedisStore:
         v = self._call(self.r.get, f"{self.prefix}:tz")
         return None if v is None else v.decode()
 
+    def claim_zone(self, tz: str) -> str:
+        """Record `tz` unless a zone is recorded (SETNX, so two starting services cannot both win)."""
+        self._call(self.r.setnx, f"{self.prefix}:tz", tz)
+        return self.zone()
+
     def apply(self, events: Iterable[Event], definition: FeatureDefinition, source: str | None = None,
               offset: int | None = None, on_late: OnLate | None = None,
               before_commit: Callable[[], None] | None = None) -> int:

@@ -39,6 +39,7 @@ from typing import Callable, Iterable, Protocol
 
 from edgerec.errors import ConfigError, DataFormatError, StoreUnavailable
 from edgerec.features.definition import Event, FeatureDefinition, ItemState, UserState, cut
+from edgerec.features.time import same_zone
 
 
 DEFAULT_DEDUP_WINDOW_S = 7 * 86400
@@ -92,7 +93,7 @@ def source_key(source: str | None) -> str:
 def check_zone(recorded: str | None, definition: FeatureDefinition, where: str) -> None:
     """A store's per-user hour-of-week counts are in the zone of its first apply: folding more events
     in another zone would mix two clocks in one count, silently, so it is refused."""
-    if recorded is not None and recorded != definition.tz:
+    if recorded is not None and not same_zone(recorded, definition.tz):
         raise ConfigError(f"{where} holds hour-of-week counts folded in time zone {recorded}, and this fold uses "
                           f"{definition.tz}: one store has one clock. Pass --tz {recorded} (a stream), serve a run "
                           "of that zone, or start a new store")
@@ -124,6 +125,8 @@ class FeatureStore(Protocol):
 
     def zone(self) -> str | None: ...  # the definition's tz the store was folded in (None: nothing applied yet)
 
+    def claim_zone(self, tz: str) -> str: ...  # record tz unless a zone is recorded; -> the store's zone
+
 
 class MemoryStore:
     def __init__(self, dedup_window_s: int | None = DEFAULT_DEDUP_WINDOW_S) -> None:
@@ -140,6 +143,11 @@ class MemoryStore:
         return self.watermarks.get(source)
 
     def zone(self) -> str | None:
+        return self.tz
+
+    def claim_zone(self, tz: str) -> str:
+        if self.tz is None:
+            self.tz = tz
         return self.tz
 
     def apply(self, events, definition, source=None, offset=None, on_late=None, before_commit=None) -> int:
@@ -239,6 +247,15 @@ class SQLiteStore:
         """The tz of the first fold (a store written before zones were recorded: None, taken as is)."""
         row = self.db.execute("SELECT value FROM meta WHERE key = 'tz'").fetchone()
         return row[0] if row else None
+
+    def claim_zone(self, tz: str) -> str:
+        """Record `tz` unless the store has a zone (the service does this at start, so that a stream
+        folding its feedback later inherits the service's clock). -> the store's zone."""
+        try:
+            self.db.execute("INSERT OR IGNORE INTO meta VALUES ('tz', ?)", (tz,))
+        except sqlite3.OperationalError as e:
+            raise StoreUnavailable(f"--store sqlite:{self.path}: {e} (another process writing it?)") from None
+        return self.zone()
 
     def _get(self, table: str, key: str, k: int, cls):
         row = self.db.execute(f"SELECT state FROM {table} WHERE {key} = ?", (k,)).fetchone()

@@ -102,6 +102,21 @@ def _zone(tz: str):
                          "'Europe/Berlin' or 'UTC', or a fixed offset such as 'UTC+8'") from None
 
 
+def same_zone(a: str, b: str) -> bool:
+    """Whether two zone names are one clock: 'UTC+8' and 'UTC+08:00' are, 'UTC' and 'UTC+0' are, an
+    IANA name is only itself (Asia/Shanghai is not UTC+8: a name promises its history of changes)."""
+    from datetime import timedelta, timezone
+
+    if a == b:
+        return True
+
+    def fixed(tz: str):  # the offset of a fixed zone, else None
+        z = _zone(tz)
+        return z.utcoffset(None) if isinstance(z, timezone) else (timedelta(0) if tz in ("UTC", "Etc/UTC") else None)
+
+    return fixed(a) is not None and fixed(a) == fixed(b)
+
+
 class LocalClock:
     """UTC unix seconds -> local wall-clock seconds in one time zone, vectorized for numpy and torch.
 

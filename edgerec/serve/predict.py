@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from edgerec.data.imports import IdMap, _text, parse_time, read_file
+from edgerec.data.imports import _SECONDS_AS_MS, IdMap, _text, parse_time, read_file
 from edgerec.data.samples import Split, lookup_sorted
 from edgerec.errors import DataFormatError
 from edgerec.features.definition import causal_ends, time_key
@@ -65,7 +65,9 @@ def _input_format(dataset: str, have: list[str], columns: dict[str, str] | None,
         raise DataFormatError(f"--map {bad[0]}=...: predict reads only user, item and time "
                               "(e.g. --map user=uid --map time=event_ms)")
     cols.update(columns or {})
-    log_format = own is not None and cols["time"] == own.events.map.get("time")  # the log's own time column
+    # the import's unit only for rows in the log's own layout: a plain user_id,item_id,ts file is in
+    # seconds even when the log's time column was also called ts
+    log_format = own is not None and all(cols[f] == own.events.map.get(f) for f in cols)
     return cols, time_unit or (own.time_unit if log_format else "s"), dict(own.events.map) if own else {}
 
 
@@ -98,8 +100,8 @@ def predict_rows(run_dir: str | Path, input_path: str | Path, out_path: str | Pa
                               f"{log_cols}user_id, item_id, ts, or name yours with --map user=COL --map item=COL "
                               "--map time=COL")
     core = [cols["user"], cols["item"], cols["time"]]
-    rows = read_file(path, core + [c for c in have if c not in core],
-                     strings={cols["user"], cols["item"]})  # every input column comes back, with the scores
+    # every input column comes back with the scores, as written: text in a CSV stays text (007, 7.10)
+    rows = read_file(path, core + [c for c in have if c not in core], strings=set(have) - {cols["time"]})
     n = rows.num_rows
     maps = samples.id_maps or {}
     users = IdMap.from_table(maps["id_map_user"]) if "id_map_user" in maps else None
@@ -117,6 +119,9 @@ def predict_rows(run_dir: str | Path, input_path: str | Path, out_path: str | Pa
         raise DataFormatError(f"{source}: row {row + 1} (line {row + 2}), column {cols['time']!r}: cannot read "
                               f"{rows.column(cols['time'])[row].as_py()!r} as a time in 1970..2100 with --time-unit "
                               f"{time_unit} (s: unix seconds, ms: milliseconds, iso: ISO 8601)")
+    if time_unit == "ms" and pc.approximate_median(ts).as_py() < _SECONDS_AS_MS:  # seconds read as ms: 1970
+        raise DataFormatError(f"{source}: column {cols['time']!r} read as milliseconds puts the rows in 1970: "
+                              "these look like unix seconds; pass --time-unit s")
     ts = ts.to_numpy().astype(np.int64)
     user = _indices(u_text, users, samples.user_ids, samples.spec.oov_user, cols["user"], source)
     item = _indices(i_text, items, samples.item_ids, samples.spec.oov_item, cols["item"], source)

@@ -124,7 +124,9 @@ def build_service(recipe: ServiceRecipe, ranker=None, dataset: str | None = None
         ranker, dataset = build_ranker(recipe)
     from edgerec.features.store import check_zone
 
-    check_zone(store.zone(), ranker.definition, f"--store {recipe.store}")  # at start, not at the first feedback
+    # at start, not at the first feedback; a new store takes the run's zone now, so that a stream
+    # folding this service's feedback later (`edgerec stream --events F`, no --tz) uses the same clock
+    check_zone(store.claim_zone(ranker.definition.tz), ranker.definition, f"--store {recipe.store}")
     until = training_cut(ranker.samples) if recipe.index_period == "train" else None
     index = CandidateIndex.from_dataset(registry.load(dataset), until_ts=until)
     if recipe.kafka:
