@@ -155,6 +155,13 @@ def test_iso_times_are_local_unless_zoned():
                                           "noon", None]), "iso", TZ)
     assert secs.to_pylist()[:2] == [NOON_LOCAL_MS // 1000] * 2
     assert bad.to_pylist() == [False, False, True, True, False]
+    # impossible dates among many valid ones: found by halving, every other value still parsed
+    vals = [f"2026-01-05T12:{k % 60:02d}:00" for k in range(1000)]
+    for k in (0, 517, 999):
+        vals[k] = "2026-02-30T00:00:00"
+    secs, bad, _ = parse_time(pa.array(vals), "iso", TZ)
+    assert np.flatnonzero(bad.to_numpy(zero_copy_only=False)).tolist() == [0, 517, 999]
+    assert secs.to_pylist()[1:4] == [NOON_LOCAL_MS // 1000 + 60 * k for k in (1, 2, 3)] and secs[517].as_py() is None
 
 
 def test_unknown_dataset_error_points_to_import():

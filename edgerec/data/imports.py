@@ -495,8 +495,8 @@ def parse_time(arr, unit: str, tz: str) -> tuple[pa.Array, pa.Array, pa.Array]:
             sub = pc.if_else(mask, text, pa.scalar(None, pa.string()))
             try:
                 us = pc.cast(parse(sub), pa.int64())
-            except pa.ArrowInvalid:  # a well-formed but impossible date (2024-13-01): find it row by row
-                us = pa.array([_iso_one(v, parse) for v in sub.to_pylist()], pa.int64())
+            except pa.ArrowInvalid:  # a well-formed but impossible date (2024-13-01): find it by halving
+                us = _parse_halving(sub, parse)
             secs = pc.if_else(mask, pc.divide(us, 1_000_000), secs)
         bad = pc.and_(pc.invert(_empty(text)), pc.is_null(secs))
     elif pa.types.is_integer(arr.type):  # integer seconds / ms: integer arithmetic, no float pass
@@ -524,13 +524,18 @@ def parse_time(arr, unit: str, tz: str) -> tuple[pa.Array, pa.Array, pa.Array]:
     return secs, pc.fill_null(bad, False), out
 
 
-def _iso_one(v, parse):
-    if v is None:
-        return None
+def _parse_halving(text: pa.Array, parse) -> pa.Array:
+    """`parse` (text -> timestamps) as int64 microseconds, null where a value cannot be read: a failing
+    half is split again, so k bad values cost about k * log2(n) vectorized casts, not a Python call
+    per row (one impossible date in a 250k-row block was 29 s row by row)."""
     try:
-        return pc.cast(parse(pa.array([v])), pa.int64())[0].as_py()
+        return pc.cast(parse(text), pa.int64())
     except pa.ArrowInvalid:
-        return None
+        if len(text) == 1:
+            return pa.nulls(1, pa.int64())
+        half = len(text) // 2
+        return pa.concat_arrays([_parse_halving(text.slice(0, half), parse),
+                                 _parse_halving(text.slice(half), parse)])
 
 
 def parse_label(arr) -> tuple[pa.Array, pa.Array]:
