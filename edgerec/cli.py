@@ -512,6 +512,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    if bool(args.run) == bool(args.pack):
+        raise EdgerecError("edgerec export: give exactly one of --run RUN (a ranker) or --pack FILE (the EI-BERT "
+                           "device model from `edgerec compress`)")
+    if args.pack:
+        from edgerec.compress.onnx_export import export_edge_onnx
+
+        export_edge_onnx(args.pack, args.out)
+        return 0
     from edgerec.serve.export import export_run
 
     export_run(args.run, args.out)
@@ -831,10 +839,16 @@ def build_parser() -> argparse.ArgumentParser:
                                     "the graph is run on ONNX Runtime against PyTorch on the run's validation "
                                     "requests (max |logit difference| <= 1e-4, same top 20), an empty history "
                                     "and an unknown item included. DIN, DiCycle and COUPA runs export. "
-                                    "`edgerec serve --engine onnx` serves this graph.")
-    ex.add_argument("--run", required=True, help="a run folder from `edgerec train` (DIN, DiCycle or COUPA)")
+                                    "`edgerec serve --engine onnx` serves this graph. With --pack instead: the "
+                                    "EI-BERT device model as OUT/eibert.onnx with the pack's int8 weights "
+                                    "(DequantizeLinear per row), OUT/vocab.txt and OUT/export.json, checked against "
+                                    "the numpy edge runtime first (max |logit difference| <= 1e-4).")
+    ex.add_argument("--run", help="a run folder from `edgerec train` (DIN, DiCycle or COUPA)")
+    ex.add_argument("--pack", help="an EI-BERT .pack from `edgerec compress` (default OUT: PACK's folder, "
+                    "<name>_onnx)")
     ex.add_argument("--format", choices=["onnx"], default="onnx", help="artifact format (default %(default)s)")
-    ex.add_argument("--out", help="output folder (default RUN/onnx, where `serve --engine onnx` looks)")
+    ex.add_argument("--out", help="output folder (default RUN/onnx, where `serve --engine onnx` looks; for --pack "
+                    "<pack name>_onnx beside it)")
     ex.set_defaults(func=_cmd_export)
 
     c = sub.add_parser("compress", help="build the EI-BERT on-device NLU artifact (prune, distill, int8, pack)",

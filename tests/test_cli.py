@@ -160,3 +160,10 @@ def test_batch_checks_its_output_folder_first(tmp_path, capsys):
     (tmp_path / "a_file").write_text("")
     assert main(["batch", "--dataset", "o2o-sim:tiny", "--out", str(tmp_path / "a_file")]) == 2
     assert "is a file, not a folder" in _one_error_line(capsys.readouterr().err)
+
+
+def test_export_takes_a_run_or_a_pack(tmp_path, capsys):
+    assert main(["export"]) == 2 and "exactly one of --run RUN" in capsys.readouterr().err
+    (tmp_path / "x.pack").write_bytes(b"not a pack")
+    assert main(["export", "--pack", str(tmp_path / "x.pack")]) == 2
+    assert "not an EI-BERT artifact" in capsys.readouterr().err and not (tmp_path / "x_onnx").exists()

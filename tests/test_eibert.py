@@ -390,3 +390,38 @@ def test_the_int8_runtime_is_thread_safe_and_fits_any_shape(tmp_path):
     with ThreadPoolExecutor(4) as pool:
         got = list(pool.map(lambda t: int8.logits([t], "t"), texts * 4))
     assert all(np.abs(g - want[k % len(texts)]).max() < 1e-4 for k, g in enumerate(got))
+
+
+def test_the_onnx_export_keeps_int8_weights_and_predicts_as_the_edge_runtime_on_every_test_set(smoke, tmp_path,
+                                                                                            monkeypatch):
+    """`edgerec export --pack`: int8 initializers with DequantizeLinear (no float copy of a matrix),
+    about the pack's size and within the limit; on each task's test sentences ONNX Runtime's logits
+    equal the numpy runtime's to 1e-4 with the same predictions; a failed parity check writes nothing."""
+    import onnx
+    import onnxruntime as ort
+
+    import edgerec.compress.onnx_export as ox
+    from edgerec.errors import EdgerecError
+    from edgerec.serve.edge.runtime import EdgeModel
+
+    _, pack = smoke
+    meta = ox.export_edge_onnx(pack, tmp_path / "onnx", log=lambda *_: None)
+    g = onnx.load(str(tmp_path / "onnx" / "eibert.onnx"))
+    int8 = [i for i in g.graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    big_float = [i.name for i in g.graph.initializer if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2]
+    assert len(int8) == sum(1 for n in g.graph.node if n.op_type == "DequantizeLinear") > 0 and not big_float
+    assert meta["within_limit"] and meta["onnx_bytes"] < 1.1 * pack.stat().st_size and meta["parity"]["passed"]
+    edge = EdgeModel.load(pack)
+    session = ort.InferenceSession(str(tmp_path / "onnx" / "eibert.onnx"), providers=["CPUExecutionProvider"])
+    outputs = [o.name for o in session.get_outputs()]
+    for task in TASKS:
+        texts = load_task(task).text["test"][:64]
+        ids, mask = edge.tok.batch(texts, edge.max_len)
+        got = session.run([f"logits_{task}"], {"ids": ids, "mask": mask})[0]
+        ref = edge.logits(texts, task)
+        assert np.abs(got - ref).max() <= 1e-4 and (got.argmax(-1) == ref.argmax(-1)).all(), task
+    assert outputs == [f"logits_{t}" for t in TASKS]
+    monkeypatch.setattr(ox, "PARITY_ATOL", -1.0)  # a check that cannot pass: nothing may be written
+    with pytest.raises(EdgerecError, match="disagrees with the edge runtime"):
+        ox.export_edge_onnx(pack, tmp_path / "never", log=lambda *_: None)
+    assert not (tmp_path / "never").exists() and not list(tmp_path.glob(".onnx-*"))
