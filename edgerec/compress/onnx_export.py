@@ -25,7 +25,6 @@ sentences and on random id sequences with random lengths (every task): max |logi
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -37,6 +36,7 @@ from edgerec.compress.pipeline import SIZE_LIMIT_BYTES
 from edgerec.errors import EdgerecError
 
 OPSET = 17  # DequantizeLinear per axis needs 13+
+MODEL_FILE, VOCAB_FILE, CONTRACT_FILE = "eibert.onnx", "vocab.txt", "export.json"
 PARITY_ATOL = 1e-4
 PARITY_SENTENCES = ["pho noodles near me", "win a free phone now, click here", "what time does the bakery open",
                     "the coffee was cold and the service slow", "cheap flowers delivered tonight", "hotpot for four"]
@@ -133,14 +133,14 @@ def _parity(session, edge, rng: np.random.Generator) -> dict:
 def export_edge_onnx(pack: str | Path, out: str | Path | None = None, log=print, seed: int = 0) -> dict:
     """Write OUT/eibert.onnx, OUT/vocab.txt and OUT/export.json for the pack (module docstring);
     the folder appears whole or not at all. -> the export.json contents."""
-    import onnx
-    import onnxruntime as ort
-
     from edgerec.compress.pack import read_artifact
     from edgerec.serve.edge.runtime import EdgeModel
+    from edgerec.serve.export import check_replaceable, require, swap_in
 
+    ort, onnx = require("onnxruntime"), require("onnx")
     pack = Path(pack)
-    out = Path(out) if out else pack.with_suffix("").with_name(pack.stem + "_onnx")
+    out = Path(out) if out else pack.with_name(pack.stem + "_onnx")
+    check_replaceable(out, {MODEL_FILE, VOCAB_FILE, CONTRACT_FILE}, CONTRACT_FILE)  # before any work
     artifact = read_artifact(pack, dequantize=False)  # ArtifactError names the file and what is wrong
     edge = EdgeModel(artifact, str(pack))
     model = AllTasks(_float_model(artifact))
@@ -155,19 +155,21 @@ def export_edge_onnx(pack: str | Path, out: str | Path | None = None, log=print,
                           output_names=[f"logits_{t}" for t in tasks], dynamic_axes=dynamic, opset_version=OPSET,
                           dynamo=False, do_constant_folding=False)  # no folding: the weights keep their names
         graph = _quantized_graph(tmp / "float.onnx", artifact)
-        onnx.save(graph, str(tmp / "eibert.onnx"))
+        onnx.save(graph, str(tmp / MODEL_FILE))
         (tmp / "float.onnx").unlink()
-        session = ort.InferenceSession(str(tmp / "eibert.onnx"), providers=["CPUExecutionProvider"])
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3  # errors only
+        session = ort.InferenceSession(str(tmp / MODEL_FILE), opts, providers=["CPUExecutionProvider"])
         parity = _parity(session, edge, np.random.default_rng(seed))
         if not parity["passed"]:
             raise EdgerecError(f"ONNX export of {pack}: ONNX Runtime disagrees with the edge runtime "
                                f"(max |logit difference| {parity['max_abs_logit_diff']:.2e}, argmax agreement "
                                f"{parity['argmax_agreement']:.4f}); nothing written")
-        (tmp / "vocab.txt").write_text("\n".join(artifact["vocab"]) + "\n", encoding="utf-8")
+        (tmp / VOCAB_FILE).write_text("\n".join(artifact["vocab"]) + "\n", encoding="utf-8")
         meta = {"format": "onnx", "weights": "int8 QDQ (DequantizeLinear per row)", "opset": graph.opset_import[0].version,
                 "source": str(pack), "pack_bytes": pack.stat().st_size,
-                "onnx_bytes": (tmp / "eibert.onnx").stat().st_size, "limit_bytes": SIZE_LIMIT_BYTES,
-                "within_limit": (tmp / "eibert.onnx").stat().st_size <= SIZE_LIMIT_BYTES,
+                "onnx_bytes": (tmp / MODEL_FILE).stat().st_size, "limit_bytes": SIZE_LIMIT_BYTES,
+                "within_limit": (tmp / MODEL_FILE).stat().st_size <= SIZE_LIMIT_BYTES,
                 "inputs": {"ids": "int64 (batch, tokens): WordPiece ids of vocab.txt (line number - 1)",
                            "mask": "int64 (batch, tokens): 1 = token, 0 = padding"},
                 "tokenizer": "BERT uncased WordPiece over vocab.txt (edgerec/serve/edge/tokenizer.py): [CLS] "
@@ -175,11 +177,9 @@ def export_edge_onnx(pack: str | Path, out: str | Path | None = None, log=print,
                 "max_tokens": int(artifact["config"]["max_positions"]),
                 "outputs": {f"logits_{t}": artifact["tasks"][t] for t in tasks},
                 "parity": parity}
-        (tmp / "export.json").write_text(json.dumps(meta, indent=2) + "\n")
+        (tmp / CONTRACT_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         tmp.chmod(0o755)  # mkdtemp makes it private; the folder is an artifact to hand on
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

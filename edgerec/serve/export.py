@@ -130,15 +130,15 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, spec: Exp
 def export_ranker(ranker, out_dir: Path, spec: ExportSpec = ExportSpec(), run: str | None = None,
                   quiet: bool = False, weights_sha256: str | None = None) -> dict:
     """Trace, check against PyTorch, and write the folder atomically (see the module doc)."""
-    ort = _require("onnxruntime")
-    _require("onnx")
+    ort = require("onnxruntime")
+    require("onnx")
     samples = ranker.samples
     graph = Stage2Graph(ranker.model, samples).eval()
     names = input_names(samples)
     requests = _check_requests(ranker, spec.requests, max(spec.candidate_counts))
     example = request_inputs(requests[0][0], requests[0][1][-spec.candidate_counts[0]:], names)
     out_dir = Path(out_dir)
-    _check_replaceable(out_dir)
+    check_replaceable(out_dir)
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
@@ -177,13 +177,7 @@ def export_ranker(ranker, out_dir: Path, spec: ExportSpec = ExportSpec(), run: s
         contract = _contract(ranker, names, parity, model_path, id_rows, run, weights_sha256)
         (tmp / CONTRACT_FILE).write_text(json.dumps(contract, indent=2) + "\n")
         tmp.chmod(0o755)  # mkdtemp's folder is private; an export is meant to be shipped
-        old = out_dir.with_name(f".{out_dir.name}.old") if out_dir.exists() else None
-        if old is not None:  # swap: the earlier export is removed only once the new one is in place
-            shutil.rmtree(old, ignore_errors=True)
-            out_dir.rename(old)
-        tmp.rename(out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        swap_in(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -210,7 +204,7 @@ def same_top(ref: np.ndarray, got: np.ndarray, k: int, tol: float) -> bool:
     return bool(np.all(np.diff(ref[order]) <= tol) and ref[order].min() >= kth - tol)
 
 
-def _require(module: str):
+def require(module: str):
     """onnx / onnxruntime, or an EdgerecError saying how to install them."""
     import importlib
 
@@ -221,14 +215,28 @@ def _require(module: str):
                            "'edgerec[serve]' (or serve with --engine torch)") from None
 
 
-def _check_replaceable(out_dir: Path) -> None:
-    """--out may be new, an empty folder, or an earlier export: never a run folder or anything else."""
+def swap_in(tmp: Path, out_dir: Path) -> None:
+    """Put the finished folder `tmp` (a sibling of out_dir) at out_dir: an earlier export is removed
+    only once the new one is in place, so a crash leaves the old one or the new one, never half."""
+    old = out_dir.with_name(f".{out_dir.name}.old") if out_dir.exists() else None
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+        out_dir.rename(old)
+    tmp.rename(out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def check_replaceable(out_dir: Path, ours: set[str] | None = None, contract: str = CONTRACT_FILE) -> None:
+    """--out may be new, an empty folder, or an earlier export (`contract` and only files of `ours`):
+    never a run folder or anything else, since swap_in removes what was there."""
+    if ours is None:
+        ours = {MODEL_FILE, CONTRACT_FILE, *ID_TABLES.values()}
     if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
         raise EdgerecError(f"--out {out_dir} is not a folder; choose a new or empty folder for the export")
     if out_dir.is_dir():
         names = {p.name for p in out_dir.iterdir()}
-        ours = {MODEL_FILE, CONTRACT_FILE, *ID_TABLES.values()}
-        if names and not (CONTRACT_FILE in names and names <= ours):
+        if names and not (contract in names and names <= ours):
             raise EdgerecError(f"--out {out_dir} holds other files ({', '.join(sorted(names)[:4])}); an export "
                                "replaces only an empty folder or an earlier export: choose a new folder")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from edgerec.errors import EdgerecError
-from edgerec.serve.export import (CONTRACT_FILE, EXPORTER, MODEL_FILE, _require, export_ranker, request_inputs,
+from edgerec.serve.export import (CONTRACT_FILE, EXPORTER, MODEL_FILE, require, export_ranker, request_inputs,
                                    run_weights_sha256)
 from edgerec.serve.service import Ranker
 
@@ -23,7 +23,7 @@ class OnnxRanker(Ranker):
     """A Ranker whose `score` runs the exported graph on ONNX Runtime (one session per process)."""
 
     def __init__(self, ranker: Ranker, export_dir: str | Path, threads: int = 1):
-        ort = _require("onnxruntime")
+        ort = require("onnxruntime")
         super().__init__(ranker.model, ranker.samples, ranker.definition)
         export_dir = Path(export_dir)
         self.contract = read_contract(export_dir)
