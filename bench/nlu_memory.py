@@ -215,6 +215,9 @@ def main(argv=None) -> dict:
     r["sgemm_gflops_after"] = sgemm_gflops()
     for w in RUNTIMES:
         r["resident_weight_bytes"][f"{w}_vs_file"] = round(r["resident_weight_bytes"][w] / size, 2)
+    import shutil
+
+    shutil.rmtree(onnx_dir, ignore_errors=True)
     write_json_atomic(a.out, r)
     print(markdown(r))
     return r

@@ -166,9 +166,12 @@ def test_export_takes_a_run_or_a_pack(tmp_path, capsys):
     assert main(["export"]) == 2 and "exactly one of --run RUN" in capsys.readouterr().err
     (tmp_path / "x.pack").write_bytes(b"not a pack")
     assert main(["export", "--pack", str(tmp_path / "x.pack")]) == 2
-    assert "not an EI-BERT artifact" in capsys.readouterr().err and not (tmp_path / "x_onnx").exists()
+    assert "not an EI-BERT artifact" in capsys.readouterr().err
     keep = tmp_path / "mine"  # a folder of the user's: refused before any work, nothing removed
     keep.mkdir()
     (keep / "notes.txt").write_text("precious")
     assert main(["export", "--pack", str(tmp_path / "x.pack"), "--out", str(keep)]) == 2
     assert "holds other files (notes.txt)" in capsys.readouterr().err and (keep / "notes.txt").exists()
+    (tmp_path / "afile").write_text("")
+    assert main(["export", "--pack", str(tmp_path / "x.pack"), "--out", str(tmp_path / "afile")]) == 2
+    assert "is not a folder" in capsys.readouterr().err

@@ -204,13 +204,16 @@ def same_top(ref: np.ndarray, got: np.ndarray, k: int, tol: float) -> bool:
     return bool(np.all(np.diff(ref[order]) <= tol) and ref[order].min() >= kth - tol)
 
 
-def require(module: str):
-    """onnx / onnxruntime, or an EdgerecError saying how to install them."""
+def require(module: str, what: str | None = None):
+    """onnx / onnxruntime, or an EdgerecError saying how to install them (`what`: the task that
+    needs it, when it is not the ranker's export or engine)."""
     import importlib
 
     try:
         return importlib.import_module(module)
     except ImportError:
+        if what:
+            raise EdgerecError(f"the {module} package is needed {what}: pip install 'edgerec[serve]'") from None
         raise EdgerecError(f"ONNX export and --engine onnx need the {module} package: pip install "
                            "'edgerec[serve]' (or serve with --engine torch)") from None
 
