@@ -49,21 +49,15 @@ def _float_model(artifact: dict):
     from dataclasses import fields
 
     from edgerec.compress.pack import QuantizedRows
-    from edgerec.models.eibert import EIBert, EIBertConfig
+    from edgerec.compress.pipeline import model_from_weights
+    from edgerec.models.eibert import EIBertConfig
 
-    tensors = {k: np.asarray(v.dequantized() if isinstance(v, QuantizedRows) else v, np.float32)
+    weights = {k: np.asarray(v.dequantized() if isinstance(v, QuantizedRows) else v, np.float32)
                for k, v in artifact["tensors"].items()}
     tasks = {t: len(labels) for t, labels in artifact["tasks"].items()}
     known = {f.name for f in fields(EIBertConfig)} - {"tasks", "dropout", "head_via"}
     config = {k: v for k, v in artifact["config"].items() if k in known}  # the pack's shapes only
-    model = EIBert(EIBertConfig(**config, tasks=tasks, dropout=0.0)).eval()
-    model.encoder.load_state_dict({k.removeprefix("encoder."): torch.from_numpy(v)
-                                   for k, v in tensors.items() if k.startswith("encoder.")})
-    with torch.no_grad():
-        for t in model.heads:
-            model.heads[t].weight.copy_(torch.from_numpy(tensors[f"head.{t}.weight"]))
-            model.heads[t].bias.copy_(torch.from_numpy(tensors[f"head.{t}.bias"]))
-    return model
+    return model_from_weights(EIBertConfig(**config, tasks=tasks, dropout=0.0), weights)
 
 
 class AllTasks(torch.nn.Module):
@@ -90,9 +84,9 @@ def _quantized_graph(float_path: Path, artifact: dict):
     import onnx
     from onnx import helper, numpy_helper
 
-    g = onnx.load(str(float_path))
     from edgerec.compress.pack import QuantizedRows
 
+    g = onnx.load(str(float_path))
     quantized = {_graph_name(k): v for k, v in artifact["tensors"].items() if isinstance(v, QuantizedRows)}
     inits, dq = [], []
     for init in g.graph.initializer:
@@ -130,8 +124,9 @@ def _parity(session, edge, rng: np.random.Generator) -> dict:
         batches.append((ids * mask, mask))
     worst, agree, n, finite = 0.0, 0, 0, True
     for ids, mask in batches:
-        outs = session.run(None, {"ids": ids.astype(np.int64), "mask": mask.astype(np.int64)})
-        pooled = edge._encode(ids.astype(np.int64), mask.astype(np.int64))
+        ids, mask = ids.astype(np.int64), mask.astype(np.int64)
+        outs = session.run(None, {"ids": ids, "mask": mask})
+        pooled = edge._encode(ids, mask)
         for task, got in zip(edge.tasks, outs):
             ref = edge.heads[task](pooled)  # (B, C)
             finite &= bool(np.isfinite(got).all())  # max() would pass a NaN over

@@ -186,21 +186,26 @@ def build(cfg: CompressConfig, out: str | Path, log=print, progress: bool = True
     return report
 
 
+def model_from_weights(config: EIBertConfig, weights: dict[str, np.ndarray]):
+    """An EI-BERT in eval mode holding `weights`, float32 arrays named as the packed file names them
+    (`encoder.*`, merged heads `head.<task>.weight|bias`); `config` without head_via."""
+    from edgerec.models.eibert import EIBert
+
+    model = EIBert(config).eval()
+    model.encoder.load_state_dict({k.removeprefix("encoder."): torch.from_numpy(np.array(v))
+                                   for k, v in weights.items() if k.startswith("encoder.")})
+    with torch.no_grad():
+        for t in model.heads:
+            model.heads[t].weight.copy_(torch.from_numpy(np.array(weights[f"head.{t}.weight"])))
+            model.heads[t].bias.copy_(torch.from_numpy(np.array(weights[f"head.{t}.bias"])))
+    return model
+
+
 def quantized_copy(student, tensors: dict[str, dict]):
     """The PyTorch int8 model: the student with every weight replaced by its dequantized value and
     the merged heads (what the packed file holds)."""
-    from edgerec.models.eibert import EIBert
-
-    c = student.config
-    q = EIBert(EIBertConfig(**{**c.to_dict(), "head_via": None})).eval()
-    sd = {k.removeprefix("encoder."): torch.from_numpy(np.array(dequantized(v)))
-          for k, v in tensors.items() if k.startswith("encoder.")}
-    q.encoder.load_state_dict(sd)
-    with torch.no_grad():
-        for t in q.heads:
-            q.heads[t].weight.copy_(torch.from_numpy(np.array(dequantized(tensors[f"head.{t}.weight"]))))
-            q.heads[t].bias.copy_(torch.from_numpy(np.array(dequantized(tensors[f"head.{t}.bias"]))))
-    return q
+    config = EIBertConfig(**{**student.config.to_dict(), "head_via": None})
+    return model_from_weights(config, {k: dequantized(v) for k, v in tensors.items()})
 
 
 def _edge_accuracy(edge, task: TaskData, name: str, batch: int = 64) -> float:

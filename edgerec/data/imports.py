@@ -223,16 +223,14 @@ class _ReadAsText(Exception):
     caller reads the file again with every column as text, and the checks name the row."""
 
 
-def _csv_options(path: Path, columns: list[str], strings: set[str], keep_empty_lines: bool = False,
-                 ragged: list | None = None):
+def _csv_options(path: Path, columns: list[str], strings: set[str], keep_empty_lines: bool, ragged: list):
     """Arrow's parse and convert options for our CSV rules. `keep_empty_lines`: an empty line is a
     row of missing values (rejected and counted, and row numbers stay line - 1) instead of skipped.
     `ragged`: a row with the wrong number of fields is appended to it (the caller names it)."""
     delim = "," if _format(path) == "csv" else "\t"
 
     def on_ragged(row) -> str:
-        if ragged is not None:
-            ragged.append(row)
+        ragged.append(row)
         return "error"
 
     # only an empty field is missing: Arrow's default null words ('NA', 'n/a', 'null', ...) would turn
@@ -255,6 +253,7 @@ def iter_file(path: str | Path, columns: list[str], strings: set[str] = frozense
     if not path.is_file():
         raise DataFormatError(f"{path}: no such file")
     fmt = _format(path)
+    ragged: list = []  # CSV rows with the wrong number of fields, named in the error below
     try:
         if fmt == "parquet":
             f = pq.ParquetFile(path)
@@ -274,7 +273,6 @@ def iter_file(path: str | Path, columns: list[str], strings: set[str] = frozense
             for lo in range(0, max(t.num_rows, 1), BATCH_ROWS):
                 yield t.slice(lo, BATCH_ROWS)
         else:
-            ragged: list = []
             parse, convert = _csv_options(path, columns, strings, keep_empty_lines, ragged)
             _check_columns(path, columns, _csv_header(path, parse.delimiter))
             with pacsv.open_csv(path, parse_options=parse, convert_options=convert,
@@ -290,7 +288,7 @@ def iter_file(path: str | Path, columns: list[str], strings: set[str] = frozense
                 if not yielded:
                     yield reader.schema.empty_table()
     except pa.ArrowInvalid as exc:
-        if fmt in ("csv", "tsv") and ragged:
+        if ragged:
             r = ragged[0]
             where = f"line {r.number}" if r.number is not None else "a row"
             raise DataFormatError(f"{path}: {where} has {r.actual_columns} fields, the header {r.expected_columns}: "
