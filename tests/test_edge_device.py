@@ -53,10 +53,15 @@ def test_demo_loop_runs_every_step(device, tmp_path, capsys):
 
     pack = tmp_path / "edge.pack"
     Path(pack).write_bytes(Path(device.model_path).read_bytes())
-    summary = run_loop(Path(__file__).resolve().parents[1] / "configs" / "ctr.yaml", tmp_path / "demo",
-                       edge_pack=pack)
+    config = Path(__file__).resolve().parents[1] / "configs" / "ctr.yaml"
+    summary = run_loop(config, tmp_path / "demo", edge_pack=pack, quick=True, port=0)
     out = capsys.readouterr().out
-    for step in range(1, 8):
-        assert f"== {step}/7" in out
-    assert summary["feedback_applied"] == 2 and len(summary["reranked"]) == 8
-    assert "HTTP 422" in out and "aggregates only" in out
+    for step in range(1, 10):
+        assert f"== {step}/9" in out
+    assert summary["feedback_applied"] == 1 and len(summary["reranked"]) == 8  # one click, through the stream
+    assert "HTTP 422" in out and "aggregates only" in out and "the stream applied it" in out
+    assert "relevance AUC (truth)" in out and "COUPA" in out
+    assert (tmp_path / "demo" / "runs").is_dir() and list((tmp_path / "demo" / "runs").rglob("explain/*.png"))
+
+    again = run_loop(config, tmp_path / "demo", edge_pack=pack, quick=True, port=0)  # same config and code: loaded
+    assert "loaded" in capsys.readouterr().out and again["test_auc"] == summary["test_auc"]

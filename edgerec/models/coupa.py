@@ -154,6 +154,13 @@ class COUPA(CTRModel):
     def candidate_logits(self, cache: dict, items: torch.Tensor, item_features: dict[str, torch.Tensor] | None = None
                          ) -> torch.Tensor:
         """The relevance logits z (C,) behind `serve_candidates` (what an ONNX export outputs)."""
+        return self.candidate_outputs(cache, items, item_features)["z"]
+
+    @torch.no_grad()
+    def candidate_outputs(self, cache: dict, items: torch.Tensor, item_features: dict[str, torch.Tensor] | None = None
+                          ) -> dict[str, torch.Tensor]:
+        """`candidate_logits` with what explains them: z (C,), and with the point process on its
+        log_intensity, base_rate and excitation (C,) and attention (C, N) over the N real behaviours."""
         C = items.shape[0]
         batch = {"item": items, "ts": cache["request"]["ts"].expand(C)}
         for name, codes in (item_features or {}).items():
@@ -163,10 +170,11 @@ class COUPA(CTRModel):
         if self.time is not None:  # dense over (C, N): one history, no tiling
             same = self.same_item(cache["hist_item"][None], items[:, None]) if self.pp_same_item else None  # (C, N)
             pp = self.time.target_side_one_history(e_i, batch["ts"], cache["hist"], e_u, same)
-            return self._score(batch, e_i, None, None, e_u, pp=pp)["z"]
+            out = self._score(batch, e_i, None, None, e_u, pp=pp)
+            return {**out, "base_rate": pp["base_rate"], "excitation": pp["excitation"]}
         packed = PackedHistory(cache["mask"].expand(C, -1))  # every candidate row sees the same history
         hist = cache["hist"].repeat(C, 1)  # (N, d) -> (C*N, d) in packed row order
-        return self._score(batch, e_i, hist, packed, e_u)["z"]
+        return self._score(batch, e_i, hist, packed, e_u)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         rel = self.relevance(batch)

@@ -4,6 +4,7 @@
   POST /feedback    {events: [...]} -> accepted count; the events go to the stream (Kafka or event file)
   GET  /health      model, store, channels; 503 "failing" with the error while the scorer fails
   GET  /openapi.json  the published schema (also written to docs/openapi.json by `edgerec serve --openapi`)
+  GET  /            the console (edgerec/serve/console: a web page and its /console/ endpoints, not in the schema)
 
 Invalid requests get 422 with FastAPI's field list (`loc`, `msg`, `type`, and `input`: the offending
 value as a repr cut to ~80 characters, so NaN, Infinity, a lone surrogate or a 96 MB string can
@@ -208,7 +209,9 @@ class ScorerHealth:
         return {"failures": self.failures, "last_error": self.last_error}
 
 
-def create_app(service, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
+def create_app(service, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, console=None):
+    """The service's app; with a service, the console is served at `/` as well (edgerec/serve/console:
+    `console` is its ConsoleOptions; its endpoints stay out of the OpenAPI schema)."""
     app = FastAPI(title="edgerec", version="0.1.0",
                   description="Two-stage recommendation for local-services feeds: stage 1 retrieves and "
                               "pre-ranks by time slot and online CTR, stage 2 ranks with the trained model "
@@ -283,4 +286,8 @@ def create_app(service, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
             return JSONResponse(status_code=503, content={**body, "status": "failing"})
         return body
 
+    if service is not None:
+        from edgerec.serve.console import mount_console
+
+        mount_console(app, service, console, health.failed)
     return app

@@ -50,6 +50,8 @@ class ServiceRecipe:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # larger request bodies get 413
     dedup_window_s: int | None = DEFAULT_DEDUP_WINDOW_S  # the stream's window: /feedback refuses what it dead-letters
     engine: str = "torch"  # stage 2 on PyTorch, or 'onnx': the run's exported graph on ONNX Runtime
+    edge_pack: str | None = None  # the console's Device view: an EI-BERT file from `edgerec compress`
+    ledger: str | None = None  # the console's Runs view: the results ledger
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -149,9 +151,15 @@ def app_from_env():
     if not text:
         raise EdgerecError(f"{ENV_VAR} is not set: start workers with `edgerec serve --workers N`")
     recipe = ServiceRecipe.from_json(text)
-    app = create_app(build_service(recipe), recipe.max_body_bytes)
+    app = create_app(build_service(recipe), recipe.max_body_bytes, console_options(recipe))
     freeze_startup_objects()
     return app
+
+
+def console_options(recipe: ServiceRecipe):
+    from edgerec.serve.console import ConsoleOptions
+
+    return ConsoleOptions(edge_pack=recipe.edge_pack, ledger=recipe.ledger)
 
 
 def freeze_startup_objects() -> None:
@@ -188,14 +196,14 @@ class TCPConfig(uvicorn.Config):
 
 
 def run(recipe: ServiceRecipe, host: str, port: int, workers: int = 1, log_level: str = "warning",
-        service=None) -> None:
-    """Serve until stopped. One worker: in this process (`service` if already built). More: uvicorn's
-    multi-process supervisor, each worker building from the recipe."""
+        service=None, app=None) -> None:
+    """Serve until stopped. One worker: in this process (`app` or `service` if already built). More:
+    uvicorn's multi-process supervisor, each worker building from the recipe."""
     check_workers(recipe, workers)
     if workers == 1:
         from edgerec.serve.app import create_app
 
-        app = create_app(service or build_service(recipe), recipe.max_body_bytes)
+        app = app or create_app(service or build_service(recipe), recipe.max_body_bytes, console_options(recipe))
         freeze_startup_objects()
         uvicorn.run(app, host=host, port=port, log_level=log_level)
         return

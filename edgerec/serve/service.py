@@ -145,6 +145,7 @@ class CandidateIndex:
     titles: list[str]
     slot_clicks: np.ndarray  # (N, 168) clicks per local hour of the week
     tz: str = "UTC"  # the catalogue's zone: the hour of the week a request falls in is local
+    last_ts: int | None = None  # the newest event of the log it was built from (the console's default time)
 
     @classmethod
     def from_dataset(cls, ds, until_ts: int | None = None) -> "CandidateIndex":
@@ -174,7 +175,9 @@ class CandidateIndex:
         how = hour_of_week(ev.column("ts").to_numpy()[clicked], tz)  # (K,) local hour of the week
         counts = np.zeros((len(ids), HOURS_PER_WEEK), dtype=np.float64)
         np.add.at(counts, (np.searchsorted(ids, it), how), 1.0)
-        return cls(ids, cat, titles, counts, tz)
+        ts = ev.column("ts").to_numpy()
+        last = int(ts[ts < until_ts].max(initial=0)) if until_ts is not None else int(ts.max(initial=0))
+        return cls(ids, cat, titles, counts, tz, last_ts=last)
 
     def __post_init__(self) -> None:
         # per request only the 3-hour window changes; the smoothed per-item total is fixed
@@ -284,11 +287,7 @@ class RecommendService:
         state = self.store.user(user_id)
         feats = self.ranker.definition.user_features(state, ts)
         t1 = time.perf_counter()
-        cand, slot_share = self.index.retrieve(ts, channel, n_candidates)
-        ctr = np.array([self.ranker.definition.item_ctr(s) for s in self.store.items([int(i) for i in cand])])
-        pre = slot_share * ctr  # pre-rank: time-slot share x online CTR
-        order1 = np.argsort(-pre, kind="stable")
-        cand, pre = cand[order1], pre[order1]
+        cand, pre = self.stage1(ts, channel, n_candidates)
         t2 = time.perf_counter()
         cold = not feats["hist_item"] and not self.ranker.knows_user(user_id)
         if cold:
@@ -307,6 +306,15 @@ class RecommendService:
                 "items": [{"item_id": shown[r], "score": float(scores[j]), "prerank_score": float(pre[j]),
                            "title": self._title.get(int(cand[j]), "")} for r, j in enumerate(order)],
                 "timing_ms": {"features": 1e3 * (t1 - t0), "stage1": 1e3 * (t2 - t1), "stage2": 1e3 * (t3 - t2)}}
+
+    def stage1(self, ts: int, channel: str, n_candidates: int) -> tuple[np.ndarray, np.ndarray]:
+        """Stage 1: the top `n_candidates` (internal ids, pre-rank scores), best first. Pre-rank =
+        the item's share of clicks in this hour of the week (CandidateIndex) x its online CTR (store)."""
+        cand, slot_share = self.index.retrieve(ts, channel, n_candidates)
+        ctr = np.array([self.ranker.definition.item_ctr(s) for s in self.store.items([int(i) for i in cand])])
+        pre = slot_share * ctr  # pre-rank: time-slot share x online CTR
+        order = np.argsort(-pre, kind="stable")
+        return cand[order], pre[order]
 
     def feedback(self, events: list[Event]) -> int:
         """Hand events to the stream (Kafka or an event file); with no sink, apply them in-process."""

@@ -30,6 +30,7 @@ import copy
 import hashlib
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +81,7 @@ class FileEventSource:
         self.name = file_source_name(self.path)
         self.revoked: set[str] = set()
         self.follow, self.poll_interval, self.idle_timeout = follow, poll_interval, idle_timeout
+        self.stop_following = threading.Event()  # set it to end a `follow` read at its next idle moment
         self.incomplete: int | None = None  # offset of a last line left unread (no newline, breaks off)
         self._dead: set[tuple[int, str]] = set()  # (offset, sha256 of the line) already in the dead-letter file
         self._unsynced: dict[tuple[int, str], dict] = {}  # dead letters of the batch in flight, not yet written
@@ -104,7 +106,8 @@ class FileEventSource:
                 # end of what is written so far (partial: a last line without its newline, or b"")
                 if self.follow:
                     yield None  # idle: the runner commits what it holds
-                    if self.idle_timeout is None or time.monotonic() - idle_since <= self.idle_timeout:
+                    if not self.stop_following.is_set() and (
+                            self.idle_timeout is None or time.monotonic() - idle_since <= self.idle_timeout):
                         time.sleep(self.poll_interval)
                         continue
                 if i >= start and partial.strip():

@@ -174,7 +174,8 @@ class PointProcessIntensity(nn.Module):
         # gives the same on an empty history, and an ONNX trace must keep it (a Python branch is frozen)
         if N == 0 and not torch.jit.is_tracing():
             log_lam = torch.log(F.softplus(mu, beta=self.beta) + 1e-6)
-            return {"log_intensity": log_lam, "h_time": e_target.new_zeros(C, d), "attention": e_target.new_zeros(C, 0)}
+            return {"log_intensity": log_lam, "h_time": e_target.new_zeros(C, d), "attention": e_target.new_zeros(C, 0),
+                    "base_rate": mu, "excitation": torch.zeros_like(mu)}
         q = self.query(torch.cat([e_target, cyc_t], -1))  # (C, d)
         logits = (q @ hist["k"].T / math.sqrt(d)).masked_fill(~hist["seen"], float("-inf"))  # (C, N)
         a = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # (C, N); all zero if no event is seen yet
@@ -191,7 +192,9 @@ class PointProcessIntensity(nn.Module):
         if same is not None:
             excitation = excitation + same.to(psi.dtype) @ hist["self_k"]  # (C, N) @ (N,) -> (C,)
         log_lam = torch.log(F.softplus(mu + excitation, beta=self.beta) + 1e-6)  # (C,)
-        return {"log_intensity": log_lam, "h_time": a @ hist["v"], "attention": a}  # h_time (C, d)
+        # base_rate μ and excitation (C,) each: the two terms inside the softplus, for the console's "why now"
+        return {"log_intensity": log_lam, "h_time": a @ hist["v"], "attention": a,  # h_time (C, d)
+                "base_rate": mu, "excitation": excitation}
 
     def forward(self, e_target: torch.Tensor, ts: torch.Tensor, e_hist: torch.Tensor, hist_ts: torch.Tensor,
                 packed: PackedHistory, e_user: torch.Tensor | None = None,
