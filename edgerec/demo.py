@@ -42,14 +42,25 @@ def run_loop(config: Path, out: Path, dataset: str | None = None, edge_pack: Pat
     summary: dict = {}
     t0 = time.time()
     n = 9
+    summary["seconds"] = {}
+    marks = [("start", time.time())]
 
-    print(f"== 1/{n} simulate: {dataset} (seeded O2O feed with known truth) ==")
+    def step(title: str) -> None:
+        """Print the next step's header; the previous step's wall time goes into summary["seconds"]."""
+        name, since = marks[-1]
+        if name != "start":
+            summary["seconds"][name] = round(time.time() - since, 1)
+            print(f"   ({summary['seconds'][name]:.0f} s)")
+        marks.append((title.split(":")[0], time.time()))
+        print(f"== {len(marks) - 1}/{n} {title} ==")
+
+    step(f"simulate: {dataset} (seeded O2O feed with known truth)")
     ds = registry.load(dataset)
     events = list(events_from_log(ds.events))
     ev_path = write_event_file(events, out / "events.jsonl")
     print(f"   {ds.events.num_rows:,} exposures -> {len(events):,} wire events in {ev_path}")
 
-    print(f"== 2/{n} batch: daily features + training samples with polars (Parquet) ==")
+    step("batch: daily features + training samples with polars (Parquet)")
     definition = FeatureDefinition(max_len=10, n_positions=int(ds.events.column("position").to_numpy().max()))
     written = run_batch(events_table(events), out / "batch", definition, "polars")
     import pyarrow.parquet as pq
@@ -59,7 +70,7 @@ def run_loop(config: Path, out: Path, dataset: str | None = None, edge_pack: Pat
 
     variants = {"COUPA": []} if quick else VARIANTS
     expid = "COUPA_test" if quick else "COUPA_demo"
-    print(f"== 3/{n} train: {', '.join(variants)} ({expid}; the served score never sees the position) ==")
+    step(f"train: {', '.join(variants)} ({expid}; the served score never sees the position)")
     results = {name: _train(config, expid, dataset, out, [*(overrides or []), *extra], progress=not quick)
                for name, extra in variants.items()}
     coupa = results["COUPA"]
@@ -67,13 +78,13 @@ def run_loop(config: Path, out: Path, dataset: str | None = None, edge_pack: Pat
     summary["test_auc"] = coupa["test"]["AUC"]
     summary["truth"] = {k: v.get("truth") for k, v in results.items()}
 
-    print(f"== 4/{n} explain: what COUPA learned, as plots (the console's Runs view shows them) ==")
+    step("explain: what COUPA learned, as plots (the console's Runs view shows them)")
     from edgerec.train.explain import explain_run
 
     for path in explain_run(coupa["run_dir"]):
         print(f"   wrote {path}")
 
-    print(f"== 5/{n} stream: the event file -> SQLite online feature store (at-least-once, idempotent) ==")
+    step("stream: the event file -> SQLite online feature store (at-least-once, idempotent)")
     db = out / "features.db"
     for stale in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
         stale.unlink(missing_ok=True)
@@ -82,7 +93,7 @@ def run_loop(config: Path, out: Path, dataset: str | None = None, edge_pack: Pat
     print(f"   {st.applied:,} events applied in {st.batches} atomic batches, {st.duplicates} duplicates, "
           f"{st.rejected} rejected")
 
-    print(f"== 6/{n} serve: two-stage FastAPI service and the console on {host} ==")
+    step(f"serve: two-stage FastAPI service and the console on {host}")
     ranker = Ranker(coupa["model"], coupa["samples"], definition)
     fb_path = out / "feedback.jsonl"
     fb_path.write_text("")
@@ -102,7 +113,7 @@ def run_loop(config: Path, out: Path, dataset: str | None = None, edge_pack: Pat
         bad = client.post("/recommend", json={"user_id": user, "k": 0})
         print(f"   a bad request (k=0) -> HTTP {bad.status_code}: {bad.json()['detail'][0]['msg']}")
 
-        print(f"== 7/{n} feedback: the user clicks the top item -> /feedback -> event file -> stream (running) ==")
+        step("feedback: the user clicks the top item -> /feedback -> event file -> stream (running)")
         top = r["items"][0]
         before = store.user(user).clicks
         fb = [Event(f"demo-exp-{now}", user, top["item_id"], now, "exposure", 1),
@@ -117,10 +128,11 @@ def run_loop(config: Path, out: Path, dataset: str | None = None, edge_pack: Pat
               f"newest history item {after.recent_item[-1]} ({top['title']})")
         r2 = client.post("/recommend", json={"user_id": user, "ts": now + 60, "n_candidates": 60, "k": 8}).json()
 
-        print(f"== 8/{n} edge: EI-BERT on the device re-ranks the cloud's list for a typed query ==")
+        step("edge: EI-BERT on the device re-ranks the cloud's list for a typed query")
         summary["reranked"] = _edge(pack, user, service, after, r2, now + 60)
         summary["feedback_applied"] = after.clicks - before
-        print(f"== 9/{n} console: {live.url}/  (feed, feedback, device and runs in the browser) ==")
+        step(f"console: {live.url}/  (feed, feedback, device and runs in the browser)")
+        summary["seconds"]["total"] = round(time.time() - t0, 1)
         print(f"done in {time.time() - t0:.0f} s; everything is under {out}")
         if wait:
             print(f"   serving {live.url}/ until Ctrl-C")

@@ -178,12 +178,26 @@ def _run_row(i: int, r: dict) -> dict:
         return {k: v for k, v in (m or {}).items() if isinstance(v, (int, float))}
 
     cfg = r.get("config") if isinstance(r.get("config"), dict) else {}
+    wall = r.get("wall_seconds")
     return {"i": i, "time": r.get("time"), "expid": r.get("expid"), "model": r.get("model"),
             "dataset": r.get("dataset"), "seed": r.get("seed"), "best_epoch": r.get("best_epoch"),
-            "position_mode": (cfg.get("model_args") or {}).get("position_mode"),
+            "position_mode": _model_arg(r.get("model"), cfg.get("model_args"), "position_mode"),
             "valid": metrics(r.get("valid")), "test": metrics(r.get("test")),
-            "wall_seconds": r.get("wall_seconds"), "git": r.get("git"), "run_dir": r.get("run_dir"),
+            "wall_seconds": round(wall, 1) if isinstance(wall, (int, float)) else None,
+            "git": r.get("git"), "run_dir": r.get("run_dir"),
             "plots": len(_plots(r.get("run_dir")))}
+
+
+def _model_arg(model: str | None, args, name: str):
+    """A model argument as the run used it: from its config, else the model constructor's default."""
+    import inspect
+
+    from edgerec.models.base import MODELS
+
+    if isinstance(args, dict) and name in args:
+        return args[name]
+    param = inspect.signature(MODELS[model].__init__).parameters.get(name) if model in MODELS else None
+    return None if param is None or param.default is inspect.Parameter.empty else param.default
 
 
 def _user(service, raw) -> int:

@@ -120,7 +120,11 @@ function rankedItem(it, position, wn) {
       el("div", { class: "item-meta" }, `${it.category} · item ${it.item_id} · stage 1 rank ${it.stage1_rank ?? "–"}`), parts),
     el("button", { class: "order-btn", type: "button", "aria-label": `order ${it.title} (position ${position})`,
                    onclick: () => order(it, position) }, "Order"));
-  if (it.why_now) li.append(el("div", { class: "spark" }, sparkline(it.why_now, wn)));
+  if (it.why_now) {
+    const h = state.meta.why_now_hours;
+    li.append(el("div", { class: "spark" }, sparkline(it.why_now, wn),
+      el("div", { class: "axis" }, el("span", {}, "now"), el("span", {}, `+${h / 2} h`), el("span", {}, `+${h} h`))));
+  }
   return li;
 }
 
