@@ -61,17 +61,21 @@ def run_loop(config: Path, out: Path, dataset: str | None = None, edge_pack: Pat
     print(f"   {ds.events.num_rows:,} exposures -> {len(events):,} wire events in {ev_path}")
 
     step("batch: daily features + training samples with polars (Parquet)")
-    definition = FeatureDefinition(max_len=10, n_positions=int(ds.events.column("position").to_numpy().max()))
+    variants = {"COUPA": []} if quick else VARIANTS
+    expid = "COUPA_test" if quick else "COUPA_demo"
+    cfg = _config(config, expid, dataset, out, overrides or [], progress=not quick)
+    # ONE feature definition for batch, stream and serving, with the trained model's history length L
+    definition = FeatureDefinition(max_len=cfg.data.max_len, n_positions=int(ds.events.column("position").to_numpy().max()),
+                                   tz=ds.tz)
     written = run_batch(events_table(events), out / "batch", definition, "polars")
     import pyarrow.parquet as pq
 
     for name, path in written.items():
         print(f"   {name:<14} {pq.ParquetFile(path).metadata.num_rows:>8,} rows  {path}")
 
-    variants = {"COUPA": []} if quick else VARIANTS
-    expid = "COUPA_test" if quick else "COUPA_demo"
     step(f"train: {', '.join(variants)} ({expid}; the served score never sees the position)")
-    results = {name: _train(config, expid, dataset, out, [*(overrides or []), *extra], progress=not quick)
+    results = {name: _train(_config(config, expid, dataset, out, [*(overrides or []), *extra], progress=not quick),
+                            progress=not quick)
                for name, extra in variants.items()}
     coupa = results["COUPA"]
     _print_truth(results, ds, quick)
@@ -101,8 +105,8 @@ def run_loop(config: Path, out: Path, dataset: str | None = None, edge_pack: Pat
     pack = Path(edge_pack) if edge_pack else _edge_pack(out)
     console = ConsoleOptions(edge_pack=str(pack), ledger=str(out / "ledger.jsonl"))
     live = LiveService(service, db, fb_path, console=console, host=host, port=_port(host, port)).__enter__()
+    client = httpx2.Client(base_url=live.url, timeout=30)
     try:
-        client = httpx2.Client(base_url=live.url, timeout=30)
         user = int(events[-1].user_id)
         now = int(events[-1].ts) + 3600
         r = client.post("/recommend", json={"user_id": user, "ts": now, "n_candidates": 60, "k": 8}).json()
@@ -124,6 +128,11 @@ def run_loop(config: Path, out: Path, dataset: str | None = None, edge_pack: Pat
             time.sleep(0.02)
         lag = time.perf_counter() - t_sent
         after = store.user(user)
+        if after.clicks == before:
+            from edgerec.errors import EdgerecError
+
+            raise EdgerecError(f"the stream did not apply the click within 30 s ({live.stream_error or 'no error'}); "
+                               f"see {fb_path} and {fb_path.with_suffix('.rejected.jsonl')}")
         print(f"   the stream applied it {lag:.2f} s later; user {user} clicks {before} -> {after.clicks}, "
               f"newest history item {after.recent_item[-1]} ({top['title']})")
         r2 = client.post("/recommend", json={"user_id": user, "ts": now + 60, "n_candidates": 60, "k": 8}).json()
@@ -138,7 +147,9 @@ def run_loop(config: Path, out: Path, dataset: str | None = None, edge_pack: Pat
             print(f"   serving {live.url}/ until Ctrl-C")
             live.wait()
     finally:
+        client.close()
         live.stop()
+        store.close()
     summary["console"] = live.url
     return summary
 
@@ -163,15 +174,20 @@ def _port(host: str, port: int | None) -> int:
             return free_port()
 
 
-def _train(config: Path, expid: str, dataset: str, out: Path, overrides: list[str], progress: bool) -> dict:
-    """Train one variant, or load it when the demo's ledger has a run of the same config and code."""
+def _config(config: Path, expid: str, dataset: str, out: Path, overrides: list[str], progress: bool):
     from edgerec.train.config import load_experiment
+
+    return load_experiment(config, expid, [f"dataset={dataset}", f"output_dir={out / 'runs'}",
+                                           f"ledger={out / 'ledger.jsonl'}", f"train.progress={str(progress).lower()}",
+                                           *overrides])
+
+
+def _train(cfg, progress: bool) -> dict:
+    """Train one variant, or load it when the demo's ledger has a run of the same config at the same
+    commit (edits not yet committed are not seen: delete --out's runs to retrain after one)."""
     from edgerec.train.experiment import load_run, run_experiment
     from edgerec.train.ledger import git_commit, read_ledger
 
-    cfg = load_experiment(config, expid, [f"dataset={dataset}", f"output_dir={out / 'runs'}",
-                                          f"ledger={out / 'ledger.jsonl'}", f"train.progress={str(progress).lower()}",
-                                          *overrides])
     label = cfg.model_args.get("position_mode", "personalized")
     code = git_commit()
     for rec in reversed(read_ledger(cfg.ledger)):

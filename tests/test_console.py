@@ -131,9 +131,28 @@ def test_a_broken_ledger_line_is_skipped_and_counted(tmp_path):
     from edgerec.serve.console.routes import read_ledger_rows
 
     p = tmp_path / "ledger.jsonl"
-    p.write_text('{"expid": "a"}\n{"expid": tru\n[1]\n\n{"expid": "b"}\n')
+    p.write_text('{"expid": "a"}\n{"expid": tru\n[1]\n\n{"expid": "b"}\n{"run_dir": 5}\n{"model": ["x"]}\n')
     rows, bad = read_ledger_rows(str(p))
-    assert [r["expid"] for r in rows] == ["a", "b"] and bad == 2
+    assert [r["expid"] for r in rows] == ["a", "b"] and bad == 4
+
+
+def test_console_failures_and_huge_ids_leave_the_api_healthy(client):
+    c, _ = client
+    meta = c.get("/console/api/meta").json()
+    r = c.post("/console/api/feed", json={"user_id": 2 ** 70, "ts": meta["week_start_ts"]})
+    assert r.status_code == 422 and "user_id" in r.text  # the API's own id bounds, not an OverflowError 503
+    assert c.get("/health").status_code == 200
+
+
+def test_feed_history_holds_only_clicks_before_the_request(client):
+    c, svc = client
+    meta = c.get("/console/api/meta").json()
+    user = meta["users"][0]
+    state = svc.store.user(svc.internal_id(user, "user"))
+    cut = int(state.recent_ts[len(state.recent_ts) // 2])  # a request time inside the user's history
+    f = _feed(c, user, cut)
+    assert f["history"] and all(h["ts"] < cut for h in f["history"])
+    assert f["history"][0]["ts"] == max(t for t in state.recent_ts if t < cut)
 
 
 def test_a_bad_edge_pack_fails_at_start_with_its_path(trained, tmp_path):
@@ -250,8 +269,14 @@ def test_browser_device_reranks_for_a_typed_query(live, browser):
     assert sorted(cloud) == sorted(edge)  # the same items, in the device's order
     assert len(cats) == 10 and all(cats)  # each with the category EI-BERT reads off its title
     upload = json.loads(d.find_element(By.ID, "upload").text)
-    assert set(upload) >= {"clicks", "clicks_by_position", "clicks_by_category"}
-    assert not any(t in d.find_element(By.ID, "upload").text for t in cloud if len(t) > 2)  # no item ids leave
+    assert set(upload) == {"user_id", "exposures", "clicks", "clicks_by_position", "clicks_by_category"}
+    # aggregates only: counts, keyed by display position or category name, never an item id or a title
+    assert all(isinstance(v, int) for k, v in upload.items() if not k.startswith("clicks_by"))
+    assert all(k.isdigit() and int(k) <= 50 for k in upload["clicks_by_position"])
+    import httpx2
+
+    labels = httpx2.get(live.url + "/console/api/meta").json()["edge"]["categories"]
+    assert set(upload["clicks_by_category"]) <= set(labels)
     assert d.execute_script("return document.documentElement.scrollWidth") <= 421  # nothing wider than the phone
     screenshot(d, "console-device")
 

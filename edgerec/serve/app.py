@@ -289,5 +289,5 @@ def create_app(service, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, console=No
     if service is not None:
         from edgerec.serve.console import mount_console
 
-        mount_console(app, service, console, health.failed)
+        mount_console(app, service, console)
     return app

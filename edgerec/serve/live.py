@@ -47,14 +47,18 @@ class LiveService:
             store = SQLiteStore(self.store_path)  # its own connection, as `edgerec stream` would have
             try:
                 run_stream(self.source, store, definition, batch_size=100)
-            except BaseException as e:  # noqa: BLE001 - reported by stop() and /health's caller
+            except BaseException as e:  # noqa: BLE001 - kept, and raised by stop()
                 self.stream_error = e
             finally:
                 store.close()
 
         self._stream = threading.Thread(target=follow, name="edgerec-stream", daemon=True)
         self._stream.start()
-        self._wait_ready()
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop(check=False)  # nothing left behind: no listener, no follower, no open store
+            raise
         return self
 
     def _wait_ready(self, timeout: float = 30.0) -> None:
@@ -72,11 +76,15 @@ class LiveService:
         except KeyboardInterrupt:
             pass
 
-    def stop(self) -> None:
+    def stop(self, check: bool = True) -> None:
+        """Stop both threads; `check`: raise what ended the stream early, if anything did."""
         self.server.should_exit = True
         self.source.stop_following.set()
         self._serve.join(10)
         self._stream.join(10)
+        if check and self.stream_error is not None:
+            raise EdgerecError(f"the stream following {self.feedback_path} stopped: "
+                               f"{type(self.stream_error).__name__}: {self.stream_error}") from self.stream_error
 
     def __exit__(self, *exc) -> None:
-        self.stop()
+        self.stop(check=exc[0] is None)

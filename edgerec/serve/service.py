@@ -190,7 +190,7 @@ class CandidateIndex:
     def retrieve(self, ts: int, channel: str, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-n (raw ids, pre-rank scores) for this hour of the week in `channel`."""
         if channel not in self.channels:
-            raise EdgerecError(f"channel {cut(channel)} is unknown; choose one of {self.channels}.")
+            raise UnknownChannel(f"channel {cut(channel)} is unknown; choose one of {self.channels}.")
         h = hour_of_week(ts, self.tz)
         near = self.slot_clicks[:, [(h - 1) % HOURS_PER_WEEK, h, (h + 1) % HOURS_PER_WEEK]].sum(1)  # (N,)
         score = (near + 1.0) / self._slot_denominator  # share of clicks in this slot
@@ -218,6 +218,10 @@ def training_cut(samples) -> int:
                            "leave-last-out (dicycle protocol) run has no single training period to cut at. "
                            "Use --index-period all.")
     return int(math.ceil(cuts[0]))
+
+
+class UnknownChannel(EdgerecError):
+    """A request names a channel the catalogue does not have (the client's mistake: 422)."""
 
 
 class IdError(EventError):

@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
-
 import numpy as np
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgerec.errors import EdgerecError, StoreUnavailable
+from edgerec.errors import EdgerecError
 from edgerec.features.definition import TS_MAX
 from edgerec.features.time import SECONDS_PER_DAY, SECONDS_PER_HOUR, local_clock
 from edgerec.serve.console import explain
@@ -32,9 +30,15 @@ class ConsoleOptions:
     ledger: str | None = None  # the results ledger (JSON lines) for the Runs view
 
 
+def _id_type():
+    from edgerec.serve.app import Id  # the service's own id type: the same bounds as /recommend
+
+    return Id
+
+
 class FeedRequest(BaseModel):
     model_config = _STRICT
-    user_id: Annotated[int, Field(ge=0)] | Annotated[str, Field(min_length=1, max_length=256)]
+    user_id: _id_type()
     ts: int = Field(..., ge=0, le=TS_MAX, description="request time, unix seconds")
     channel: str = Field("all", max_length=64)
     n_candidates: int = Field(100, ge=1, le=1000)
@@ -47,7 +51,7 @@ class DeviceRequest(FeedRequest):
 
 class UserRequest(BaseModel):
     model_config = _STRICT
-    user_id: Annotated[int, Field(ge=0)] | Annotated[str, Field(min_length=1, max_length=256)]
+    user_id: _id_type()
 
 
 def _load_edge(path: str | None):
@@ -80,21 +84,23 @@ def read_ledger_rows(path: str | None) -> tuple[list[dict], int]:
         except json.JSONDecodeError:
             bad += 1
             continue
-        if isinstance(rec, dict):
+        if isinstance(rec, dict) and isinstance(rec.get("run_dir", ""), (str, type(None))) and \
+                isinstance(rec.get("model", ""), (str, type(None))):
             rows.append(rec)
-        else:
+        else:  # not a run record this console can show
             bad += 1
     return rows, bad
 
 
-def _plots(run_dir: str | None) -> list[Path]:
-    folder = Path(run_dir or "") / "explain"
-    return sorted(folder.glob("*.png")) if run_dir and folder.is_dir() else []
+def _plots(run_dir) -> list[Path]:
+    if not isinstance(run_dir, str) or not run_dir:
+        return []
+    folder = Path(run_dir) / "explain"
+    return sorted(folder.glob("*.png")) if folder.is_dir() else []
 
 
-def mount_console(app, service, options: ConsoleOptions | None, failed) -> None:
-    """Add the console to `app`: `/` (the page), /console/static/*, and the /console/api/* endpoints.
-    `failed(part, error)` is the app's 503 reply for a valid request the model or store could not answer."""
+def mount_console(app, service, options: ConsoleOptions | None) -> None:
+    """Add the console to `app`: `/` (the page), /console/static/*, and the /console/api/* endpoints."""
     options = options or ConsoleOptions()
     edge = _load_edge(options.edge_pack)  # at start-up: a bad file fails `edgerec serve`, readably
     router = APIRouter(include_in_schema=False)
@@ -106,23 +112,26 @@ def mount_console(app, service, options: ConsoleOptions | None, failed) -> None:
 
     @router.get("/console/api/meta")
     async def meta():
-        return _guard(failed, "console", lambda: _meta(service, edge, options))
+        return _guard("console", lambda: _meta(service, edge, options))
 
     @router.post("/console/api/feed")
     async def feed(req: FeedRequest):
-        return _guard(failed, "console", lambda: _feed(service, req))
+        return _guard("console", lambda: _feed(service, req))
 
     @router.post("/console/api/history")
     async def history(req: UserRequest):
-        return _guard(failed, "console", lambda: {"history": _history(service, _user(service, req.user_id))[1],
-                                                  "clicks": service.store.user(_user(service, req.user_id)).clicks})
+        def work():
+            state, rows = _history(service, _user(service, req.user_id))
+            return {"history": rows, "clicks": int(state.clicks)}
+
+        return _guard("console", work)
 
     @router.post("/console/api/device")
     async def device(req: DeviceRequest):
         if edge is None:
             raise HTTPException(status_code=409, detail="no edge model loaded: start the service with "
                                                         "`edgerec serve --edge-pack FILE` (a file from `edgerec compress`)")
-        return _guard(failed, "edge model", lambda: _device(service, edge, options, req))
+        return _guard("edge model", lambda: _device(service, edge, options, req))
 
     @router.get("/console/api/runs")
     async def runs():
@@ -147,23 +156,25 @@ def mount_console(app, service, options: ConsoleOptions | None, failed) -> None:
     app.include_router(router)
 
 
-def _guard(failed, part: str, work):
+def _guard(part: str, work):
     """Run `work`; the client's mistakes (an unknown id or channel) are 422 naming the field, anything
-    else is the service's failure: 503 with one line (the app's ScorerHealth), never a 500."""
-    from edgerec.serve.service import IdError
+    else is a failure of the model or store: 503 with one line, never a 500. Console failures are
+    logged but not counted in the service's /health, which reports the API's own requests."""
+    import logging
+
+    from edgerec.serve.service import IdError, UnknownChannel
 
     try:
         return work()
     except IdError as e:
         raise HTTPException(status_code=422, detail=[{"loc": ["body", e.field or "user_id"], "msg": str(e),
                                                       "type": "value_error"}]) from None
-    except StoreUnavailable as e:
-        return failed("store", e)
-    except EdgerecError as e:  # an unknown channel: the only EdgerecError a valid body can meet here
+    except UnknownChannel as e:
         raise HTTPException(status_code=422, detail=[{"loc": ["body", "channel"], "msg": str(e),
                                                       "type": "value_error"}]) from None
     except Exception as e:  # noqa: BLE001 - a valid request the model or store could not answer
-        return failed(part, e)
+        logging.getLogger("edgerec.serve.console").exception("%s failed", part)
+        return JSONResponse(status_code=503, content={"detail": f"{part}: {type(e).__name__}: {e}"[:300]})
 
 
 def _ledger_row(options: ConsoleOptions, i: int) -> dict:
@@ -195,7 +206,7 @@ def _model_arg(model: str | None, args, name: str):
     from edgerec.models.base import MODELS
 
     if isinstance(args, dict) and name in args:
-        return args[name]
+        return args[name] if isinstance(args[name], (str, int, float, type(None))) else str(args[name])
     param = inspect.signature(MODELS[model].__init__).parameters.get(name) if model in MODELS else None
     return None if param is None or param.default is inspect.Parameter.empty else param.default
 
@@ -246,9 +257,13 @@ def _sink_name(service) -> str:
     return f"event file {sink.path} (the stream folds it)" if hasattr(sink, "path") else f"Kafka {type(sink).__name__}"
 
 
-def _history(service, uid: int) -> tuple[object, list[dict]]:
+def _history(service, uid: int, before_ts: int | None = None) -> tuple[object, list[dict]]:
+    """The user's store state and his newest clicks (only those before `before_ts` when given: what a
+    request at that time may know), newest first."""
+    from edgerec.features.definition import causal_end
+
     state = service.store.user(uid)
-    n = len(state.recent_item)
+    n = len(state.recent_item) if before_ts is None else causal_end(state.recent_ts, before_ts)
     keep = range(max(0, n - HISTORY_SHOWN), n)
     items = [int(state.recent_item[j]) for j in keep]
     shown = service.external_items(np.asarray(items, dtype=np.int64)) if items else []
@@ -263,7 +278,7 @@ def _feed(service, req: FeedRequest) -> dict:
     reply = service.recommend(req.user_id, req.ts, req.channel, req.n_candidates, req.k)  # what /recommend answers
     uid = _user(service, req.user_id)
     ranker = service.ranker
-    state, hist_rows = _history(service, uid)
+    state, hist_rows = _history(service, uid, before_ts=req.ts)
     feats = ranker.definition.user_features(state, req.ts)
     cand, pre = service.stage1(req.ts, req.channel, req.n_candidates)
     cat = dict(zip(service.index.item_ids.tolist(), service.index.channel.tolist()))

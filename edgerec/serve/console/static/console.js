@@ -98,13 +98,18 @@ function renderFeed(f) {
   const wn = f.why_now;
   $("why-legend").textContent = r.cold_start
     ? "Cold start: an unknown user without history gets stage 1's order."
-    : `${r.history_length} clicks in history. Curve: the item's ${wn.quantity} over the next ${state.meta.why_now_hours} h (why now).`;
-  $("ranking").replaceChildren(...f.items.map((it, i) => rankedItem(it, i + 1, wn)));
+    : `${r.history_length} clicks in history. The score is the tower's output; μ, excitation and λ are the point process's parts, ` +
+      `one of the tower's inputs (not a sum that makes the score). Curve: the item's ${wn.quantity} over the next ` +
+      `${state.meta.why_now_hours} h, all items on one scale (why now).`;
+  // one scale for every item's curve, so a flat curve looks flat next to a real cycle
+  const all = f.items.flatMap((it) => it.why_now || []);
+  const scale = all.length ? [Math.min(...all), Math.max(...all)] : [0, 1];
+  $("ranking").replaceChildren(...f.items.map((it, i) => rankedItem(it, i + 1, wn, scale)));
   renderHistory(f.history, f.clicks);
   renderExamination(f.examination);
 }
 
-function rankedItem(it, position, wn) {
+function rankedItem(it, position, wn, scale) {
   const p = it.parts || {};
   const parts = el("div", { class: "parts" }, el("span", {}, "score ", el("b", {}, fmt(it.score))));
   if (p.intensity !== undefined) {
@@ -122,16 +127,16 @@ function rankedItem(it, position, wn) {
                    onclick: () => order(it, position) }, "Order"));
   if (it.why_now) {
     const h = state.meta.why_now_hours;
-    li.append(el("div", { class: "spark" }, sparkline(it.why_now, wn),
+    li.append(el("div", { class: "spark" }, sparkline(it.why_now, wn, scale),
       el("div", { class: "axis" }, el("span", {}, "now"), el("span", {}, `+${h / 2} h`), el("span", {}, `+${h} h`))));
   }
   return li;
 }
 
-function sparkline(values, wn) {
-  const W = 300, H = 38, lo = Math.min(...values), hi = Math.max(...values), span = hi - lo || 1;
+function sparkline(values, wn, [lo, hi]) {
+  const W = 300, H = 38, span = hi - lo || 1;
   const s = svg("svg", { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none", role: "img",
-                         "aria-label": `${wn.quantity} over the next ${values.length} h: from ${fmt(values[0])} to ${fmt(values[values.length - 1])}, peak ${fmt(hi)}` });
+                         "aria-label": `${wn.quantity} over the next ${values.length} h: from ${fmt(values[0])} to ${fmt(values[values.length - 1])}, peak ${fmt(Math.max(...values))}` });
   for (let h = 0; h < values.length; h++) {  // night hours shaded
     const hour = Number(localParts(wn.start_ts + h * wn.step_s).hh);
     if (hour < 6) s.append(svg("rect", { x: (h * W) / values.length, y: 0, width: W / values.length + 0.5, height: H, fill: "#eef1f5" }));
@@ -166,13 +171,22 @@ function renderExamination(ex) {
 // Clicking "Order": an exposure and a click at the shown position go to the real POST /feedback; the page
 // then waits until the store (through the stream) has folded the click, and shows how long that took.
 async function order(it, position) {
-  const ts = sliderTs(), uid = userId(), tag = `${uid}-${it.item_id}-${ts}`;
+  const buttons = [...document.querySelectorAll(".order-btn")];
+  buttons.forEach((b) => { b.disabled = true; });  // one click in flight at a time
+  try { await sendOrder(it, position); } catch (e) { showError("feed-error", e); $("lag").textContent = ""; }
+  finally { buttons.forEach((b) => { b.disabled = false; }); }
+}
+
+async function sendOrder(it, position) {
+  const ts = sliderTs(), uid = userId();
+  // a fresh id per click: the stream applies an event id once, so a repeated id would be a silent duplicate
+  const tag = `${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 10)}`;
   const before = (await api("/console/api/history", { user_id: uid })).clicks;
   const events = [
     { event_id: `console-exp-${tag}`, user_id: uid, item_id: it.item_id, ts, kind: "exposure", position },
     { event_id: `console-click-${tag}`, user_id: uid, item_id: it.item_id, ts: ts + 5, kind: "click", position }];
   const t0 = performance.now();
-  try { await api("/feedback", { events }); } catch (e) { showError("feed-error", e); return; }
+  await api("/feedback", { events });
   $("lag").textContent = "sent; waiting for the stream…";
   for (let i = 0; i < 150; i++) {
     const h = await api("/console/api/history", { user_id: uid });
