@@ -31,7 +31,7 @@ Typical session:
   edgerec bench ctr                                  the baseline benchmark (bench/ctr.py)
   edgerec stream --events ev.jsonl --export-from o2o-sim:tiny   events -> online feature store
   edgerec batch --dataset o2o-sim:tiny --out runs/batch      daily features + samples (polars or Spark)
-  edgerec serve --run runs/COUPA_o2o/<stamp>-seed1           two-stage HTTP service (FastAPI)
+  edgerec serve --run runs/COUPA_o2o/<stamp>-seed1           two-stage HTTP service (FastAPI), console at /
   edgerec predict --run RUN --input rows.csv --out scores.parquet   batch scoring of raw rows
   edgerec compress --method cross                            EI-BERT: the <= 1.91 MB on-device NLU file
   edgerec demo                                       the main job: the whole edge-cloud loop (`make demo`)
@@ -916,8 +916,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "side by side and score them against the simulator's truth -> explain -> stream "
                                    "into SQLite -> serve (FastAPI, two stages) -> feedback -> EI-BERT re-ranks on the "
                                    "device -> the console in your browser at the printed address, until Ctrl-C. "
-                                   "About 6 minutes on 2 cores the first time; runs already in --out's ledger with "
-                                   "the same config and code are loaded, not retrained. --quick: the smoke path "
+                                   "Training takes about 4 minutes on 2 cores, the first run 9 to 10 (it also fine-tunes "
+                                   "the EI-BERT teacher once, then cached); runs already in --out's ledger with the "
+                                   "same config at the same commit are loaded, not retrained. --quick: the smoke path "
                                    "(o2o-sim:tiny, COUPA only, 2 epochs, under 2 minutes). --ctr instead trains LR, "
                                    "DNN and DIN on MovieLens-100K and prints the table.")
     m.add_argument("--quick", action="store_true", help="smoke path: a 2-epoch COUPA on o2o-sim:tiny, no baselines")

@@ -1,8 +1,9 @@
 """Why each served item is where it is: what the console's feed page draws beside the ranking.
 
-Everything here re-runs the SERVED model on the request the service just answered (the same
-encoded request, `Ranker.encode_request`, the user's online history strictly before the request
-time), so an explanation can never describe a different model than the one that ranked:
+Everything here re-runs the SERVED model on the request the service just answered, encoded the same
+way (`Ranker.encode_request`, the user's online history strictly before the request time), so an
+explanation describes the model that ranked. It re-reads the store to do so: if a stream folds a new
+event for this user between the two reads, the explanation sees it and the ranking did not.
 
   score parts      COUPA with its point process: the served relevance r = σ(z), and the two terms
                    of the intensity λ = softplus(μ + excitation) that the tower reads: the base rate
@@ -10,8 +11,9 @@ time), so an explanation can never describe a different model than the one that 
                    the user's past clicks. `same_category`: how many of those clicks share the item's
                    category and the share of the point process's attention that falls on them.
   why now          the item's intensity λ (COUPA) or its served score (any other model) at each hour
-                   of the next 48 h, the history held fixed: the curve rises before the hours the
-                   user's demand for it recurs.
+                   of the next 48 h, the history held fixed: where the model expects demand for the
+                   item to rise (how well λ follows the planted daily demand on o2o-sim is measured
+                   by `edgerec explain`, intensity.json's Pearson r, not here).
   why this position  the user's examination curve θ_u(1..P) against the global prior curve
                    (COUPA with a position model; the served score never reads a position, this is
                    what the model learned about how deep the user looks).

@@ -260,8 +260,12 @@ function renderRuns() {
   }))));
 }
 
+let plotsSeq = 0;  // the newest opened run wins
 async function showPlots(i) {
-  const d = await api(`/console/api/runs/${i}`);
+  const seq = ++plotsSeq;
+  let d;
+  try { d = await api(`/console/api/runs/${i}`); } catch (e) { $("plots-note").textContent = String(e.message); return; }
+  if (seq !== plotsSeq) return;
   $("plots-title").hidden = false;
   $("plots-title").textContent = `run ${i}: ${d.run.expid} (${d.run.model}, seed ${d.run.seed})`;
   $("plots-note").textContent = d.plots.length ? d.run.run_dir : `No plots yet: run \`${d.command}\`, then open the run again.`;
