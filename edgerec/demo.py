@@ -237,13 +237,11 @@ def _edge_pack(out: Path) -> Path:
 
 
 def _edge(pack: Path, user: int, service, state, reply: dict, now: int) -> list:
-    from edgerec.serve.edge.device import Device, DeviceEvent
+    from edgerec.serve.edge.device import Device
     from edgerec.serve.edge.runtime import EdgeModel
 
     device = Device(user_id=user, model=EdgeModel.load(pack))
-    titles = dict(zip(service.index.item_ids.tolist(), service.index.titles))
-    for item, ts, pos in zip(state.recent_item, state.recent_ts, state.recent_position):
-        device.record(DeviceEvent(item, titles.get(item, ""), ts, "click", pos or None))
+    device.record_clicks(state, dict(zip(service.index.item_ids.tolist(), service.index.titles)))
     query = "milk tea with boba"
     reranked = device.rerank(reply["items"], now=now, query=query)
     print(f"   edge model {Path(pack).stat().st_size / 1e6:.2f} MB; query {query!r}:")

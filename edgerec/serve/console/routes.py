@@ -104,6 +104,7 @@ def mount_console(app, service, options: ConsoleOptions | None) -> None:
     options = options or ConsoleOptions()
     edge = _load_edge(options.edge_pack)  # at start-up: a bad file fails `edgerec serve`, readably
     router = APIRouter(include_in_schema=False)
+    cat = dict(zip(service.index.item_ids.tolist(), service.index.channel.tolist()))  # item id -> channel, once
     app.mount("/console/static", StaticFiles(directory=STATIC), name="console-static")
 
     @router.get("/")
@@ -116,12 +117,12 @@ def mount_console(app, service, options: ConsoleOptions | None) -> None:
 
     @router.post("/console/api/feed")
     async def feed(req: FeedRequest):
-        return _guard("console", lambda: _feed(service, req))
+        return _guard("console", lambda: _feed(service, req, cat))
 
     @router.post("/console/api/history")
     async def history(req: UserRequest):
         def work():
-            state, rows = _history(service, _user(service, req.user_id))
+            state, rows = _history(service, _user(service, req.user_id), cat)
             return {"history": rows, "clicks": int(state.clicks)}
 
         return _guard("console", work)
@@ -257,7 +258,7 @@ def _sink_name(service) -> str:
     return f"event file {sink.path} (the stream folds it)" if hasattr(sink, "path") else f"Kafka {type(sink).__name__}"
 
 
-def _history(service, uid: int, before_ts: int | None = None) -> tuple[object, list[dict]]:
+def _history(service, uid: int, cat: dict, before_ts: int | None = None) -> tuple[object, list[dict]]:
     """The user's store state and his newest clicks (only those before `before_ts` when given: what a
     request at that time may know), newest first."""
     from edgerec.features.definition import causal_end
@@ -267,21 +268,19 @@ def _history(service, uid: int, before_ts: int | None = None) -> tuple[object, l
     keep = range(max(0, n - HISTORY_SHOWN), n)
     items = [int(state.recent_item[j]) for j in keep]
     shown = service.external_items(np.asarray(items, dtype=np.int64)) if items else []
-    cat = dict(zip(service.index.item_ids.tolist(), service.index.channel.tolist()))
     rows = [{"item_id": shown[a], "title": service._title.get(items[a], ""), "category": cat.get(items[a], "unknown"),
              "ts": int(state.recent_ts[j]), "position": int(state.recent_position[j] or 0)}
             for a, j in enumerate(keep)]
     return state, rows[::-1]  # newest first
 
 
-def _feed(service, req: FeedRequest) -> dict:
+def _feed(service, req: FeedRequest, cat: dict) -> dict:
     reply = service.recommend(req.user_id, req.ts, req.channel, req.n_candidates, req.k)  # what /recommend answers
     uid = _user(service, req.user_id)
     ranker = service.ranker
-    state, hist_rows = _history(service, uid, before_ts=req.ts)
+    state, hist_rows = _history(service, uid, cat, before_ts=req.ts)
     feats = ranker.definition.user_features(state, req.ts)
     cand, pre = service.stage1(req.ts, req.channel, req.n_candidates)
-    cat = dict(zip(service.index.item_ids.tolist(), service.index.channel.tolist()))
     stage1_rank = {int(c): r for r, c in enumerate(cand.tolist(), 1)}
     by_channel: dict[str, list] = {}
     shown1 = service.external_items(cand)
@@ -312,15 +311,12 @@ def _feed(service, req: FeedRequest) -> dict:
 
 
 def _device(service, edge, options: ConsoleOptions, req: DeviceRequest) -> dict:
-    from edgerec.serve.edge.device import Device, DeviceEvent
+    from edgerec.serve.edge.device import Device
 
     reply = service.recommend(req.user_id, req.ts, req.channel, req.n_candidates, req.k)  # the cloud's list
     uid = _user(service, req.user_id)
-    state, _ = _history(service, uid)
     dev = Device(user_id=uid, model=edge)
-    for item, ts, pos in zip(state.recent_item, state.recent_ts, state.recent_position):
-        if ts < req.ts:  # the phone knows what happened before now
-            dev.record(DeviceEvent(int(item), service._title.get(int(item), ""), int(ts), "click", pos or None))
+    dev.record_clicks(service.store.user(uid), service._title, before_ts=req.ts)  # what the phone holds now
     edge_order = dev.rerank(reply["items"], now=req.ts, query=req.query or None)
     upload = dev.upload()
     upload["user_id"] = reply["user_id"]  # the id the client knows

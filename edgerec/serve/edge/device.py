@@ -54,6 +54,13 @@ class Device:
     def record(self, ev: DeviceEvent) -> None:
         self.events.append(ev)
 
+    def record_clicks(self, state, titles: dict, before_ts: int | None = None) -> None:
+        """Load a user's clicks from the online store's state (recent_item/_ts/_position), those
+        before `before_ts` when given: what the phone would hold at that moment (demo, console)."""
+        for item, ts, pos in zip(state.recent_item, state.recent_ts, state.recent_position):
+            if before_ts is None or ts < before_ts:
+                self.record(DeviceEvent(int(item), titles.get(int(item), ""), int(ts), "click", pos or None))
+
     def category_probs(self, titles: list[str]) -> np.ndarray:
         """(n, C) EI-BERT category distribution per title (cached: titles repeat in a feed)."""
         todo = [t for t in dict.fromkeys(titles) if t not in self._cat_cache]
