@@ -145,6 +145,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from edgerec.train.config import load_experiment
     from edgerec.train.experiment import run_experiment
 
+    from edgerec.train import distributed
+
+    if args.nproc > 1 and distributed.world().size == 1:  # start the ranks; each runs this command again
+        from edgerec.train.experiment import check_before_work
+
+        for seed in args.seed or [None]:  # a config error is reported here, once, not by every rank
+            check_before_work(load_experiment(args.config, args.expid, [*(args.set or []), *(
+                [f"train.seed={seed}"] if seed is not None else [])]))
+        os.environ.setdefault("EDGEREC_THREADS", str(max(1, (os.cpu_count() or 1) // args.nproc)))
+        return distributed.launch(_without_nproc(args.argv), args.nproc)
     seeds = args.seed or [None]
     results, cache = [], {}
     for seed in seeds:
@@ -155,8 +165,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
             overrides.append("train.progress=false")
         cfg = load_experiment(args.config, args.expid, overrides)
         results.append(run_experiment(cfg, sample_cache=cache))
-    _print_results(results)
+    if distributed.world().main:
+        _print_results(results)
+    distributed.finish()
     return 0
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """The command line the ranks run: this one without --nproc (they must not start ranks again)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
 
 
 def _print_results(results) -> None:
@@ -419,10 +444,40 @@ def _cmd_stream(args: argparse.Namespace) -> int:
     return 0  # dead-lettering is the stream's job, not a failure: a live stream must not stop at a bad batch
 
 
+def _batch_shards(args: argparse.Namespace) -> int:
+    """edgerec batch --shards CONFIG:EXPID: the experiment's samples as out-of-core shards."""
+    from edgerec.data.shards import data_settings, write_shards
+    from edgerec.io import check_writable
+    from edgerec.train.config import load_experiment
+    from edgerec.train.experiment import build_samples
+
+    config, sep, expid = args.shards.rpartition(":")
+    if not sep or not config or not expid:
+        raise EdgerecError(f"--shards {args.shards!r}: give CONFIG:EXPID, e.g. configs/ctr.yaml:COUPA_scale")
+    cfg = load_experiment(config, expid, args.set)
+    if args.events or (args.dataset and args.dataset != cfg.dataset):
+        raise EdgerecError(f"--shards: the input is the experiment's dataset ({cfg.dataset}); drop --events/--dataset "
+                           f"or pass --set dataset={args.dataset or '...'}")
+    out = Path(args.out) / "shards"
+    check_writable(args.out, "--out", folder=True)
+    t0 = time.perf_counter()
+    samples = build_samples(cfg)
+    t_build = time.perf_counter() - t0
+    write_shards(samples, out, data_settings(cfg), cfg.data.rows_per_group)
+    rows = {k: len(v) for k, v in samples.splits.items()}
+    print(f"{cfg.dataset}: {samples.info.get('users', 0):,} users, {len(samples.store_item):,} stored behaviours; samples "
+          f"{', '.join(f'{k} {v:,}' for k, v in rows.items())} built in {t_build:.1f} s, written in "
+          f"{time.perf_counter() - t0 - t_build:.1f} s -> {out}")
+    print(f"train on them: edgerec train --config {config} --expid {expid} --set data.shards={out}")
+    return 0
+
+
 def _cmd_batch(args: argparse.Namespace) -> int:
     from edgerec.features.batch import events_table, read_event_file, run_batch
     from edgerec.features.definition import FeatureDefinition
 
+    if args.shards:
+        return _batch_shards(args)
     if bool(args.events) == bool(args.dataset):
         raise EdgerecError("edgerec batch: give exactly one input, --events FILE or --dataset ID.")
     from edgerec.io import check_writable
@@ -703,6 +758,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config key, e.g. --set train.lr=5e-4 --set model_args.embedding_dim=64 (repeatable)")
     t.add_argument("--seed", action="append", type=_int_in(0), help="run with this seed (repeat for several; mean ± std is printed)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    t.add_argument("--nproc", type=_int_in(1), default=1,
+                   help="train with N processes (torchrun, DistributedDataParallel: gloo on CPU, NCCL on GPU) "
+                        "from out-of-core shards; the same global batch (train.batch_size) is split between them. "
+                        "Same as `torchrun --standalone --nproc-per-node N -m edgerec train ...` (default 1)")
     t.set_defaults(func=_cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a saved run on a split",
@@ -784,6 +843,12 @@ def build_parser() -> argparse.ArgumentParser:
                                   "(events older than the newest one before them minus this many days); 0 = fold "
                                   "every event (default %(default)s)")
     bt.add_argument("--spark-master", default="local[2]", help="Spark master URL (default %(default)s)")
+    bt.add_argument("--shards", metavar="CONFIG:EXPID",
+                    help="instead of the daily features, write the out-of-core training samples of that experiment "
+                         "(Parquet row groups + a memory-mapped behaviour store) to OUT/shards, from the same sample "
+                         "builders `edgerec train` uses; train on them with --set data.shards=OUT/shards. The input "
+                         "is the experiment's dataset (import your own log first)")
+    bt.add_argument("--set", action="append", metavar="KEY=VALUE", help="with --shards: a config override, as for train")
     _add_definition_args(bt)
     bt.set_defaults(func=_cmd_batch)
 
@@ -937,6 +1002,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # train --nproc starts ranks with it
     if not getattr(args, "command", None):
         parser.print_help()
         return 0

@@ -108,6 +108,7 @@ class SampleSet:
     store_position: np.ndarray | None = None  # (S,) display position of each stored click (impression protocol)
     store_user: np.ndarray | None = None  # (S,) user index of each stored behaviour (sorted: the store's major key)
     id_maps: dict[str, pa.Table] | None = None  # imported dataset: id_map_user / id_map_item (the user's own ids)
+    shuffle_groups: tuple[int, int] | None = None  # (rows_per_group, window): shuffle as out-of-core shards do
 
     def __post_init__(self) -> None:
         self.clock = local_clock(self.spec.tz)  # batches carry local wall-clock seconds (spec.tz)
@@ -122,43 +123,97 @@ class SampleSet:
             self.splits["train"] = _with_negatives(self._train_positive, self._neg_sampler, rng)
 
     def batches(self, split: str, batch_size: int, shuffle: bool = False, seed: int = 0,
-                max_len: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
+                max_len: int | None = None, rank: int = 0, world: int = 1,
+                drop_short: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+        """Batches of `batch_size` samples: global batches; with world > 1 this rank's slice of each
+        (possibly empty, unless `drop_short` leaves out a last batch smaller than world)."""
         s = self.splits[split]
-        order = np.random.default_rng(seed).permutation(len(s)) if shuffle else np.arange(len(s))
+        if shuffle and self.shuffle_groups is not None:
+            order = group_shuffle_order(len(s), *self.shuffle_groups, seed)
+        else:
+            order = np.random.default_rng(seed).permutation(len(s)) if shuffle else np.arange(len(s))
         for lo in range(0, len(s), batch_size):
-            yield self.make_batch(s, order[lo: lo + batch_size], max_len)
+            idx = order[lo: lo + batch_size]
+            if world > 1:
+                if drop_short and len(idx) < world:  # training: every rank needs a row to step together
+                    return
+                idx = idx[rank_slice(len(idx), rank, world)]
+            yield self.make_batch(s, idx, max_len)
 
     def make_batch(self, s: Split, idx: np.ndarray, max_len: int | None = None) -> dict[str, torch.Tensor]:
-        L = max_len or self.spec.max_len
-        end = s.hist_end[idx]
-        start = np.maximum(s.hist_start[idx], end - L)
-        pos = end[:, None] - L + np.arange(L)[None, :]  # (B, L), most recent behaviour last
-        valid = pos >= start[:, None]
-        pos = np.where(valid, pos, 0)
-        hist_item = np.where(valid, self.store_item[pos], 0)
-        hist_ts = np.where(valid, self.store_local_ts[pos], 0)  # (B, L) local seconds
-        item = s.item[idx]
-        user = s.user[idx]
-        batch = {
-            "user": torch.from_numpy(user),
-            "item": torch.from_numpy(item),
-            "ts": torch.from_numpy(self.clock.local(s.ts[idx])),  # (B,) local seconds (spec.tz)
-            "hist_item": torch.from_numpy(hist_item),  # (B, L)
-            "hist_ts": torch.from_numpy(hist_ts),  # (B, L)
-            "hist_slots": torch.from_numpy(np.where(valid, self.store_slots[pos], 0)),  # (B, L) packed slots
-            "hist_mask": torch.from_numpy(valid),  # (B, L) True = real behaviour
-            "label": torch.from_numpy(s.label[idx]),
-        }
-        for name, codes in self.item_feats.items():
-            batch[f"item_{name}"] = torch.from_numpy(codes[item])
-            batch[f"hist_{name}"] = torch.from_numpy(np.where(valid, codes[hist_item], 0))
-        for name, codes in self.user_feats.items():
-            batch[f"user_{name}"] = torch.from_numpy(codes[user])
-        if s.position is not None:
-            batch["position"] = torch.from_numpy(s.position[idx])
-        if self.store_position is not None:  # where in the feed the user clicked before: examination habits
-            batch["hist_position"] = torch.from_numpy(np.where(valid, self.store_position[pos], 0))  # (B, L)
-        return batch
+        return gather_batch(self, split_rows(s, idx), max_len or self.spec.max_len)
+
+
+BATCH_FIELDS = ("user", "item", "ts", "label", "hist_start", "hist_end", "position")  # what a batch reads of a split
+
+
+def split_rows(s: Split, idx: np.ndarray) -> dict[str, np.ndarray]:
+    """The rows `idx` of a split, as the columns `gather_batch` reads (position only when recorded)."""
+    return {k: getattr(s, k)[idx] for k in BATCH_FIELDS if getattr(s, k) is not None}
+
+
+def gather_batch(src, rows: dict[str, np.ndarray], L: int) -> dict[str, torch.Tensor]:
+    """THE batch: each sample's last L behaviours before it (left-padded with 0), gathered from the
+    behaviour store of `src` (a SampleSet in memory, or edgerec.data.shards.ShardedSamples over
+    memory-mapped files: both have store_item, store_local_ts, store_slots, store_position,
+    item_feats, user_feats and clock). `rows` holds the samples' BATCH_FIELDS columns."""
+    end = rows["hist_end"]
+    start = np.maximum(rows["hist_start"], end - L)
+    pos = end[:, None] - L + np.arange(L)[None, :]  # (B, L), most recent behaviour last
+    valid = pos >= start[:, None]
+    pos = np.where(valid, pos, 0)
+    hist_item = np.where(valid, src.store_item[pos], 0)
+    hist_ts = np.where(valid, src.store_local_ts[pos], 0)  # (B, L) local seconds
+    item = rows["item"]
+    user = rows["user"]
+    batch = {
+        "user": torch.from_numpy(user),
+        "item": torch.from_numpy(item),
+        "ts": torch.from_numpy(src.clock.local(rows["ts"])),  # (B,) local seconds (spec.tz)
+        "hist_item": torch.from_numpy(hist_item),  # (B, L)
+        "hist_ts": torch.from_numpy(hist_ts),  # (B, L)
+        "hist_slots": torch.from_numpy(np.where(valid, src.store_slots[pos], 0)),  # (B, L) packed slots
+        "hist_mask": torch.from_numpy(valid),  # (B, L) True = real behaviour
+        "label": torch.from_numpy(rows["label"]),
+    }
+    for name, codes in src.item_feats.items():
+        batch[f"item_{name}"] = torch.from_numpy(codes[item])
+        batch[f"hist_{name}"] = torch.from_numpy(np.where(valid, codes[hist_item], 0))
+    for name, codes in src.user_feats.items():
+        batch[f"user_{name}"] = torch.from_numpy(codes[user])
+    if "position" in rows:
+        batch["position"] = torch.from_numpy(rows["position"])
+    if src.store_position is not None:  # where in the feed the user clicked before: examination habits
+        batch["hist_position"] = torch.from_numpy(np.where(valid, src.store_position[pos], 0))  # (B, L)
+    return batch
+
+
+def group_shuffle(n: int, rows_per_group: int, window: int, seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The training order of out-of-core samples, one shuffle window at a time: the row groups of
+    `rows_per_group` rows are permuted, then `window` groups at a time are read (in file order) and
+    their rows permuted. Yields (groups, perm): the window is rows perm of the groups' rows laid end
+    to end. Memory holds one window, never the split. The in-memory SampleSet follows the same order
+    when `shuffle_groups` is set on it (the parity test), else it permutes the whole split."""
+    rng = np.random.default_rng([seed, 271828])
+    n_groups = -(-n // rows_per_group)
+    groups = rng.permutation(n_groups)
+    for w in range(0, n_groups, window):
+        chosen = np.sort(groups[w: w + window])
+        size = sum(min((g + 1) * rows_per_group, n) - g * rows_per_group for g in chosen)
+        yield chosen, rng.permutation(size)
+
+
+def group_shuffle_order(n: int, rows_per_group: int, window: int, seed: int) -> np.ndarray:
+    """group_shuffle's order as one array of row indices (in-memory samples; O(n) memory)."""
+    parts = [np.concatenate([np.arange(g * rows_per_group, min((g + 1) * rows_per_group, n)) for g in groups])[perm]
+             for groups, perm in group_shuffle(n, rows_per_group, window, seed)]
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def rank_slice(n: int, rank: int, world: int) -> slice:
+    """Rank `rank`'s part of a global batch of n rows (DistributedDataParallel: every rank reads the
+    same global batches and gathers and trains on its slice, so N processes see the batches one does)."""
+    return slice(rank * n // world, (rank + 1) * n // world)
 
 
 # --------------------------------------------------------------------------------------------
@@ -450,8 +505,9 @@ def build_dicycle(ds: EventDataset, max_len: int = 50, seed: int = 0, min_events
 
 def build_impressions(ds: EventDataset, max_len: int = 50, split_fractions=(0.8, 0.1, 0.1),
                       item_features: list[str] | None = None, user_features: list[str] | None = None,
-                      max_position: int | None = None, seed: int = 0) -> SampleSet:
-    """Every exposure is a sample; history = the user's clicks strictly before it; split by time."""
+                      max_position: int | None = None, seed: int = 0, max_items: int | None = None) -> SampleSet:
+    """Every exposure is a sample; history = the user's clicks strictly before it; split by time.
+    max_items: keep only that many items' own indices (cap_items)."""
     e = ds.events
     if e.column("position").null_count == e.num_rows:
         raise ConfigError(f"dataset {ds.name!r} has no display positions; use protocol 'dicycle'.")
@@ -466,6 +522,9 @@ def build_impressions(ds: EventDataset, max_len: int = 50, split_fractions=(0.8,
     if ds.items is not None:
         item_vocab = np.union1d(item_vocab, ds.items.column("item_id").to_numpy())
     user, item = _index(raw_user, user_vocab), _index(raw_item, item_vocab)
+    lo, hi = ts.min(), ts.max()
+    t1 = lo + (hi - lo) * split_fractions[0]
+    t2 = lo + (hi - lo) * (split_fractions[0] + split_fractions[1])
 
     clicks = np.flatnonzero(label == 1)
     c_order = clicks[np.lexsort((clicks, ts[clicks], user[clicks]))]
@@ -473,11 +532,10 @@ def build_impressions(ds: EventDataset, max_len: int = 50, split_fractions=(0.8,
     store_key = time_key(s_user, s_ts)
     hist_end = causal_ends(store_key, time_key(user, ts))  # strictly earlier clicks
     hist_start = np.searchsorted(store_key, time_key(user, 0), side="left")
-    repeat = _FirstTaken(s_user, s_item, s_ts, len(item_vocab)).before(user, item, ts)  # clicked it before
-
-    lo, hi = ts.min(), ts.max()
-    t1 = lo + (hi - lo) * split_fractions[0]
-    t2 = lo + (hi - lo) * (split_fractions[0] + split_fractions[1])
+    repeat = _FirstTaken(s_user, s_item, s_ts, len(item_vocab)).before(user, item, ts)  # clicked it before (own ids)
+    cap_info = {}
+    if max_items is not None and max_items < len(item_vocab):
+        item_vocab, item, s_item, cap_info = cap_items(item_vocab, item, s_item, ts < t1, max_items)
     which = np.where(ts < t1, 0, np.where(ts < t2, 1, 2))
     n_pos = int(max_position or position.max())
     position = np.minimum(position, n_pos)
@@ -496,10 +554,31 @@ def build_impressions(ds: EventDataset, max_len: int = 50, split_fractions=(0.8,
                        item_features=item_sizes, user_features=user_sizes, n_positions=n_pos + 1,
                        tz=ds.tz)
     info = {"protocol": "impression", "users": len(user_vocab), "items": len(item_vocab),
-            "split_time_cuts": [float(t1), float(t2)], **{f"{k}_samples": len(v) for k, v in splits.items()},
+            "split_time_cuts": [float(t1), float(t2)], **cap_info, **{f"{k}_samples": len(v) for k, v in splits.items()},
             **{f"{k}_ctr": round(float(v.label.mean()), 5) if len(v) else None for k, v in splits.items()}}
     return SampleSet(spec, s_item, s_ts, splits, item_feats, user_feats, "impression", info, seed=seed,
                      item_ids=item_vocab, user_ids=user_vocab, store_position=position[c_order], store_user=s_user)
+
+
+def cap_items(vocab: np.ndarray, item: np.ndarray, store_item: np.ndarray, train: np.ndarray,
+              max_items: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """Frequency-capped item ids: the `max_items` items exposed most often in the training period
+    (`train`: a mask over the samples; ties to the smaller index) keep an index, every other item maps
+    to the out-of-vocabulary index, whose embedding is zero and never trained: what serving does with
+    an item it never saw. Why: a catalogue of millions would otherwise need a dense row per id, most of
+    them for items seen a handful of times. Counting on the training period only keeps validation and
+    test out of the choice. Returns the new vocabulary, the re-indexed samples and store, and the
+    share of samples and stored clicks that fell into the shared index (the "collision rate")."""
+    counts = np.bincount(item[train], minlength=len(vocab) + 1)[1:]  # (V,) training exposures per item
+    keep = np.sort(np.argsort(-counts, kind="stable")[:max_items])  # (K,) 0-based positions, sorted
+    remap = np.full(len(vocab) + 2, max_items + 1, np.int64)  # padding, 1..V, old OOV -> new OOV
+    remap[0] = 0
+    remap[keep + 1] = np.arange(1, max_items + 1)
+    new_item, new_store = remap[item], remap[store_item]
+    info = {"items_before_cap": len(vocab), "item_cap": max_items,
+            "capped_sample_share": round(float((new_item == max_items + 1).mean()), 5) if len(item) else 0.0,
+            "capped_history_share": round(float((new_store == max_items + 1).mean()), 5) if len(store_item) else 0.0}
+    return vocab[keep], new_item, new_store, info
 
 
 PROTOCOLS = {"dicycle": build_dicycle, "impression": build_impressions}

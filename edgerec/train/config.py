@@ -49,6 +49,14 @@ class DataConfig:
     min_events: int = 3  # dicycle protocol: users with fewer distinct interaction times are dropped
     split_fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])  # impression protocol
     max_position: int | None = None  # impression protocol: clip positions above this
+    # Large catalogues (impression protocol): the N items most exposed in the training period keep their
+    # own embedding row, the rest share the out-of-vocabulary row (edgerec.data.samples.cap_items)
+    max_items: int | None = None
+    # Out of core (edgerec.data.shards): train from Parquet shards and a memory-mapped behaviour store
+    out_of_core: bool = False  # build shards under output_dir/_shards first, then train from them
+    shards: str | None = None  # or read these (`edgerec batch --shards`); implies out of core
+    rows_per_group: int = 65536  # sample rows per Parquet row group (the unit of shuffling)
+    shuffle_window: int = 8  # row groups merged and shuffled at a time (memory: window x rows_per_group rows)
 
 
 PRECISIONS = ("fp32", "bf16")
@@ -106,8 +114,18 @@ class ExperimentConfig:
             d["train"].pop(k)
         if d["train"]["precision"] == "fp32":  # the default before the key existed: earlier hashes stay valid
             d["train"].pop("precision")
+        for k, default in _LATER_DATA_KEYS.items():  # likewise for data keys added later
+            if d["data"].get(k) == default:
+                d["data"].pop(k)
+        d["data"].pop("shards", None)  # where the shards are is a path; out_of_core says they are used
+        if self.data.shards:
+            d["data"]["out_of_core"] = True
         blob = json.dumps(d, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+_LATER_DATA_KEYS = {"max_items": None, "out_of_core": False, "rows_per_group": 65536,
+                    "shuffle_window": 8}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -377,3 +395,7 @@ def _check_semantics(cfg: ExperimentConfig, where: str) -> None:
             raise ConfigError(f"{where}: train.{key} must be >= 1.")
     if cfg.data.max_len < 1:
         raise ConfigError(f"{where}: data.max_len must be >= 1.")
+    for key in ("max_items", "rows_per_group", "shuffle_window"):
+        value = getattr(cfg.data, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"{where}: data.{key} must be >= 1" + (" (or null: no cap)." if key.startswith("max_") else "."))

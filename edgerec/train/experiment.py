@@ -14,6 +14,7 @@ from edgerec.features.definition import cut
 from edgerec.features.spec import FeatureSpec
 from edgerec.io import check_writable
 from edgerec.models import MODELS, CTRModel
+from edgerec.train import distributed
 from edgerec.train.config import ExperimentConfig, experiment_from_dict
 from edgerec.train.ledger import append_run, machine_info
 from edgerec.train.trainer import (RETRAIN, WEIGHTS, Trainer, check_fits, check_precision, evaluate_split, load_state,
@@ -41,6 +42,9 @@ class RunResult:
 def build_samples(cfg: ExperimentConfig) -> SampleSet:
     ds = registry.load(cfg.dataset)
     d = cfg.data
+    if d.max_items is not None and cfg.protocol == "dicycle":
+        raise ConfigError(f"{cfg.expid}: data.max_items caps the item ids of the impression protocol; the dicycle "
+                          "protocol draws negatives per item index and has no cap (set data.max_items=null).")
     common = dict(max_len=d.max_len, item_features=d.item_features, user_features=d.user_features,
                   seed=cfg.train.seed)
     if cfg.protocol == "dicycle":
@@ -48,7 +52,7 @@ def build_samples(cfg: ExperimentConfig) -> SampleSet:
                                        eval_negatives=d.eval_negatives, negatives=d.negatives, **common)
     else:
         samples = PROTOCOLS["impression"](ds, split_fractions=tuple(d.split_fractions), max_position=d.max_position,
-                                          **common)
+                                          max_items=d.max_items, **common)
     maps = {k: ds.extras[k] for k in ID_MAPS if k in ds.extras}
     samples.id_maps = maps or None
     return samples
@@ -122,19 +126,62 @@ def _cached_samples(cfg: ExperimentConfig, sample_cache: dict | None) -> SampleS
     return samples
 
 
+def open_samples(cfg: ExperimentConfig, sample_cache: dict | None = None, log=print) -> "SampleSet | ShardedSamples":
+    """The samples training reads: in memory (the default), or out of core (edgerec.data.shards) from
+    data.shards, or from shards built under output_dir/_shards when data.out_of_core is set (reused
+    while the data settings are the same)."""
+    from edgerec.data.shards import ShardedSamples, data_settings, write_shards
+
+    d = cfg.data
+    w = distributed.world()
+    if not (d.shards or d.out_of_core):
+        if w.size == 1:
+            return _cached_samples(cfg, sample_cache)
+        d.out_of_core = True  # N in-memory copies would multiply the memory by N: ranks share shards
+        log(f"[{cfg.expid}] {w.size} processes: training from out-of-core shards (data.out_of_core=true)")
+    settings = data_settings(cfg)
+    path = Path(d.shards) if d.shards else Path(cfg.output_dir) / "_shards" / _settings_hash(settings)
+    if not d.shards and not (path / "manifest.json").is_file() and w.main:
+        t0 = time.perf_counter()
+        samples = build_samples(cfg)
+        write_shards(samples, path, settings, d.rows_per_group)
+        del samples
+        log(f"[{cfg.expid}] wrote out-of-core shards to {path} ({time.perf_counter() - t0:.1f} s)")
+    if w.size > 1:  # the other ranks wait for rank 0's shards (gloo: the wait has no timeout problem on CPU)
+        distributed.init(resolve_device(cfg.train.device))
+        distributed.barrier()
+    shards = ShardedSamples(path, d.shuffle_window)
+    shards.check_data(settings, cfg.expid)
+    return shards
+
+
+def _settings_hash(settings: dict) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 def run_experiment(cfg: ExperimentConfig, log=print, sample_cache: dict | None = None,
                    write_ledger: bool = True) -> RunResult:
     """Train, pick the best epoch on validation, evaluate it on test, save, and log to the ledger."""
     t_start = time.perf_counter()
+    if not distributed.world().main:  # under torchrun only rank 0 speaks
+        log = lambda *a, **k: None  # noqa: E731
     check_before_work(cfg, write_ledger)
-    samples = _cached_samples(cfg, sample_cache)
+    samples = open_samples(cfg, sample_cache, log)
     model = build_model(cfg, samples.spec)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"[{cfg.expid}] {cfg.model} on {cfg.dataset} ({cfg.protocol}, L={cfg.data.max_len}, seed {cfg.train.seed}): "
         f"{len(samples.splits['train']):,} train / {len(samples.splits['valid']):,} valid / "
         f"{len(samples.splits['test']):,} test samples, {n_params:,} parameters")
+    w = distributed.world()
     fit = Trainer(cfg.train, log=log).fit(model, samples)
     test = evaluate_split(model, samples, "test", cfg.train.metrics, cfg.train.eval_batch_size)
+    if not w.main:  # rank 0 writes the checkpoint and the ledger
+        return RunResult(cfg.expid, cfg.model, cfg.dataset, cfg.train.seed, fit.valid, test, fit.best_epoch,
+                         len(fit.history), round(fit.train_seconds, 2), round(time.perf_counter() - t_start, 2), "",
+                         cfg.hash(), trained=model)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     run_dir = Path(cfg.output_dir) / cfg.expid / f"{stamp}-seed{cfg.train.seed}"
     save_checkpoint(run_dir, model, {"experiment": cfg.to_dict(), "feature_spec": samples.spec.to_dict(),
@@ -151,7 +198,8 @@ def run_experiment(cfg: ExperimentConfig, log=print, sample_cache: dict | None =
             "seed": cfg.train.seed, "valid": fit.valid, "test": test, "best_epoch": fit.best_epoch,
             "epochs_run": len(fit.history), "train_seconds": result.train_seconds, "wall_seconds": result.wall_seconds,
             "train_samples_per_second": round(fit.samples_per_second, 1), "n_params": n_params,
-            "run_dir": str(run_dir), "machine": machine_info(cfg.train.threads), "config": cfg.to_dict(),
+            "run_dir": str(run_dir), "machine": machine_info(cfg.train.threads), "processes": w.size,
+            "config": cfg.to_dict(),
         })
     return result
 

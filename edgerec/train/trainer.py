@@ -30,6 +30,7 @@ from edgerec.errors import EdgerecError
 from edgerec.features.definition import cut
 from edgerec.io import atomic_path, sha256_file, sha256_json, write_json_atomic
 from edgerec.models.base import CTRModel
+from edgerec.train import distributed
 from edgerec.train.config import ConfigError, TrainConfig
 from edgerec.train.metrics import evaluate, lower_is_better
 
@@ -157,14 +158,18 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
 @torch.no_grad()
 def predict(model: CTRModel, samples: SampleSet, split: str, batch_size: int = 8192,
             max_len: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(y_true, y_pred, user) for every sample of `split`, in split order, on the model's device."""
+    """(y_true, y_pred, user) for every sample of `split`, in split order, on the model's device.
+    Under torchrun every rank predicts its slice of each batch and all ranks get the whole split."""
     model.eval()
     device = next(model.parameters()).device
+    w = distributed.world()
     preds, labels, users = [], [], []
-    for batch in samples.batches(split, batch_size, shuffle=False, max_len=max_len):
-        preds.append(model(to_device(batch, device))["y_pred"].float().cpu().numpy())
+    for batch in samples.batches(split, batch_size, shuffle=False, max_len=max_len, rank=w.rank, world=w.size):
+        n = len(batch["label"])
+        preds.append(model(to_device(batch, device))["y_pred"].float().cpu().numpy() if n else np.zeros(0, np.float32))
         labels.append(batch["label"].numpy())
         users.append(batch["user"].numpy())
+    preds, labels, users = (distributed.gather_batches(x, w) for x in (preds, labels, users))
     if not preds:
         return np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.int64)
     return np.concatenate(labels), np.concatenate(preds), np.concatenate(users)
@@ -185,9 +190,17 @@ class Trainer:
         cfg = self.cfg
         torch.set_num_threads(int(os.environ.get("EDGEREC_THREADS", cfg.threads)))  # env wins: shared machines
         device = resolve_device(cfg.device)
+        w = distributed.world()
+        if w.size > 1 and device.type == "cuda":
+            device = torch.device("cuda", w.local_rank)
         check_precision(cfg.precision, device)  # run_experiment asked already; Trainer is used alone too
         seed_everything(cfg.seed, cfg.deterministic)
         model.to(device)
+        distributed.init(device)
+        net = model
+        if w.size > 1:  # static_graph: the same parameters are used every step, some models leave a few unused
+            net = torch.nn.parallel.DistributedDataParallel(model, static_graph=True)
+        log = self.log if w.main else (lambda *a, **k: None)
         opt = make_optimizer(model, cfg)
         sign = -1.0 if lower_is_better(cfg.monitor) else 1.0
         best, best_state, best_epoch, bad_epochs = -math.inf, None, -1, 0
@@ -200,16 +213,17 @@ class Trainer:
             steps = math.ceil(n_train / cfg.batch_size)
             if cfg.max_steps_per_epoch:
                 steps = min(steps, cfg.max_steps_per_epoch)
-            bar = tqdm(samples.batches("train", cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch),
-                       total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                       disable=not cfg.progress, mininterval=1.0)
+            batches = samples.batches("train", cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch,
+                                      rank=w.rank, world=w.size, drop_short=True)
+            bar = tqdm(batches, total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                       disable=not cfg.progress or not w.main, mininterval=1.0)
             t0, loss_sum, n_batches = time.perf_counter(), 0.0, 0
             for step, batch in enumerate(bar):
                 if step >= steps:
                     break
                 batch = to_device(batch, device)
                 with autocast(cfg.precision, device):
-                    out = model(batch)
+                    out = net(batch)
                 loss = model.loss(batch, float32_outputs(out))  # evaluation below stays float32, as serving
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1} step {step}; "
@@ -227,12 +241,13 @@ class Trainer:
             bar.close()
             t_train += time.perf_counter() - t0
             valid = evaluate_split(model, samples, "valid", cfg.metrics, cfg.eval_batch_size)
-            record = {"epoch": epoch + 1, "train_loss": loss_sum / max(n_batches, 1), **{f"valid_{k}": v for k, v in valid.items()}}
+            train_loss = distributed.total(loss_sum, w) / max(distributed.total(n_batches, w), 1)  # mean over ranks
+            record = {"epoch": epoch + 1, "train_loss": train_loss, **{f"valid_{k}": v for k, v in valid.items()}}
             history.append(record)
-            score = sign * valid[cfg.monitor]
+            score = sign * valid[cfg.monitor]  # the same on every rank: the predictions were gathered
             improved = score > best  # False for NaN: an epoch with an undefined metric never becomes the best
-            self.log(f"  epoch {epoch + 1:>2}  loss {record['train_loss']:.4f}  "
-                     + "  ".join(f"{k} {v:.4f}" for k, v in valid.items()) + ("  *" if improved else ""))
+            log(f"  epoch {epoch + 1:>2}  loss {record['train_loss']:.4f}  "
+                + "  ".join(f"{k} {v:.4f}" for k, v in valid.items()) + ("  *" if improved else ""))
             if improved:
                 best, best_epoch, bad_epochs = score, epoch + 1, 0
                 best_state = copy.deepcopy(model.state_dict())
@@ -245,6 +260,7 @@ class Trainer:
         model.load_state_dict(best_state)
         model.to("cpu")  # callers (test evaluation, checkpoints, serving) get a CPU model back
         valid_best = {k[len("valid_"):]: v for k, v in history[best_epoch - 1].items() if k.startswith("valid_")}
+        n_seen = int(distributed.total(n_seen, w))  # samples of all ranks
         return FitResult(best_epoch, valid_best, history, t_train, n_seen / max(t_train, 1e-9))
 
 

@@ -1,0 +1,241 @@
+"""Out-of-core samples: a SampleSet written as Parquet shards plus a memory-mapped behaviour store.
+
+Why: the in-memory SampleSet holds every sample of every split (about 60 bytes each) and the whole
+behaviour store, so a log of 20M exposures needs gigabytes before the first batch. Out of core,
+training holds one shuffle window of sample rows and the pages of the store a batch touches; peak
+memory depends on the batch, the window and the model, not on the log (bench/scale.py measures it).
+
+A shard folder (written atomically: a temp folder renamed into place):
+
+  manifest.json          format, feature spec, protocol, info, the data settings it was built with,
+                         rows per group, rows per split
+  train.parquet, valid.parquet, test.parquet
+                         one row per sample (Split's columns: user, item, ts, label, hist_start,
+                         hist_end, position, repeat, event_row), in row groups of `rows_per_group`
+  store_item.npy, store_local_ts.npy, store_slots.npy[, store_position.npy]
+                         the behaviour store, sorted by (user, ts); samples point into it with
+                         [hist_start, hist_end), exactly as in memory
+  item_ids.npy, user_ids.npy, item_feat_*.npy, user_feat_*.npy, id_map_*.parquet
+                         vocabularies and side-feature codes (size of the catalogue, kept in memory)
+
+`ShardedSamples` reads it with the interface the Trainer uses (`splits`, `batches`, `spec`), and
+batches come from the same `gather_batch` as in memory, so the tensors are identical. Shuffling is
+by row group and window (`samples.group_shuffle`); an in-memory SampleSet with `shuffle_groups`
+set gives the same batches for the same seed (tests/test_scale.py).
+
+`edgerec batch --shards` writes this folder from the same sample builders training uses; `train`
+reads it with `--set data.shards=DIR`, or builds one itself with `data.out_of_core: true`.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from edgerec.data.samples import BATCH_FIELDS, SampleSet, gather_batch, group_shuffle, rank_slice
+from edgerec.errors import ConfigError, EdgerecError
+from edgerec.features.spec import FeatureSpec
+from edgerec.features.time import local_clock
+
+FORMAT = 1
+SPLITS = ("train", "valid", "test")
+SPLIT_COLUMNS = ("user", "item", "ts", "label", "hist_start", "hist_end", "position", "repeat", "event_row")
+STORE = ("store_item", "store_local_ts", "store_slots", "store_position")
+RELEASE_EVERY = 64  # batches between releases of the store's mapped pages (they stay in the page cache)
+
+
+def write_shards(samples: SampleSet, out: str | Path, data: dict, rows_per_group: int = 65536) -> Path:
+    """Write `samples` as a shard folder at `out` (replacing one that is there, atomically).
+    `data` records the settings the samples were built with (dataset, protocol, data.* keys that
+    change samples, seed): training checks them against its config before it reads a row."""
+    if samples.resample_negatives:
+        raise ConfigError("out-of-core samples keep their training negatives fixed; data.train_negatives=resample "
+                          "redraws them in memory every epoch (use data.train_negatives=fixed).")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the shards are data like any other output
+    try:
+        rows = {}
+        for name in SPLITS:
+            s = samples.splits[name]
+            cols = {k: getattr(s, k) for k in SPLIT_COLUMNS if getattr(s, k) is not None}
+            pq.write_table(pa.table(cols), tmp / f"{name}.parquet", row_group_size=rows_per_group)
+            rows[name] = len(s)
+        for name in STORE:
+            arr = getattr(samples, name)
+            if arr is not None:
+                np.save(tmp / f"{name}.npy", np.ascontiguousarray(arr))
+        np.save(tmp / "item_ids.npy", samples.item_ids)
+        np.save(tmp / "user_ids.npy", samples.user_ids)
+        for kind, feats in (("item", samples.item_feats), ("user", samples.user_feats)):
+            for fname, codes in feats.items():
+                np.save(tmp / f"{kind}_feat_{fname}.npy", codes)
+        for mname, table in (samples.id_maps or {}).items():
+            pq.write_table(table, tmp / f"{mname}.parquet")
+        manifest = {"format": FORMAT, "spec": samples.spec.to_dict(), "protocol": samples.protocol,
+                    "info": samples.info, "data": data, "rows_per_group": rows_per_group, "rows": rows,
+                    "store_rows": len(samples.store_item), "seed": samples.seed,
+                    "item_features": list(samples.item_feats), "user_features": list(samples.user_feats)}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, default=_plain))
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _plain(x):
+    return x.item() if isinstance(x, np.generic) else str(x)
+
+
+class ShardSplit:
+    """One split on disk: its length, its row groups, and its metric subsets (one bool per sample)."""
+
+    def __init__(self, path: Path, rows: int):
+        self.path = path
+        self.rows = rows
+        self.file = pq.ParquetFile(path)
+        self.columns = [c for c in self.file.schema_arrow.names if c in BATCH_FIELDS]
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def read_groups(self, groups) -> dict[str, np.ndarray]:
+        t = self.file.read_row_groups(list(map(int, groups)), columns=self.columns)
+        return {c: t.column(c).to_numpy().copy() for c in self.columns}  # writable: torch.from_numpy wants it
+
+    def metric_subsets(self) -> dict[str, np.ndarray]:
+        if "repeat" not in self.file.schema_arrow.names:
+            return {}
+        repeat = self.file.read(columns=["repeat"]).column("repeat").to_numpy()
+        return {"repeat": repeat, "new": ~repeat}
+
+
+class ShardedSamples:
+    """A shard folder with the SampleSet interface the Trainer, predict and evaluate use."""
+
+    def __init__(self, path: str | Path, window: int = 8):
+        self.path = Path(path)
+        mf = self.path / "manifest.json"
+        if not mf.is_file():
+            raise EdgerecError(f"{self.path}: not a shard folder (no manifest.json); write one with "
+                               f"`edgerec batch --dataset ID --shards --out DIR` (it goes to DIR/shards).")
+        try:
+            m = json.loads(mf.read_text())
+        except ValueError as e:
+            raise EdgerecError(f"{mf}: not valid JSON ({e}); write the shards again.") from None
+        if m.get("format") != FORMAT:
+            raise EdgerecError(f"{mf}: shard format {m.get('format')!r}, this edgerec reads {FORMAT}; write the "
+                               f"shards again with this version.")
+        self.manifest = m
+        self.spec = FeatureSpec.from_dict(m["spec"])
+        self.protocol, self.info, self.seed = m["protocol"], m["info"], m["seed"]
+        self.rows_per_group = int(m["rows_per_group"])
+        self.shuffle_groups = (self.rows_per_group, window)
+        self.clock = local_clock(self.spec.tz)
+        self.resample_negatives = False
+        for name in STORE:  # memory-mapped: a batch touches only the pages of its users' histories
+            f = self.path / f"{name}.npy"
+            setattr(self, name, np.load(f, mmap_mode="r") if f.exists() else None)
+        self.item_ids = np.load(self.path / "item_ids.npy")
+        self.user_ids = np.load(self.path / "user_ids.npy")
+        self.item_feats = {n: np.load(self.path / f"item_feat_{n}.npy") for n in m["item_features"]}
+        self.user_feats = {n: np.load(self.path / f"user_feat_{n}.npy") for n in m["user_features"]}
+        maps = {p.stem: pq.read_table(p) for p in sorted(self.path.glob("id_map_*.parquet"))}
+        self.id_maps = maps or None
+        self.splits = {n: ShardSplit(self.path / f"{n}.parquet", int(m["rows"][n])) for n in SPLITS}
+
+    def check_data(self, data: dict, where: str) -> None:
+        """The shards were built with the data settings of the config that trains on them."""
+        built = self.manifest["data"]
+        diff = [k for k in sorted(set(built) | set(data)) if built.get(k) != data.get(k)]
+        if diff:
+            said = "; ".join(f"{k}: shards {built.get(k)!r}, config {data.get(k)!r}" for k in diff)
+            raise ConfigError(f"{where}: data.shards={self.path} was built with other data settings ({said}); "
+                              f"write the shards again with these settings, or train with the shards' settings.")
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Training negatives are fixed out of core (write_shards refuses resample)."""
+
+    def _release(self) -> None:
+        """Drop the store's mapped pages from this process (MADV_DONTNEED): they stay in the page
+        cache, so the next touch is a minor fault, and resident memory stays at what recent batches used."""
+        for name in STORE:
+            arr = getattr(self, name)
+            mm = getattr(arr, "_mmap", None)
+            if mm is not None and hasattr(mm, "madvise"):
+                mm.madvise(mmap.MADV_DONTNEED)
+
+    def _chunks(self, split: str, shuffle: bool, seed: int) -> Iterator[dict[str, np.ndarray]]:
+        s = self.splits[split]
+        n_groups = s.file.num_row_groups
+        if not shuffle:
+            for g in range(n_groups):
+                yield s.read_groups([g])
+            return
+        for groups, perm in group_shuffle(len(s), self.rows_per_group, self.shuffle_groups[1], seed):
+            rows = s.read_groups(groups)
+            yield {k: v[perm] for k, v in rows.items()}
+
+    def batches(self, split: str, batch_size: int, shuffle: bool = False, seed: int = 0,
+                max_len: int | None = None, rank: int = 0, world: int = 1,
+                drop_short: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+        """The same batches as SampleSet.batches with shuffle_groups set, read window by window."""
+        L = max_len or self.spec.max_len
+        carry: dict[str, np.ndarray] | None = None
+        n_batches = 0
+        for chunk in self._chunks(split, shuffle, seed):
+            if carry is not None:
+                chunk = {k: np.concatenate([carry[k], chunk[k]]) for k in chunk}
+            n = len(chunk["label"])
+            full = n - n % batch_size
+            for lo in range(0, full, batch_size):
+                yield self._batch(chunk, slice(lo, lo + batch_size), L, rank, world)
+                n_batches += 1
+                if n_batches % RELEASE_EVERY == 0:
+                    self._release()
+            carry = {k: v[full:] for k, v in chunk.items()}
+        if carry is not None and len(carry["label"]):
+            if world > 1 and drop_short and len(carry["label"]) < world:
+                return
+            yield self._batch(carry, slice(0, len(carry["label"])), L, rank, world)
+        self._release()
+
+    def _batch(self, chunk: dict[str, np.ndarray], at: slice, L: int, rank: int, world: int) -> dict:
+        rows = {k: v[at] for k, v in chunk.items()}
+        if world > 1:
+            part = rank_slice(len(rows["label"]), rank, world)
+            rows = {k: v[part] for k, v in rows.items()}
+        return gather_batch(self, rows, L)
+
+
+def data_settings(cfg) -> dict:
+    """What in an experiment config changes its samples (not max_len: histories are cut per batch)."""
+    d = asdict(cfg.data)
+    for k in ("max_len", "out_of_core", "shards", "rows_per_group", "shuffle_window"):
+        d.pop(k, None)
+    if cfg.protocol != "dicycle":
+        for k in ("train_negatives", "eval_negatives", "negatives", "min_events"):
+            d.pop(k, None)
+    else:
+        for k in ("split_fractions", "max_position"):
+            d.pop(k, None)
+    return {"dataset": cfg.dataset, "protocol": cfg.protocol, "seed": cfg.train.seed, **d}

@@ -1,0 +1,94 @@
+"""Distributed training with torchrun: DistributedDataParallel over the ranks torchrun starts.
+
+`edgerec train --nproc N` builds (or reuses) the out-of-core shards once, then runs
+`python -m torch.distributed.run --standalone --nproc-per-node N -m edgerec train ...`; plain
+`torchrun --nproc-per-node N -m edgerec train ...` works too (rank 0 builds the shards while the
+others wait). What each rank does:
+
+  * reads the same global batches as one process would (same order for the same seed) and gathers
+    and trains on its slice (`samples.rank_slice`); DDP averages the gradients, so N ranks take the
+    steps one process takes with train.batch_size, up to the order of float sums;
+  * always reads shards, never its own in-memory copy of the samples: memory per rank is the model,
+    one shuffle window and a batch, and the behaviour store is one memory-mapped file that the page
+    cache shares between ranks;
+  * predicts its slice of every validation batch; the predictions are gathered so every rank
+    computes the same metric and takes the same early-stopping decision;
+  * only rank 0 prints, writes the checkpoint and the ledger.
+
+Backend: gloo on CPU, NCCL on CUDA (each rank on cuda:LOCAL_RANK).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def world() -> World:
+    """This process's place, from torchrun's environment (one process when not under torchrun)."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return World()
+    return World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def init(device: torch.device) -> World:
+    """Join the process group torchrun set up (idempotent)."""
+    w = world()
+    if w.size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return w
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def finish() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def gather_batches(parts: list[np.ndarray], w: World) -> list[np.ndarray]:
+    """Every rank's per-batch slices, put back in sample order: batch j is rank 0's slice of it,
+    then rank 1's, ... (the order `rank_slice` cut it in)."""
+    if w.size <= 1:
+        return parts
+    everyone: list = [None] * w.size
+    dist.all_gather_object(everyone, parts)
+    return [part for j in range(len(parts)) for part in (everyone[r][j] for r in range(w.size))]
+
+
+def total(x: float, w: World) -> float:
+    """The sum of x over the ranks."""
+    if w.size <= 1:
+        return x
+    t = torch.tensor([float(x)], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t.item())
+
+
+def launch(argv: list[str], nproc: int) -> int:
+    """Run `edgerec <argv>` under torchrun with nproc processes on this machine; its exit status."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "edgerec", *argv]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    return subprocess.call(cmd, env=env)
