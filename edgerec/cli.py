@@ -148,13 +148,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from edgerec.train import distributed
 
     if args.nproc > 1 and distributed.world().size == 1:  # start the ranks; each runs this command again
-        from edgerec.train.experiment import check_before_work
-
-        for seed in args.seed or [None]:  # a config error is reported here, once, not by every rank
-            check_before_work(load_experiment(args.config, args.expid, [*(args.set or []), *(
-                [f"train.seed={seed}"] if seed is not None else [])]))
+        _prepare_ranks(args)
         os.environ.setdefault("EDGEREC_THREADS", str(max(1, (os.cpu_count() or 1) // args.nproc)))
-        return distributed.launch(_without_nproc(args.argv), args.nproc)
+        code = distributed.launch(_without_nproc(args.argv), args.nproc)
+        if code:
+            raise EdgerecError(f"train --nproc {args.nproc}: the training processes failed (torchrun exit {code}); "
+                               "each rank's message is above.")
+        return 0
     seeds = args.seed or [None]
     results, cache = [], {}
     for seed in seeds:
@@ -169,6 +169,29 @@ def _cmd_train(args: argparse.Namespace) -> int:
         _print_results(results)
     distributed.finish()
     return 0
+
+
+def _prepare_ranks(args: argparse.Namespace) -> None:
+    """train --nproc, before any rank starts: every config error is reported here, once; the dataset
+    is prepared and the shards built here (so no rank races another for them), and shards that do
+    not fit the config are refused."""
+    import torch
+
+    from edgerec.data.shards import ShardedSamples, data_settings, dataset_fingerprint
+    from edgerec.train.config import load_experiment
+    from edgerec.train.experiment import check_before_work, ensure_shards
+    from edgerec.train.trainer import resolve_device
+
+    for seed in args.seed or [None]:
+        cfg = load_experiment(args.config, args.expid, [*(args.set or []), *(
+            [f"train.seed={seed}"] if seed is not None else [])])
+        check_before_work(cfg)
+        if resolve_device(cfg.train.device).type == "cuda" and args.nproc > torch.cuda.device_count():
+            raise EdgerecError(f"--nproc {args.nproc} with train.device={cfg.train.device}: torch sees "
+                               f"{torch.cuda.device_count()} CUDA device(s), one per process is needed.")
+        cfg.data.out_of_core = True
+        path = ensure_shards(cfg)
+        ShardedSamples(path).check_data(data_settings(cfg), cfg.expid, dataset_fingerprint(cfg.dataset, prepare=False))
 
 
 def _without_nproc(argv: list[str]) -> list[str]:
@@ -446,11 +469,14 @@ def _cmd_stream(args: argparse.Namespace) -> int:
 
 def _batch_shards(args: argparse.Namespace) -> int:
     """edgerec batch --shards CONFIG:EXPID: the experiment's samples as out-of-core shards."""
-    from edgerec.data.shards import data_settings, write_shards
+    from edgerec.data.shards import data_settings, dataset_fingerprint, write_shards
     from edgerec.io import check_writable
     from edgerec.train.config import load_experiment
     from edgerec.train.experiment import build_samples
 
+    if args.engine != "polars":
+        raise EdgerecError("--shards: the samples are built by edgerec's sample builders (numpy), not on Spark; "
+                           "drop --engine spark (the daily features run on Spark without --shards).")
     config, sep, expid = args.shards.rpartition(":")
     if not sep or not config or not expid:
         raise EdgerecError(f"--shards {args.shards!r}: give CONFIG:EXPID, e.g. configs/ctr.yaml:COUPA_scale")
@@ -461,9 +487,10 @@ def _batch_shards(args: argparse.Namespace) -> int:
     out = Path(args.out) / "shards"
     check_writable(args.out, "--out", folder=True)
     t0 = time.perf_counter()
+    meta = dataset_fingerprint(cfg.dataset)
     samples = build_samples(cfg)
     t_build = time.perf_counter() - t0
-    write_shards(samples, out, data_settings(cfg), cfg.data.rows_per_group)
+    write_shards(samples, out, data_settings(cfg), cfg.data.rows_per_group, meta)
     rows = {k: len(v) for k, v in samples.splits.items()}
     print(f"{cfg.dataset}: {samples.info.get('users', 0):,} users, {len(samples.store_item):,} stored behaviours; samples "
           f"{', '.join(f'{k} {v:,}' for k, v in rows.items())} built in {t_build:.1f} s, written in "
@@ -478,6 +505,9 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 
     if args.shards:
         return _batch_shards(args)
+    if args.set:
+        raise EdgerecError("edgerec batch: --set overrides the experiment of --shards CONFIG:EXPID; without "
+                           "--shards the daily features take the definition flags (--max-len, --positions, --tz).")
     if bool(args.events) == bool(args.dataset):
         raise EdgerecError("edgerec batch: give exactly one input, --events FILE or --dataset ID.")
     from edgerec.io import check_writable

@@ -240,3 +240,27 @@ def test_peer_ratios_compare_each_side_on_the_unit_both_count_the_same_way():
             row("RecBole 1.2.1", "SASRec", 900, 900), row("edgerec", "SASRec", 1000, 500, "fp32")]
     assert ratios(rows) == {"DIN bf16 / RecBole (rows_per_s)": 3.0, "DIN fp32 / RecBole (rows_per_s)": 3.0,
                             "SASRec fp32 / RecBole (positives_per_s)": 0.56}
+
+
+def test_scale_bench_smoke_and_its_exponent_fit(tmp_path):
+    from bench.scale import fit_exponent, main as scale_main
+
+    assert fit_exponent([1e6, 2e6, 4e6], [10.0, 20.0, 40.0]) == 1.0  # linear
+    assert fit_exponent([1e6, 2e6, 4e6], [10.0, 40.0, 160.0]) == 2.0  # quadratic would show
+    rep = scale_main(["--sizes", "tiny", "--quick", "--cap", "60", "--out", str(tmp_path / "scale.json")])
+    row = rep["rows"][0]
+    assert set(row["train"]) == {"DIN/in_memory", "DIN/out_of_core", "COUPA/in_memory", "COUPA/out_of_core"}
+    assert row["train"]["COUPA/out_of_core"]["shards"] and not row["train"]["COUPA/in_memory"]["shards"]
+    assert rep["torchrun"]["processes"]["COUPA/2"]["processes"] == 2
+    assert all(v["peak_anon_mb"] > 0 for v in row["train"].values())  # the sampler saw the training process
+    assert rep["capped"]["item_cap"] == 60 and 0 < rep["capped"]["capped_sample_share"] < 1
+
+
+def test_gpu_check_experiments_load():
+    from bench.gpu_check import EXPERIMENTS
+    from edgerec.train.config import load_experiment
+
+    for expid, extra in EXPERIMENTS:  # the script only runs where a GPU is lent: its configs must not rot meanwhile
+        cfg = load_experiment(ROOT / "configs" / "ctr.yaml", expid, ["dataset=o2o-sim:small", "train.device=cuda",
+                                                                     *extra])
+        assert cfg.model in ("DIN", "COUPA", "DiCycle")

@@ -126,7 +126,7 @@ class SampleSet:
                 max_len: int | None = None, rank: int = 0, world: int = 1,
                 drop_short: bool = False) -> Iterator[dict[str, torch.Tensor]]:
         """Batches of `batch_size` samples: global batches; with world > 1 this rank's slice of each
-        (possibly empty, unless `drop_short` leaves out a last batch smaller than world)."""
+        (possibly empty, unless `drop_short` leaves out a last batch that is `too_short`)."""
         s = self.splits[split]
         if shuffle and self.shuffle_groups is not None:
             order = group_shuffle_order(len(s), *self.shuffle_groups, seed)
@@ -135,7 +135,7 @@ class SampleSet:
         for lo in range(0, len(s), batch_size):
             idx = order[lo: lo + batch_size]
             if world > 1:
-                if drop_short and len(idx) < world:  # training: every rank needs a row to step together
+                if drop_short and too_short(len(idx), world):
                     return
                 idx = idx[rank_slice(len(idx), rank, world)]
             yield self.make_batch(s, idx, max_len)
@@ -208,6 +208,12 @@ def group_shuffle_order(n: int, rows_per_group: int, window: int, seed: int) -> 
     parts = [np.concatenate([np.arange(g * rows_per_group, min((g + 1) * rows_per_group, n)) for g in groups])[perm]
              for groups, perm in group_shuffle(n, rows_per_group, window, seed)]
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def too_short(n: int, world: int) -> bool:
+    """A last global batch of n rows that training under `world` ranks leaves out: every rank steps
+    together and needs 2 rows (batch normalization fails on one)."""
+    return n < 2 * world
 
 
 def rank_slice(n: int, rank: int, world: int) -> slice:
@@ -563,21 +569,26 @@ def build_impressions(ds: EventDataset, max_len: int = 50, split_fractions=(0.8,
 def cap_items(vocab: np.ndarray, item: np.ndarray, store_item: np.ndarray, train: np.ndarray,
               max_items: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """Frequency-capped item ids: the `max_items` items exposed most often in the training period
-    (`train`: a mask over the samples; ties to the smaller index) keep an index, every other item maps
-    to the out-of-vocabulary index, whose embedding is zero and never trained: what serving does with
-    an item it never saw. Why: a catalogue of millions would otherwise need a dense row per id, most of
-    them for items seen a handful of times. Counting on the training period only keeps validation and
-    test out of the choice. Returns the new vocabulary, the re-indexed samples and store, and the
+    (`train`: a mask over the samples; ties to the smaller index; never one it did not expose) keep
+    an index, every other item maps to the out-of-vocabulary index that serving uses for an item it
+    never saw. Why: a catalogue of millions would otherwise need a dense row per id, most of them for
+    items seen a handful of times. Counting on the training period only keeps validation and test
+    out of the choice. The tail then trains the OOV row as one shared "rare item" vector (without a
+    cap training never sees that row, and it stays zero), which unseen items at serving get too;
+    the tail's side features are lost with its index (code 0). COUPA's same-item kernel never
+    fires on the OOV index. Returns the new vocabulary, the re-indexed samples and store, and the
     share of samples and stored clicks that fell into the shared index (the "collision rate")."""
     counts = np.bincount(item[train], minlength=len(vocab) + 1)[1:]  # (V,) training exposures per item
-    keep = np.sort(np.argsort(-counts, kind="stable")[:max_items])  # (K,) 0-based positions, sorted
-    remap = np.full(len(vocab) + 2, max_items + 1, np.int64)  # padding, 1..V, old OOV -> new OOV
+    keep = np.argsort(-counts, kind="stable")[:max_items]  # 0-based positions of the most exposed
+    keep = np.sort(keep[counts[keep] > 0])  # (K,) never an item the training period did not show
+    k = len(keep)
+    remap = np.full(len(vocab) + 2, k + 1, np.int64)  # padding, 1..V, old OOV -> new OOV k + 1
     remap[0] = 0
-    remap[keep + 1] = np.arange(1, max_items + 1)
+    remap[keep + 1] = np.arange(1, k + 1)
     new_item, new_store = remap[item], remap[store_item]
-    info = {"items_before_cap": len(vocab), "item_cap": max_items,
-            "capped_sample_share": round(float((new_item == max_items + 1).mean()), 5) if len(item) else 0.0,
-            "capped_history_share": round(float((new_store == max_items + 1).mean()), 5) if len(store_item) else 0.0}
+    info = {"items_before_cap": len(vocab), "item_cap": max_items, "items_kept": k,
+            "capped_sample_share": round(float((new_item == k + 1).mean()), 5) if len(item) else 0.0,
+            "capped_history_share": round(float((new_store == k + 1).mean()), 5) if len(store_item) else 0.0}
     return vocab[keep], new_item, new_store, info
 
 

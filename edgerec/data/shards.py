@@ -42,8 +42,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from edgerec.data.samples import BATCH_FIELDS, SampleSet, gather_batch, group_shuffle, rank_slice
+from edgerec.data.samples import BATCH_FIELDS, SampleSet, gather_batch, group_shuffle, rank_slice, too_short
 from edgerec.errors import ConfigError, EdgerecError
+from edgerec.features.definition import cut
 from edgerec.features.spec import FeatureSpec
 from edgerec.features.time import local_clock
 
@@ -54,14 +55,20 @@ STORE = ("store_item", "store_local_ts", "store_slots", "store_position")
 RELEASE_EVERY = 64  # batches between releases of the store's mapped pages (they stay in the page cache)
 
 
-def write_shards(samples: SampleSet, out: str | Path, data: dict, rows_per_group: int = 65536) -> Path:
-    """Write `samples` as a shard folder at `out` (replacing one that is there, atomically).
-    `data` records the settings the samples were built with (dataset, protocol, data.* keys that
-    change samples, seed): training checks them against its config before it reads a row."""
-    if samples.resample_negatives:
+def write_shards(samples: SampleSet, out: str | Path, data: dict, rows_per_group: int = 65536,
+                 dataset_meta: str | None = None) -> Path:
+    """Write `samples` as a shard folder at `out` (replacing a shard folder that is there: the new
+    one is complete before the old one is moved away). `data` records the settings the samples were
+    built with (`data_settings`): training checks them against its config before it reads a row;
+    `dataset_meta` the prepared dataset's fingerprint (`dataset_fingerprint`), so shards of an
+    earlier import are caught."""
+    if samples.resample_negatives:  # the config check (train.config) says this first, naming the experiment
         raise ConfigError("out-of-core samples keep their training negatives fixed; data.train_negatives=resample "
                           "redraws them in memory every epoch (use data.train_negatives=fixed).")
     out = Path(out)
+    if out.exists() and not (out / "manifest.json").is_file() and (not out.is_dir() or any(out.iterdir())):
+        raise EdgerecError(f"{out}: exists and is not a shard folder; it would be replaced. Choose another folder "
+                           f"or remove it.")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the shards are data like any other output
@@ -84,7 +91,8 @@ def write_shards(samples: SampleSet, out: str | Path, data: dict, rows_per_group
         for mname, table in (samples.id_maps or {}).items():
             pq.write_table(table, tmp / f"{mname}.parquet")
         manifest = {"format": FORMAT, "spec": samples.spec.to_dict(), "protocol": samples.protocol,
-                    "info": samples.info, "data": data, "rows_per_group": rows_per_group, "rows": rows,
+                    "info": samples.info, "data": data, "dataset_meta": dataset_meta, "rows_per_group": rows_per_group,
+                    "rows": rows,
                     "store_rows": len(samples.store_item), "seed": samples.seed,
                     "item_features": list(samples.item_feats), "user_features": list(samples.user_feats)}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, default=_plain))
@@ -113,6 +121,8 @@ class ShardSplit:
         self.path = path
         self.rows = rows
         self.file = pq.ParquetFile(path)
+        if self.file.metadata.num_rows != rows:
+            raise ValueError(f"{path.name} holds {self.file.metadata.num_rows:,} rows, manifest.json says {rows:,}")
         self.columns = [c for c in self.file.schema_arrow.names if c in BATCH_FIELDS]
 
     def __len__(self) -> int:
@@ -145,6 +155,14 @@ class ShardedSamples:
         if m.get("format") != FORMAT:
             raise EdgerecError(f"{mf}: shard format {m.get('format')!r}, this edgerec reads {FORMAT}; write the "
                                f"shards again with this version.")
+        try:
+            self._open(m, window)
+        except (OSError, ValueError, KeyError, TypeError, pa.ArrowException) as e:
+            what = f"missing {e}" if isinstance(e, KeyError) else cut(str(e), 160)
+            raise EdgerecError(f"{self.path}: damaged shard folder ({what}); write the shards again "
+                               f"(`edgerec batch --shards CONFIG:EXPID`).") from None
+
+    def _open(self, m: dict, window: int) -> None:
         self.manifest = m
         self.spec = FeatureSpec.from_dict(m["spec"])
         self.protocol, self.info, self.seed = m["protocol"], m["info"], m["seed"]
@@ -154,7 +172,11 @@ class ShardedSamples:
         self.resample_negatives = False
         for name in STORE:  # memory-mapped: a batch touches only the pages of its users' histories
             f = self.path / f"{name}.npy"
-            setattr(self, name, np.load(f, mmap_mode="r") if f.exists() else None)
+            optional = name == "store_position"  # only the impression protocol records positions
+            arr = np.load(f, mmap_mode="r") if (f.exists() or not optional) else None
+            if arr is not None and len(arr) != m["store_rows"]:
+                raise ValueError(f"{f.name} holds {len(arr):,} rows, manifest.json says {m['store_rows']:,}")
+            setattr(self, name, arr)
         self.item_ids = np.load(self.path / "item_ids.npy")
         self.user_ids = np.load(self.path / "user_ids.npy")
         self.item_feats = {n: np.load(self.path / f"item_feat_{n}.npy") for n in m["item_features"]}
@@ -163,8 +185,13 @@ class ShardedSamples:
         self.id_maps = maps or None
         self.splits = {n: ShardSplit(self.path / f"{n}.parquet", int(m["rows"][n])) for n in SPLITS}
 
-    def check_data(self, data: dict, where: str) -> None:
-        """The shards were built with the data settings of the config that trains on them."""
+    def check_data(self, data: dict, where: str, dataset_meta: str | None = None) -> None:
+        """The shards were built with the data settings of the config that trains on them, and from
+        the dataset as it is prepared here (when it is: shards may travel to a machine without it)."""
+        built_from = self.manifest.get("dataset_meta")
+        if dataset_meta and built_from and dataset_meta != built_from:
+            raise ConfigError(f"{where}: data.shards={self.path} was built from another preparation or import of "
+                              f"{data.get('dataset')} than the one here; write the shards again.")
         built = self.manifest["data"]
         diff = [k for k in sorted(set(built) | set(data)) if built.get(k) != data.get(k)]
         if diff:
@@ -214,7 +241,7 @@ class ShardedSamples:
                     self._release()
             carry = {k: v[full:] for k, v in chunk.items()}
         if carry is not None and len(carry["label"]):
-            if world > 1 and drop_short and len(carry["label"]) < world:
+            if world > 1 and drop_short and too_short(len(carry["label"]), world):
                 return
             yield self._batch(carry, slice(0, len(carry["label"])), L, rank, world)
         self._release()
@@ -227,15 +254,31 @@ class ShardedSamples:
         return gather_batch(self, rows, L)
 
 
+def dataset_fingerprint(dataset_id: str, prepare: bool = True) -> str | None:
+    """The prepared dataset's meta.json digest (every prepare or import rewrites it): what shards were
+    built from, without reading the log. prepare=False: None when it is not prepared here."""
+    from edgerec.data import registry
+    from edgerec.io import sha256_file
+
+    if prepare:
+        folder = registry.prepare(dataset_id)
+    else:
+        folder = registry.data_dir() / registry.parse_id(dataset_id)[2]
+    meta = folder / "meta.json"
+    return sha256_file(meta)[:16] if meta.is_file() else None
+
+
 def data_settings(cfg) -> dict:
     """What in an experiment config changes its samples (not max_len: histories are cut per batch)."""
     d = asdict(cfg.data)
     for k in ("max_len", "out_of_core", "shards", "rows_per_group", "shuffle_window"):
         d.pop(k, None)
-    if cfg.protocol != "dicycle":
+    out = {"dataset": cfg.dataset, "protocol": cfg.protocol}
+    if cfg.protocol != "dicycle":  # impression samples do not depend on the seed; dicycle's negatives do
         for k in ("train_negatives", "eval_negatives", "negatives", "min_events"):
             d.pop(k, None)
     else:
-        for k in ("split_fractions", "max_position"):
+        out["seed"] = cfg.train.seed
+        for k in ("split_fractions", "max_position", "max_items"):
             d.pop(k, None)
-    return {"dataset": cfg.dataset, "protocol": cfg.protocol, "seed": cfg.train.seed, **d}
+    return {**out, **d}

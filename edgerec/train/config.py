@@ -395,6 +395,13 @@ def _check_semantics(cfg: ExperimentConfig, where: str) -> None:
             raise ConfigError(f"{where}: train.{key} must be >= 1.")
     if cfg.data.max_len < 1:
         raise ConfigError(f"{where}: data.max_len must be >= 1.")
+    if cfg.data.max_items is not None and cfg.protocol == "dicycle":
+        raise ConfigError(f"{where}: data.max_items caps the item ids of the impression protocol; the dicycle "
+                          "protocol draws negatives per item index and has no cap (set data.max_items=null).")
+    if (cfg.data.out_of_core or cfg.data.shards) and cfg.protocol == "dicycle" and cfg.data.train_negatives == "resample":
+        raise ConfigError(f"{where}: out-of-core samples keep their training negatives fixed; "
+                          "data.train_negatives=resample redraws them in memory every epoch (use fixed, or train "
+                          "in memory).")
     for key in ("max_items", "rows_per_group", "shuffle_window"):
         value = getattr(cfg.data, key)
         if value is not None and value < 1:

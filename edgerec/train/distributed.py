@@ -1,13 +1,17 @@
 """Distributed training with torchrun: DistributedDataParallel over the ranks torchrun starts.
 
-`edgerec train --nproc N` builds (or reuses) the out-of-core shards once, then runs
-`python -m torch.distributed.run --standalone --nproc-per-node N -m edgerec train ...`; plain
-`torchrun --nproc-per-node N -m edgerec train ...` works too (rank 0 builds the shards while the
-others wait). What each rank does:
+`edgerec train --nproc N` checks the config, prepares the dataset and builds (or reuses) the
+out-of-core shards in its own process, then runs `python -m torch.distributed.run --standalone
+--nproc-per-node N -m edgerec train ...`; plain `torchrun --nproc-per-node N -m edgerec train ...`
+works too (rank 0 builds the shards while the others wait, `from_rank0`). What each rank does:
 
   * reads the same global batches as one process would (same order for the same seed) and gathers
     and trains on its slice (`samples.rank_slice`); DDP averages the gradients, so N ranks take the
-    steps one process takes with train.batch_size, up to the order of float sums;
+    steps one process takes with train.batch_size, up to the order of float sums. Two exceptions:
+    batch normalization (DIN's Dice activation) normalizes each rank's slice with its own statistics
+    (SyncBatchNorm is CUDA-only), and COUPA's auxiliary point-process term (pp_loss_weight > 0)
+    samples pp_rows rows per rank; a last global batch too small to give each rank 2 rows is left
+    out (batch normalization needs 2);
   * always reads shards, never its own in-memory copy of the samples: memory per rank is the model,
     one shuffle window and a batch, and the behaviour store is one memory-mapped file that the page
     cache shares between ranks;
@@ -24,6 +28,7 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 
 import numpy as np
 import torch
@@ -53,13 +58,30 @@ def init(device: torch.device) -> World:
     """Join the process group torchrun set up (idempotent)."""
     w = world()
     if w.size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            torch.cuda.set_device(w.local_rank)  # NCCL's collectives (all_gather_object too) use the current device
+        # rank 0 may build the shards first while the others wait in a collective: allow hours, not 30 min
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(hours=6))
     return w
 
 
-def barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
+def from_rank0(make):
+    """make() on rank 0, its value on every rank: rank 0 builds the shards once, and the others do
+    not race it. An EdgerecError on rank 0 is raised on every rank (none waits for a broadcast that
+    never comes)."""
+    from edgerec.errors import EdgerecError
+
+    box: list = [None]
+    if dist.get_rank() == 0:
+        try:
+            box[0] = ("ok", make())
+        except EdgerecError as e:
+            box[0] = ("error", e)
+    dist.broadcast_object_list(box, src=0)
+    status, value = box[0]
+    if status == "error":
+        raise value
+    return value
 
 
 def finish() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -42,9 +42,6 @@ class RunResult:
 def build_samples(cfg: ExperimentConfig) -> SampleSet:
     ds = registry.load(cfg.dataset)
     d = cfg.data
-    if d.max_items is not None and cfg.protocol == "dicycle":
-        raise ConfigError(f"{cfg.expid}: data.max_items caps the item ids of the impression protocol; the dicycle "
-                          "protocol draws negatives per item index and has no cap (set data.max_items=null).")
     common = dict(max_len=d.max_len, item_features=d.item_features, user_features=d.user_features,
                   seed=cfg.train.seed)
     if cfg.protocol == "dicycle":
@@ -128,9 +125,9 @@ def _cached_samples(cfg: ExperimentConfig, sample_cache: dict | None) -> SampleS
 
 def open_samples(cfg: ExperimentConfig, sample_cache: dict | None = None, log=print) -> "SampleSet | ShardedSamples":
     """The samples training reads: in memory (the default), or out of core (edgerec.data.shards) from
-    data.shards, or from shards built under output_dir/_shards when data.out_of_core is set (reused
-    while the data settings are the same)."""
-    from edgerec.data.shards import ShardedSamples, data_settings, write_shards
+    data.shards, or from shards built under output_dir/_shards when data.out_of_core is set. Under
+    torchrun always out of core: rank 0 finds or builds the shards and tells the others where."""
+    from edgerec.data.shards import ShardedSamples, data_settings, dataset_fingerprint
 
     d = cfg.data
     w = distributed.world()
@@ -139,27 +136,38 @@ def open_samples(cfg: ExperimentConfig, sample_cache: dict | None = None, log=pr
             return _cached_samples(cfg, sample_cache)
         d.out_of_core = True  # N in-memory copies would multiply the memory by N: ranks share shards
         log(f"[{cfg.expid}] {w.size} processes: training from out-of-core shards (data.out_of_core=true)")
-    settings = data_settings(cfg)
-    path = Path(d.shards) if d.shards else Path(cfg.output_dir) / "_shards" / _settings_hash(settings)
-    if not d.shards and not (path / "manifest.json").is_file() and w.main:
-        t0 = time.perf_counter()
-        samples = build_samples(cfg)
-        write_shards(samples, path, settings, d.rows_per_group)
-        del samples
-        log(f"[{cfg.expid}] wrote out-of-core shards to {path} ({time.perf_counter() - t0:.1f} s)")
-    if w.size > 1:  # the other ranks wait for rank 0's shards (gloo: the wait has no timeout problem on CPU)
+    if w.size > 1:
         distributed.init(resolve_device(cfg.train.device))
-        distributed.barrier()
+        path = Path(distributed.from_rank0(lambda: str(ensure_shards(cfg, log))))
+    else:
+        path = ensure_shards(cfg, log)
     shards = ShardedSamples(path, d.shuffle_window)
-    shards.check_data(settings, cfg.expid)
+    shards.check_data(data_settings(cfg), cfg.expid, dataset_fingerprint(cfg.dataset, prepare=False))
+    d.rows_per_group = shards.rows_per_group  # the row groups the shards have: what the ledger records
+    shards.spec = replace(shards.spec, max_len=d.max_len)  # histories are cut to L per batch: this run's L
     return shards
 
 
-def _settings_hash(settings: dict) -> str:
-    import hashlib
-    import json
+def ensure_shards(cfg: ExperimentConfig, log=print) -> Path:
+    """The shard folder of cfg: data.shards as given, or output_dir/_shards/<digest of the data
+    settings, the prepared dataset and rows_per_group>, built on first use and reused after."""
+    from edgerec.data.shards import data_settings, dataset_fingerprint, write_shards
+    from edgerec.io import sha256_json
 
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    d = cfg.data
+    if d.shards:
+        return Path(d.shards)
+    settings = data_settings(cfg)
+    meta = dataset_fingerprint(cfg.dataset)  # prepares the dataset when it is not yet
+    path = Path(cfg.output_dir) / "_shards" / sha256_json({**settings, "dataset_meta": meta,
+                                                           "rows_per_group": d.rows_per_group})[:12]
+    if not (path / "manifest.json").is_file():
+        t0 = time.perf_counter()
+        samples = build_samples(cfg)
+        write_shards(samples, path, settings, d.rows_per_group, meta)
+        del samples
+        log(f"[{cfg.expid}] wrote out-of-core shards to {path} ({time.perf_counter() - t0:.1f} s)")
+    return path
 
 
 def run_experiment(cfg: ExperimentConfig, log=print, sample_cache: dict | None = None,

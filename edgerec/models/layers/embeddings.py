@@ -6,7 +6,9 @@ concatenation [item id emb ; side feature embs], of size item_dim.
 
 Row 0 of every table is padding (zero, never trained). The item and user-id tables' last row is
 the out-of-vocabulary index (FeatureSpec.oov_item / oov_user): training never sees it, so it stays
-zero, and an id the run never saw reads as "nothing known" rather than as a random vector.
+zero, and an id the run never saw reads as "nothing known" rather than as a random vector. With
+frequency-capped item ids (data.max_items) the capped tail maps there, so the row is trained as
+one shared "rare item" vector, which an unseen item then gets too.
 """
 
 from __future__ import annotations
