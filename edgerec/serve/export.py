@@ -44,7 +44,8 @@ ID_TABLES = {"item": "ids_item.parquet", "user": "ids_user.parquet"}
 OPSET = 17
 # bumped whenever the graph an export writes changes (serve --engine onnx re-exports an older one);
 # 2: PackedHistory.pool as scatter_add, Dice without reshape, allowzero Reshapes (2026-12-02)
-EXPORTER = 2
+# 3: PackedHistory gathers with index_select, TargetAttention's factorized first layer (2026-12-03)
+EXPORTER = 3
 EXPORTABLE = ("DIN", "DiCycle", "COUPA")
 
 
