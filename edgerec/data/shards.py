@@ -147,7 +147,7 @@ class ShardedSamples:
         mf = self.path / "manifest.json"
         if not mf.is_file():
             raise EdgerecError(f"{self.path}: not a shard folder (no manifest.json); write one with "
-                               f"`edgerec batch --dataset ID --shards --out DIR` (it goes to DIR/shards).")
+                               f"`edgerec batch --shards CONFIG:EXPID --out DIR` (it goes to DIR/shards).")
         try:
             m = json.loads(mf.read_text())
         except ValueError as e:
