@@ -177,9 +177,8 @@ def _prepare_ranks(args: argparse.Namespace) -> None:
     not fit the config are refused."""
     import torch
 
-    from edgerec.data.shards import ShardedSamples, data_settings, dataset_fingerprint
     from edgerec.train.config import load_experiment
-    from edgerec.train.experiment import check_before_work, ensure_shards
+    from edgerec.train.experiment import check_before_work, open_samples
     from edgerec.train.trainer import resolve_device
 
     for seed in args.seed or [None]:
@@ -190,8 +189,7 @@ def _prepare_ranks(args: argparse.Namespace) -> None:
             raise EdgerecError(f"--nproc {args.nproc} with train.device={cfg.train.device}: torch sees "
                                f"{torch.cuda.device_count()} CUDA device(s), one per process is needed.")
         cfg.data.out_of_core = True
-        path = ensure_shards(cfg)
-        ShardedSamples(path).check_data(data_settings(cfg), cfg.expid, dataset_fingerprint(cfg.dataset, prepare=False))
+        open_samples(cfg)  # builds the shards and checks them here, as each rank then opens them
 
 
 def _without_nproc(argv: list[str]) -> list[str]:

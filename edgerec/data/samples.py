@@ -199,13 +199,18 @@ def group_shuffle(n: int, rows_per_group: int, window: int, seed: int) -> Iterat
     groups = rng.permutation(n_groups)
     for w in range(0, n_groups, window):
         chosen = np.sort(groups[w: w + window])
-        size = sum(min((g + 1) * rows_per_group, n) - g * rows_per_group for g in chosen)
+        size = sum(len(_group_rows(g, rows_per_group, n)) for g in chosen)
         yield chosen, rng.permutation(size)
+
+
+def _group_rows(g: int, rows_per_group: int, n: int) -> range:
+    """The rows of row group g of a split of n rows (the last group may be short)."""
+    return range(g * rows_per_group, min((g + 1) * rows_per_group, n))
 
 
 def group_shuffle_order(n: int, rows_per_group: int, window: int, seed: int) -> np.ndarray:
     """group_shuffle's order as one array of row indices (in-memory samples; O(n) memory)."""
-    parts = [np.concatenate([np.arange(g * rows_per_group, min((g + 1) * rows_per_group, n)) for g in groups])[perm]
+    parts = [np.concatenate([np.arange(r.start, r.stop) for r in (_group_rows(g, rows_per_group, n) for g in groups)])[perm]
              for groups, perm in group_shuffle(n, rows_per_group, window, seed)]
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 

@@ -33,7 +33,7 @@ import json
 import mmap
 import shutil
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Iterator
 
@@ -42,7 +42,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from edgerec.data.samples import BATCH_FIELDS, SampleSet, gather_batch, group_shuffle, rank_slice, too_short
+from edgerec.data.samples import BATCH_FIELDS, SampleSet, Split, gather_batch, group_shuffle, rank_slice, too_short
 from edgerec.errors import ConfigError, EdgerecError
 from edgerec.features.definition import cut
 from edgerec.features.spec import FeatureSpec
@@ -50,7 +50,6 @@ from edgerec.features.time import local_clock
 
 FORMAT = 1
 SPLITS = ("train", "valid", "test")
-SPLIT_COLUMNS = ("user", "item", "ts", "label", "hist_start", "hist_end", "position", "repeat", "event_row")
 STORE = ("store_item", "store_local_ts", "store_slots", "store_position")
 RELEASE_EVERY = 64  # batches between releases of the store's mapped pages (they stay in the page cache)
 
@@ -76,7 +75,7 @@ def write_shards(samples: SampleSet, out: str | Path, data: dict, rows_per_group
         rows = {}
         for name in SPLITS:
             s = samples.splits[name]
-            cols = {k: getattr(s, k) for k in SPLIT_COLUMNS if getattr(s, k) is not None}
+            cols = {f.name: getattr(s, f.name) for f in fields(Split) if getattr(s, f.name) is not None}
             pq.write_table(pa.table(cols), tmp / f"{name}.parquet", row_group_size=rows_per_group)
             rows[name] = len(s)
         for name in STORE:

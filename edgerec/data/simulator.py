@@ -106,8 +106,8 @@ class SimConfig:
 PRESETS: dict[str, dict] = {
     "tiny": dict(n_users=200, n_items=120, n_days=14, feed_size=6, candidates_per_request=24),
     "small": dict(n_users=2000, n_items=500, n_days=28),
-    "scale3m": dict(n_users=6000, n_items=1000, n_days=28),  # ~2.8M events: bench/scale.py's second size
-    "scale7m": dict(n_users=7000, n_items=1500, n_days=60),  # ~7M events: its third
+    "scale3m": dict(n_users=6000, n_items=1000, n_days=28),  # 2.5M events: bench/scale.py's second size
+    "scale7m": dict(n_users=7000, n_items=1500, n_days=60),  # 6.3M events: its third
     "medium": dict(n_users=20000, n_items=2000, n_days=60),
     "large": dict(n_users=100000, n_items=5000, n_days=60),
 }

@@ -84,6 +84,11 @@ def from_rank0(make):
     return value
 
 
+def rank0_only(log):
+    """`log` on rank 0 (or without torchrun), a no-op on the other ranks."""
+    return log if world().main else (lambda *a, **k: None)
+
+
 def finish() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

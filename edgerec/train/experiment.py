@@ -174,8 +174,7 @@ def run_experiment(cfg: ExperimentConfig, log=print, sample_cache: dict | None =
                    write_ledger: bool = True) -> RunResult:
     """Train, pick the best epoch on validation, evaluate it on test, save, and log to the ledger."""
     t_start = time.perf_counter()
-    if not distributed.world().main:  # under torchrun only rank 0 speaks
-        log = lambda *a, **k: None  # noqa: E731
+    log = distributed.rank0_only(log)  # under torchrun only rank 0 speaks
     check_before_work(cfg, write_ledger)
     samples = open_samples(cfg, sample_cache, log)
     model = build_model(cfg, samples.spec)

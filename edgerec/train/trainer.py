@@ -208,7 +208,7 @@ class Trainer:
         net = model
         if w.size > 1:  # static_graph: the same parameters are used every step, some models leave a few unused
             net = torch.nn.parallel.DistributedDataParallel(model, static_graph=True)
-        log = self.log if w.main else (lambda *a, **k: None)
+        log = distributed.rank0_only(self.log)
         opt = make_optimizer(model, cfg)
         sign = -1.0 if lower_is_better(cfg.monitor) else 1.0
         best, best_state, best_epoch, bad_epochs = -math.inf, None, -1, 0
