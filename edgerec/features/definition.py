@@ -286,5 +286,9 @@ class FeatureDefinition:
                 "exposures": s.exposures, "clicks": s.clicks}
 
     def item_ctr(self, s: ItemState) -> float:
-        a, b = self.ctr_prior_clicks, self.ctr_prior_exposures
-        return (s.clicks + a) / (s.exposures + b)
+        return self.ctr(s.clicks, s.exposures)
+
+    def ctr(self, clicks, exposures):
+        """The smoothed online CTR (clicks + a) / (exposures + b): of one item (ints), or of stage 1's
+        candidates at once (arrays, from `FeatureStore.item_counts`)."""
+        return (clicks + self.ctr_prior_clicks) / (exposures + self.ctr_prior_exposures)

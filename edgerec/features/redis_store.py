@@ -27,9 +27,12 @@ from __future__ import annotations
 import json
 from typing import Callable, Iterable
 
+import numpy as np
+
 from edgerec.errors import EdgerecError, StoreUnavailable
 from edgerec.features.definition import Event, FeatureDefinition, ItemState, UserState
-from edgerec.features.store import DEFAULT_DEDUP_WINDOW_S, LateGate, OnLate, check_zone, checked_window, source_key
+from edgerec.features.store import (DEFAULT_DEDUP_WINDOW_S, LateGate, OnLate, check_zone, checked_window,
+                                    counts_of, source_key)
 
 
 def redis_server_args(port: int, data_dir: str) -> list[str]:
@@ -165,6 +168,9 @@ class RedisStore:
     def items(self, item_ids: list[int]) -> list[ItemState]:
         vals = self._call(self.r.mget, [self._i(i) for i in item_ids]) if item_ids else []
         return [ItemState.from_dict(json.loads(v)) if v else ItemState() for v in vals]
+
+    def item_counts(self, item_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        return counts_of(self.items(item_ids))
 
     def offset(self, source: str) -> int | None:
         v = self._call(self.r.get, self._off(source))

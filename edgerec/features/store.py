@@ -37,6 +37,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Callable, Iterable, Protocol
 
+import numpy as np
+
 from edgerec.errors import ConfigError, DataFormatError, StoreUnavailable
 from edgerec.features.definition import Event, FeatureDefinition, ItemState, UserState, cut
 from edgerec.features.time import same_zone
@@ -117,7 +119,11 @@ class FeatureStore(Protocol):
 
     def item(self, item_id: int) -> ItemState: ...
 
-    def items(self, item_ids: list[int]) -> list[ItemState]: ...  # one round trip (serving's stage 1)
+    def items(self, item_ids: list[int]) -> list[ItemState]: ...  # one round trip
+
+    def item_counts(self, item_ids: list[int]) -> tuple[np.ndarray, np.ndarray]: ...
+    # (exposures, clicks) int64 arrays in the order of item_ids, 0 for an item never seen: serving's
+    # stage 1 reads its 200 candidates' counts per request, one round trip and no per-item objects
 
     def offset(self, source: str) -> int | None: ...
 
@@ -187,6 +193,9 @@ class MemoryStore:
 
     def items(self, item_ids: list[int]) -> list[ItemState]:
         return [self.item_states.get(i, ItemState()) for i in item_ids]
+
+    def item_counts(self, item_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        return counts_of(self.items(item_ids))
 
     def offset(self, source: str) -> int | None:
         return self.offsets.get(source)
@@ -327,12 +336,29 @@ class SQLiteStore:
             found.update((row[0], ItemState(*row[1:])) for row in self.db.execute(q, chunk))
         return [found.get(i, ItemState()) for i in item_ids]
 
+    def item_counts(self, item_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """`items`' counts as two arrays, without an ItemState per row (half of stage 1's time)."""
+        found: dict[int, tuple[int, int]] = {}
+        for lo in range(0, len(item_ids), 500):  # SQLite's bound-parameter limit
+            chunk = item_ids[lo: lo + 500]
+            q = (f"SELECT item_id, json_extract(state, '$.exposures'), json_extract(state, '$.clicks') FROM items "
+                 f"WHERE item_id IN ({','.join('?' * len(chunk))})")
+            found.update((row[0], row[1:]) for row in self.db.execute(q, chunk))
+        counts = np.array([found.get(i, (0, 0)) for i in item_ids], dtype=np.int64).reshape(-1, 2)  # (n, 2)
+        return counts[:, 0], counts[:, 1]
+
     def offset(self, source: str) -> int | None:
         row = self.db.execute("SELECT offset FROM offsets WHERE source = ?", (source,)).fetchone()
         return row[0] if row else None
 
     def close(self) -> None:
         self.db.close()
+
+
+def counts_of(states: list[ItemState]) -> tuple[np.ndarray, np.ndarray]:
+    """(exposures, clicks) arrays of item states (`FeatureStore.item_counts` for stores without a faster way)."""
+    return (np.fromiter((s.exposures for s in states), np.int64, len(states)),
+            np.fromiter((s.clicks for s in states), np.int64, len(states)))
 
 
 def open_store(spec: str, dedup_window_s: int | None = DEFAULT_DEDUP_WINDOW_S) -> FeatureStore:

@@ -45,7 +45,8 @@ OPSET = 17
 # bumped whenever the graph an export writes changes (serve --engine onnx re-exports an older one);
 # 2: PackedHistory.pool as scatter_add, Dice without reshape, allowzero Reshapes (2026-12-02)
 # 3: PackedHistory gathers with index_select, TargetAttention's factorized first layer (2026-12-03)
-EXPORTER = 3
+# 4: COUPA's pair block as one matrix product with the candidate-free M[n] (serving_history, 2026-12-07)
+EXPORTER = 4
 EXPORTABLE = ("DIN", "DiCycle", "COUPA")
 
 
@@ -106,10 +107,11 @@ def input_names(samples) -> list[str]:
 
 
 def request_inputs(request: dict[str, torch.Tensor], items: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
-    """An encoded request (Ranker.encode_request) and candidate indices -> the graph's numpy inputs."""
+    """An encoded request (Ranker.encode_request's tensors or Ranker.request_arrays) and candidate
+    indices -> the graph's numpy inputs."""
     out = {}
     for n in names:
-        out[n] = np.asarray(items, dtype=np.int64) if n == "items" else request[n].numpy()
+        out[n] = np.asarray(items, dtype=np.int64) if n == "items" else np.asarray(request[n])
     return out
 
 

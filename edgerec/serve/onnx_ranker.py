@@ -34,9 +34,15 @@ class OnnxRanker(Ranker):
         self.names = [i.name for i in self.session.get_inputs()]
 
     def score(self, request, items: np.ndarray) -> np.ndarray:
-        """Served relevance (C,) of raw item ids `items`, as Ranker.score, from ONNX Runtime."""
+        """Served relevance (C,) of raw item ids `items`, as Ranker.score, from ONNX Runtime. `request`:
+        an encoded request (Ranker.encode_request, torch) or its arrays (Ranker.request_arrays)."""
         idx = self.item_index(np.asarray(items, dtype=np.int64))  # (C,)
         return self.session.run(["score"], request_inputs(request, idx, self.names))[0]
+
+    def rank(self, user_id: int, ts: int, feats: dict, items: np.ndarray) -> np.ndarray:
+        """Ranker.rank without torch: the graph takes the request arrays and looks up the side features
+        itself, so nothing per request is built twice."""
+        return self.score(self.request_arrays(user_id, ts, feats), items)
 
 
 def read_contract(export_dir: Path) -> dict:

@@ -73,32 +73,48 @@ class Ranker:
     def knows_user(self, raw: int) -> bool:
         return self.user_index(raw) != self.samples.spec.oov_user
 
-    def encode_request(self, user_id: int, ts: int, feats: dict) -> dict[str, torch.Tensor]:
-        """Online features (FeatureDefinition.user_features) -> a batch of 1 in the training layout:
-        the last L clicks, most recent last, left-padded with 0."""
+    def request_arrays(self, user_id: int, ts: int, feats: dict) -> dict[str, np.ndarray]:
+        """Online features (FeatureDefinition.user_features) -> the request in the training layout, as
+        numpy (what an exported graph takes, serve/export.py): user (1,), ts (1,) local seconds, and
+        the last L clicks, most recent last, left-padded with 0: hist_item, hist_ts, hist_mask
+        [, hist_position] (1, L)."""
         L = self.L
         h_item = self.item_index(np.asarray(feats["hist_item"][-L:], dtype=np.int64))
-        h_ts = self.clock.local(np.asarray(feats["hist_ts"][-L:], dtype=np.int64))  # local seconds, as make_batch
-        h_pos = np.asarray(feats["hist_position"][-L:], dtype=np.int64)
-        n = len(h_item)
-        pad = L - n
+        pad = L - len(h_item)
 
-        def row(x: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(np.concatenate([np.zeros(pad, dtype=np.int64), x]))[None, :]  # (1, L)
+        def row(x) -> np.ndarray:  # (1, L)
+            out = np.zeros((1, L), dtype=np.int64)
+            out[0, pad:] = x
+            return out
 
-        mask = torch.zeros(1, L, dtype=torch.bool)
+        mask = np.zeros((1, L), dtype=bool)
         mask[0, pad:] = True
-        u = self.user_index(user_id)
-        req = {"user": torch.tensor([u]), "ts": torch.from_numpy(self.clock.local(np.asarray([ts], dtype=np.int64))),
-               "hist_item": row(h_item), "hist_ts": row(h_ts), "hist_mask": mask,
-               "hist_slots": torch.where(mask, pack_slots(row(h_ts)), 0)}
+        arrays = {"user": np.array([self.user_index(user_id)], dtype=np.int64),
+                  "ts": self.clock.local(np.array([ts], dtype=np.int64)),
+                  "hist_item": row(h_item),
+                  "hist_ts": row(self.clock.local(np.asarray(feats["hist_ts"][-L:], dtype=np.int64))),  # as make_batch
+                  "hist_mask": mask}
+        if self.samples.store_position is not None:
+            arrays["hist_position"] = row(np.asarray(feats["hist_position"][-L:], dtype=np.int64))
+        return arrays
+
+    def encode_request(self, user_id: int, ts: int, feats: dict) -> dict[str, torch.Tensor]:
+        """`request_arrays` as the batch of 1 a PyTorch model reads: plus the packed time slots and the
+        side features of the user and of each behaviour, looked up in the run's code tables."""
+        req = {k: torch.from_numpy(v) for k, v in self.request_arrays(user_id, ts, feats).items()}
+        mask = req["hist_mask"]
+        req["hist_slots"] = torch.where(mask, pack_slots(req["hist_ts"]), 0)
         for name, codes in self.samples.item_feats.items():
             req[f"hist_{name}"] = torch.where(mask, torch.from_numpy(codes)[req["hist_item"]], 0)
+        u = int(req["user"][0])
         for name, codes in self.samples.user_feats.items():
             req[f"user_{name}"] = torch.tensor([int(codes[u])])
-        if self.samples.store_position is not None:
-            req["hist_position"] = torch.where(mask, row(h_pos), 0)
         return req
+
+    def rank(self, user_id: int, ts: int, feats: dict, items: np.ndarray) -> np.ndarray:
+        """Stage 2 of one request (what RecommendService.recommend calls): served relevance (C,) of raw
+        item ids `items` for the user's online features `feats` at `ts`."""
+        return self.score(self.encode_request(user_id, ts, feats), items)
 
     def _item_feats(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         return {name: torch.from_numpy(codes)[idx] for name, codes in self.samples.item_feats.items()}
@@ -182,14 +198,15 @@ class CandidateIndex:
     def __post_init__(self) -> None:
         # per request only the 3-hour window changes; the smoothed per-item total is fixed
         self._slot_denominator = self.slot_clicks.sum(1) + HOURS_PER_WEEK / 3  # (N,)
+        self._channels = ["all", *sorted(set(self.channel.tolist()))]
 
     @property
     def channels(self) -> list[str]:
-        return ["all", *sorted(set(self.channel.tolist()))]
+        return list(self._channels)
 
     def retrieve(self, ts: int, channel: str, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-n (raw ids, pre-rank scores) for this hour of the week in `channel`."""
-        if channel not in self.channels:
+        if channel not in self._channels:
             raise UnknownChannel(f"channel {cut(channel)} is unknown; choose one of {self.channels}.")
         h = hour_of_week(ts, self.tz)
         near = self.slot_clicks[:, [(h - 1) % HOURS_PER_WEEK, h, (h + 1) % HOURS_PER_WEEK]].sum(1)  # (N,)
@@ -297,8 +314,7 @@ class RecommendService:
         if cold:
             scores = pre
         else:
-            req = self.ranker.encode_request(user_id, ts, feats)
-            scores = self.ranker.score(req, cand)
+            scores = self.ranker.rank(user_id, ts, feats, cand)
             if not np.isfinite(scores).all():  # never serve a NaN ranking: the app answers 503
                 raise ScorerFailed(f"stage 2 gave {int((~np.isfinite(scores)).sum())} non-finite scores of "
                                    f"{len(scores)} for user {user_id}")
@@ -315,8 +331,8 @@ class RecommendService:
         """Stage 1: the top `n_candidates` (internal ids, pre-rank scores), best first. Pre-rank =
         the item's share of clicks in this hour of the week (CandidateIndex) x its online CTR (store)."""
         cand, slot_share = self.index.retrieve(ts, channel, n_candidates)
-        ctr = np.array([self.ranker.definition.item_ctr(s) for s in self.store.items([int(i) for i in cand])])
-        pre = slot_share * ctr  # pre-rank: time-slot share x online CTR
+        exposures, clicks = self.store.item_counts(cand.tolist())
+        pre = slot_share * self.ranker.definition.ctr(clicks, exposures)  # pre-rank: time-slot share x online CTR
         order = np.argsort(-pre, kind="stable")
         return cand[order], pre[order]
 

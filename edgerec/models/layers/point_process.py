@@ -142,18 +142,23 @@ class PointProcessIntensity(nn.Module):
 
     # ---- serving: many candidates against ONE history (coupa.md §3.2), dense and factorised
     def serving_history(self, hist: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Add the candidate-free part of the excitation MLP's first layer to `hist` (one request).
+        """Add the candidate-free parts of the excitation MLP's first layer to `hist` (one request).
 
-        Why: the first layer is linear in [e_h ; e_t ; e_h ⊙ e_t ; Φ], so W·x splits into a history
-        term (N, h), a candidate term (C, h) and a bilinear pair term. Computing the first two once
-        and only the pair term per (candidate, behaviour) costs about a third of the C × N × (3d+t)
-        matrix product of the training path, and never materialises the tiled C × N inputs."""
+        Why: the first layer is linear in [e_h ; e_t ; e_h ⊙ e_t ; Φ], so for behaviour n and candidate c
+
+            W·x + b = (W_h e_h[n] + W_p Φ_n + b) + (W_x diag(e_h[n]) + W_t) e_t[c]
+                    =        pre[n]               +        M[n] e_t[c]
+
+        with pre (N, h) and M (N, h, d) free of the candidate. So the C × N pair block is ONE matrix
+        product e_t (C, d) @ M^T (d, N·h) plus a bias: no tiled C × N inputs, no (C, N, d) product and
+        no broadcast adds over (C, N, h), the memory passes that cost as much as the product itself."""
         first = self.excite.net[0]
         d, t = hist["e_hist"].shape[-1], hist["phi"].shape[-1]
-        w_h, _, _, w_p = first.weight.split([d, d, d, t], dim=1)  # (h, d) x 3, (h, t)
+        w_h, w_t, w_x, w_p = first.weight.split([d, d, d, t], dim=1)  # (h, d) x 3, (h, t)
         pre = torch.addmm(first.bias, hist["e_hist"], w_h.T) + hist["phi"] @ w_p.T  # (N, h)
+        pair = hist["e_hist"][:, None, :] * w_x[None] + w_t[None]  # (N, h, d): M[n] = W_x diag(e_h[n]) + W_t
         decay = torch.exp(-self.decay() * hist["dt_h"]) * hist["seen"]  # (N,) 0 for events not yet seen
-        return {**hist, "excite_pre": pre, "excite_decay": decay}
+        return {**hist, "excite_pre": pre, "excite_pair": pair, "excite_decay": decay}
 
     def target_side_one_history(self, e_target: torch.Tensor, ts: torch.Tensor, hist: dict[str, torch.Tensor],
                                 e_user: torch.Tensor | None = None, same: torch.Tensor | None = None
@@ -179,18 +184,18 @@ class PointProcessIntensity(nn.Module):
         q = self.query(torch.cat([e_target, cyc_t], -1))  # (C, d)
         logits = (q @ hist["k"].T / math.sqrt(d)).masked_fill(~hist["seen"], float("-inf"))  # (C, N)
         a = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # (C, N); all zero if no event is seen yet
-        first = self.excite.net[0]
-        _, w_t, w_x, _ = first.weight.split([d, d, d, first.in_features - 3 * d], dim=1)  # (h, d) each
-        prod = (e_target[:, None, :] * hist["e_hist"][None]).view(C * N, d)  # (C*N, d): e_t ⊙ e_h per pair
-        pair = (prod @ w_x.T).view(C, N, w_x.shape[0])  # (C, N, h): one tall GEMM, faster than C small ones
-        pair += hist["excite_pre"]  # (C, N, h) + (N, h)
-        pair += (e_target @ w_t.T)[:, None, :]  # (C, N, h) + (C, 1, h)
-        for layer in self.excite.net[1:]:  # ReLU in place: the (C, N, h) tensor is the biggest one here
+        h = hist["excite_pre"].shape[-1]
+        pair = torch.addmm(hist["excite_pre"].reshape(N * h), e_target,  # (N*h,) + (C, d) @ (d, N*h)
+                           hist["excite_pair"].reshape(N * h, d).T).view(C, N, h)  # (C, N, h) first layer
+        *hidden, last = self.excite.net[1:]  # activation [, more layers], then Linear(h', 1)
+        for layer in hidden:  # ReLU in place: the (C, N, h) tensor is the biggest one here
             pair = pair.relu_() if isinstance(layer, nn.ReLU) else layer(pair)
-        psi = pair.squeeze(-1) * hist["excite_decay"]  # (C, N)
-        excitation = (a * psi if self.excitation == "attention" else psi).sum(-1)  # (C,)
+        w = a * hist["excite_decay"] if self.excitation == "attention" else hist["excite_decay"].expand(C, N)  # (C, N)
+        # excitation = Σ_n w_n ψ_n with ψ_n = v·x_n + b, so pool first: v·(Σ_n w_n x_n) + b Σ_n w_n
+        pooled = (w[:, None, :] @ pair).squeeze(1)  # (C, 1, N) @ (C, N, h') -> (C, h')
+        excitation = (pooled @ last.weight[0]) + last.bias * w.sum(-1)  # (C,)
         if same is not None:
-            excitation = excitation + same.to(psi.dtype) @ hist["self_k"]  # (C, N) @ (N,) -> (C,)
+            excitation = excitation + same.to(w.dtype) @ hist["self_k"]  # (C, N) @ (N,) -> (C,)
         log_lam = torch.log(F.softplus(mu + excitation, beta=self.beta) + 1e-6)  # (C,)
         # base_rate μ and excitation (C,) each: the two terms inside the softplus, for the console's "why now"
         return {"log_intensity": log_lam, "h_time": a @ hist["v"], "attention": a,  # h_time (C, d)
