@@ -264,3 +264,20 @@ def test_gpu_check_experiments_load():
         cfg = load_experiment(ROOT / "configs" / "ctr.yaml", expid, ["dataset=o2o-sim:small", "train.device=cuda",
                                                                      *extra])
         assert cfg.model in ("DIN", "COUPA", "DiCycle")
+
+
+def test_serve_before_after_compares_at_a_rate_every_run_kept_up_with():
+    """The ratio is taken at the highest offered rate that every run sustained, never at a rate where
+    one of them saturated (its CPU per request would include the queue's drain)."""
+    from bench.serve_before_after import summarize
+
+    def run(code, engine, cpu_by_rate, saturated_at=None):
+        load = [{"rate": r, "errors": 0, "achieved_qps": r * (0.5 if r == saturated_at else 1.0),
+                 "cpu_ms_per_request": {"server": c}} for r, c in cpu_by_rate.items()]
+        return {"code": code, "engine": engine, "load": load}
+
+    runs = [run("before", "torch", {100: 4.0, 300: 4.2, 500: 9.0}, saturated_at=500),
+            run("after", "onnx", {100: 3.0, 300: 2.0, 500: 2.1})]
+    s = summarize(runs)
+    assert s["rate"] == 300 and s["ratio"] == pytest.approx(2.0 / 4.2)
+    assert s["kept_up_to"] == {"before/torch": 300, "after/onnx": 500}

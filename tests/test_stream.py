@@ -126,6 +126,33 @@ def test_memory_and_sqlite_and_batch_fold_agree(tmp_path, log_events):
     ids = sorted(items)[:600] + [max(items) + 1]  # > 500: two SQL chunks; plus an unknown item
     assert sql.items(ids) == [sql.item(i) for i in ids] == mem.items(ids)
     assert sql.items(ids)[-1].exposures == 0
+    # stage 1's counts (SQLite: the item_counts table its triggers keep) equal the states, in id order
+    want = (np.array([s.exposures for s in mem.items(ids)]), np.array([s.clicks for s in mem.items(ids)]))
+    for store in (sql, mem):
+        got = store.item_counts(ids[::-1])
+        np.testing.assert_array_equal(got[0], want[0][::-1])
+        np.testing.assert_array_equal(got[1], want[1][::-1])
+
+
+def test_a_store_written_before_item_counts_gets_them_and_an_old_writer_keeps_them(tmp_path, log_events):
+    """A store from before `item_counts` is filled when opened; a writer that knows nothing of it (an
+    older edgerec's stream: INSERT OR REPLACE INTO items) keeps it current through the triggers."""
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    SQLiteStore(path).apply(log_events[:3000], DEF)
+    db = sqlite3.connect(path)
+    db.executescript("DROP TRIGGER item_counts_insert; DROP TRIGGER item_counts_update; "
+                     "DROP TRIGGER item_counts_delete; DROP TABLE item_counts;")  # as an older edgerec wrote it
+    db.close()
+    store = SQLiteStore(path)
+    ids = sorted({e.item_id for e in log_events[:3000]})
+    assert store.item_counts(ids)[0].tolist() == [s.exposures for s in store.items(ids)]
+    assert sum(store.item_counts(ids)[0]) > 0
+    store.db.execute("INSERT OR REPLACE INTO items VALUES (?, ?)", (ids[0], json.dumps({"exposures": 7, "clicks": 3})))
+    assert [int(x[0]) for x in store.item_counts(ids[:1])] == [7, 3]
+    store.db.execute("DELETE FROM items WHERE item_id = ?", (ids[0],))
+    assert [int(x[0]) for x in store.item_counts(ids[:1])] == [0, 0]
 
 
 class Crash(Exception):
