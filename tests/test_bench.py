@@ -279,5 +279,9 @@ def test_serve_before_after_compares_at_a_rate_every_run_kept_up_with():
     runs = [run("before", "torch", {100: 4.0, 300: 4.2, 500: 9.0}, saturated_at=500),
             run("after", "onnx", {100: 3.0, 300: 2.0, 500: 2.1})]
     s = summarize(runs)
-    assert s["rate"] == 300 and s["ratio"] == pytest.approx(2.0 / 4.2)
+    assert s["rate"] == 300 and s["ratio"] == pytest.approx(2.0 / 4.2) and s["every_run_kept_up"]
     assert s["kept_up_to"] == {"before/torch": 300, "after/onnx": 500}
+    one_engine = summarize([run("before", "torch", {100: 4.0}), run("after", "torch", {100: 3.0})])
+    assert one_engine["new"] == "after/torch" and one_engine["ratio"] == pytest.approx(0.75)
+    none_kept = summarize([run("before", "torch", {100: 4.0}, saturated_at=100), run("after", "onnx", {100: 3.0})])
+    assert not none_kept["every_run_kept_up"]

@@ -262,11 +262,12 @@ def test_explain_coupa_writes_intensity_and_examination(config_dir):
     (True, "empty", True, "attention", False, (64,)), (True, "longest", False, "attention", False, (64,)),
     (True, "longest", True, "sum", False, (64,)), (True, "empty", True, "sum", False, (64,)),
     (True, "longest", False, "attention", True, (64,)), (True, "empty", False, "attention", True, (64,)),
-    (True, "longest", True, "attention", False, (16, 8)), (True, "longest", True, "sum", False, (16, 8))])
+    (True, "longest", True, "attention", False, (16, 8)), (True, "longest", True, "sum", False, (16, 8)),
+    (True, "longest", True, "attention", False, ()), (True, "longest", False, "sum", False, ())])
 def test_two_stage_serving_equals_one_pass(imp, use_pp, history, decay, excitation, same_item, pp_units):
     """Stage 1 (user side, once) + stage 2 (200 candidates) == the single-pass forward, within 1e-5;
     also for a user with no history (the dense serving path has its own N = 0 branch) and for an
-    excitation MLP of two hidden layers (the serving path pools before its last layer)."""
+    excitation MLP of two hidden layers or none (the serving path pools before its last layer)."""
     torch.manual_seed(0)
     model = COUPA(imp.spec, embedding_dim=8, use_point_process=use_pp, pp_decay=decay, pp_units=pp_units,
                   pp_excitation=excitation, pp_same_item=same_item).eval()

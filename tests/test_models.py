@@ -155,3 +155,32 @@ def test_the_attention_unit_buckets_rows_only_where_no_batch_norm_sees_them(acti
     hook.remove()
     n = int(mask.sum())
     assert seen == [ROW_BUCKET if activation == "sigmoid" else n] and weights.shape == (40, 30)
+
+
+@pytest.mark.parametrize("kwargs,history", [
+    ({}, "longest"), ({"attention_activation": "dice", "attention_softmax": True}, "longest"),
+    ({"use_product": False, "attention_units": (16,)}, "longest"), ({}, "empty")])
+def test_din_serving_path_equals_the_forward_over_tiled_candidates(impressions, kwargs, history):
+    """DIN's serve_user + candidate_logits (one history against C candidates, one matrix product)
+    give the forward's logits over the request repeated C times, within 1e-5; with user features,
+    softmax attention, Dice units, and an empty history (N = 0)."""
+    torch.manual_seed(0)
+    model = DIN(impressions.spec, embedding_dim=8, **kwargs).eval()
+    with torch.no_grad():  # non-trivial Dice statistics, as after training
+        for m in model.modules():
+            if isinstance(m, Dice):
+                m.bn.running_mean.normal_(0, 0.5), m.bn.running_var.uniform_(0.5, 2.0), m.alpha.uniform_(-0.5, 0.5)
+    sp = impressions.splits["test"]
+    row = int(np.argmax(sp.hist_end - sp.hist_start))
+    one = impressions.make_batch(sp, np.array([row]))
+    if history == "empty":
+        one = {k: torch.zeros_like(v) if k.startswith("hist_") else v for k, v in one.items()}
+    items = torch.from_numpy(np.random.default_rng(0).integers(1, impressions.spec.n_items, 200))
+    feats = {n: torch.from_numpy(codes[items.numpy()]) for n, codes in impressions.item_feats.items()}
+    served = model.candidate_logits(model.serve_user({k: v for k, v in one.items() if k not in ("item", "label")}),
+                                    items, feats)
+    tiled = {k: v.expand(200, *v.shape[1:]) for k, v in one.items()}
+    tiled.update(item=items, **{f"item_{n}": c for n, c in feats.items()})
+    with torch.no_grad():
+        reference = model(tiled)["logit"]
+    assert (served - reference).abs().max() <= 1e-5

@@ -150,9 +150,33 @@ def test_a_store_written_before_item_counts_gets_them_and_an_old_writer_keeps_th
     assert store.item_counts(ids)[0].tolist() == [s.exposures for s in store.items(ids)]
     assert sum(store.item_counts(ids)[0]) > 0
     store.db.execute("INSERT OR REPLACE INTO items VALUES (?, ?)", (ids[0], json.dumps({"exposures": 7, "clicks": 3})))
-    assert [int(x[0]) for x in store.item_counts(ids[:1])] == [7, 3]
+    exposures, clicks = store.item_counts(ids[:1])
+    assert (exposures[0], clicks[0]) == (7, 3)
     store.db.execute("DELETE FROM items WHERE item_id = ?", (ids[0],))
-    assert [int(x[0]) for x in store.item_counts(ids[:1])] == [0, 0]
+    exposures, clicks = store.item_counts(ids[:1])
+    assert (exposures[0], clicks[0]) == (0, 0)
+    db = sqlite3.connect(path)
+    db.execute("DROP TRIGGER item_counts_update")  # a store that lost a trigger is repaired when opened
+    db.close()
+    assert SQLiteStore(path)._has_item_counts()
+
+
+def test_an_older_store_locked_by_another_writer_is_a_retry_not_a_config_error(tmp_path, log_events):
+    """Filling item_counts needs the write lock: while another process holds it (past sqlite3's 5 s
+    wait), opening says the store is fine and busy, not that it is not a feature store."""
+    import sqlite3
+
+    from edgerec.errors import StoreUnavailable
+
+    path = tmp_path / "old.db"
+    SQLiteStore(path).apply(log_events[:100], DEF)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.executescript("DROP TABLE item_counts;")
+    other.execute("BEGIN IMMEDIATE")
+    with pytest.raises(StoreUnavailable, match="locked by another writer"):
+        SQLiteStore(path)
+    other.execute("ROLLBACK")
+    assert SQLiteStore(path)._has_item_counts()
 
 
 class Crash(Exception):

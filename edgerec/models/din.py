@@ -44,3 +44,27 @@ class DIN(CTRModel):
             parts.append(user)
         logit = self.mlp(torch.cat(parts, dim=-1)).squeeze(-1)  # (B,)
         return self.output(logit, attention=weights)
+
+    # ---- serving: one request's history once, then its C candidates (as COUPA's serve_user)
+    @torch.no_grad()
+    def serve_user(self, request: dict[str, torch.Tensor]) -> dict:
+        """Everything candidate-free for ONE request (a batch of 1: user, hist_*)."""
+        if self.training:
+            raise RuntimeError("serve_user needs the model in eval mode (model.eval())")
+        packed = PackedHistory(request["hist_mask"])
+        return {"hist": self.emb.history(request, packed), "user": self.emb.user(request)}  # (N, D), (1, du)
+
+    @torch.no_grad()
+    def candidate_logits(self, cache: dict, items: torch.Tensor, item_features: dict[str, torch.Tensor] | None = None
+                         ) -> torch.Tensor:
+        """Logits (C,) of candidate item indices `items` (C,) for the cached request: the forward's
+        numbers, with the attention over the one history (TargetAttention.forward_one_history)."""
+        batch = {"item": items, **{f"item_{n}": codes for n, codes in (item_features or {}).items()}}
+        target = self.emb.target(batch)  # (C, D)
+        pooled, _ = self.attention.forward_one_history(target, cache["hist"])  # (C, D)
+        parts = [target, pooled]
+        if self.use_product:
+            parts.append(target * pooled)  # (C, D)
+        if cache["user"] is not None:
+            parts.append(cache["user"].expand(items.shape[0], -1))  # (C, du)
+        return self.mlp(torch.cat(parts, dim=-1)).squeeze(-1)  # (C,)

@@ -5,8 +5,8 @@
            whole log for a live service, the training period for an evaluation) times its online
            CTR; time-slot aware, candidate-cheap, no model. Returns the top n (default 200).
   stage 2  `Ranker.score(...)`: the trained COUPA or DiCycle with the user's ONLINE features (the
-           feature store, folded by the stream). For COUPA the model itself is two-part as well:
-           `serve_user` computes everything candidate-free once per request, `serve_candidates`
+           feature store, folded by the stream). For COUPA (and DIN) the model itself is two-part as well:
+           `serve_user` computes everything candidate-free once per request, `candidate_logits`
            scores the candidates against it; a test checks this equals one forward pass (1e-5).
            The display position is never an input here: COUPA's relevance tower ranks alone.
 
@@ -31,6 +31,7 @@ from edgerec.data.samples import lookup_sorted
 from edgerec.errors import EdgerecError
 from edgerec.features.definition import (DEFAULT_FUTURE_SKEW_S, HOURS_PER_WEEK, Event, EventError,
                                          FeatureDefinition, cut, hour_of_week)
+from edgerec.features.store import counts_of
 from edgerec.features.time import local_clock, pack_slots
 from edgerec.io import append_jsonl_many, check_writable
 
@@ -331,8 +332,10 @@ class RecommendService:
         """Stage 1: the top `n_candidates` (internal ids, pre-rank scores), best first. Pre-rank =
         the item's share of clicks in this hour of the week (CandidateIndex) x its online CTR (store)."""
         cand, slot_share = self.index.retrieve(ts, channel, n_candidates)
-        exposures, clicks = self.store.item_counts(cand.tolist())
-        pre = slot_share * self.ranker.definition.ctr(clicks, exposures)  # pre-rank: time-slot share x online CTR
+        ids = cand.tolist()
+        counts = getattr(self.store, "item_counts", None)  # a store of one's own may have only `items`
+        exposures, clicks = counts(ids) if counts is not None else counts_of(self.store.items(ids))
+        pre = slot_share * self.ranker.definition.ctr(clicks=clicks, exposures=exposures)  # slot share x online CTR
         order = np.argsort(-pre, kind="stable")
         return cand[order], pre[order]
 

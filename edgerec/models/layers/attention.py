@@ -65,6 +65,26 @@ class TargetAttention(nn.Module):
         weights = packed.softmax(score) if self.normalize else score  # (N,)
         return packed.pool(weights, keys), packed.unpack(weights)  # (B, d), (B, L)
 
+    def forward_one_history(self, query: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Serving: C candidate queries (C, d) against ONE request's N real behaviours keys (N, d)
+        -> pooled (C, d), weights (C, N); the same numbers as forward_packed over C tiled rows.
+
+        The unit's first layer for behaviour n and candidate c is pre[n] + M[n] q_c, with
+        pre = (W_k + W_d) k + b (N, h) and M[n] = W_p diag(k_n) + (W_q - W_d) (N, h, d), both free
+        of the candidate: the (C, N, h) block is ONE matrix product q (C, d) @ M^T (d, N·h) with
+        pre as its bias (as COUPA's excitation, PointProcessIntensity.serving_history). No packing,
+        no tiled rows: the gathers and scatters that made the tiled graph slow under ONNX Runtime."""
+        first, rest = self.unit.net[0], self.unit.net[1:]
+        C, d = query.shape
+        N, h = keys.shape[0], first.out_features
+        w_k, w_q, w_d, w_p = first.weight.split(d, dim=1)  # each (h, d)
+        pre = torch.addmm(first.bias, keys, (w_k + w_d).T)  # (N, h)
+        m = keys[:, None, :] * w_p[None] + (w_q - w_d)[None]  # (N, h, d)
+        hidden = torch.addmm(pre.reshape(N * h), query, m.reshape(N * h, d).T)  # (C, N*h)
+        score = rest(hidden.view(C * N, h)).view(C, N)  # 2-D layers (plain GEMMs under ONNX Runtime) -> (C, N)
+        weights = torch.softmax(score, dim=-1) if self.normalize else score  # (C, N)
+        return weights @ keys, weights  # (C, d), (C, N)
+
 
 class QueryAttention(nn.Module):
     """Single-head scaled dot-product attention of one query over a sequence, with W_Q, W_K, W_V.

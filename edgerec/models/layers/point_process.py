@@ -151,14 +151,15 @@ class PointProcessIntensity(nn.Module):
 
         with pre (N, h) and M (N, h, d) free of the candidate. So the C × N pair block is ONE matrix
         product e_t (C, d) @ M^T (d, N·h) plus a bias: no tiled C × N inputs, no (C, N, d) product and
-        no broadcast adds over (C, N, h), the memory passes that cost as much as the product itself."""
+        no broadcast adds over (C, N, h). M costs N·h·d floats per request whatever C is (50 × 64 × 64
+        for COUPA_o2o, 0.8 MB), about what the (C·N, d) products it replaces cost at C = 200."""
         first = self.excite.net[0]
         d, t = hist["e_hist"].shape[-1], hist["phi"].shape[-1]
         w_h, w_t, w_x, w_p = first.weight.split([d, d, d, t], dim=1)  # (h, d) x 3, (h, t)
         pre = torch.addmm(first.bias, hist["e_hist"], w_h.T) + hist["phi"] @ w_p.T  # (N, h)
-        pair = hist["e_hist"][:, None, :] * w_x[None] + w_t[None]  # (N, h, d): M[n] = W_x diag(e_h[n]) + W_t
+        m = hist["e_hist"][:, None, :] * w_x[None] + w_t[None]  # (N, h, d): M[n] = W_x diag(e_h[n]) + W_t
         decay = torch.exp(-self.decay() * hist["dt_h"]) * hist["seen"]  # (N,) 0 for events not yet seen
-        return {**hist, "excite_pre": pre, "excite_pair": pair, "excite_decay": decay}
+        return {**hist, "excite_pre": pre, "excite_m": m, "excite_decay": decay}
 
     def target_side_one_history(self, e_target: torch.Tensor, ts: torch.Tensor, hist: dict[str, torch.Tensor],
                                 e_user: torch.Tensor | None = None, same: torch.Tensor | None = None
@@ -177,7 +178,7 @@ class PointProcessIntensity(nn.Module):
         N = hist["k"].shape[0]
         # no history: nothing to attend, no excitation (as the packed path gives). The general path below
         # gives the same on an empty history, and an ONNX trace must keep it (a Python branch is frozen)
-        if N == 0 and not torch.jit.is_tracing():
+        if not torch.jit.is_tracing() and N == 0:
             log_lam = torch.log(F.softplus(mu, beta=self.beta) + 1e-6)
             return {"log_intensity": log_lam, "h_time": e_target.new_zeros(C, d), "attention": e_target.new_zeros(C, 0),
                     "base_rate": mu, "excitation": torch.zeros_like(mu)}
@@ -185,17 +186,21 @@ class PointProcessIntensity(nn.Module):
         logits = (q @ hist["k"].T / math.sqrt(d)).masked_fill(~hist["seen"], float("-inf"))  # (C, N)
         a = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # (C, N); all zero if no event is seen yet
         h = hist["excite_pre"].shape[-1]
-        pair = torch.addmm(hist["excite_pre"].reshape(N * h), e_target,  # (N*h,) + (C, d) @ (d, N*h)
-                           hist["excite_pair"].reshape(N * h, d).T).view(C, N, h)  # (C, N, h) first layer
-        *hidden, last = self.excite.net[1:]  # activation [, more layers], then Linear(h', 1)
-        for layer in hidden:  # ReLU in place: the (C, N, h) tensor is the biggest one here
-            pair = pair.relu_() if isinstance(layer, nn.ReLU) else layer(pair)
-        w = a * hist["excite_decay"] if self.excitation == "attention" else hist["excite_decay"].expand(C, N)  # (C, N)
-        # excitation = Σ_n w_n ψ_n with ψ_n = v·x_n + b, so pool first: v·(Σ_n w_n x_n) + b Σ_n w_n
-        pooled = (w[:, None, :] @ pair).squeeze(1)  # (C, 1, N) @ (C, N, h') -> (C, h')
-        excitation = (pooled @ last.weight[0]) + last.bias * w.sum(-1)  # (C,)
+        x = torch.addmm(hist["excite_pre"].reshape(N * h), e_target,  # (N*h,) + (C, d) @ (d, N*h)
+                        hist["excite_m"].reshape(N * h, d).T).view(C, N, h)  # (C, N, h): the first layer's output
+        weight = a * hist["excite_decay"] if self.excitation == "attention" else hist["excite_decay"].expand(C, N)
+        # excitation = Σ_n weight_n ψ_n (C,). With hidden layers, ψ_n = v·x_n + b after them, so pool
+        # first: v·(Σ_n weight_n x_n) + b Σ_n weight_n. Without (units = ()), x is ψ itself (C, N, 1).
+        if len(self.excite.net) == 1:
+            excitation = (weight * x.squeeze(-1)).sum(-1)  # (C,)
+        else:
+            *hidden, last = self.excite.net[1:]  # activation [, more layers], then Linear(h', 1)
+            for layer in hidden:  # ReLU in place: x (C, N, h) is the biggest tensor here
+                x = x.relu_() if isinstance(layer, nn.ReLU) else layer(x)
+            pooled = (weight[:, None, :] @ x).squeeze(1)  # (C, 1, N) @ (C, N, h') -> (C, h')
+            excitation = pooled @ last.weight[0] + last.bias * weight.sum(-1)  # (C,)
         if same is not None:
-            excitation = excitation + same.to(w.dtype) @ hist["self_k"]  # (C, N) @ (N,) -> (C,)
+            excitation = excitation + same.to(weight.dtype) @ hist["self_k"]  # (C, N) @ (N,) -> (C,)
         log_lam = torch.log(F.softplus(mu + excitation, beta=self.beta) + 1e-6)  # (C,)
         # base_rate μ and excitation (C,) each: the two terms inside the softplus, for the console's "why now"
         return {"log_intensity": log_lam, "h_time": a @ hist["v"], "attention": a,  # h_time (C, d)
