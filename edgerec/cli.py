@@ -909,7 +909,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--engine", choices=["torch", "onnx"], default="torch",
                     help="stage 2 on PyTorch (default) or on ONNX Runtime: the run's export in RUN/onnx, made "
                          "first (checked against PyTorch) when it is missing or older than the weights. Measured: "
-                         "faster for COUPA (1.4x), slower for DIN and DiCycle (docs/results.md)")
+                         "1.4x PyTorch's speed for COUPA and DiCycle, even for DIN; COUPA's service at 0.57x "
+                         "the CPU per request (docs/results.md)")
     sv.add_argument("--index-period", choices=["all", "train"], default="all",
                     help="stage 1's per-hour click counts from the whole log (all, default: a live service) or "
                          "only from the run's training period (train: replaying held-out events for evaluation, "

@@ -184,3 +184,30 @@ def test_din_serving_path_equals_the_forward_over_tiled_candidates(impressions, 
     with torch.no_grad():
         reference = model(tiled)["logit"]
     assert (served - reference).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("kwargs,history", [
+    ({}, "longest"), ({"mask_filtered": True, "gate_threshold": 0.2, "feed_target": True, "feed_target_time": True},
+                      "longest"),
+    ({"use_absolute_time": False, "use_time_cycle": False}, "longest"), ({"use_relative_time": False}, "longest"),
+    ({"mask_filtered": True, "gate_threshold": 0.99}, "longest"), ({}, "empty")])
+def test_dicycle_serving_path_equals_the_forward_over_tiled_candidates(impressions, kwargs, history):
+    """DiCycle's serve_user + candidate_logits (one history, C candidates) give the forward's logits
+    over the request repeated C times, within 1e-5: with and without the gate masking keys (a gate
+    that filters everything attends to nothing), each time part switched off, and N = 0."""
+    torch.manual_seed(0)
+    model = DiCycle(impressions.spec, embedding_dim=8, **kwargs).eval()
+    sp = impressions.splits["test"]
+    row = int(np.argmax(sp.hist_end - sp.hist_start))
+    one = impressions.make_batch(sp, np.array([row]))
+    if history == "empty":
+        one = {k: torch.zeros_like(v) if k.startswith("hist_") else v for k, v in one.items()}
+    items = torch.from_numpy(np.random.default_rng(0).integers(1, impressions.spec.n_items, 200))
+    feats = {n: torch.from_numpy(codes[items.numpy()]) for n, codes in impressions.item_feats.items()}
+    served = model.candidate_logits(model.serve_user({k: v for k, v in one.items() if k not in ("item", "label")}),
+                                    items, feats)
+    tiled = {k: v.expand(200, *v.shape[1:]) for k, v in one.items()}
+    tiled.update(item=items, **{f"item_{n}": c for n, c in feats.items()})
+    with torch.no_grad():
+        reference = model(tiled)["logit"]
+    assert (served - reference).abs().max() <= 1e-5

@@ -94,6 +94,40 @@ class DiCycle(CTRModel):
         logit = self.mlp(torch.cat(parts, dim=-1)).squeeze(-1)  # (B,)
         return self.output(logit, **extra)
 
+    # ---- serving: one request's history once, then its C candidates (as COUPA's and DIN's)
+    @torch.no_grad()
+    def serve_user(self, request: dict[str, torch.Tensor]) -> dict:
+        """Everything candidate-free for ONE request (a batch of 1): the behaviours' item and time
+        embeddings e_k, q_k (N, d), the target time's q_a (1, d), the user's features."""
+        if self.training:
+            raise RuntimeError("serve_user needs the model in eval mode (model.eval())")
+        packed = PackedHistory(request["hist_mask"])
+        q_a, q_k = self.time_embeddings(request, packed)  # (1, d), (N, d)
+        return {"e_k": self.emb.history(request, packed), "q_a": q_a, "q_k": q_k, "user": self.emb.user(request)}
+
+    @torch.no_grad()
+    def candidate_logits(self, cache: dict, items: torch.Tensor, item_features: dict[str, torch.Tensor] | None = None
+                         ) -> torch.Tensor:
+        """Logits (C,) of candidate item indices `items` (C,) for the cached request: the forward's
+        numbers, each module against the one history instead of C tiled copies of it."""
+        C = items.shape[0]
+        e_a = self.emb.target({"item": items, **{f"item_{n}": c for n, c in (item_features or {}).items()}})  # (C, d)
+        q_a, q_k, e_k = cache["q_a"], cache["q_k"], cache["e_k"]
+        r, _ = self.interest.forward_one_history(e_a + q_a, e_k + q_k)  # (C, d)
+        parts = [r]
+        if self.time_cycle is not None:
+            cos = F.cosine_similarity(e_k[None], e_a[:, None], dim=-1, eps=1e-8)  # (C, N)
+            keep = cos >= self.gate_threshold  # (C, N)
+            h, _ = self.time_cycle.forward_one_query(q_a, q_k, cos * keep, keep if self.mask_filtered else None)
+            parts.append(h)  # (C, d)
+        if self.feed_target:
+            parts.append(e_a)
+        if self.feed_target_time:
+            parts.append(q_a.expand(C, -1))
+        if cache["user"] is not None:
+            parts.append(cache["user"].expand(C, -1))
+        return self.mlp(torch.cat(parts, dim=-1)).squeeze(-1)  # (C,)
+
 
 # The paper's Table 3, as config overrides of a DiCycle experiment (bench/ctr.py --ablations).
 ABLATIONS: dict[str, list[str]] = {

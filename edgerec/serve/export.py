@@ -14,7 +14,7 @@ What the folder holds (`edgerec export --run R --format onnx`):
   ids_item.parquet  the id -> index tables (the user's own ids for an imported dataset, the
   ids_user.parquet  dataset's ids otherwise); an id not in the table is the OOV index.
 
-Why one graph and not two (COUPA's and DIN's serve_user / candidate_logits): a graph runs once per request,
+Why one graph and not two (the models' serve_user / candidate_logits): a graph runs once per request,
 so the candidate-free part is computed once per call anyway; one graph is one thing to deploy.
 
 The export is checked before it is written: onnxruntime against PyTorch on real requests of the
@@ -47,7 +47,8 @@ OPSET = 17
 # 3: PackedHistory gathers with index_select, TargetAttention's factorized first layer (2026-12-03)
 # 4: COUPA's pair block as one matrix product with the candidate-free M[n] (serving_history, 2026-12-07)
 # 5: DIN's one-history serving path (serve_user + candidate_logits, TargetAttention.forward_one_history)
-EXPORTER = 5
+# 6: DiCycle's one-history serving path (TargetAttention.forward_one_history, QueryAttention.forward_one_query)
+EXPORTER = 6
 EXPORTABLE = ("DIN", "DiCycle", "COUPA")
 
 

@@ -5,7 +5,7 @@
            whole log for a live service, the training period for an evaluation) times its online
            CTR; time-slot aware, candidate-cheap, no model. Returns the top n (default 200).
   stage 2  `Ranker.score(...)`: the trained COUPA or DiCycle with the user's ONLINE features (the
-           feature store, folded by the stream). For COUPA (and DIN) the model itself is two-part as well:
+           feature store, folded by the stream). For COUPA, DIN and DiCycle the model is two-part as well:
            `serve_user` computes everything candidate-free once per request, `candidate_logits`
            scores the candidates against it; a test checks this equals one forward pass (1e-5).
            The display position is never an input here: COUPA's relevance tower ranks alone.

@@ -120,3 +120,19 @@ class QueryAttention(nn.Module):
         if self.w_v.bias is not None:
             out = out + packed.pool(weights, torch.ones_like(seq[:, :1])) * self.w_v.bias
         return out, packed.unpack(weights)  # (B, d), (B, L)
+
+    def forward_one_query(self, query: torch.Tensor, seq: torch.Tensor, gate: torch.Tensor,
+                          keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Serving: ONE query (1, d) over C gated copies of one sequence, row c being gate[c] * seq:
+        seq (N, d), gate (C, N), keep (C, N) or None -> (C, d), weights (C, N). forward_packed's
+        numbers over C rows, with the gate applied to the logits and the pooling instead of to C
+        copies of the sequence: (q W_K)·(g x) = g ((q W_K)·x) and Σ w (g x) = (w g) @ x."""
+        qk = self.w_q(query) @ self.w_k.weight  # (1, d)
+        logits = gate * (seq @ qk[0]) * self.scale  # (C, N)
+        if keep is not None:
+            logits = logits.masked_fill(~keep, float("-inf"))
+        weights = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # (C, N); zeros when nothing may be attended
+        out = (weights * gate) @ seq @ self.w_v.weight.T  # (C, d)
+        if self.w_v.bias is not None:
+            out = out + weights.sum(-1, keepdim=True) * self.w_v.bias
+        return out, weights
