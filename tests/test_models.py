@@ -170,20 +170,7 @@ def test_din_serving_path_equals_the_forward_over_tiled_candidates(impressions, 
         for m in model.modules():
             if isinstance(m, Dice):
                 m.bn.running_mean.normal_(0, 0.5), m.bn.running_var.uniform_(0.5, 2.0), m.alpha.uniform_(-0.5, 0.5)
-    sp = impressions.splits["test"]
-    row = int(np.argmax(sp.hist_end - sp.hist_start))
-    one = impressions.make_batch(sp, np.array([row]))
-    if history == "empty":
-        one = {k: torch.zeros_like(v) if k.startswith("hist_") else v for k, v in one.items()}
-    items = torch.from_numpy(np.random.default_rng(0).integers(1, impressions.spec.n_items, 200))
-    feats = {n: torch.from_numpy(codes[items.numpy()]) for n, codes in impressions.item_feats.items()}
-    served = model.candidate_logits(model.serve_user({k: v for k, v in one.items() if k not in ("item", "label")}),
-                                    items, feats)
-    tiled = {k: v.expand(200, *v.shape[1:]) for k, v in one.items()}
-    tiled.update(item=items, **{f"item_{n}": c for n, c in feats.items()})
-    with torch.no_grad():
-        reference = model(tiled)["logit"]
-    assert (served - reference).abs().max() <= 1e-5
+    assert _serving_path_gap(model, impressions, history) <= 1e-5
 
 
 @pytest.mark.parametrize("kwargs,history", [
@@ -197,6 +184,12 @@ def test_dicycle_serving_path_equals_the_forward_over_tiled_candidates(impressio
     that filters everything attends to nothing), each time part switched off, and N = 0."""
     torch.manual_seed(0)
     model = DiCycle(impressions.spec, embedding_dim=8, **kwargs).eval()
+    assert _serving_path_gap(model, impressions, history) <= 1e-5
+
+
+def _serving_path_gap(model, impressions, history: str) -> float:
+    """Max |Δ logit| between serve_user + candidate_logits (one request, 200 candidates) and the
+    forward over the request repeated 200 times; the test split's longest history, or none."""
     sp = impressions.splits["test"]
     row = int(np.argmax(sp.hist_end - sp.hist_start))
     one = impressions.make_batch(sp, np.array([row]))
@@ -210,4 +203,4 @@ def test_dicycle_serving_path_equals_the_forward_over_tiled_candidates(impressio
     tiled.update(item=items, **{f"item_{n}": c for n, c in feats.items()})
     with torch.no_grad():
         reference = model(tiled)["logit"]
-    assert (served - reference).abs().max() <= 1e-5
+    return float((served - reference).abs().max())
