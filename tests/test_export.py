@@ -81,6 +81,8 @@ def test_onnx_engine_scores_like_the_torch_engine(runs, name):
         cand = np.concatenate([raw[items[:-1] - 1], [-5]])  # raw ids, the last one unknown to the run
         torch_scores, onnx_scores = ranker.score(req, cand), engine.score(req, cand)
         assert np.abs(torch_scores - onnx_scores).max() <= 1e-5
+        # and both are the trained model's own forward over the candidates, not just each other
+        assert np.abs(torch_scores - ranker.single_pass(req, cand)).max() <= 1e-5
         assert ex.same_top(torch_scores, onnx_scores, 20, 1e-6)  # the same top 20, up to ties within 1e-6
 
 

@@ -9,6 +9,7 @@ import torch
 from edgerec.data.samples import build_dicycle, build_impressions
 from edgerec.models import COUPA, DIN, DNN, LR, MODELS, DiCycle, GRU4Rec, SASRec, TiSASRec, TimeLSTM
 from edgerec.models.layers import Dice, TargetAttention
+from edgerec.models.layers.sequence import PackedHistory
 
 
 # ml-100k has no display positions: models with a position part run without it here (tests/test_coupa.py has the rest)
@@ -204,3 +205,27 @@ def _serving_path_gap(model, impressions, history: str) -> float:
     with torch.no_grad():
         reference = model(tiled)["logit"]
     return float((served - reference).abs().max())
+
+
+@pytest.mark.parametrize("units", [(), (12,), (12, 6)])
+@pytest.mark.parametrize("activation", ["prelu", "dice", "sigmoid", "relu"])
+@pytest.mark.parametrize("normalize", [False, True])
+def test_one_history_attention_equals_the_packed_path_on_random_inputs(units, activation, normalize):
+    """forward_one_history (C queries, one history, one matrix product) == forward_packed over C
+    tiled rows, on inputs of unit scale (so the k ⊙ q term of the first layer matters), for every
+    unit depth and activation, weights included; and an empty history pools to zeros."""
+    torch.manual_seed(0)
+    att = TargetAttention(6, units, activation, normalize=normalize).eval()
+    with torch.no_grad():
+        for m in att.modules():
+            if isinstance(m, Dice):
+                m.bn.running_mean.normal_(0, 0.5), m.bn.running_var.uniform_(0.5, 2.0), m.alpha.uniform_(-0.5, 0.5)
+    q, keys = torch.randn(9, 6), torch.randn(7, 6)
+    with torch.no_grad():
+        pooled, w = att.forward_one_history(q, keys)
+        packed = PackedHistory(torch.ones(9, 7, dtype=torch.bool))
+        ref_pooled, ref_w = att.forward_packed(q, keys.repeat(9, 1), packed)
+        torch.testing.assert_close(pooled, ref_pooled, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(w, ref_w, rtol=1e-5, atol=1e-5)
+        empty, w0 = att.forward_one_history(q, keys[:0])
+    assert w0.shape == (9, 0) and torch.equal(empty, torch.zeros(9, 6))

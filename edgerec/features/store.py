@@ -290,7 +290,8 @@ class SQLiteStore:
                     self.db.execute(statement)
             self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            if self.db.in_transaction:  # SQLite may have rolled back already (disk full, I/O error)
+                self.db.execute("ROLLBACK")
             raise
 
     def _has_item_counts(self) -> bool:

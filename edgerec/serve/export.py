@@ -65,9 +65,9 @@ class ExportSpec:
 class Stage2Graph(nn.Module):
     """One request's history and C candidate indices -> (logit (C,), score (C,)).
 
-    The same computation as `serve.service.Ranker.score`: COUPA's two-stage path (the user side
-    once, then the candidates against it), or one ordinary forward of DIN / DiCycle over the request
-    repeated C times. The run's side-feature code tables are buffers, so the graph does the lookup."""
+    The same computation as `serve.service.Ranker.score`: the model's two-stage path (`serve_user`,
+    the user side once, then `candidate_logits` for the candidates against it; DIN, DiCycle and
+    COUPA), or one ordinary forward over the request repeated C times for a model without one. The run's side-feature code tables are buffers, so the graph does the lookup."""
 
     def __init__(self, model: nn.Module, samples):
         super().__init__()

@@ -4,7 +4,7 @@
            often it was clicked in this hour of the week (from the log the index is built from: the
            whole log for a live service, the training period for an evaluation) times its online
            CTR; time-slot aware, candidate-cheap, no model. Returns the top n (default 200).
-  stage 2  `Ranker.score(...)`: the trained COUPA or DiCycle with the user's ONLINE features (the
+  stage 2  `Ranker.score(...)`: the trained COUPA, DiCycle or DIN with the user's ONLINE features (the
            feature store, folded by the stream). For COUPA, DIN and DiCycle the model is two-part as well:
            `serve_user` computes everything candidate-free once per request, `candidate_logits`
            scores the candidates against it; a test checks this equals one forward pass (1e-5).
@@ -128,8 +128,9 @@ class Ranker:
 
     @torch.no_grad()
     def logits(self, request: dict[str, torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
-        """Relevance logits (C,) of candidate item INDICES `idx` (C,): COUPA's two-stage path (the user
-        side once, then the candidates), or one ordinary forward over the request repeated C times."""
+        """Relevance logits (C,) of candidate item INDICES `idx` (C,): the model's two-stage path (the
+        user side once, then the candidates; DIN, DiCycle, COUPA), or one ordinary forward over the
+        request repeated C times (`candidate_batch`) for a model without `serve_user`."""
         feats = self._item_feats(idx)
         if self.two_stage:
             return self.model.candidate_logits(self.model.serve_user(request), idx, feats)
@@ -145,7 +146,8 @@ class Ranker:
 def candidate_batch(request: dict[str, torch.Tensor], idx: torch.Tensor,
                     item_feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """One encoded request (a batch of 1) as a batch of C rows, one per candidate `idx` (C,) with its
-    side features: what a CTR model's ordinary forward scores (the torch engine and the ONNX graph)."""
+    side features: what a CTR model's ordinary forward scores (models without a two-stage path, and
+    `Ranker.single_pass`, the parity reference)."""
     C = idx.shape[0]
     batch = {k: v.expand(C, *v.shape[1:]) for k, v in request.items()}  # (C, L) / (C,)
     batch["item"] = idx

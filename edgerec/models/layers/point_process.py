@@ -152,7 +152,7 @@ class PointProcessIntensity(nn.Module):
         with pre (N, h) and M (N, h, d) free of the candidate. So the C × N pair block is ONE matrix
         product e_t (C, d) @ M^T (d, N·h) plus a bias: no tiled C × N inputs, no (C, N, d) product and
         no broadcast adds over (C, N, h). M costs N·h·d floats per request whatever C is (50 × 64 × 64
-        for COUPA_o2o, 0.8 MB), about what the (C·N, d) products it replaces cost at C = 200."""
+        for COUPA_o2o, 0.8 MB), a third of the (C·N, d) product it replaces at C = 200."""
         first = self.excite.net[0]
         d, t = hist["e_hist"].shape[-1], hist["phi"].shape[-1]
         w_h, w_t, w_x, w_p = first.weight.split([d, d, d, t], dim=1)  # (h, d) x 3, (h, t)
