@@ -909,7 +909,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--engine", choices=["torch", "onnx"], default="torch",
                     help="stage 2 on PyTorch (default) or on ONNX Runtime: the run's export in RUN/onnx, made "
                          "first (checked against PyTorch) when it is missing or older than the weights. Measured: "
-                         "1.4x PyTorch's speed for COUPA and DiCycle, even for DIN; COUPA's service at 0.57x "
+                         "1.4x PyTorch's speed for COUPA and DiCycle, on par for DIN; COUPA's service at 0.57x "
                          "the CPU per request (docs/results.md)")
     sv.add_argument("--index-period", choices=["all", "train"], default="all",
                     help="stage 1's per-hour click counts from the whole log (all, default: a live service) or "

@@ -178,7 +178,9 @@ def test_din_serving_path_equals_the_forward_over_tiled_candidates(impressions, 
     ({}, "longest"), ({"mask_filtered": True, "gate_threshold": 0.2, "feed_target": True, "feed_target_time": True},
                       "longest"),
     ({"use_absolute_time": False, "use_time_cycle": False}, "longest"), ({"use_relative_time": False}, "longest"),
-    ({"mask_filtered": True, "gate_threshold": 0.99}, "longest"), ({}, "empty")])
+    ({"mask_filtered": True, "gate_threshold": 0.99}, "longest"), ({}, "empty"),
+    ({"gate_threshold": -1, "attention_units": (), "attention_activation": "dice"}, "longest"),
+    ({"mask_filtered": True}, "empty")])
 def test_dicycle_serving_path_equals_the_forward_over_tiled_candidates(impressions, kwargs, history):
     """DiCycle's serve_user + candidate_logits (one history, C candidates) give the forward's logits
     over the request repeated C times, within 1e-5: with and without the gate masking keys (a gate

@@ -127,11 +127,15 @@ class QueryAttention(nn.Module):
         seq (N, d), gate (C, N), keep (C, N) or None -> (C, d), weights (C, N). forward_packed's
         numbers over C rows, with the gate applied to the logits and the pooling instead of to C
         copies of the sequence: (q W_K)·(g x) = g ((q W_K)·x) and Σ w (g x) = (w g) @ x."""
+        if query.shape[0] != 1:
+            raise ValueError(f"forward_one_query takes one query (1, d), got {tuple(query.shape)}")
         qk = self.w_q(query) @ self.w_k.weight  # (1, d)
         logits = gate * (seq @ qk[0]) * self.scale  # (C, N)
         if keep is not None:
             logits = logits.masked_fill(~keep, float("-inf"))
         weights = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # (C, N); zeros when nothing may be attended
+        if keep is not None:  # a row with nothing kept is 0 in torch (NaN -> 0); ONNX Runtime may give 1/N
+            weights = weights.masked_fill(~keep, 0.0)
         out = (weights * gate) @ seq @ self.w_v.weight.T  # (C, d)
         if self.w_v.bias is not None:
             out = out + weights.sum(-1, keepdim=True) * self.w_v.bias
