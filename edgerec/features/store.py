@@ -227,16 +227,14 @@ class SQLiteStore:
     # every writer keeps it current (an older edgerec's stream included); a store written before it
     # existed gets it, filled from `items`, when opened (`_add_item_counts`).
     ITEM_COUNTS_TRIGGERS = ("item_counts_insert", "item_counts_update", "item_counts_delete")
+    _COPY_NEW = ("INSERT OR REPLACE INTO item_counts VALUES (NEW.item_id, json_extract(NEW.state, '$.exposures'), "
+                 "json_extract(NEW.state, '$.clicks'));")
     ITEM_COUNTS = (
         "CREATE TABLE IF NOT EXISTS item_counts (item_id INTEGER PRIMARY KEY, exposures INTEGER NOT NULL, "
         "clicks INTEGER NOT NULL)",
-        "CREATE TRIGGER IF NOT EXISTS item_counts_insert AFTER INSERT ON items BEGIN "
-        "INSERT OR REPLACE INTO item_counts VALUES (NEW.item_id, json_extract(NEW.state, '$.exposures'), "
-        "json_extract(NEW.state, '$.clicks')); END",
+        f"CREATE TRIGGER IF NOT EXISTS item_counts_insert AFTER INSERT ON items BEGIN {_COPY_NEW} END",
         "CREATE TRIGGER IF NOT EXISTS item_counts_update AFTER UPDATE ON items BEGIN "
-        "DELETE FROM item_counts WHERE item_id = OLD.item_id; "
-        "INSERT OR REPLACE INTO item_counts VALUES (NEW.item_id, json_extract(NEW.state, '$.exposures'), "
-        "json_extract(NEW.state, '$.clicks')); END",
+        f"DELETE FROM item_counts WHERE item_id = OLD.item_id; {_COPY_NEW} END",
         "CREATE TRIGGER IF NOT EXISTS item_counts_delete AFTER DELETE ON items BEGIN "
         "DELETE FROM item_counts WHERE item_id = OLD.item_id; END",
         "INSERT OR REPLACE INTO item_counts "

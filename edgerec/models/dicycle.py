@@ -111,7 +111,7 @@ class DiCycle(CTRModel):
         """Logits (C,) of candidate item indices `items` (C,) for the cached request: the forward's
         numbers, each module against the one history instead of C tiled copies of it."""
         C = items.shape[0]
-        e_a = self.emb.target({"item": items, **{f"item_{n}": c for n, c in (item_features or {}).items()}})  # (C, d)
+        e_a = self.emb.candidates(items, item_features)  # (C, d)
         q_a, q_k, e_k = cache["q_a"], cache["q_k"], cache["e_k"]
         r, _ = self.interest.forward_one_history(e_a + q_a, e_k + q_k)  # (C, d)
         parts = [r]

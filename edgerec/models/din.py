@@ -59,8 +59,7 @@ class DIN(CTRModel):
                          ) -> torch.Tensor:
         """Logits (C,) of candidate item indices `items` (C,) for the cached request: the forward's
         numbers, with the attention over the one history (TargetAttention.forward_one_history)."""
-        batch = {"item": items, **{f"item_{n}": codes for n, codes in (item_features or {}).items()}}
-        target = self.emb.target(batch)  # (C, D)
+        target = self.emb.candidates(items, item_features)  # (C, D)
         pooled, _ = self.attention.forward_one_history(target, cache["hist"])  # (C, D)
         parts = [target, pooled]
         if self.use_product:

@@ -67,7 +67,8 @@ class Stage2Graph(nn.Module):
 
     The same computation as `serve.service.Ranker.score`: the model's two-stage path (`serve_user`,
     the user side once, then `candidate_logits` for the candidates against it; DIN, DiCycle and
-    COUPA), or one ordinary forward over the request repeated C times for a model without one. The run's side-feature code tables are buffers, so the graph does the lookup."""
+    COUPA), or one ordinary forward over the request repeated C times for a model without one.
+    The run's side-feature code tables are buffers, so the graph does the lookup."""
 
     def __init__(self, model: nn.Module, samples):
         super().__init__()

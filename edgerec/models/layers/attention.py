@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from edgerec.models.layers.mlp import MLP
-from edgerec.models.layers.sequence import PackedHistory, bucket_rows
+from edgerec.models.layers.sequence import PackedHistory, bucket_rows, one_history_product
 
 
 class Dice(nn.Module):
@@ -71,16 +71,16 @@ class TargetAttention(nn.Module):
 
         The unit's first layer for behaviour n and candidate c is pre[n] + M[n] q_c, with
         pre = (W_k + W_d) k + b (N, h) and M[n] = W_p diag(k_n) + (W_q - W_d) (N, h, d), both free
-        of the candidate: the (C, N, h) block is ONE matrix product q (C, d) @ M^T (d, N·h) with
-        pre as its bias (as COUPA's excitation, PointProcessIntensity.serving_history). No packing,
-        no tiled rows: the gathers and scatters that made the tiled graph slow under ONNX Runtime."""
+        of the candidate: the (C, N, h) block is ONE matrix product (`one_history_product`, as
+        COUPA's excitation). No packing, no tiled rows: the gathers and scatters that made the tiled
+        graph slow under ONNX Runtime."""
         first, rest = self.unit.net[0], self.unit.net[1:]
         C, d = query.shape
         N, h = keys.shape[0], first.out_features
         w_k, w_q, w_d, w_p = first.weight.split(d, dim=1)  # each (h, d)
         pre = torch.addmm(first.bias, keys, (w_k + w_d).T)  # (N, h)
         m = keys[:, None, :] * w_p[None] + (w_q - w_d)[None]  # (N, h, d)
-        hidden = torch.addmm(pre.reshape(N * h), query, m.reshape(N * h, d).T)  # (C, N*h)
+        hidden = one_history_product(query, m, pre)  # (C, N, h)
         score = rest(hidden.view(C * N, h)).view(C, N)  # 2-D layers (plain GEMMs under ONNX Runtime) -> (C, N)
         weights = torch.softmax(score, dim=-1) if self.normalize else score  # (C, N)
         return weights @ keys, weights  # (C, d), (C, N)

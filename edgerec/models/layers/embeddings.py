@@ -46,6 +46,10 @@ class FeatureEmbedding(nn.Module):
         parts += [emb(batch[f"item_{n}"]) for n, emb in self.item_side.items()]
         return torch.cat(parts, dim=-1)
 
+    def candidates(self, items: torch.Tensor, item_features: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """`target` of candidate indices (C,) with their side-feature codes (serving's candidate_logits)."""
+        return self.target({"item": items, **{f"item_{n}": codes for n, codes in (item_features or {}).items()}})
+
     def history(self, batch: dict[str, torch.Tensor], packed=None) -> torch.Tensor:
         """(B, L, item_dim) with zero vectors at padding; or (N, item_dim) for the real behaviours
         of a PackedHistory `packed`."""

@@ -43,7 +43,7 @@ from torch.nn import functional as F
 
 from edgerec.features.time import SECONDS_PER_HOUR
 from edgerec.models.layers.mlp import MLP
-from edgerec.models.layers.sequence import PackedHistory, per_row
+from edgerec.models.layers.sequence import PackedHistory, one_history_product, per_row
 from edgerec.models.layers.time import FourierTimeEncoding
 
 CYCLE_PERIODS_HOURS = (24.0, 168.0)
@@ -150,7 +150,7 @@ class PointProcessIntensity(nn.Module):
                     =        pre[n]               +        M[n] e_t[c]
 
         with pre (N, h) and M (N, h, d) free of the candidate. So the C × N pair block is ONE matrix
-        product e_t (C, d) @ M^T (d, N·h) plus a bias: no tiled C × N inputs, no (C, N, d) product and
+        product e_t (C, d) @ M^T (d, N·h) plus a bias (`one_history_product`): no tiled C × N inputs, no (C, N, d) product and
         no broadcast adds over (C, N, h). M costs N·h·d floats per request whatever C is (50 × 64 × 64
         for COUPA_o2o, 0.8 MB), a third of the (C·N, d) product it replaces at C = 200."""
         first = self.excite.net[0]
@@ -185,9 +185,7 @@ class PointProcessIntensity(nn.Module):
         q = self.query(torch.cat([e_target, cyc_t], -1))  # (C, d)
         logits = (q @ hist["k"].T / math.sqrt(d)).masked_fill(~hist["seen"], float("-inf"))  # (C, N)
         a = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # (C, N); all zero if no event is seen yet
-        h = hist["excite_pre"].shape[-1]
-        x = torch.addmm(hist["excite_pre"].reshape(N * h), e_target,  # (N*h,) + (C, d) @ (d, N*h)
-                        hist["excite_m"].reshape(N * h, d).T).view(C, N, h)  # (C, N, h): the first layer's output
+        x = one_history_product(e_target, hist["excite_m"], hist["excite_pre"])  # (C, N, h): the first layer's output
         weight = a * hist["excite_decay"] if self.excitation == "attention" else hist["excite_decay"].expand(C, N)
         # excitation = Σ_n weight_n ψ_n (C,). With hidden layers, ψ_n = v·x_n + b after them, so pool
         # first: v·(Σ_n weight_n x_n) + b Σ_n weight_n. Without (units = ()), x is ψ itself (C, N, 1).

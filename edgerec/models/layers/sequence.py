@@ -43,6 +43,15 @@ def rows_independent(module: nn.Module) -> bool:
     return not any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in module.modules())
 
 
+def one_history_product(query: torch.Tensor, m: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
+    """A first layer applied to every (candidate, behaviour) pair of ONE request, when it splits
+    into pre[n] + M[n] q_c with both parts free of the candidate (serving's dense stage 2: DIN's
+    attention unit, COUPA's excitation): query (C, d), m (N, h, d), pre (N, h) -> (C, N, h), as ONE
+    matrix product q (C, d) @ M^T (d, N·h) with pre as its bias."""
+    N, h, d = m.shape
+    return torch.addmm(pre.reshape(N * h), query, m.reshape(N * h, d).T).view(query.shape[0], N, h)
+
+
 def per_row(fn: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """fn (a row-wise module: Linear, MLP) on x (N, ...) with bucket_rows' padding, sliced back to N rows."""
     return fn(bucket_rows(x, fn))[: x.shape[0]]
