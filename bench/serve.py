@@ -61,6 +61,18 @@ def tree_cpu_seconds(root: int) -> float:
     return sum(cpu.get(p, 0.0) for p in tree)
 
 
+KEPT_UP_P99_MS = 1000.0  # a client p99 past a second: the queue grew through the run, whatever got through
+
+
+def kept_up(row: dict) -> bool:
+    """Did the server keep up with this offered rate? No errors, >= 95 % of the rate achieved, AND a
+    client p99 within KEPT_UP_P99_MS. Why the p99 bound: a server can answer 98 % of the offered rate
+    while its queue grows for the whole run (p99 4 s at 500 req/s on the old ONNX path); that is
+    saturation, and its CPU per request includes the backlog. One rule for the ramp and the summaries."""
+    return not row["errors"] and row["achieved_qps"] >= 0.95 * row["rate"] and \
+        row["latency_ms"]["p99"] <= KEPT_UP_P99_MS
+
+
 def _pct(v, q):
     return float(np.percentile(np.asarray(v, dtype=np.float64), q)) if len(v) else float("nan")
 
@@ -339,7 +351,7 @@ def measure(a, recipe, ranker, dataset, store_path: Path, feedback_path: Path, u
             r["cpu_ms_per_request"] = {"server": round(1e3 * (tree_cpu_seconds(server.pid) - server_cpu0) / n, 2),
                                        "client": round(1e3 * client_cpu / n, 2)}
             res.append({"rate": rate, **r})
-            if r["errors"] or r["achieved_qps"] < 0.95 * rate:  # saturated: higher rates only queue longer
+            if not kept_up({"rate": rate, **r}):  # saturated: higher rates only queue longer
                 print(f"saturated at {rate:g} req/s offered; higher rates skipped", flush=True)
                 break
     finally:

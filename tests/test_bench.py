@@ -271,8 +271,9 @@ def test_serve_before_after_compares_at_a_rate_every_run_kept_up_with():
     one of them saturated (its CPU per request would include the queue's drain)."""
     from bench.serve_before_after import summarize
 
-    def run(code, engine, cpu_by_rate, saturated_at=None):
+    def run(code, engine, cpu_by_rate, saturated_at=None, queued_at=None):
         load = [{"rate": r, "errors": 0, "achieved_qps": r * (0.5 if r == saturated_at else 1.0),
+                 "latency_ms": {"p99": 4000.0 if r == queued_at else 8.0},
                  "cpu_ms_per_request": {"server": c}} for r, c in cpu_by_rate.items()]
         return {"code": code, "engine": engine, "load": load}
 
@@ -283,5 +284,9 @@ def test_serve_before_after_compares_at_a_rate_every_run_kept_up_with():
     assert s["kept_up_to"] == {"before/torch": 300, "after/onnx": 500}
     one_engine = summarize([run("before", "torch", {100: 4.0}), run("after", "torch", {100: 3.0})])
     assert one_engine["new"] == "after/torch" and one_engine["ratio"] == pytest.approx(0.75)
+    # all of the rate answered, but the queue grew through the run (p99 4 s): not kept up with
+    queued = summarize([run("before", "torch", {100: 4.0, 300: 4.2}), run("after", "onnx", {100: 3.0, 300: 2.0},
+                                                                         queued_at=300)])
+    assert queued["rate"] == 100 and queued["kept_up_to"] == {"before/torch": 300, "after/onnx": 100}
     none_kept = summarize([run("before", "torch", {100: 4.0}, saturated_at=100), run("after", "onnx", {100: 3.0})])
     assert not none_kept["every_run_kept_up"]
