@@ -54,12 +54,24 @@ def markdown(report: dict) -> str:
                                  f"achieved, p99 <= {KEPT_UP_P99_MS:g} ms): {s['kept_up_to']}. {report['setup']}"])
 
 
+def rates_kept_up(load: list[dict]) -> list[float]:
+    """The offered rates of one ramp (in its order) up to its first rate not kept up with: an older
+    tree's ramp may stop by an older rule and run past it, and a later rate that passes by chance is
+    not a rate the server sustains."""
+    out = []
+    for row in load:
+        if not kept_up(row):
+            break
+        out.append(row["rate"])
+    return out
+
+
 def summarize(runs: list[dict]) -> dict:
     """Server CPU per request of every run at the highest offered rate that EVERY run kept up with
     (bench/serve.py's `kept_up`: no errors, >= 95 % achieved, p99 <= 1 s): near saturation a run's CPU includes its queue's drain. The ratio
     is the new path (after/onnx, else after on the first engine) over the old torch engine (else
     before on the first engine)."""
-    kept = [{L["rate"] for L in r["load"] if kept_up(L)} for r in runs]
+    kept = [set(rates_kept_up(r["load"])) for r in runs]
     common = set.intersection(*kept) if kept else set()
     rate = max(common) if common else min(L["rate"] for r in runs for L in r["load"])
     cpu = {f"{r['code']}/{r['engine']}": next(L["cpu_ms_per_request"]["server"] for L in r["load"] if L["rate"] == rate)

@@ -288,5 +288,9 @@ def test_serve_before_after_compares_at_a_rate_every_run_kept_up_with():
     queued = summarize([run("before", "torch", {100: 4.0, 300: 4.2}), run("after", "onnx", {100: 3.0, 300: 2.0},
                                                                          queued_at=300)])
     assert queued["rate"] == 100 and queued["kept_up_to"] == {"before/torch": 300, "after/onnx": 100}
+    # a ramp that ran on past its first failure (an older tree's rule): the later pass does not count
+    resumed = summarize([run("before", "onnx", {100: 4.0, 300: 4.1, 500: 4.3}, queued_at=300),
+                         run("after", "onnx", {100: 3.0, 300: 2.0, 500: 2.1})])
+    assert resumed["kept_up_to"]["before/onnx"] == 100 and resumed["rate"] == 100
     none_kept = summarize([run("before", "torch", {100: 4.0}, saturated_at=100), run("after", "onnx", {100: 3.0})])
     assert not none_kept["every_run_kept_up"]
