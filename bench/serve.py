@@ -350,8 +350,9 @@ def measure(a, recipe, ranker, dataset, store_path: Path, feedback_path: Path, u
             n = max(r["requests"], 1)
             r["cpu_ms_per_request"] = {"server": round(1e3 * (tree_cpu_seconds(server.pid) - server_cpu0) / n, 2),
                                        "client": round(1e3 * client_cpu / n, 2)}
-            res.append({"rate": rate, **r})
-            if not kept_up({"rate": rate, **r}):  # saturated: higher rates only queue longer
+            row = {"rate": rate, **r}
+            res.append(row)
+            if not kept_up(row):  # saturated: higher rates only queue longer
                 print(f"saturated at {rate:g} req/s offered; higher rates skipped", flush=True)
                 break
     finally:

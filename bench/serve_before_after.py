@@ -68,9 +68,9 @@ def rates_kept_up(load: list[dict]) -> list[float]:
 
 def summarize(runs: list[dict]) -> dict:
     """Server CPU per request of every run at the highest offered rate that EVERY run kept up with
-    (bench/serve.py's `kept_up`: no errors, >= 95 % achieved, p99 <= 1 s): near saturation a run's CPU includes its queue's drain. The ratio
-    is the new path (after/onnx, else after on the first engine) over the old torch engine (else
-    before on the first engine)."""
+    (`rates_kept_up`): near saturation a run's CPU includes its queue's drain. The ratio is the new
+    path (after/onnx, else after on the first engine) over the old torch engine (else before on the
+    first engine)."""
     kept = [set(rates_kept_up(r["load"])) for r in runs]
     common = set.intersection(*kept) if kept else set()
     rate = max(common) if common else min(L["rate"] for r in runs for L in r["load"])
