@@ -472,9 +472,6 @@ def _batch_shards(args: argparse.Namespace) -> int:
     from edgerec.train.config import load_experiment
     from edgerec.train.experiment import build_samples
 
-    if args.engine != "polars":
-        raise EdgerecError("--shards: the samples are built by edgerec's sample builders (numpy), not on Spark; "
-                           "drop --engine spark (the daily features run on Spark without --shards).")
     config, sep, expid = args.shards.rpartition(":")
     if not sep or not config or not expid:
         raise EdgerecError(f"--shards {args.shards!r}: give CONFIG:EXPID, e.g. configs/ctr.yaml:COUPA_scale")
@@ -486,13 +483,21 @@ def _batch_shards(args: argparse.Namespace) -> int:
     check_writable(args.out, "--out", folder=True)
     t0 = time.perf_counter()
     meta = dataset_fingerprint(cfg.dataset)
-    samples = build_samples(cfg)
-    t_build = time.perf_counter() - t0
-    write_shards(samples, out, data_settings(cfg), cfg.data.rows_per_group, meta)
-    rows = {k: len(v) for k, v in samples.splits.items()}
-    print(f"{cfg.dataset}: {samples.info.get('users', 0):,} users, {len(samples.store_item):,} stored behaviours; samples "
-          f"{', '.join(f'{k} {v:,}' for k, v in rows.items())} built in {t_build:.1f} s, written in "
-          f"{time.perf_counter() - t0 - t_build:.1f} s -> {out}")
+    if args.engine == "spark":  # the same folder, built by a Spark job (edgerec/data/shards_spark.py)
+        from edgerec.data.shards_spark import write_impression_shards_spark
+
+        _, manifest = write_impression_shards_spark(cfg, out, data_settings(cfg), meta, args.spark_master)
+        users, stored, rows = manifest["info"].get("users", 0), manifest["store_rows"], manifest["rows"]
+        took = f"built and written on Spark ({args.spark_master}) in {time.perf_counter() - t0:.1f} s"
+    else:
+        samples = build_samples(cfg)
+        t_build = time.perf_counter() - t0
+        write_shards(samples, out, data_settings(cfg), cfg.data.rows_per_group, meta)
+        users, stored = samples.info.get("users", 0), len(samples.store_item)
+        rows = {k: len(v) for k, v in samples.splits.items()}
+        took = f"built in {t_build:.1f} s, written in {time.perf_counter() - t0 - t_build:.1f} s"
+    print(f"{cfg.dataset}: {users:,} users, {stored:,} stored behaviours; samples "
+          f"{', '.join(f'{k} {v:,}' for k, v in rows.items())} {took} -> {out}")
     print(f"train on them: edgerec train --config {config} --expid {expid} --set data.shards={out}")
     return 0
 
@@ -865,7 +870,9 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--events", help="event file (JSON lines, as `edgerec stream` reads)")
     bt.add_argument("--dataset", help="or a dataset id whose log to use, e.g. o2o-sim:tiny")
     bt.add_argument("--out", default="runs/batch", help="output folder (default %(default)s)")
-    bt.add_argument("--engine", choices=["polars", "spark"], default="polars")
+    bt.add_argument("--engine", choices=["polars", "spark"], default="polars",
+                    help="polars (embedded, default) or spark (--spark-master); with --shards: spark builds "
+                         "impression-protocol shards, the same files as the default engine")
     _add_future_skew_arg(bt, "leave out of the batch")
     _add_dedup_days_arg(bt, help="--events: leave out what `edgerec stream --dedup-days` would dead-letter as late "
                                   "(events older than the newest one before them minus this many days); 0 = fold "
@@ -875,7 +882,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="instead of the daily features, write the out-of-core training samples of that experiment "
                          "(Parquet row groups + a memory-mapped behaviour store) to OUT/shards, from the same sample "
                          "builders `edgerec train` uses; train on them with --set data.shards=OUT/shards. The input "
-                         "is the experiment's dataset (import your own log first)")
+                         "is the experiment's dataset (import your own log first); --engine spark builds them "
+                         "in a Spark job (impression protocol)")
     bt.add_argument("--set", action="append", metavar="KEY=VALUE", help="with --shards: a config override, as for train")
     _add_definition_args(bt)
     bt.set_defaults(func=_cmd_batch)

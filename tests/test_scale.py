@@ -258,3 +258,55 @@ def test_cli_batch_shards_then_train_on_them_and_errors_exit_2(tmp_path, capsys)
     assert main(["train", "--config", str(CONFIG), "--expid", "COUPA_test", "--nproc", "2",
                  "--set", "train.lr=-1", *base]) == 2  # a config error is reported once, before any rank starts
     assert "train.lr" in capsys.readouterr().err
+
+
+def _assert_same_shard_folders(a: Path, b: Path) -> None:
+    """Every file equal: the manifest, each split's table and row groups, each array and its dtype."""
+    import pyarrow.parquet as pq
+
+    assert sorted(p.name for p in a.iterdir()) == sorted(p.name for p in b.iterdir())
+    assert json.loads((a / "manifest.json").read_text()) == json.loads((b / "manifest.json").read_text())
+    for p in sorted(a.glob("*.parquet")):
+        ta, tb = pq.read_table(p), pq.read_table(b / p.name)
+        assert ta.schema == tb.schema and ta.equals(tb), p.name
+        ma, mb = pq.ParquetFile(p).metadata, pq.ParquetFile(b / p.name).metadata
+        assert [ma.row_group(i).num_rows for i in range(ma.num_row_groups)] == \
+               [mb.row_group(i).num_rows for i in range(mb.num_row_groups)], p.name
+    for p in sorted(a.glob("*.npy")):
+        x, y = np.load(p), np.load(b / p.name)
+        assert x.dtype == y.dtype and np.array_equal(x, y), p.name
+
+
+@pytest.mark.parametrize("overrides", [(), ("data.max_items=40",)], ids=["all-items", "capped"])
+def test_spark_writes_the_same_shards_as_the_sample_builders(tmp_path, overrides, capsys):
+    """`edgerec batch --shards --engine spark` (a Spark job) and the in-memory builders write the
+    same folder, file by file, so a Spark job's output trains directly."""
+    from edgerec.cli import main
+
+    sets = [a for o in ("data.rows_per_group=700", *overrides) for a in ("--set", o)]  # ~30 row groups
+    for engine in ("polars", "spark"):
+        assert main(["batch", "--shards", f"{CONFIG}:COUPA_test", "--engine", engine, *sets,
+                     "--out", str(tmp_path / engine)]) == 0
+    assert "built and written on Spark" in capsys.readouterr().out
+    _assert_same_shard_folders(tmp_path / "polars" / "shards", tmp_path / "spark" / "shards")
+    assert sorted(p.name for p in (tmp_path / "spark").iterdir()) == ["shards"]  # Spark's temp output is gone
+    if overrides:
+        m = json.loads((tmp_path / "spark" / "shards" / "manifest.json").read_text())
+        assert m["spec"]["n_items"] == 42 and 0 < m["info"]["capped_sample_share"] < 1
+
+
+def test_spark_shards_refuse_the_dicycle_protocol_and_a_failure_leaves_nothing(tmp_path, capsys, monkeypatch):
+    import edgerec.data.shards_spark as spark_shards
+    from edgerec.cli import main
+
+    assert main(["batch", "--shards", f"{CONFIG}:DIN_test", "--engine", "spark", "--out", str(tmp_path / "d")]) == 2
+    assert "drop --engine spark" in capsys.readouterr().err
+    assert not (tmp_path / "d" / "shards").exists()
+
+    def full_disk(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(spark_shards, "_write_store", full_disk)
+    with pytest.raises(OSError):
+        main(["batch", "--shards", f"{CONFIG}:COUPA_test", "--engine", "spark", "--out", str(tmp_path / "e")])
+    assert list((tmp_path / "e").iterdir()) == []  # no temp folder, no half-written shards

@@ -518,12 +518,12 @@ def build_impressions(ds: EventDataset, max_len: int = 50, split_fractions=(0.8,
                       item_features: list[str] | None = None, user_features: list[str] | None = None,
                       max_position: int | None = None, seed: int = 0, max_items: int | None = None) -> SampleSet:
     """Every exposure is a sample; history = the user's clicks strictly before it; split by time.
-    max_items: keep only that many items' own indices (cap_items)."""
+    max_items: keep only that many items' own indices (cap_items). The steps are the helpers below,
+    which `edgerec batch --shards --engine spark` (edgerec.data.shards_spark) calls too."""
     e = ds.events
     if e.column("position").null_count == e.num_rows:
-        raise ConfigError(f"dataset {ds.name!r} has no display positions; use protocol 'dicycle'.")
-    if len(split_fractions) != 3 or abs(sum(split_fractions) - 1) > 1e-6 or min(split_fractions) <= 0:
-        raise ConfigError(f"split_fractions must be 3 positive numbers summing to 1, got {split_fractions}")
+        raise ConfigError(no_positions_message(ds.name))
+    check_split_fractions(split_fractions)
     raw_user = e.column("user_id").to_numpy()
     raw_item = e.column("item_id").to_numpy()
     ts = e.column("ts").to_numpy()
@@ -533,21 +533,13 @@ def build_impressions(ds: EventDataset, max_len: int = 50, split_fractions=(0.8,
     if ds.items is not None:
         item_vocab = np.union1d(item_vocab, ds.items.column("item_id").to_numpy())
     user, item = _index(raw_user, user_vocab), _index(raw_item, item_vocab)
-    lo, hi = ts.min(), ts.max()
-    t1 = lo + (hi - lo) * split_fractions[0]
-    t2 = lo + (hi - lo) * (split_fractions[0] + split_fractions[1])
-
-    clicks = np.flatnonzero(label == 1)
-    c_order = clicks[np.lexsort((clicks, ts[clicks], user[clicks]))]
+    t1, t2 = time_cuts(ts.min(), ts.max(), split_fractions)
+    c_order, hist_start, hist_end, repeat = click_history(user, item, ts, label, np.arange(len(ts)), len(item_vocab))
     s_user, s_item, s_ts = user[c_order], item[c_order], ts[c_order]
-    store_key = time_key(s_user, s_ts)
-    hist_end = causal_ends(store_key, time_key(user, ts))  # strictly earlier clicks
-    hist_start = np.searchsorted(store_key, time_key(user, 0), side="left")
-    repeat = _FirstTaken(s_user, s_item, s_ts, len(item_vocab)).before(user, item, ts)  # clicked it before (own ids)
     cap_info = {}
     if max_items is not None and max_items < len(item_vocab):
         item_vocab, item, s_item, cap_info = cap_items(item_vocab, item, s_item, ts < t1, max_items)
-    which = np.where(ts < t1, 0, np.where(ts < t2, 1, 2))
+    which = split_of(ts, t1, t2)
     n_pos = int(max_position or position.max())
     position = np.minimum(position, n_pos)
     splits = {}
@@ -556,19 +548,73 @@ def build_impressions(ds: EventDataset, max_len: int = 50, split_fractions=(0.8,
         splits[name] = Split(user=user[m], item=item[m], ts=ts[m], label=label[m],
                              hist_start=hist_start[m], hist_end=hist_end[m], position=position[m],
                              event_row=m.astype(np.int64), repeat=repeat[m])
-    bk, tr = ds.meta.get("buckets") or {}, splits["train"]
+    spec, item_feats, user_feats = impression_spec(ds, item_vocab, user_vocab, np.unique(splits["train"].item),
+                                                   np.unique(splits["train"].user), item_features, user_features,
+                                                   max_len, n_pos)
+    info = impression_info(len(user_vocab), len(item_vocab), t1, t2, cap_info,
+                           {k: (len(v), float(v.label.sum())) for k, v in splits.items()})
+    return SampleSet(spec, s_item, s_ts, splits, item_feats, user_feats, "impression", info, seed=seed,
+                     item_ids=item_vocab, user_ids=user_vocab, store_position=position[c_order], store_user=s_user)
+
+
+def no_positions_message(name: str) -> str:
+    return f"dataset {name!r} has no display positions; use protocol 'dicycle'."
+
+
+def check_split_fractions(split_fractions) -> None:
+    if len(split_fractions) != 3 or abs(sum(split_fractions) - 1) > 1e-6 or min(split_fractions) <= 0:
+        raise ConfigError(f"split_fractions must be 3 positive numbers summing to 1, got {split_fractions}")
+
+
+def time_cuts(lo, hi, split_fractions) -> tuple:
+    """(t1, t2): training is ts < t1, validation t1 <= ts < t2, test the rest (fractions of the time span)."""
+    return lo + (hi - lo) * split_fractions[0], lo + (hi - lo) * (split_fractions[0] + split_fractions[1])
+
+
+def split_of(ts: np.ndarray, t1, t2) -> np.ndarray:
+    """(N,) 0 train, 1 valid, 2 test."""
+    return np.where(ts < t1, 0, np.where(ts < t2, 1, 2))
+
+
+def click_history(user: np.ndarray, item: np.ndarray, ts: np.ndarray, label: np.ndarray, row: np.ndarray,
+                  n_items: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The behaviour store of an exposure log and each exposure's pointers into it: the clicks sorted
+    by (user, ts, row) are the store (`c_order`: their positions in the input); an exposure's history
+    is [hist_start, hist_end), its user's clicks strictly before its second; `repeat`: its item was
+    clicked by the user before. Works on the whole log or on any set of whole users (Spark's
+    partitions), the pointers then being into that set's own store."""
+    clicks = np.flatnonzero(label == 1)
+    c_order = clicks[np.lexsort((row[clicks], ts[clicks], user[clicks]))]
+    s_user, s_item, s_ts = user[c_order], item[c_order], ts[c_order]
+    store_key = time_key(s_user, s_ts)
+    hist_end = causal_ends(store_key, time_key(user, ts))  # strictly earlier clicks
+    hist_start = np.searchsorted(store_key, time_key(user, 0), side="left")
+    repeat = _FirstTaken(s_user, s_item, s_ts, n_items).before(user, item, ts)  # clicked it before (own ids)
+    return c_order, hist_start, hist_end, repeat
+
+
+def impression_spec(ds: EventDataset, item_vocab: np.ndarray, user_vocab: np.ndarray, train_items: np.ndarray,
+                    train_users: np.ndarray, item_features, user_features, max_len: int,
+                    n_pos: int) -> tuple[FeatureSpec, dict, dict]:
+    """The feature spec and side-feature codes of impression samples (train_*: the 1-based indices
+    the training split uses, which fit numeric buckets)."""
+    bk = ds.meta.get("buckets") or {}
     item_feats, item_sizes = _encode_side(ds.items, "item_id", item_vocab, list(item_features or []), "item", bk,
-                                          np.unique(tr.item))
+                                          train_items)
     user_feats, user_sizes = _encode_side(ds.users, "user_id", user_vocab, list(user_features or []), "user", bk,
-                                          np.unique(tr.user))
+                                          train_users)
     spec = FeatureSpec(n_users=len(user_vocab) + 2, n_items=len(item_vocab) + 2, max_len=max_len,
                        item_features=item_sizes, user_features=user_sizes, n_positions=n_pos + 1,
                        tz=ds.tz)
-    info = {"protocol": "impression", "users": len(user_vocab), "items": len(item_vocab),
-            "split_time_cuts": [float(t1), float(t2)], **cap_info, **{f"{k}_samples": len(v) for k, v in splits.items()},
-            **{f"{k}_ctr": round(float(v.label.mean()), 5) if len(v) else None for k, v in splits.items()}}
-    return SampleSet(spec, s_item, s_ts, splits, item_feats, user_feats, "impression", info, seed=seed,
-                     item_ids=item_vocab, user_ids=user_vocab, store_position=position[c_order], store_user=s_user)
+    return spec, item_feats, user_feats
+
+
+def impression_info(n_users: int, n_items: int, t1, t2, cap_info: dict, per_split: dict) -> dict:
+    """SampleSet.info of the impression protocol; per_split: name -> (samples, clicks)."""
+    return {"protocol": "impression", "users": n_users, "items": n_items,
+            "split_time_cuts": [float(t1), float(t2)], **cap_info,
+            **{f"{k}_samples": n for k, (n, _) in per_split.items()},
+            **{f"{k}_ctr": round(c / n, 5) if n else None for k, (n, c) in per_split.items()}}
 
 
 def cap_items(vocab: np.ndarray, item: np.ndarray, store_item: np.ndarray, train: np.ndarray,
@@ -584,17 +630,31 @@ def cap_items(vocab: np.ndarray, item: np.ndarray, store_item: np.ndarray, train
     fires on the OOV index. Returns the new vocabulary, the re-indexed samples and store, and the
     share of samples and stored clicks that fell into the shared index (the "collision rate")."""
     counts = np.bincount(item[train], minlength=len(vocab) + 1)[1:]  # (V,) training exposures per item
+    keep, remap = cap_remap(counts, max_items)
+    new_item, new_store = remap[item], remap[store_item]
+    k = len(keep)
+    info = cap_info(len(vocab), max_items, k, int((new_item == k + 1).sum()), len(item),
+                    int((new_store == k + 1).sum()), len(store_item))
+    return vocab[keep], new_item, new_store, info
+
+
+def cap_remap(counts: np.ndarray, max_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """counts (V,) training exposures of items 1..V -> (keep (K,) 0-based positions of the kept items,
+    remap (V + 2,) old index -> new index, every dropped item to the new OOV K + 1)."""
     keep = np.argsort(-counts, kind="stable")[:max_items]  # 0-based positions of the most exposed
     keep = np.sort(keep[counts[keep] > 0])  # (K,) never an item the training period did not show
     k = len(keep)
-    remap = np.full(len(vocab) + 2, k + 1, np.int64)  # padding, 1..V, old OOV -> new OOV k + 1
+    remap = np.full(len(counts) + 2, k + 1, np.int64)  # padding, 1..V, old OOV -> new OOV k + 1
     remap[0] = 0
     remap[keep + 1] = np.arange(1, k + 1)
-    new_item, new_store = remap[item], remap[store_item]
-    info = {"items_before_cap": len(vocab), "item_cap": max_items, "items_kept": k,
-            "capped_sample_share": round(float((new_item == k + 1).mean()), 5) if len(item) else 0.0,
-            "capped_history_share": round(float((new_store == k + 1).mean()), 5) if len(store_item) else 0.0}
-    return vocab[keep], new_item, new_store, info
+    return keep, remap
+
+
+def cap_info(items_before: int, max_items: int, kept: int, capped_samples: int, samples: int,
+             capped_history: int, history: int) -> dict:
+    return {"items_before_cap": items_before, "item_cap": max_items, "items_kept": kept,
+            "capped_sample_share": round(capped_samples / samples, 5) if samples else 0.0,
+            "capped_history_share": round(capped_history / history, 5) if history else 0.0}
 
 
 PROTOCOLS = {"dicycle": build_dicycle, "impression": build_impressions}

@@ -33,6 +33,7 @@ import json
 import mmap
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Iterator
@@ -64,14 +65,7 @@ def write_shards(samples: SampleSet, out: str | Path, data: dict, rows_per_group
     if samples.resample_negatives:  # the config check (train.config) says this first, naming the experiment
         raise ConfigError("out-of-core samples keep their training negatives fixed; data.train_negatives=resample "
                           "redraws them in memory every epoch (use data.train_negatives=fixed).")
-    out = Path(out)
-    if out.exists() and not (out / "manifest.json").is_file() and (not out.is_dir() or any(out.iterdir())):
-        raise EdgerecError(f"{out}: exists and is not a shard folder; it would be replaced. Choose another folder "
-                           f"or remove it.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the shards are data like any other output
-    try:
+    with shard_folder(out) as tmp:
         rows = {}
         for name in SPLITS:
             s = samples.splits[name]
@@ -82,19 +76,26 @@ def write_shards(samples: SampleSet, out: str | Path, data: dict, rows_per_group
             arr = getattr(samples, name)
             if arr is not None:
                 np.save(tmp / f"{name}.npy", np.ascontiguousarray(arr))
-        np.save(tmp / "item_ids.npy", samples.item_ids)
-        np.save(tmp / "user_ids.npy", samples.user_ids)
-        for kind, feats in (("item", samples.item_feats), ("user", samples.user_feats)):
-            for fname, codes in feats.items():
-                np.save(tmp / f"{kind}_feat_{fname}.npy", codes)
-        for mname, table in (samples.id_maps or {}).items():
-            pq.write_table(table, tmp / f"{mname}.parquet")
-        manifest = {"format": FORMAT, "spec": samples.spec.to_dict(), "protocol": samples.protocol,
-                    "info": samples.info, "data": data, "dataset_meta": dataset_meta, "rows_per_group": rows_per_group,
-                    "rows": rows,
-                    "store_rows": len(samples.store_item), "seed": samples.seed,
-                    "item_features": list(samples.item_feats), "user_features": list(samples.user_feats)}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, default=_plain))
+        write_vocabularies(tmp, samples.item_ids, samples.user_ids, samples.item_feats, samples.user_feats,
+                           samples.id_maps)
+        write_manifest(tmp, samples.spec, samples.protocol, samples.info, data, dataset_meta, rows_per_group, rows,
+                       len(samples.store_item), samples.seed, list(samples.item_feats), list(samples.user_feats))
+    return Path(out)
+
+
+@contextmanager
+def shard_folder(out: str | Path) -> Iterator[Path]:
+    """A temp folder beside `out` to write a shard folder into; on success it replaces `out` (the new
+    folder is complete before the old one is moved away), on any failure it is removed."""
+    out = Path(out)
+    if out.exists() and not (out / "manifest.json").is_file() and (not out.is_dir() or any(out.iterdir())):
+        raise EdgerecError(f"{out}: exists and is not a shard folder; it would be replaced. Choose another folder "
+                           f"or remove it.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the shards are data like any other output
+    try:
+        yield tmp
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -106,7 +107,28 @@ def write_shards(samples: SampleSet, out: str | Path, data: dict, rows_per_group
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out
+
+
+def write_vocabularies(tmp: Path, item_ids: np.ndarray, user_ids: np.ndarray, item_feats: dict, user_feats: dict,
+                       id_maps: dict | None) -> None:
+    """The catalogue-sized files: raw ids of each index, side-feature codes, an import's id maps."""
+    np.save(tmp / "item_ids.npy", item_ids)
+    np.save(tmp / "user_ids.npy", user_ids)
+    for kind, feats in (("item", item_feats), ("user", user_feats)):
+        for fname, codes in feats.items():
+            np.save(tmp / f"{kind}_feat_{fname}.npy", codes)
+    for mname, table in (id_maps or {}).items():
+        pq.write_table(table, tmp / f"{mname}.parquet")
+
+
+def write_manifest(tmp: Path, spec: FeatureSpec, protocol: str, info: dict, data: dict, dataset_meta: str | None,
+                   rows_per_group: int, rows: dict, store_rows: int, seed: int, item_features: list,
+                   user_features: list) -> None:
+    manifest = {"format": FORMAT, "spec": spec.to_dict(), "protocol": protocol, "info": info, "data": data,
+                "dataset_meta": dataset_meta, "rows_per_group": rows_per_group, "rows": rows,
+                "store_rows": store_rows, "seed": seed, "item_features": item_features,
+                "user_features": user_features}
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, default=_plain))
 
 
 def _plain(x):
