@@ -27,47 +27,71 @@ from edgerec.features.definition import cut
 EPS = 1e-7
 
 
-def _average_ranks(x: np.ndarray) -> np.ndarray:
-    """1-based ranks of x with ties averaged (like scipy.stats.rankdata)."""
-    order = np.argsort(x, kind="mergesort")
-    xs = x[order]
-    new = np.r_[True, xs[1:] != xs[:-1]]
-    first = np.flatnonzero(new)
-    last = np.r_[first[1:], len(xs)] - 1
-    avg = (first + last) / 2.0 + 1.0
-    ranks = np.empty(len(x), dtype=np.float64)
-    ranks[order] = np.repeat(avg, np.diff(np.r_[first, len(xs)]))
-    return ranks
+# AUC, GAUC and logloss are exact over the whole split, and that split may hold millions of
+# samples (an out-of-core validation set): they sort once and otherwise keep O(samples) arrays to a
+# few bytes per sample (the sort order, the sorted scores and labels), never float64 copies and
+# per-sample rank arrays, so evaluating does not set a training run's peak memory (bench/scale.py).
+LOGLOSS_CHUNK = 1 << 18  # samples per chunk of the log-loss sum
+
+
+def _tied_runs(tied: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """tied (n - 1,) bool: sorted element i equals element i + 1 (same score, same group) -> the runs
+    of two or more equal elements as (first, last) positions, inclusive. O(tied pairs) memory."""
+    at = np.flatnonzero(tied)  # (T,) pairs (i, i + 1) that tie
+    if not len(at):
+        return at, at
+    new = np.r_[True, at[1:] != at[:-1] + 1]  # a pair that does not continue the previous run
+    return at[new], np.r_[at[np.flatnonzero(new)[1:] - 1], at[-1]] + 1
+
+
+def _positive_rank_sums(lab: np.ndarray, tied: np.ndarray, group_of, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """Twice the sum of the 1-based positions of the positives in a sorted array, ties given their
+    run's average position (ranks as scipy.stats.rankdata), per group. lab (n,) bool in sorted
+    order; group_of(positions) -> their group ids, 0..n_groups - 1. -> (twice the rank sum, positives)
+    per group, (n_groups,) int64 each."""
+    pos = np.flatnonzero(lab)  # (P,)
+    gid = group_of(pos)
+    twice = np.bincount(gid, weights=2 * (pos + 1), minlength=n_groups).astype(np.int64)  # exact below 2**53
+    n_pos = np.bincount(gid, minlength=n_groups).astype(np.int64)
+    first, last = _tied_runs(tied)
+    if len(first):  # a tied run's positives count (first + last + 2) / 2 each instead of their own positions
+        k = np.searchsorted(pos, first), np.searchsorted(pos, last, side="right")
+        in_run = k[1] - k[0]  # (R,) positives in each run
+        cum = np.r_[0, np.cumsum(pos + 1)]  # (P + 1,) sums of the positives' own positions
+        delta = in_run * (first + last + 2) - 2 * (cum[k[1]] - cum[k[0]])
+        g = group_of(first)
+        twice += np.bincount(g, weights=delta, minlength=n_groups).astype(np.int64)
+    return twice, n_pos
 
 
 def auc(y: np.ndarray, p: np.ndarray) -> float:
-    y, p = np.asarray(y).astype(bool), np.asarray(p, dtype=np.float64)
+    y, p = np.asarray(y).astype(bool, copy=False), np.asarray(p)
     n_pos = int(y.sum())
     n_neg = len(y) - n_pos
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    r = _average_ranks(p)
-    return float((r[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    order = np.argsort(p, kind="stable")  # (n,)
+    ps, lab = p[order], y[order]
+    del order
+    twice, _ = _positive_rank_sums(lab, ps[1:] == ps[:-1], lambda at: np.zeros(len(at), np.int64), 1)
+    return float((twice[0] / 2 - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
 def gauc(y: np.ndarray, p: np.ndarray, group: np.ndarray) -> float:
-    y = np.asarray(y).astype(bool)
-    p, group = np.asarray(p, dtype=np.float64), np.asarray(group)
-    order = np.lexsort((p, group))
+    """AUC per group, averaged with the groups' sizes as weights (groups with one class left out)."""
+    y, p, group = np.asarray(y).astype(bool, copy=False), np.asarray(p), np.asarray(group)
+    order = np.lexsort((p, group))  # (n,) by group, then score
     g, s, lab = group[order], p[order], y[order]
-    g_new = np.r_[True, g[1:] != g[:-1]]
-    g_first = np.flatnonzero(g_new)
-    g_id = np.cumsum(g_new) - 1
-    # average rank within group, ties on (group, score)
-    t_new = g_new | np.r_[True, s[1:] != s[:-1]]
-    t_first = np.flatnonzero(t_new)
-    t_last = np.r_[t_first[1:], len(s)] - 1
-    t_avg = np.repeat((t_first + t_last) / 2.0, np.diff(np.r_[t_first, len(s)]))
-    rank = t_avg - g_first[g_id] + 1.0
-    n = np.bincount(g_id)
-    n_pos = np.bincount(g_id, weights=lab)
+    del order
+    g_first = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])  # (G,) where each group starts
+    tied = s[1:] == s[:-1]
+    tied &= g[1:] == g[:-1]
+    del s, g
+    twice, n_pos = _positive_rank_sums(lab, tied, lambda at: np.searchsorted(g_first, at, side="right") - 1,
+                                       len(g_first))
+    n = np.diff(np.r_[g_first, len(lab)])
+    rank_sum = twice / 2 - n_pos * g_first  # positions within the group
     n_neg = n - n_pos
-    rank_sum = np.bincount(g_id, weights=rank * lab)
     ok = (n_pos > 0) & (n_neg > 0)
     if not ok.any():
         return float("nan")
@@ -76,9 +100,13 @@ def gauc(y: np.ndarray, p: np.ndarray, group: np.ndarray) -> float:
 
 
 def logloss(y: np.ndarray, p: np.ndarray) -> float:
-    y = np.asarray(y, dtype=np.float64)
-    p = np.clip(np.asarray(p, dtype=np.float64), EPS, 1 - EPS)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    y, p = np.asarray(y), np.asarray(p)
+    total = 0.0
+    for lo in range(0, len(y), LOGLOSS_CHUNK):  # float64 a chunk at a time
+        yc = np.asarray(y[lo: lo + LOGLOSS_CHUNK], dtype=np.float64)
+        pc = np.clip(np.asarray(p[lo: lo + LOGLOSS_CHUNK], dtype=np.float64), EPS, 1 - EPS)
+        total += float(np.sum(yc * np.log(pc) + (1 - yc) * np.log(1 - pc)))
+    return -total / len(y) if len(y) else float("nan")
 
 
 def _group_ranks(y: np.ndarray, p: np.ndarray, group: np.ndarray) -> tuple[np.ndarray, ...]:
