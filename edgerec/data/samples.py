@@ -552,7 +552,7 @@ def build_impressions(ds: EventDataset, max_len: int = 50, split_fractions=(0.8,
                                                    np.unique(splits["train"].user), item_features, user_features,
                                                    max_len, n_pos)
     info = impression_info(len(user_vocab), len(item_vocab), t1, t2, cap_info,
-                           {k: (len(v), float(v.label.sum())) for k, v in splits.items()})
+                           {k: (len(v), float(v.label.sum(dtype=np.float64))) for k, v in splits.items()})
     return SampleSet(spec, s_item, s_ts, splits, item_feats, user_feats, "impression", info, seed=seed,
                      item_ids=item_vocab, user_ids=user_vocab, store_position=position[c_order], store_user=s_user)
 

@@ -91,6 +91,8 @@ def _build(spark, events_path: Path, ds: EventDataset, cfg, tmp: Path, data: dic
     d = cfg.data
     ev = spark.read.parquet(str(events_path)).select(
         "user_id", "item_id", "ts", "label", "position", F.col("_metadata.row_index").alias("event_row"))
+    # row_index counts rows within a file: it is the in-memory event row because a prepared dataset's
+    # events are one file (EventDataset.save)
     stats = ev.agg(F.count(F.lit(1)).alias("n"), F.count("position").alias("with_position"),
                    F.min("ts").alias("lo"), F.max("ts").alias("hi"),
                    F.max(F.coalesce("position", F.lit(0))).alias("max_position")).collect()[0]
@@ -105,7 +107,10 @@ def _build(spark, events_path: Path, ds: EventDataset, cfg, tmp: Path, data: dic
     n_items = len(item_vocab)
 
     def fold(batches):  # on the executors: one partition = whole users, through the in-memory code
-        pdf = pd.concat(list(batches), ignore_index=True)
+        frames = list(batches)
+        if not frames:  # an empty partition (a cluster's many shuffle partitions, few users)
+            return
+        pdf = pd.concat(frames, ignore_index=True)
         if not len(pdf):
             return
         user = _index(pdf["user_id"].to_numpy(), user_vocab)
@@ -214,6 +219,8 @@ def _write_split(part: Path, out: Path, offset: np.ndarray, remap: np.ndarray | 
                 clicks += float(c["label"].sum())
                 pending = _flush(w, pending, rows_per_group, final=False)
         _flush(w, pending, rows_per_group, final=True)
+        if n == 0:  # an empty split: the same (empty) file as pq.write_table of an empty table
+            w.write_table(schema.empty_table(), row_group_size=rows_per_group)
     return n, clicks, capped
 
 

@@ -36,7 +36,8 @@ LOGLOSS_CHUNK = 1 << 18  # samples per chunk of the log-loss sum
 
 def _tied_runs(tied: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """tied (n - 1,) bool: sorted element i equals element i + 1 (same score, same group) -> the runs
-    of two or more equal elements as (first, last) positions, inclusive. O(tied pairs) memory."""
+    of two or more equal elements as (first, last) positions, inclusive. O(tied pairs) memory.
+    Example: tied = [F, T, T, F, T] (elements 1 = 2 = 3 and 4 = 5) -> first [1, 4], last [3, 5]."""
     at = np.flatnonzero(tied)  # (T,) pairs (i, i + 1) that tie
     if not len(at):
         return at, at
@@ -51,14 +52,14 @@ def _positive_rank_sums(lab: np.ndarray, tied: np.ndarray, group_of, n_groups: i
     per group, (n_groups,) int64 each."""
     pos = np.flatnonzero(lab)  # (P,)
     gid = group_of(pos)
-    twice = np.bincount(gid, weights=2 * (pos + 1), minlength=n_groups).astype(np.int64)  # exact below 2**53
+    twice = np.bincount(gid, weights=2 * (pos + 1), minlength=n_groups).astype(np.int64)  # exact below 2**53 (~9e7 samples)
     n_pos = np.bincount(gid, minlength=n_groups).astype(np.int64)
     first, last = _tied_runs(tied)
     if len(first):  # a tied run's positives count (first + last + 2) / 2 each instead of their own positions
-        k = np.searchsorted(pos, first), np.searchsorted(pos, last, side="right")
-        in_run = k[1] - k[0]  # (R,) positives in each run
+        lo, hi = np.searchsorted(pos, first), np.searchsorted(pos, last, side="right")  # run's positives: pos[lo:hi]
+        in_run = hi - lo  # (R,) positives in each run
         cum = np.r_[0, np.cumsum(pos + 1)]  # (P + 1,) sums of the positives' own positions
-        delta = in_run * (first + last + 2) - 2 * (cum[k[1]] - cum[k[0]])
+        delta = in_run * (first + last + 2) - 2 * (cum[hi] - cum[lo])
         g = group_of(first)
         twice += np.bincount(g, weights=delta, minlength=n_groups).astype(np.int64)
     return twice, n_pos
