@@ -134,16 +134,21 @@ class EventDataset:
         return out
 
     @classmethod
-    def load(cls, root: Path, dirname: str) -> "EventDataset":
+    def load(cls, root: Path, dirname: str, events: bool = True) -> "EventDataset":
+        """events=False: everything but the log (an empty table stands in), for a job that reads
+        events.parquet itself (edgerec.data.shards_spark)."""
         d = Path(root) / dirname
         meta_path = d / "meta.json"
         if not meta_path.exists():
             raise FileNotFoundError(d)
         meta = json.loads(meta_path.read_text())
-        events = pq.read_table(d / "events.parquet")
-        validate_events(events, source=str(d / "events.parquet"))
+        if events:
+            table = pq.read_table(d / "events.parquet")
+            validate_events(table, source=str(d / "events.parquet"))
+        else:
+            table = pa.table({})
         items = pq.read_table(d / "items.parquet") if (d / "items.parquet").exists() else None
         users = pq.read_table(d / "users.parquet") if (d / "users.parquet").exists() else None
         core = {"events.parquet", "items.parquet", "users.parquet"}
         extras = {p.stem: pq.read_table(p) for p in sorted(d.glob("*.parquet")) if p.name not in core}
-        return cls(name=meta["name"], events=events, items=items, users=users, meta=meta, extras=extras)
+        return cls(name=meta["name"], events=table, items=items, users=users, meta=meta, extras=extras)

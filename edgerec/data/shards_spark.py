@@ -65,21 +65,11 @@ def write_impression_shards_spark(cfg, out: str | Path, data: dict, dataset_meta
     d = cfg.data
     check_split_fractions(d.split_fractions)
     folder = registry.prepare(cfg.dataset)
-    ds = _side_tables(folder)
+    ds = EventDataset.load(folder.parent, folder.name, events=False)  # the job reads the events itself
     spark = spark_session(master)
     with shard_folder(out) as tmp:
         manifest = _build(spark, folder / "events.parquet", ds, cfg, tmp, data, dataset_meta)
     return Path(out), manifest
-
-
-def _side_tables(folder: Path) -> EventDataset:
-    """The prepared dataset without its events (the job reads those itself): meta, items, users, extras."""
-    core = {"events.parquet", "items.parquet", "users.parquet"}
-    read = lambda name: pq.read_table(folder / name) if (folder / name).exists() else None  # noqa: E731
-    extras = {p.stem: pq.read_table(p) for p in sorted(folder.glob("*.parquet")) if p.name not in core}
-    meta = json.loads((folder / "meta.json").read_text())
-    return EventDataset(name=meta["name"], events=pa.table({}), items=read("items.parquet"),
-                        users=read("users.parquet"), meta=meta, extras=extras)
 
 
 def _build(spark, events_path: Path, ds: EventDataset, cfg, tmp: Path, data: dict, dataset_meta: str | None) -> dict:
@@ -152,19 +142,21 @@ def _build(spark, events_path: Path, ds: EventDataset, cfg, tmp: Path, data: dic
     spec, item_feats, user_feats = impression_spec(ds, kept_vocab, user_vocab, train_items, train_users,
                                                    d.item_features, d.user_features, d.max_len, n_pos)
 
-    rows, per_split, capped = {}, {}, [0, 0]
+    rows, per_split, capped_samples = {}, {}, 0
     for i, name in enumerate(SPLITS):
         part = tmp / "_spark" / name
         (samples.where(F.col("split") == i).orderBy("event_row").drop("kind", "split")
          .write.mode("overwrite").parquet(str(part)))
-        rows[name], clicks, capped[0] = _write_split(part, tmp / f"{name}.parquet", offset, remap,
-                                                     d.rows_per_group, capped[0], spec.oov_item)
+        rows[name], clicks, capped = _write_split(part, tmp / f"{name}.parquet", offset, remap, d.rows_per_group,
+                                                  spec.oov_item)
         per_split[name] = (rows[name], clicks)
+        capped_samples += capped
     store_rows = int(offset[-1])
-    capped[1] = _write_store(folded_dir, tmp, offset, remap, store_rows, ds.tz, spec.oov_item)
+    capped_history = _write_store(folded_dir, tmp, offset, remap, store_rows, ds.tz, spec.oov_item)
     cap = {}
     if remap is not None:
-        cap = cap_info(n_items, d.max_items, len(kept_vocab), capped[0], sum(rows.values()), capped[1], store_rows)
+        cap = cap_info(n_items, d.max_items, len(kept_vocab), capped_samples, sum(rows.values()),
+                       capped_history, store_rows)
     info = impression_info(len(user_vocab), len(kept_vocab), t1, t2, cap, per_split)
     shutil.rmtree(tmp / "_spark")
     write_vocabularies(tmp, kept_vocab, user_vocab, item_feats, user_feats,
@@ -193,12 +185,12 @@ def _parts(folder: Path) -> list[Path]:
 
 
 def _write_split(part: Path, out: Path, offset: np.ndarray, remap: np.ndarray | None, rows_per_group: int,
-                 capped: int, oov: int) -> tuple[int, float, int]:
+                 oov: int) -> tuple[int, float, int]:
     """Stream one split's sorted Spark output into `out` in the Split layout, in row groups of exactly
-    `rows_per_group` rows as write_shards writes them. -> (rows, clicks, capped samples so far)."""
+    `rows_per_group` rows as write_shards writes them. -> (rows, clicks, samples in the capped OOV index)."""
     schema = pa.schema([(k, pa.from_numpy_dtype(v)) for k, v in SPLIT_DTYPES.items()])
     pending: list[pa.Table] = []
-    n, clicks, last = 0, 0.0, -1
+    n, clicks, capped, last = 0, 0.0, 0, -1
     with pq.ParquetWriter(out, schema) as w:
         for f in _parts(part):
             for b in pq.ParquetFile(f).iter_batches(batch_size=rows_per_group):
