@@ -8,6 +8,8 @@ wait4, is that step's own), one after the other:
   prepare      `edgerec data prepare o2o-sim:SIZE` into a fresh data folder (simulate + write Parquet)
   shards       `edgerec batch --shards configs/ctr.yaml:COUPA_scale` (the samples, written out of core;
                DIN_scale has the same data settings, so both train on them)
+  spark shards the same with `--engine spark` (local[2]): time, peak RSS, and its folder compared with
+               the polars one file by file (data.shards.folder_differences; removed after)
   train        `edgerec train` of DIN_scale and COUPA_scale for one epoch (train.epochs=1), in memory
                (the default: samples built in that process) and out of core (--set data.shards=...);
                epoch time = the ledger's train_seconds (the training loop, not validation)
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -128,7 +131,7 @@ def one_size(size: str, tmp: Path, log: Path, a) -> dict:
     shards = run(edgerec("batch", "--shards", "configs/ctr.yaml:COUPA_scale", "--set", f"dataset=o2o-sim:{size}",
                          "--out", str(out)), log, data_env(tmp))
     mf = json.loads((out / "shards" / "manifest.json").read_text())
-    row = {"size": size, "events": None, "prepare": prep, "shards": shards,
+    row = {"size": size, "events": None, "prepare": prep, "shards": shards, "spark_shards": spark_shards(size, out, tmp, log),
            "train_samples": mf["rows"]["train"], "valid_samples": mf["rows"]["valid"], "test_samples": mf["rows"]["test"],
            "stored_clicks": mf["store_rows"], "users": mf["info"]["users"], "items": mf["info"]["items"],
            "shard_mb": round(sum(f.stat().st_size for f in (out / "shards").iterdir()) / 2**20, 1), "train": {}}
@@ -139,6 +142,22 @@ def one_size(size: str, tmp: Path, log: Path, a) -> dict:
             row["train"][f"{model}/{mode}"] = train(f"{model}_scale", size, tmp, log, [*extra, *quick])
             print(f"  {size} {model} {mode}: {row['train'][f'{model}/{mode}']}", flush=True)
     return row, out / "shards"
+
+
+def spark_shards(size: str, polars_out: Path, tmp: Path, log: Path) -> dict:
+    """The same shards written by the Spark job (local[2]): its time, peak memory and whether its
+    folder equals the polars one file by file. Its memory is read from peak_anon_mb (the largest
+    process of the tree: the JVM, a Python worker or the driver): ru_maxrss misses the JVM, which
+    the driver stops rather than waits for."""
+    from edgerec.data.shards import folder_differences
+
+    out = tmp / f"batch-{size}-spark"
+    r = run(edgerec("batch", "--shards", "configs/ctr.yaml:COUPA_scale", "--engine", "spark",
+                    "--set", f"dataset=o2o-sim:{size}", "--out", str(out)), log, data_env(tmp))
+    r["differences_from_polars"] = folder_differences(polars_out / "shards", out / "shards")
+    shutil.rmtree(out)
+    print(f"  {size} spark shards: {r}", flush=True)
+    return r
 
 
 def events(row: dict) -> int:
@@ -236,6 +255,7 @@ def markdown(report: dict) -> str:
     lines = ["| size | events | train samples | prepare s | shards s (peak MiB) | model | epoch s in memory | "
              "epoch s out of core | peak RSS MiB in memory | peak RSS MiB out of core | peak anon. MiB in memory / "
              "out of core | valid AUC in memory / out of core |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    spark = [r for r in report["rows"] if "spark_shards" in r]
     for r in report["rows"]:
         for model in MODELS:
             m, o = r["train"][f"{model}/in_memory"], r["train"][f"{model}/out_of_core"]
@@ -244,6 +264,15 @@ def markdown(report: dict) -> str:
                          f"{m['epoch_seconds']:.1f} | {o['epoch_seconds']:.1f} | {m['peak_rss_mb']:,.0f} | "
                          f"{o['peak_rss_mb']:,.0f} | {m['peak_anon_mb']:,.0f} / {o['peak_anon_mb']:,.0f} | "
                          f"{m['valid_AUC']:.4f} / {o['valid_AUC']:.4f} |")
+    if spark:
+        lines += ["", "The same shards written by the Spark job (`edgerec batch --shards ... --engine spark`, local[2]):",
+                  "", "| size | events | polars s (peak anon. MiB) | Spark s (peak anon. MiB) | Spark folder = polars folder |",
+                  "|---|---|---|---|---|"]
+        for r in spark:
+            k, d = r["spark_shards"], r["spark_shards"]["differences_from_polars"]
+            lines.append(f"| {r['size']} | {r['events']:,} | {r['shards']['seconds']:.0f} "
+                         f"({r['shards']['peak_anon_mb']:,.0f}) | {k['seconds']:.0f} ({k['peak_anon_mb']:,.0f}) | "
+                         f"{'yes, file by file' if not d else 'NO: ' + ', '.join(d)} |")
     return "\n".join(lines)
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgerec.data.shards import ShardedSamples, data_settings, write_shards
+from edgerec.data.shards import ShardedSamples, data_settings, folder_differences, write_shards
 from edgerec.errors import ConfigError, EdgerecError
 from edgerec.train.config import load_experiment
 from edgerec.train.experiment import build_model, build_samples
@@ -260,23 +260,6 @@ def test_cli_batch_shards_then_train_on_them_and_errors_exit_2(tmp_path, capsys)
     assert "train.lr" in capsys.readouterr().err
 
 
-def _assert_same_shard_folders(a: Path, b: Path) -> None:
-    """Every file equal: the manifest, each split's table and row groups, each array and its dtype."""
-    import pyarrow.parquet as pq
-
-    assert sorted(p.name for p in a.iterdir()) == sorted(p.name for p in b.iterdir())
-    assert json.loads((a / "manifest.json").read_text()) == json.loads((b / "manifest.json").read_text())
-    for p in sorted(a.glob("*.parquet")):
-        ta, tb = pq.read_table(p), pq.read_table(b / p.name)
-        assert ta.schema == tb.schema and ta.equals(tb), p.name
-        ma, mb = pq.ParquetFile(p).metadata, pq.ParquetFile(b / p.name).metadata
-        assert [ma.row_group(i).num_rows for i in range(ma.num_row_groups)] == \
-               [mb.row_group(i).num_rows for i in range(mb.num_row_groups)], p.name
-    for p in sorted(a.glob("*.npy")):
-        x, y = np.load(p), np.load(b / p.name)
-        assert x.dtype == y.dtype and np.array_equal(x, y), p.name
-
-
 @pytest.mark.parametrize("overrides", [(), ("data.max_items=40",)], ids=["all-items", "capped"])
 def test_spark_writes_the_same_shards_as_the_sample_builders(tmp_path, overrides, capsys):
     """`edgerec batch --shards --engine spark` (a Spark job) and the in-memory builders write the
@@ -288,7 +271,11 @@ def test_spark_writes_the_same_shards_as_the_sample_builders(tmp_path, overrides
         assert main(["batch", "--shards", f"{CONFIG}:COUPA_test", "--engine", engine, *sets,
                      "--out", str(tmp_path / engine)]) == 0
     assert "built and written on Spark" in capsys.readouterr().out
-    _assert_same_shard_folders(tmp_path / "polars" / "shards", tmp_path / "spark" / "shards")
+    assert folder_differences(tmp_path / "polars" / "shards", tmp_path / "spark" / "shards") == []
+    items = np.load(tmp_path / "spark" / "shards" / "store_item.npy")
+    items[len(items) // 2] += 1  # one stored click off: the comparison must see it
+    np.save(tmp_path / "spark" / "shards" / "store_item.npy", items)
+    assert folder_differences(tmp_path / "polars" / "shards", tmp_path / "spark" / "shards") == ["store_item.npy"]
     assert sorted(p.name for p in (tmp_path / "spark").iterdir()) == ["shards"]  # Spark's temp output is gone
     if overrides:
         m = json.loads((tmp_path / "spark" / "shards" / "manifest.json").read_text())
