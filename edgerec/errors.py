@@ -25,3 +25,9 @@ class AssetError(EdgerecError):
 class StoreUnavailable(EdgerecError):
     """The online feature store (Redis, ...) cannot be reached. Nothing of the batch in flight was
     applied; the stream processor re-reads it from the committed offset once the store is back."""
+
+
+class TrainingDiverged(EdgerecError, FloatingPointError):
+    """The training loss became NaN or infinite. A setting (train.lr, train.grad_clip, train.precision)
+    is the usual cause, not the data or the code, so the message names the settings. Under torchrun
+    every rank raises it at the same step, whichever rank's loss it was, so none is left waiting."""

@@ -7,8 +7,8 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from edgerec.errors import DataFormatError
-from edgerec.features.batch import events_table, read_event_file, run_batch
+from edgerec.errors import ConfigError, DataFormatError
+from edgerec.features.batch import events_table, read_event_file, run_batch, spark_session
 from edgerec.features.definition import FeatureDefinition
 from edgerec.features.store import MemoryStore
 from edgerec.features.time import SECONDS_PER_DAY
@@ -65,6 +65,9 @@ def test_spark_writes_the_same_tables_as_polars(log_events, polars_out, tmp_path
         a, b = pq.read_table(path), pq.read_table(spark_out[name])
         assert a.schema == b.schema and a.num_rows == b.num_rows
         assert a.equals(b), name
+    with pytest.raises(ConfigError, match=r"--spark-master local\[1\]: this process already runs a Spark session on "
+                                          r"local\[2\]"):  # getOrCreate would hand back local[2] and ignore it
+        spark_session("local[1]")
 
 
 def test_malformed_event_line_stops_the_batch_with_its_line_number(tmp_path, log_events):

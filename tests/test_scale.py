@@ -6,11 +6,15 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -44,12 +48,13 @@ def _assert_same_batches(a, b) -> int:
     for x, y in zip(a, b):
         assert x.keys() == y.keys()
         for k in x:
-            assert torch.equal(x[k], y[k]), k
+            assert x[k].dtype == y[k].dtype and torch.equal(x[k], y[k]), k  # dtype too: the store is narrower
     return len(a)
 
 
 def test_sharded_batches_equal_the_in_memory_ones_for_the_same_seed(in_memory_and_shards):
     _, mem, sh = in_memory_and_shards
+    assert (sh.store_item.dtype, sh.store_slots.dtype, sh.store_position.dtype) == (np.int32, np.int32, np.int16)
     mem.shuffle_groups = sh.shuffle_groups  # (rows per group, window): the out-of-core order
     try:
         for seed in (0, 7):
@@ -134,6 +139,21 @@ def test_torchrun_with_two_processes_matches_one_and_its_checkpoint_serves(tmp_p
     c = TestClient(create_app(build_service(ServiceRecipe(store="memory", run=run_dir))))
     r = c.post("/recommend", json={"user_id": int(samples.user_ids[0]), "ts": 1767571200 + 20 * 86400, "k": 5})
     assert r.status_code == 200 and len(r.json()["items"]) == 5, r.text
+
+
+def test_a_loss_that_diverges_on_one_rank_stops_every_rank_with_a_message(tmp_path):
+    """Rank 1's loss is NaN (tests/nan_on_rank1.py), rank 0's is finite: both stop at step 0 with
+    edgerec's message and exit status 2; torchrun's own traceback is replaced by one line."""
+    cmd = [sys.executable, "-m", "edgerec.train.torchrun", "--standalone", "--nproc-per-node=2", "-m",
+           "tests.nan_on_rank1", "train", "--config", str(CONFIG), "--expid", "COUPA_test", "--no-progress",
+           "--set", f"output_dir={tmp_path / 'runs'}", "--set", f"ledger={tmp_path / 'ledger.jsonl'}"]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300,
+                       env={**os.environ, "EDGEREC_THREADS": "1", "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert r.stderr.count("NaN or infinite at epoch 1 step 0 on at least one of the 2 ranks") == 2, r.stderr[-3000:]
+    assert re.search(r"error: torchrun: rank [01] stopped with exit status 2", r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert not (tmp_path / "ledger.jsonl").exists()
 
 
 def test_capped_items_keep_the_most_exposed_of_the_training_period(tmp_path):
@@ -228,6 +248,44 @@ def test_a_failed_shard_write_leaves_nothing_behind(tmp_path, in_memory_and_shar
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]  # no temp folder left
 
 
+def test_a_write_killed_with_sigkill_leaves_a_temp_folder_that_the_next_write_removes(tmp_path, in_memory_and_shards):
+    """SIGKILL (or the OOM killer) skips the cleanup of a failed write; the next write of the same
+    folder removes that process's temp folder, and keeps a live process's and another host's."""
+    cfg, mem, _ = in_memory_and_shards
+    out = tmp_path / "s"
+    kill = ("import os, signal, sys; from pathlib import Path; from edgerec.data.shards import shard_folder; "
+            "cm = shard_folder(Path(sys.argv[1])); tmp = cm.__enter__(); (tmp / 'half.npy').write_bytes(b'x'); "
+            "os.kill(os.getpid(), signal.SIGKILL)")
+    r = subprocess.run([sys.executable, "-c", kill, str(out)], cwd=ROOT, timeout=120)
+    assert r.returncode == -9
+    abandoned = [p for p in tmp_path.iterdir() if p.name != "s"]
+    assert len(abandoned) == 1 and (abandoned[0] / "half.npy").is_file()
+    live = tmp_path / f".s.tmp-{socket.gethostname()}-{os.getpid()}-live"  # this process: alive
+    elsewhere = tmp_path / ".s.tmp-another-host-1-x"  # pid 1 is alive here, not there: kept either way
+    live.mkdir()
+    elsewhere.mkdir()
+    write_shards(mem, out, data_settings(cfg), rows_per_group=5000)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["s", live.name, elsewhere.name])
+
+
+def test_out_of_core_removes_the_shards_of_an_earlier_prepare_of_the_dataset(tmp_path):
+    from edgerec.train.experiment import ensure_shards
+
+    cfg = _cfg(tmp_path, "COUPA_test", "data.out_of_core=true")
+    root = tmp_path / "runs" / "_shards"
+    for name, meta in (("stale", "0123456789abcdef"), ("unknown", None)):
+        (root / name).mkdir(parents=True)
+        (root / name / "manifest.json").write_text(json.dumps({"data": {"dataset": cfg.dataset}, "dataset_meta": meta}))
+    (root / "other-dataset").mkdir()
+    (root / "other-dataset" / "manifest.json").write_text(
+        json.dumps({"data": {"dataset": "o2o-sim:never-prepared"}, "dataset_meta": "0123456789abcdef"}))
+    logged = []
+    path = ensure_shards(cfg, logged.append)
+    assert sorted(p.name for p in root.iterdir()) == sorted([path.name, "unknown", "other-dataset"])
+    assert any("removed" in x and "stale" in x for x in logged)
+    assert ensure_shards(cfg, logged.append) == path  # reused, not rebuilt
+
+
 def test_cli_batch_shards_then_train_on_them_and_errors_exit_2(tmp_path, capsys):
     from edgerec.cli import main
 
@@ -280,6 +338,33 @@ def test_spark_writes_the_same_shards_as_the_sample_builders(tmp_path, overrides
     if overrides:
         m = json.loads((tmp_path / "spark" / "shards" / "manifest.json").read_text())
         assert m["spec"]["n_items"] == 42 and 0 < m["info"]["capped_sample_share"] < 1
+
+
+def test_spark_shards_of_an_imported_log_with_unknown_positions_equal_the_local_ones(tmp_path, monkeypatch, capsys):
+    """A user's own log, imported: string ids (id maps travel with the shards), local time UTC+8,
+    bucketed attributes, and one exposure in eight with its display position left empty."""
+    import pyarrow.csv as pacsv
+
+    from edgerec.cli import main
+    from edgerec.data.example import IMPORT_ARGS, write_example_log
+
+    monkeypatch.setenv("EDGEREC_DATA_DIR", str(tmp_path / "data"))
+    paths = write_example_log(tmp_path / "ex", "tiny")
+    ev = pacsv.read_csv(paths["events"])
+    slot = ev.column("slot").to_pylist()
+    ev = ev.set_column(ev.schema.get_field_index("slot"), "slot",
+                       pa.array([None if i % 8 == 3 else v for i, v in enumerate(slot)], pa.int64()))
+    pacsv.write_csv(ev, paths["events"])
+    assert main(["data", "import", "myfeed", "--events", str(paths["events"]), "--items", str(paths["items"]),
+                 *IMPORT_ARGS]) == 0
+    assert "rejected 0 rows" in capsys.readouterr().out
+    for engine in ("polars", "spark"):
+        assert main(["batch", "--shards", f"{ROOT / 'configs' / 'your_data.yaml'}:COUPA_mine", "--engine", engine,
+                     "--set", "data.rows_per_group=900", "--out", str(tmp_path / engine)]) == 0
+    local, spark = tmp_path / "polars" / "shards", tmp_path / "spark" / "shards"
+    assert folder_differences(local, spark) == []
+    assert (spark / "id_map_user.parquet").is_file() and (spark / "id_map_item.parquet").is_file()
+    assert 0 in set(np.unique(pq.read_table(spark / "train.parquet").column("position").to_numpy()))  # unknown
 
 
 def test_spark_shards_refuse_the_dicycle_protocol_and_a_failure_leaves_nothing(tmp_path, capsys, monkeypatch):

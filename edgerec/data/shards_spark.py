@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 from edgerec.data.samples import (_index, cap_info, cap_remap, check_split_fractions, click_history,
                                   impression_info, impression_spec, no_positions_message, split_of, time_cuts)
 from edgerec.data.schema import EventDataset
-from edgerec.data.shards import SPLITS, shard_folder, write_manifest, write_vocabularies
+from edgerec.data.shards import SPLITS, shard_folder, store_dtypes, write_manifest, write_vocabularies
 from edgerec.errors import ConfigError, EdgerecError
 from edgerec.features.time import local_clock, pack_slots
 
@@ -95,8 +95,10 @@ def _build(spark, events_path: Path, ds: EventDataset, cfg, tmp: Path, data: dic
     t1, t2 = time_cuts(stats["lo"], stats["hi"], tuple(d.split_fractions))
     n_pos = int(d.max_position or stats["max_position"])
     n_items = len(item_vocab)
+    vocabs = spark.sparkContext.broadcast((user_vocab, item_vocab))  # once per executor, not in every task
 
     def fold(batches):  # on the executors: one partition = whole users, through the in-memory code
+        user_vocab, item_vocab = vocabs.value
         frames = list(batches)
         if not frames:  # an empty partition (a cluster's many shuffle partitions, few users)
             return
@@ -152,7 +154,7 @@ def _build(spark, events_path: Path, ds: EventDataset, cfg, tmp: Path, data: dic
         per_split[name] = (rows[name], clicks)
         capped_samples += capped
     store_rows = int(offset[-1])
-    capped_history = _write_store(folded_dir, tmp, offset, remap, store_rows, ds.tz, spec.oov_item)
+    capped_history = _write_store(folded_dir, tmp, offset, remap, store_rows, ds.tz, spec.oov_item, store_dtypes(spec))
     cap = {}
     if remap is not None:
         cap = cap_info(n_items, d.max_items, len(kept_vocab), capped_samples, sum(rows.values()),
@@ -232,17 +234,13 @@ def _flush(w: pq.ParquetWriter, pending: list[pa.Table], rows_per_group: int, fi
 
 
 def _write_store(folded_dir: Path, tmp: Path, offset: np.ndarray, remap: np.ndarray | None, n: int, tz: str,
-                 oov: int) -> int:
+                 oov: int, dtypes: dict[str, type]) -> int:
     """Scatter the stored clicks (any order) into the memory-mapped store arrays at offset[user] + rank.
     -> how many stored clicks fell into the capped OOV index."""
     from numpy.lib.format import open_memmap
 
     clock = local_clock(tz)
-    probe = clock.local(np.zeros(1, np.int64))
-    arrays = {"store_item": open_memmap(tmp / "store_item.npy", "w+", np.int64, (n,)),
-              "store_local_ts": open_memmap(tmp / "store_local_ts.npy", "w+", probe.dtype, (n,)),
-              "store_slots": open_memmap(tmp / "store_slots.npy", "w+", pack_slots(probe).dtype, (n,)),
-              "store_position": open_memmap(tmp / "store_position.npy", "w+", np.int64, (n,))}
+    arrays = {name: open_memmap(tmp / f"{name}.npy", "w+", dtype, (n,)) for name, dtype in dtypes.items()}
     capped, written = 0, 0
     for f in _parts(folded_dir):
         pf = pq.ParquetFile(f)

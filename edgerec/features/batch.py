@@ -29,6 +29,7 @@ from typing import Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from edgerec.errors import ConfigError
 from edgerec.features.definition import Event, FeatureDefinition, UserState, hour_of_week
 from edgerec.features.store import DEFAULT_DEDUP_WINDOW_S
 from edgerec.features.time import SECONDS_PER_DAY, local_clock
@@ -188,15 +189,24 @@ def _run_polars(events: pa.Table, definition: FeatureDefinition) -> dict[str, pa
 
 # ---- Spark ------------------------------------------------------------------------------------
 def spark_session(master: str = "local[2]"):
-    """A local Spark session (tests, `edgerec batch --engine spark`); `master` may name a real cluster."""
+    """The Spark session of `master`: local[N] (tests, `edgerec batch --engine spark`) or a cluster's
+    URL (spark://, yarn, k8s://). A local session binds to 127.0.0.1; a cluster's executors must
+    reach the driver, so its address is left to Spark. Spark keeps one session per process and
+    getOrCreate would hand back an existing one whatever the master, so a different master is an
+    error rather than silently ignored."""
     os.environ.setdefault("PYSPARK_PYTHON", os.environ.get("PYSPARK_PYTHON") or __import__("sys").executable)
     from pyspark.sql import SparkSession
 
-    return (SparkSession.builder.master(master).appName("edgerec-batch")
-            .config("spark.sql.shuffle.partitions", "4").config("spark.ui.enabled", "false")
-            .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-            .config("spark.driver.bindAddress", "127.0.0.1").config("spark.driver.host", "127.0.0.1")
-            .getOrCreate())
+    running = SparkSession.getActiveSession()
+    if running is not None and running.sparkContext.master != master:
+        raise ConfigError(f"--spark-master {master}: this process already runs a Spark session on "
+                          f"{running.sparkContext.master}; use that master, or stop the session first")
+    builder = (SparkSession.builder.master(master).appName("edgerec-batch")
+               .config("spark.sql.shuffle.partitions", "4").config("spark.ui.enabled", "false")
+               .config("spark.sql.execution.arrow.pyspark.enabled", "true"))
+    if master.startswith("local"):
+        builder = builder.config("spark.driver.bindAddress", "127.0.0.1").config("spark.driver.host", "127.0.0.1")
+    return builder.getOrCreate()
 
 
 def _run_spark(events: pa.Table, definition: FeatureDefinition, master: str) -> dict[str, pa.Table]:

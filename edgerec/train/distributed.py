@@ -1,7 +1,7 @@
 """Distributed training with torchrun: DistributedDataParallel over the ranks torchrun starts.
 
 `edgerec train --nproc N` checks the config, prepares the dataset and builds (or reuses) the
-out-of-core shards in its own process, then runs `python -m torch.distributed.run --standalone
+out-of-core shards in its own process, then runs `python -m edgerec.train.torchrun --standalone
 --nproc-per-node N -m edgerec train ...`; plain `torchrun --nproc-per-node N -m edgerec train ...`
 works too (rank 0 builds the shards while the others wait, `from_rank0`). What each rank does:
 
@@ -113,9 +113,20 @@ def total(x: float, w: World) -> float:
     return float(t.item())
 
 
+def all_finite(loss: torch.Tensor, w: World) -> bool:
+    """Whether the loss is finite on every rank. Why: a rank that stopped alone would leave the
+    others waiting in DDP's gradient all-reduce; summing the losses (one scalar all-reduce per step)
+    carries a NaN or an infinity to every rank, so all stop at the same step."""
+    if w.size <= 1:
+        return bool(torch.isfinite(loss))
+    t = loss.detach().float().reshape(1).clone()  # on the loss's device: NCCL reduces CUDA tensors
+    dist.all_reduce(t)
+    return bool(torch.isfinite(t))
+
+
 def launch(argv: list[str], nproc: int) -> int:
     """Run `edgerec <argv>` under torchrun with nproc processes on this machine; its exit status."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+    cmd = [sys.executable, "-m", "edgerec.train.torchrun", "--standalone", f"--nproc-per-node={nproc}",
            "-m", "edgerec", *argv]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     return subprocess.call(cmd, env=env)

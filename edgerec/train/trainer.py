@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from edgerec.data.samples import SampleSet
-from edgerec.errors import EdgerecError
+from edgerec.errors import EdgerecError, TrainingDiverged
 from edgerec.features.definition import cut
 from edgerec.io import atomic_path, sha256_file, sha256_json, write_json_atomic
 from edgerec.models.base import CTRModel
@@ -233,9 +233,10 @@ class Trainer:
                 with autocast(cfg.precision, device):
                     out = net(batch)
                 loss = model.loss(batch, float32_outputs(out))  # evaluation below stays float32, as serving
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1} step {step}; "
-                                             f"lower train.lr (now {cfg.lr}) or set train.grad_clip.")
+                if not distributed.all_finite(loss, w):
+                    where = f" on at least one of the {w.size} ranks (this rank's: {loss.item()})" if w.size > 1 else ""
+                    raise TrainingDiverged(f"the training loss became NaN or infinite at epoch {epoch + 1} step {step}"
+                                           f"{where}; lower train.lr (now {cfg.lr}) or set train.grad_clip.")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip:
