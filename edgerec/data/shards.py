@@ -33,14 +33,17 @@ from __future__ import annotations
 import glob
 import json
 import mmap
-import os
+import secrets
 import shutil
-import socket
-import tempfile
 from contextlib import contextmanager
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Iterator
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: abandoned temp folders are not detected
+    fcntl = None
 
 import numpy as np
 import pyarrow as pa
@@ -56,13 +59,16 @@ from edgerec.features.time import local_clock
 FORMAT = 1
 SPLITS = ("train", "valid", "test")
 STORE = ("store_item", "store_local_ts", "store_slots", "store_position")
+RELEASE_EVERY = 64  # batches between releases of the store's mapped pages (they stay in the page cache)
+
+
 def trim_heap() -> None:
     """Give the C heap's free pages back to the system (glibc's malloc_trim; elsewhere a no-op).
     Why: each batch allocates and frees a few MB of numpy temporaries of varying sizes; glibc keeps
-    the freed pages in its heap, so resident memory crept up with the steps of an epoch (DIN at 18M
-    events: +42 MiB over 2,500 steps, +90 MiB more in validation). Trimming every RELEASE_EVERY
-    batches keeps it at what recent batches use. (Forcing those allocations to mmap instead,
-    MALLOC_MMAP_THRESHOLD_, flattened memory too but halved the training speed.)"""
+    the freed pages in its heap, so resident memory crept up with the steps of an epoch. Trimming
+    every RELEASE_EVERY batches returns them; docs/results.md ("Scale-out") has the one-off phase
+    measurements behind this, and why MALLOC_MMAP_THRESHOLD_ (which flattened memory too, at half
+    the training speed) was not used."""
     if _LIBC is not None:
         _LIBC.malloc_trim(0)
 
@@ -93,9 +99,6 @@ def store_dtypes(spec: FeatureSpec) -> dict[str, type]:
             "store_position": np.int16 if spec.n_positions <= np.iinfo(np.int16).max else np.int32}
 
 
-RELEASE_EVERY = 64  # batches between releases of the store's mapped pages (they stay in the page cache)
-
-
 def write_shards(samples: SampleSet, out: str | Path, data: dict, rows_per_group: int = 65536,
                  dataset_meta: str | None = None) -> Path:
     """Write `samples` as a shard folder at `out` (replacing a shard folder that is there: the new
@@ -117,6 +120,10 @@ def write_shards(samples: SampleSet, out: str | Path, data: dict, rows_per_group
         for name in STORE:
             arr = getattr(samples, name)
             if arr is not None:
+                if len(arr) and not np.can_cast(arr.dtype, dtypes[name]) and arr.max() > np.iinfo(dtypes[name]).max:
+                    raise EdgerecError(f"{name}: a value {arr.max()} does not fit {np.dtype(dtypes[name])} (spec: "
+                                       f"{samples.spec.n_items} items, {samples.spec.n_positions} positions); "
+                                       f"please report this")
                 np.save(tmp / f"{name}.npy", np.ascontiguousarray(arr, dtype=dtypes[name]))
         write_vocabularies(tmp, samples.item_ids, samples.user_ids, samples.item_feats, samples.user_feats,
                            samples.id_maps)
@@ -128,75 +135,87 @@ def write_shards(samples: SampleSet, out: str | Path, data: dict, rows_per_group
 @contextmanager
 def shard_folder(out: str | Path) -> Iterator[Path]:
     """A temp folder beside `out` to write a shard folder into; on success it replaces `out` (the new
-    folder is complete before the old one is moved away), on any failure it is removed."""
+    folder is complete before the old one is moved away), on any failure it is removed. While it is
+    written its writer holds a lock on a file beside it (`_locked_temp_folder`), so a process that
+    was killed (SIGKILL, the OOM killer: its `except` never ran) leaves a folder the next write of
+    `out` can tell from one still being written, and removes."""
     out = Path(out)
     if out.exists() and not (out / "manifest.json").is_file() and (not out.is_dir() or any(out.iterdir())):
         raise EdgerecError(f"{out}: exists and is not a shard folder; it would be replaced. Choose another folder "
                            f"or remove it.")
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_abandoned_temp_folders(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{_temp_prefix(out)}{os.getpid()}-", dir=out.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the shards are data like any other output
-    try:
-        yield tmp
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with _locked_temp_folder(out) as tmp:
+        try:
+            yield tmp
+            if out.exists():
+                old = out.with_name(f".{out.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                out.rename(old)
+                tmp.rename(out)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                tmp.rename(out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
-def _temp_prefix(out: Path) -> str:
-    """Temp folders of `out` are named .NAME.tmp-HOST-PID-XXXX: whose they are, so that a later
-    write can tell an abandoned one (its process was killed) from one being written now."""
-    return f".{out.name}.tmp-{socket.gethostname()}-"
+@contextmanager
+def _locked_temp_folder(out: Path) -> Iterator[Path]:
+    """.NAME.tmp-TOKEN (the folder) and .NAME.tmp-TOKEN.lock (flock-ed by this process until the
+    folder is renamed or removed). The kernel drops the lock when its process dies, whatever the
+    signal, on this host or, over NFS, on another; a PID in the name could not say that across
+    containers."""
+    token = secrets.token_hex(6)
+    lock = out.parent / f".{out.name}.tmp-{token}.lock"
+    with open(lock, "w") as f:
+        if fcntl is not None:
+            fcntl.flock(f, fcntl.LOCK_EX)
+        tmp = out.parent / f".{out.name}.tmp-{token}"
+        tmp.mkdir(mode=0o755)
+        try:
+            yield tmp
+        finally:
+            lock.unlink(missing_ok=True)
 
 
 def remove_abandoned_temp_folders(out: Path) -> list[Path]:
-    """Remove the temp folders of `out` left by a process of this host that no longer runs (killed
-    with SIGKILL or by the OOM killer, so its `except` never ran). Another host's (a shared
-    file system) and a live process's are kept."""
+    """Remove the temp folders of `out` whose writer is gone: their lock file is not held any more.
+    A folder being written (its lock held) is kept; without flock (not POSIX) nothing is removed."""
     removed = []
-    for tmp in out.parent.glob(f"{glob.escape(_temp_prefix(out))}*"):
-        pid = tmp.name[len(_temp_prefix(out)):].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(tmp, ignore_errors=True)
-            removed.append(tmp)
+    if fcntl is None:
+        return removed
+    for lock in out.parent.glob(f"{glob.escape(f'.{out.name}.tmp-')}*.lock"):
+        try:
+            with open(lock, "r+") as f:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held: a live writer; raises, kept
+                tmp = lock.with_suffix("")
+                shutil.rmtree(tmp, ignore_errors=True)
+                lock.unlink(missing_ok=True)
+                if not tmp.exists():
+                    removed.append(tmp)
+        except OSError:
+            continue
     return removed
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
-def remove_stale_shards(root: Path, keep: Path) -> list[Path]:
-    """Remove the shard folders under `root` (output_dir/_shards) built from an earlier prepare or
-    import of their dataset: train.data.out_of_core never reuses them (the digest in their name
-    includes the dataset's meta.json), so they only take disk. Folders of datasets that are not
-    prepared here, and `keep`, are left."""
-    removed = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and p != keep and (p / "manifest.json").is_file()):
+def stale_shards(root: Path, keep: Path) -> list[tuple[Path, float]]:
+    """The shard folders under `root` (output_dir/_shards) built from another prepare or import of
+    their dataset than the one in this data folder, with their size in MiB: data.out_of_core never
+    reuses them (the digest in their name includes the dataset's meta.json). Reported, not removed:
+    another host or user sharing output_dir with its own data folder may be training on them."""
+    out = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and p != keep and not p.name.startswith(".")
+                         and (p / "manifest.json").is_file()):
         try:
             m = json.loads((folder / "manifest.json").read_text())
             now = dataset_fingerprint(m["data"]["dataset"], prepare=False)
         except (OSError, ValueError, KeyError, TypeError, EdgerecError):
             continue  # not ours to judge
         if now is not None and m.get("dataset_meta") not in (None, now):
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder)
-    return removed
+            out.append((folder, sum(f.stat().st_size for f in folder.iterdir()) / 2**20))
+    return out
 
 
 def write_vocabularies(tmp: Path, item_ids: np.ndarray, user_ids: np.ndarray, item_feats: dict, user_feats: dict,
@@ -228,7 +247,8 @@ def _plain(x):
 def folder_differences(a: str | Path, b: str | Path) -> list[str]:
     """What differs between two shard folders (empty: the same samples, row groups, store and
     vocabularies). Why: a Spark job's folder must train exactly like the local builders' one, and
-    this is how tests/test_scale.py and bench/scale.py check it. Reads one row group at a time."""
+    this is how tests/test_scale.py and bench/scale.py check it. Reads the tables one row group at
+    a time; the store arrays are memory-mapped, compared whole."""
     a, b = Path(a), Path(b)
     names_a, names_b = sorted(p.name for p in a.iterdir()), sorted(p.name for p in b.iterdir())
     if names_a != names_b:

@@ -98,7 +98,7 @@ def _build(spark, events_path: Path, ds: EventDataset, cfg, tmp: Path, data: dic
     vocabs = spark.sparkContext.broadcast((user_vocab, item_vocab))  # once per executor, not in every task
 
     def fold(batches):  # on the executors: one partition = whole users, through the in-memory code
-        user_vocab, item_vocab = vocabs.value
+        user_vocab, item_vocab = vocabs.value  # local names: the closure then pickles the handle, not the arrays
         frames = list(batches)
         if not frames:  # an empty partition (a cluster's many shuffle partitions, few users)
             return
@@ -125,8 +125,11 @@ def _build(spark, events_path: Path, ds: EventDataset, cfg, tmp: Path, data: dic
 
     folded_dir = tmp / "_spark" / "folded"
     parts = max(int(spark.conf.get("spark.sql.shuffle.partitions")), -(-stats["n"] // ROWS_PER_PARTITION))
-    (ev.repartition(parts, "user_id").mapInPandas(fold, schema=FOLDED_SCHEMA)
-     .write.mode("overwrite").parquet(str(folded_dir)))
+    try:
+        (ev.repartition(parts, "user_id").mapInPandas(fold, schema=FOLDED_SCHEMA)
+         .write.mode("overwrite").parquet(str(folded_dir)))
+    finally:
+        vocabs.destroy()  # a long-lived session would otherwise keep every job's copy
     folded = spark.read.parquet(str(folded_dir))
     samples, stored = folded.where(F.col("kind") == SAMPLE), folded.where(F.col("kind") == STORED)
 

@@ -197,10 +197,12 @@ def spark_session(master: str = "local[2]"):
     os.environ.setdefault("PYSPARK_PYTHON", os.environ.get("PYSPARK_PYTHON") or __import__("sys").executable)
     from pyspark.sql import SparkSession
 
-    running = SparkSession.getActiveSession()
-    if running is not None and running.sparkContext.master != master:
+    from pyspark import SparkContext
+
+    running = SparkContext._active_spark_context  # process-wide (getActiveSession is per thread)
+    if running is not None and running.master != master:
         raise ConfigError(f"--spark-master {master}: this process already runs a Spark session on "
-                          f"{running.sparkContext.master}; use that master, or stop the session first")
+                          f"{running.master}; use that master, or stop the session first")
     builder = (SparkSession.builder.master(master).appName("edgerec-batch")
                .config("spark.sql.shuffle.partitions", "4").config("spark.ui.enabled", "false")
                .config("spark.sql.execution.arrow.pyspark.enabled", "true"))

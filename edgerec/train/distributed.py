@@ -61,7 +61,8 @@ def init(device: torch.device) -> World:
         if device.type == "cuda":
             torch.cuda.set_device(w.local_rank)  # NCCL's collectives (all_gather_object too) use the current device
         # rank 0 may build the shards first while the others wait in a collective: allow hours, not 30 min
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(hours=6))
+        # on CUDA, NCCL for the tensors of the device and gloo for the CPU scalars (`total`) and objects
+        dist.init_process_group("cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo", timeout=timedelta(hours=6))
     return w
 
 

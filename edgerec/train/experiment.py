@@ -151,8 +151,8 @@ def open_samples(cfg: ExperimentConfig, sample_cache: dict | None = None, log=pr
 def ensure_shards(cfg: ExperimentConfig, log=print) -> Path:
     """The shard folder of cfg: data.shards as given, or output_dir/_shards/<digest of the data
     settings, the prepared dataset and rows_per_group>, built on first use and reused after. A new
-    build removes the folders of an earlier prepare or import of a dataset (never reused)."""
-    from edgerec.data.shards import data_settings, dataset_fingerprint, remove_stale_shards, write_shards
+    build names the folders of another prepare or import of a dataset (never reused) in the log."""
+    from edgerec.data.shards import data_settings, dataset_fingerprint, stale_shards, write_shards
     from edgerec.io import sha256_json
 
     d = cfg.data
@@ -168,8 +168,9 @@ def ensure_shards(cfg: ExperimentConfig, log=print) -> Path:
         write_shards(samples, path, settings, d.rows_per_group, meta)
         del samples
         log(f"[{cfg.expid}] wrote out-of-core shards to {path} ({time.perf_counter() - t0:.1f} s)")
-        for stale in remove_stale_shards(path.parent, keep=path):
-            log(f"[{cfg.expid}] removed {stale}: shards of an earlier prepare or import of their dataset")
+        for stale, mib in stale_shards(path.parent, keep=path):
+            log(f"[{cfg.expid}] note: {stale} ({mib:,.0f} MiB) holds shards of another prepare or import of its "
+                f"dataset, which nothing reuses; remove it when no run on another machine trains from it")
     return path
 
 

@@ -23,7 +23,7 @@ def main(argv: list[str]) -> int:
         how = f"signal {failure.signal_name()}" if failure.exitcode < 0 else f"exit status {failure.exitcode}"
         print(f"error: torchrun: rank {rank} stopped with {how} (its message is above); every rank was stopped",
               file=sys.stderr)
-        return failure.exitcode if failure.exitcode > 0 else 1
+        return failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode  # a signal: 128 + its number
     return 0
 
 
