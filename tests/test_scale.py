@@ -374,6 +374,23 @@ def test_spark_shards_of_an_imported_log_with_unknown_positions_equal_the_local_
     assert 0 in set(np.unique(pq.read_table(spark / "train.parquet").column("position").to_numpy()))  # unknown
 
 
+def test_an_unreachable_spark_master_is_a_clear_error_and_leaves_nothing(tmp_path):
+    """Spark's standalone client retries a master that does not answer (~1 min), then stops its
+    context; edgerec says which master and what to check, exits 2, and writes nothing."""
+    import socket
+
+    with socket.socket() as s:  # a port with nothing listening on it
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = subprocess.run([sys.executable, "-m", "edgerec", "batch", "--shards", f"{CONFIG}:COUPA_test", "--engine", "spark",
+                        "--spark-master", f"spark://127.0.0.1:{port}", "--out", str(tmp_path / "out")],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert f"error: --spark-master spark://127.0.0.1:{port}: Spark could not start a session there" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
 def test_spark_shards_refuse_the_dicycle_protocol_and_a_failure_leaves_nothing(tmp_path, capsys, monkeypatch):
     import edgerec.data.shards_spark as spark_shards
     from edgerec.cli import main

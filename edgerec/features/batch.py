@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from edgerec.errors import ConfigError
-from edgerec.features.definition import Event, FeatureDefinition, UserState, hour_of_week
+from edgerec.features.definition import Event, FeatureDefinition, UserState, cut, hour_of_week
 from edgerec.features.store import DEFAULT_DEDUP_WINDOW_S
 from edgerec.features.time import SECONDS_PER_DAY, local_clock
 from edgerec.io import atomic_path
@@ -208,7 +208,14 @@ def spark_session(master: str = "local[2]"):
                .config("spark.sql.execution.arrow.pyspark.enabled", "true"))
     if master.startswith("local"):
         builder = builder.config("spark.driver.bindAddress", "127.0.0.1").config("spark.driver.host", "127.0.0.1")
-    return builder.getOrCreate()
+    try:
+        return builder.getOrCreate()
+    except Exception as e:  # py4j's Java errors, a master URL Spark cannot parse, a master that never answers
+        if SparkContext._active_spark_context is not None:
+            SparkContext._active_spark_context.stop()
+        reason = next((line.strip(" :") for line in reversed(str(e).splitlines()) if line.strip(" :")), type(e).__name__)
+        raise ConfigError(f"--spark-master {master}: Spark could not start a session there ({cut(reason, 160)}); "
+                          f"check the URL and that the master is running and reachable, or use local[N]") from None
 
 
 def _run_spark(events: pa.Table, definition: FeatureDefinition, master: str) -> dict[str, pa.Table]:
