@@ -162,9 +162,12 @@ def gather_batch(src, rows: dict[str, np.ndarray], L: int) -> dict[str, torch.Te
     pos = end[:, None] - L + np.arange(L)[None, :]  # (B, L), most recent behaviour last
     valid = pos >= start[:, None]
     pos = np.where(valid, pos, 0)
-    # int64 whatever the store's dtype (shards keep narrower ones: shards.store_dtypes)
-    hist_item = np.where(valid, src.store_item[pos], 0).astype(np.int64, copy=False)  # (B, L)
-    hist_ts = np.where(valid, src.store_local_ts[pos], 0).astype(np.int64, copy=False)  # (B, L) local seconds
+
+    def take(store: np.ndarray) -> np.ndarray:  # (B, L) int64 whatever the store's dtype (shards.store_dtypes)
+        return np.where(valid, store[pos], 0).astype(np.int64, copy=False)
+
+    hist_item = take(src.store_item)  # (B, L)
+    hist_ts = take(src.store_local_ts)  # (B, L) local seconds
     item = rows["item"]
     user = rows["user"]
     batch = {
@@ -173,7 +176,7 @@ def gather_batch(src, rows: dict[str, np.ndarray], L: int) -> dict[str, torch.Te
         "ts": torch.from_numpy(src.clock.local(rows["ts"])),  # (B,) local seconds (spec.tz)
         "hist_item": torch.from_numpy(hist_item),  # (B, L)
         "hist_ts": torch.from_numpy(hist_ts),  # (B, L)
-        "hist_slots": torch.from_numpy(np.where(valid, src.store_slots[pos], 0).astype(np.int64, copy=False)),  # (B, L)
+        "hist_slots": torch.from_numpy(take(src.store_slots)),  # (B, L) packed slots
         "hist_mask": torch.from_numpy(valid),  # (B, L) True = real behaviour
         "label": torch.from_numpy(rows["label"]),
     }
@@ -185,8 +188,7 @@ def gather_batch(src, rows: dict[str, np.ndarray], L: int) -> dict[str, torch.Te
     if "position" in rows:
         batch["position"] = torch.from_numpy(rows["position"])
     if src.store_position is not None:  # where in the feed the user clicked before: examination habits
-        batch["hist_position"] = torch.from_numpy(
-            np.where(valid, src.store_position[pos], 0).astype(np.int64, copy=False))  # (B, L)
+        batch["hist_position"] = torch.from_numpy(take(src.store_position))  # (B, L)
     return batch
 
 

@@ -369,7 +369,6 @@ class ShardedSamples:
                 mm.madvise(mmap.MADV_DONTNEED)
         trim_heap()
 
-
     def _chunks(self, split: str, shuffle: bool, seed: int) -> Iterator[dict[str, np.ndarray]]:
         s = self.splits[split]
         n_groups = s.file.num_row_groups

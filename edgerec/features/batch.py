@@ -195,9 +195,8 @@ def spark_session(master: str = "local[2]"):
     getOrCreate would hand back an existing one whatever the master, so a different master is an
     error rather than silently ignored."""
     os.environ.setdefault("PYSPARK_PYTHON", os.environ.get("PYSPARK_PYTHON") or __import__("sys").executable)
-    from pyspark.sql import SparkSession
-
     from pyspark import SparkContext
+    from pyspark.sql import SparkSession
 
     running = SparkContext._active_spark_context  # process-wide (getActiveSession is per thread)
     if running is not None and running.master != master:
